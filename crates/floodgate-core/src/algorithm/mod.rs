@@ -1,0 +1,177 @@
+//! The four algorithms as pure functions of `(state, policy, now, cost)`.
+//!
+//! Each algorithm module has `decide` (what would happen, no mutation),
+//! `commit` (record an admitted cost) and `expires_at` (after which the state
+//! is the same as no state). Splitting decide from commit lets a store check
+//! several rules and commit only when every one of them admits.
+//!
+//! Times are microseconds since the Unix epoch. The Redis store runs the same
+//! arithmetic in Lua (`crates/floodgate-redis/src/lua/check.lua`); the
+//! conformance tests demand identical decisions from both.
+
+pub mod fixed_window;
+pub mod gcra;
+pub mod sliding_log;
+pub mod sliding_window;
+
+use crate::decision::Decision;
+use crate::policy::{Algorithm, Policy};
+
+/// The counting state of one key under one algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitState {
+    /// See [`fixed_window`].
+    FixedWindow(fixed_window::State),
+    /// See [`sliding_window`].
+    SlidingWindow(sliding_window::State),
+    /// See [`sliding_log`].
+    SlidingLog(sliding_log::State),
+    /// See [`gcra`].
+    TokenBucket(gcra::State),
+}
+
+impl LimitState {
+    /// The empty state of `algorithm`.
+    pub fn fresh(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::FixedWindow => LimitState::FixedWindow(Default::default()),
+            Algorithm::SlidingWindow => LimitState::SlidingWindow(Default::default()),
+            Algorithm::SlidingLog => LimitState::SlidingLog(Default::default()),
+            Algorithm::TokenBucket => LimitState::TokenBucket(Default::default()),
+        }
+    }
+
+    /// The algorithm this state belongs to.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            LimitState::FixedWindow(_) => Algorithm::FixedWindow,
+            LimitState::SlidingWindow(_) => Algorithm::SlidingWindow,
+            LimitState::SlidingLog(_) => Algorithm::SlidingLog,
+            LimitState::TokenBucket(_) => Algorithm::TokenBucket,
+        }
+    }
+
+    /// Decides whether `cost` fits at `now`, without changing anything.
+    ///
+    /// A state of another algorithm than the policy's (a reload changed the
+    /// rule) counts as empty.
+    pub fn decide(&self, policy: &Policy, now: u64, cost: u64) -> Decision {
+        let fresh;
+        let state = if self.algorithm() == policy.algorithm() {
+            self
+        } else {
+            fresh = LimitState::fresh(policy.algorithm());
+            &fresh
+        };
+        match state {
+            LimitState::FixedWindow(s) => fixed_window::decide(s, policy, now, cost),
+            LimitState::SlidingWindow(s) => sliding_window::decide(s, policy, now, cost),
+            LimitState::SlidingLog(s) => sliding_log::decide(s, policy, now, cost),
+            LimitState::TokenBucket(s) => gcra::decide(s, policy, now, cost),
+        }
+    }
+
+    /// Records an admitted `cost` at `now`.
+    pub fn commit(&mut self, policy: &Policy, now: u64, cost: u64) {
+        if self.algorithm() != policy.algorithm() {
+            *self = LimitState::fresh(policy.algorithm());
+        }
+        match self {
+            LimitState::FixedWindow(s) => fixed_window::commit(s, policy, now, cost),
+            LimitState::SlidingWindow(s) => sliding_window::commit(s, policy, now, cost),
+            LimitState::SlidingLog(s) => sliding_log::commit(s, policy, now, cost),
+            LimitState::TokenBucket(s) => gcra::commit(s, policy, now, cost),
+        }
+    }
+
+    /// The time (µs) after which this state is the same as an empty one.
+    pub fn expires_at(&self, policy: &Policy) -> u64 {
+        match self {
+            LimitState::FixedWindow(s) => fixed_window::expires_at(s, policy),
+            LimitState::SlidingWindow(s) => sliding_window::expires_at(s, policy),
+            LimitState::SlidingLog(s) => sliding_log::expires_at(s, policy),
+            LimitState::TokenBucket(s) => gcra::expires_at(s, policy),
+        }
+    }
+}
+
+/// Everything stored for one (rule, key): the counter and a penalty block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The algorithm's counting state.
+    pub limit: LimitState,
+    /// Refused until this time (µs); 0 when not blocked.
+    pub blocked_until: u64,
+}
+
+/// What one check found, before anything is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The decision to report.
+    pub decision: Decision,
+    /// This check goes over the limit and starts a penalty block ending at
+    /// this time (µs). Never set for shadow checks.
+    pub block_until: Option<u64>,
+}
+
+impl KeyState {
+    /// The empty state for `policy`.
+    pub fn fresh(policy: &Policy) -> Self {
+        KeyState {
+            limit: LimitState::fresh(policy.algorithm()),
+            blocked_until: 0,
+        }
+    }
+
+    /// Decides a check of `cost` at `now`, penalty blocks included.
+    ///
+    /// A key under a penalty block is refused without looking at its counter
+    /// (a blocked client consumes no quota). A non-shadow refusal on a policy
+    /// with `block_for` starts a block.
+    pub fn evaluate(&self, policy: &Policy, now: u64, cost: u64, shadow: bool) -> Evaluation {
+        if self.blocked_until > now {
+            let left = self.blocked_until - now;
+            let mut decision = Decision::new(false, policy.limit(), 0, left, left);
+            decision.blocked = true;
+            return Evaluation {
+                decision,
+                block_until: None,
+            };
+        }
+        let mut decision = self.limit.decide(policy, now, cost);
+        let block_until = match policy.block_for_us() {
+            Some(block) if !decision.allowed && !shadow => {
+                let until = now + block;
+                let left = until - now;
+                decision.remaining = 0;
+                decision.retry_after = Some(std::time::Duration::from_micros(left));
+                decision.reset_after = decision
+                    .reset_after
+                    .max(std::time::Duration::from_micros(left));
+                decision.blocked = true;
+                Some(until)
+            }
+            _ => None,
+        };
+        Evaluation {
+            decision,
+            block_until,
+        }
+    }
+
+    /// Records the outcome of `evaluate`: commits the cost when `admit`, and
+    /// starts the penalty block the evaluation asked for.
+    pub fn apply(&mut self, policy: &Policy, now: u64, cost: u64, eval: &Evaluation, admit: bool) {
+        if admit && eval.decision.allowed {
+            self.limit.commit(policy, now, cost);
+        }
+        if let Some(until) = eval.block_until {
+            self.blocked_until = until;
+        }
+    }
+
+    /// The time (µs) after which this state is the same as an empty one.
+    pub fn expires_at(&self, policy: &Policy) -> u64 {
+        self.limit.expires_at(policy).max(self.blocked_until)
+    }
+}

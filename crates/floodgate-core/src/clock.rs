@@ -1,0 +1,143 @@
+//! Time, as the limiter sees it.
+//!
+//! Algorithms never read a clock: callers pass `now` in. Stores get `now` from a
+//! [`Clock`], so tests drive time with a [`ManualClock`] instead of sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time: microseconds since the Unix epoch.
+///
+/// Microseconds keep every value below 2^53 for the next few centuries, so the
+/// Redis Lua scripts (whose numbers are doubles) compute with the same exact
+/// integers as the Rust code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const ZERO: Timestamp = Timestamp(0);
+
+    /// A timestamp `micros` microseconds after the Unix epoch.
+    pub const fn from_micros(micros: u64) -> Self {
+        Timestamp(micros)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// This timestamp moved `d` later, saturating at the end of time.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(micros_of(d)))
+    }
+
+    /// How long after `earlier` this is; zero if it is not after it.
+    pub fn saturating_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The current system time.
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(micros_of(since))
+    }
+}
+
+/// Whole microseconds in `d`, saturating at `u64::MAX`.
+pub fn micros_of(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The operating system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// ```
+/// use floodgate_core::{Clock, ManualClock, Timestamp};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(Timestamp::from_micros(1_000));
+/// clock.advance(Duration::from_millis(1));
+/// assert_eq!(clock.now(), Timestamp::from_micros(2_000));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock {
+            micros: Arc::new(AtomicU64::new(start.as_micros())),
+        }
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.micros.fetch_add(micros_of(d), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `t` (which may be earlier than the current time).
+    pub fn set(&self, t: Timestamp) {
+        self.micros.store(t.as_micros(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.micros.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_clones_share_time() {
+        let a = ManualClock::new(Timestamp::from_micros(5));
+        let b = a.clone();
+        a.advance(Duration::from_micros(10));
+        assert_eq!(b.now().as_micros(), 15);
+        b.set(Timestamp::from_micros(3));
+        assert_eq!(a.now().as_micros(), 3);
+    }
+
+    #[test]
+    fn saturating_arithmetic() {
+        let t = Timestamp::from_micros(u64::MAX - 1);
+        assert_eq!(
+            t.saturating_add(Duration::from_secs(1)).as_micros(),
+            u64::MAX
+        );
+        assert_eq!(
+            Timestamp::from_micros(1).saturating_since(Timestamp::from_micros(9)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn system_clock_is_after_2020() {
+        assert!(SystemClock.now().as_micros() > 1_577_836_800_000_000);
+    }
+}

@@ -1,0 +1,67 @@
+//! The answer to "may this go ahead?".
+
+use std::time::Duration;
+
+/// The outcome of one check. A refusal is a value, not an error: `Err` is kept
+/// for "the limiter could not decide".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the cost was admitted.
+    pub allowed: bool,
+    /// The policy's limit (cost units per window).
+    pub limit: u64,
+    /// Cost units that could still be admitted right now, after this check.
+    pub remaining: u64,
+    /// Time until the key's quota is entirely restored (zero when it already is).
+    pub reset_after: Duration,
+    /// When refused: the earliest time a retry with the same cost can succeed.
+    pub retry_after: Option<Duration>,
+    /// Refused because a penalty block (the policy's `block_for`) is in force.
+    pub blocked: bool,
+}
+
+impl Decision {
+    /// An admitted decision.
+    pub(crate) fn allow(limit: u64, remaining: u64, reset_after_us: u64) -> Self {
+        Decision {
+            allowed: true,
+            limit,
+            remaining,
+            reset_after: Duration::from_micros(reset_after_us),
+            retry_after: None,
+            blocked: false,
+        }
+    }
+
+    /// A refused decision.
+    pub(crate) fn deny(
+        limit: u64,
+        remaining: u64,
+        reset_after_us: u64,
+        retry_after_us: u64,
+    ) -> Self {
+        Decision {
+            allowed: false,
+            limit,
+            remaining,
+            reset_after: Duration::from_micros(reset_after_us),
+            retry_after: Some(Duration::from_micros(retry_after_us)),
+            blocked: false,
+        }
+    }
+
+    /// A decision with `allowed` as given: the shape the pure algorithms return.
+    pub(crate) fn new(
+        allowed: bool,
+        limit: u64,
+        remaining: u64,
+        reset_after_us: u64,
+        retry_after_us: u64,
+    ) -> Self {
+        if allowed {
+            Decision::allow(limit, remaining, reset_after_us)
+        } else {
+            Decision::deny(limit, remaining, reset_after_us, retry_after_us)
+        }
+    }
+}

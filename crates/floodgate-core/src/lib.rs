@@ -1,0 +1,51 @@
+//! # floodgate-core
+//!
+//! Rate-limiting policies, the four algorithms as pure functions, decisions,
+//! blocks, the [`Store`] trait and an in-memory store.
+//!
+//! - [`Policy`]: a validated limit: [`Algorithm`], limit, window, token-bucket
+//!   burst, penalty block.
+//! - [`algorithm`]: fixed window, sliding window, sliding log and token bucket
+//!   (GCRA) as `(state, policy, now, cost) -> decision`; no I/O, no clock reads.
+//! - [`Store`]: where state lives. [`MemoryStore`] here; `floodgate-redis`
+//!   shares state between processes.
+//! - [`Decision`]: a refusal is a value; [`Error`] means the limiter could not
+//!   decide.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use floodgate_core::{Algorithm, Check, ManualClock, MemoryStore, Policy, Timestamp};
+//!
+//! let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
+//! let store = MemoryStore::with_clock(10_000, Arc::new(clock.clone()));
+//! let policy = Policy::new(Algorithm::TokenBucket, 10, Duration::from_secs(10))?;
+//!
+//! for _ in 0..10 {
+//!     assert!(store.check_one(&Check::new("api", &policy, "ip:192.0.2.7", 1))?.allowed);
+//! }
+//! let refused = store.check_one(&Check::new("api", &policy, "ip:192.0.2.7", 1))?;
+//! assert!(!refused.allowed);
+//! assert_eq!(refused.retry_after, Some(Duration::from_secs(1)));
+//!
+//! clock.advance(Duration::from_secs(1)); // one token refills per second
+//! assert!(store.check_one(&Check::new("api", &policy, "ip:192.0.2.7", 1))?.allowed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod algorithm;
+mod block;
+mod clock;
+mod decision;
+mod error;
+mod memory;
+mod policy;
+mod store;
+
+pub use block::{Block, BlockSource};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
+pub use decision::Decision;
+pub use error::{Error, StoreError, StoreErrorKind};
+pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
+pub use policy::{Algorithm, MAX_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy, PolicyError};
+pub use store::{Check, Store, admitted, validate_checks};

@@ -1,0 +1,437 @@
+//! The in-memory store: one process, no set-up.
+//!
+//! State is split over many shards, each behind its own lock, so concurrent
+//! checks on different keys rarely meet. The number of keys is bounded: when a
+//! shard is full, expired state is reclaimed first, then the entries closest
+//! to expiry are evicted, so a flood of distinct keys cannot grow memory.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::algorithm::{Evaluation, KeyState};
+use crate::block::{Block, BlockSource};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::policy::Policy;
+use crate::store::{Check, Store, admitted, validate_checks};
+
+/// The default bound on stored keys.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+const MAX_SHARDS: usize = 256;
+
+/// One (rule, key) and its state.
+struct Entry {
+    hash: u64,
+    rule: Box<str>,
+    key: Box<str>,
+    state: KeyState,
+    /// When `state` becomes the same as no state (µs).
+    expires_at: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Entry>,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, rule: &str, key: &str) -> Option<&Entry> {
+        self.table.find(hash, |e| {
+            e.hash == hash && &*e.rule == rule && &*e.key == key
+        })
+    }
+
+    fn remove(&mut self, hash: u64, rule: &str, key: &str) -> Option<Entry> {
+        self.table
+            .find_entry(hash, |e| {
+                e.hash == hash && &*e.rule == rule && &*e.key == key
+            })
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
+    /// The entry for (rule, key), inserted fresh if absent; makes room first
+    /// when the shard holds `cap` entries.
+    fn upsert(&mut self, hash: u64, check: &Check<'_>, cap: usize, now: u64) -> &mut Entry {
+        if self.find(hash, check.rule, check.key).is_none() && self.table.len() >= cap {
+            self.make_room(cap, now);
+        }
+        self.table
+            .entry(
+                hash,
+                |e| e.hash == hash && &*e.rule == check.rule && &*e.key == check.key,
+                |e| e.hash,
+            )
+            .or_insert_with(|| Entry {
+                hash,
+                rule: check.rule.into(),
+                key: check.key.into(),
+                state: KeyState::fresh(check.policy),
+                expires_at: 0,
+            })
+            .into_mut()
+    }
+
+    /// Drops expired entries; if that frees nothing, evicts the eighth of the
+    /// entries that expire soonest (amortised O(1) per insert).
+    fn make_room(&mut self, cap: usize, now: u64) {
+        self.table.retain(|e| e.expires_at > now);
+        if self.table.len() < cap {
+            return;
+        }
+        let mut expiries: Vec<u64> = self.table.iter().map(|e| e.expires_at).collect();
+        let k = (expiries.len() / 8).max(1);
+        let (_, &mut threshold, _) = expiries.select_nth_unstable(k - 1);
+        self.table.retain(|e| e.expires_at > threshold);
+    }
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    /// Entries allowed per shard; shards × this ≤ `max_keys`.
+    shard_cap: usize,
+    hasher: foldhash::fast::RandomState,
+    clock: Arc<dyn Clock>,
+    /// Manual and penalty blocks, keyed by (target, source).
+    blocks: Mutex<HashMap<(String, BlockSource), Block>>,
+}
+
+/// An in-memory [`Store`]. Cheap to clone; clones share state.
+///
+/// ```
+/// use floodgate_core::{Algorithm, Check, MemoryStore, Policy};
+/// use std::time::Duration;
+///
+/// let store = MemoryStore::new(1000);
+/// let policy = Policy::new(Algorithm::SlidingLog, 2, Duration::from_secs(1))?;
+/// let check = Check::new("login", &policy, "ip:192.0.2.1", 1);
+/// assert!(store.check_one(&check)?.allowed);
+/// assert!(store.check_one(&check)?.allowed);
+/// assert!(!store.check_one(&check)?.allowed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.inner.shards.len())
+            .field(
+                "max_keys",
+                &(self.inner.shards.len() * self.inner.shard_cap),
+            )
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_keys` (rule, key) states, on the system clock.
+    pub fn new(max_keys: usize) -> Self {
+        MemoryStore::with_clock(max_keys, Arc::new(SystemClock))
+    }
+
+    /// A store on the given clock (a [`crate::ManualClock`] in tests).
+    pub fn with_clock(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        let max_keys = max_keys.max(1);
+        // Enough shards to spread lock traffic, but at least 16 keys a shard so
+        // a small bound is still usable.
+        let mut shards = 1;
+        while shards * 2 <= MAX_SHARDS && shards * 2 * 16 <= max_keys {
+            shards *= 2;
+        }
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+                shard_cap: max_keys / shards,
+                hasher: foldhash::fast::RandomState::default(),
+                clock,
+                blocks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The number of (rule, key) states held, expired ones included.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().table.len()).sum()
+    }
+
+    /// Whether no state is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most (rule, key) states this store will hold.
+    pub fn max_keys(&self) -> usize {
+        self.inner.shards.len() * self.inner.shard_cap
+    }
+
+    /// Drops every expired state and block; returns how many states went.
+    /// Optional: full shards reclaim expired state on their own.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.inner.clock.now().as_micros();
+        let mut purged = 0;
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.table.len();
+            shard.table.retain(|e| e.expires_at > now);
+            purged += before - shard.table.len();
+        }
+        self.inner
+            .blocks
+            .lock()
+            .retain(|_, b| b.until.as_micros() > now);
+        purged
+    }
+
+    fn hash(&self, rule: &str, key: &str) -> u64 {
+        let mut h = self.inner.hasher.build_hasher();
+        rule.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// Shard of a hash. Uses bits the table does not use for its own
+    /// bucket index (low bits) or tag (top 7 bits).
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 40) as usize & (self.inner.shards.len() - 1)
+    }
+
+    /// Decides one check: the fast path of [`Store::check`] for a single rule.
+    pub fn check_one(&self, check: &Check<'_>) -> Result<Decision, Error> {
+        validate_checks(std::slice::from_ref(check))?;
+        let now = self.inner.clock.now().as_micros();
+        let hash = self.hash(check.rule, check.key);
+        let mut shard = self.inner.shards[self.shard_of(hash)].lock();
+        let eval = match shard.find(hash, check.rule, check.key) {
+            Some(e) => e
+                .state
+                .evaluate(check.policy, now, check.cost, check.shadow),
+            None => {
+                KeyState::fresh(check.policy).evaluate(check.policy, now, check.cost, check.shadow)
+            }
+        };
+        if eval.decision.allowed || eval.block_until.is_some() {
+            let entry = shard.upsert(hash, check, self.inner.shard_cap, now);
+            apply(entry, check, now, &eval, true);
+        }
+        drop(shard);
+        if let Some(until) = eval.block_until {
+            self.register_penalty(check, until);
+        }
+        Ok(eval.decision)
+    }
+
+    /// Decides a batch of checks atomically (see [`Store::check`]).
+    pub fn check_now(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        if let [one] = checks {
+            return Ok(vec![self.check_one(one)?]);
+        }
+        validate_checks(checks)?;
+        let now = self.inner.clock.now().as_micros();
+        let located: Vec<(u64, usize)> = checks
+            .iter()
+            .map(|c| {
+                let h = self.hash(c.rule, c.key);
+                (h, self.shard_of(h))
+            })
+            .collect();
+        // Lock every shard involved, in ascending order so batches never deadlock.
+        let mut order: Vec<usize> = located.iter().map(|&(_, s)| s).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
+            .into_iter()
+            .map(|s| (s, self.inner.shards[s].lock()))
+            .collect();
+
+        let evals: Vec<Evaluation> = checks
+            .iter()
+            .zip(&located)
+            .map(
+                |(c, &(h, s))| match shard_in(&mut guards, s).find(h, c.rule, c.key) {
+                    Some(e) => e.state.evaluate(c.policy, now, c.cost, c.shadow),
+                    None => KeyState::fresh(c.policy).evaluate(c.policy, now, c.cost, c.shadow),
+                },
+            )
+            .collect();
+        let decisions: Vec<Decision> = evals.iter().map(|e| e.decision).collect();
+        let admit = admitted(checks, &decisions);
+        for ((c, &(h, s)), eval) in checks.iter().zip(&located).zip(&evals) {
+            if (admit && eval.decision.allowed) || eval.block_until.is_some() {
+                let entry = shard_in(&mut guards, s).upsert(h, c, self.inner.shard_cap, now);
+                apply(entry, c, now, eval, admit);
+            }
+        }
+        drop(guards);
+        for (c, eval) in checks.iter().zip(&evals) {
+            if let Some(until) = eval.block_until {
+                self.register_penalty(c, until);
+            }
+        }
+        Ok(decisions)
+    }
+
+    fn register_penalty(&self, check: &Check<'_>, until: u64) {
+        let source = BlockSource::Rule(check.rule.to_owned());
+        self.inner.blocks.lock().insert(
+            (check.key.to_owned(), source.clone()),
+            Block {
+                target: check.key.to_owned(),
+                until: Timestamp::from_micros(until),
+                reason: format!("over the limit of rule {}", check.rule),
+                source,
+            },
+        );
+    }
+
+    /// [`Store::peek`], synchronously.
+    pub fn peek_now(&self, rule: &str, policy: &Policy, key: &str) -> Decision {
+        let now = self.inner.clock.now().as_micros();
+        let hash = self.hash(rule, key);
+        let shard = self.inner.shards[self.shard_of(hash)].lock();
+        peek_state(shard.find(hash, rule, key).map(|e| &e.state), policy, now)
+    }
+
+    /// [`Store::reset`], synchronously.
+    pub fn reset_now(&self, rule: &str, key: &str) -> bool {
+        let hash = self.hash(rule, key);
+        let removed = self.inner.shards[self.shard_of(hash)]
+            .lock()
+            .remove(hash, rule, key)
+            .is_some();
+        self.inner
+            .blocks
+            .lock()
+            .remove(&(key.to_owned(), BlockSource::Rule(rule.to_owned())));
+        removed
+    }
+
+    /// [`Store::add_block`], synchronously.
+    pub fn add_block_now(&self, target: &str, ttl: Duration, reason: &str) -> Block {
+        let now = self.inner.clock.now();
+        let block = Block {
+            target: target.to_owned(),
+            until: now.saturating_add(ttl),
+            reason: reason.to_owned(),
+            source: BlockSource::Manual,
+        };
+        self.inner
+            .blocks
+            .lock()
+            .insert((target.to_owned(), BlockSource::Manual), block.clone());
+        block
+    }
+
+    /// [`Store::remove_block`], synchronously.
+    pub fn remove_block_now(&self, target: &str) -> bool {
+        let now = self.inner.clock.now().as_micros();
+        let mut lifted = Vec::new();
+        self.inner.blocks.lock().retain(|(t, source), b| {
+            if t != target {
+                return true;
+            }
+            if b.until.as_micros() > now {
+                lifted.push(source.clone());
+            }
+            false
+        });
+        for source in &lifted {
+            if let BlockSource::Rule(rule) = source {
+                let hash = self.hash(rule, target);
+                let mut shard = self.inner.shards[self.shard_of(hash)].lock();
+                if let Some(e) = shard.table.find_mut(hash, |e| {
+                    e.hash == hash && &*e.rule == rule.as_str() && &*e.key == target
+                }) {
+                    e.state.blocked_until = 0;
+                }
+            }
+        }
+        !lifted.is_empty()
+    }
+
+    /// [`Store::blocks`], synchronously.
+    pub fn blocks_now(&self) -> Vec<Block> {
+        let now = self.inner.clock.now().as_micros();
+        let mut blocks = self.inner.blocks.lock();
+        blocks.retain(|_, b| b.until.as_micros() > now);
+        let mut list: Vec<Block> = blocks.values().cloned().collect();
+        list.sort_by(|a, b| (&a.target, &a.source).cmp(&(&b.target, &b.source)));
+        list
+    }
+}
+
+/// The locked shard `s` among `guards` (which hold every shard of the batch).
+fn shard_in<'a>(guards: &'a mut [(usize, MutexGuard<'_, Shard>)], s: usize) -> &'a mut Shard {
+    let i = guards.iter().position(|(idx, _)| *idx == s).unwrap_or(0);
+    &mut guards[i].1
+}
+
+/// What a zero-cost check finds in `state`.
+pub(crate) fn peek_state(state: Option<&KeyState>, policy: &Policy, now: u64) -> Decision {
+    let fresh;
+    let state = match state {
+        Some(s) => s,
+        None => {
+            fresh = KeyState::fresh(policy);
+            &fresh
+        }
+    };
+    if state.blocked_until > now {
+        return state.evaluate(policy, now, 1, true).decision;
+    }
+    let mut d = state.limit.decide(policy, now, 0);
+    d.allowed = d.remaining > 0;
+    d
+}
+
+fn apply(entry: &mut Entry, check: &Check<'_>, now: u64, eval: &Evaluation, admit: bool) {
+    entry
+        .state
+        .apply(check.policy, now, check.cost, eval, admit);
+    entry.expires_at = entry.state.expires_at(check.policy);
+}
+
+impl Store for MemoryStore {
+    async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.check_now(checks)
+    }
+
+    async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        Ok(self.peek_now(rule, policy, key))
+    }
+
+    async fn reset(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        Ok(self.reset_now(rule, key))
+    }
+
+    async fn add_block(&self, target: &str, ttl: Duration, reason: &str) -> Result<Block, Error> {
+        Ok(self.add_block_now(target, ttl, reason))
+    }
+
+    async fn remove_block(&self, target: &str) -> Result<bool, Error> {
+        Ok(self.remove_block_now(target))
+    }
+
+    async fn blocks(&self) -> Result<Vec<Block>, Error> {
+        Ok(self.blocks_now())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! The `Store` trait: where limit state lives and is changed atomically.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::block::Block;
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::policy::Policy;
+
+/// One rule to check for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The rule's name; state is kept per (rule, key).
+    pub rule: &'a str,
+    /// The rule's limit.
+    pub policy: &'a Policy,
+    /// Who is being limited, e.g. `ip:203.0.113.7`.
+    pub key: &'a str,
+    /// Cost units this request takes (≥ 1).
+    pub cost: u64,
+    /// Count and report, but never refuse, never veto other checks and never
+    /// start a penalty block.
+    pub shadow: bool,
+}
+
+impl<'a> Check<'a> {
+    /// An enforcing check of `cost` units.
+    pub fn new(rule: &'a str, policy: &'a Policy, key: &'a str, cost: u64) -> Self {
+        Check {
+            rule,
+            policy,
+            key,
+            cost,
+            shadow: false,
+        }
+    }
+
+    /// The same check in shadow mode.
+    pub fn shadow(self) -> Self {
+        Check {
+            shadow: true,
+            ..self
+        }
+    }
+}
+
+/// Rejects costs that can never be decided: zero, or more than the policy
+/// can ever admit at once.
+pub fn validate_checks(checks: &[Check<'_>]) -> Result<(), Error> {
+    for c in checks {
+        if c.cost == 0 {
+            return Err(Error::ZeroCost {
+                rule: c.rule.to_owned(),
+            });
+        }
+        if c.cost > c.policy.capacity() {
+            return Err(Error::InsufficientCapacity {
+                rule: c.rule.to_owned(),
+                cost: c.cost,
+                capacity: c.policy.capacity(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the non-shadow checks of a batch all admit, i.e. whether the
+/// request goes ahead.
+pub fn admitted(checks: &[Check<'_>], decisions: &[Decision]) -> bool {
+    checks
+        .iter()
+        .zip(decisions)
+        .all(|(c, d)| c.shadow || d.allowed)
+}
+
+/// Where limit state lives. Implemented by [`crate::MemoryStore`] and by the
+/// Redis store of `floodgate-redis`.
+///
+/// A batch of checks is all-or-nothing: every check is decided, and costs are
+/// recorded only when every non-shadow check admits, so a refused request
+/// consumes no quota on any rule.
+pub trait Store: Send + Sync + 'static {
+    /// Decides every check of one request, atomically.
+    fn check(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send;
+
+    /// What a check would find now for (rule, key), without recording
+    /// anything: `remaining` is the quota left, `blocked` a penalty in force.
+    fn peek(
+        &self,
+        rule: &str,
+        policy: &Policy,
+        key: &str,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send;
+
+    /// Forgets the counters and any penalty block of (rule, key). Returns
+    /// whether there was anything to forget.
+    fn reset(&self, rule: &str, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Blocks `target` for `ttl` (from the store's own clock). A new block
+    /// replaces an existing manual block of the same target.
+    fn add_block(
+        &self,
+        target: &str,
+        ttl: Duration,
+        reason: &str,
+    ) -> impl Future<Output = Result<Block, Error>> + Send;
+
+    /// Lifts every block of `target`, manual or penalty. Returns whether any
+    /// was in force.
+    fn remove_block(&self, target: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Every block in force, manual and penalty.
+    fn blocks(&self) -> impl Future<Output = Result<Vec<Block>, Error>> + Send;
+
+    /// Whether the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+}
