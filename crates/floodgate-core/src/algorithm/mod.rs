@@ -175,3 +175,140 @@ impl KeyState {
         self.limit.expires_at(policy).max(self.blocked_until)
     }
 }
+
+/// Shared by the algorithm unit tests: fixed times, policies, and a
+/// decide-then-commit step as a store performs it.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Duration;
+
+    use super::LimitState;
+    use crate::decision::Decision;
+    use crate::policy::{Algorithm, Policy};
+
+    /// A time aligned to every window the tests use (a multiple of 10 s).
+    pub(crate) const T: u64 = 1_700_000_000_000_000;
+    /// One second in µs.
+    pub(crate) const SEC: u64 = 1_000_000;
+
+    /// `limit` per `window_s` seconds.
+    pub(crate) fn policy(algorithm: Algorithm, limit: u64, window_s: u64) -> Policy {
+        Policy::new(algorithm, limit, Duration::from_secs(window_s)).expect("valid policy")
+    }
+
+    /// `n` µs as a duration.
+    pub(crate) fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Decides `cost` at `now` and commits it when admitted.
+    pub(crate) fn take(state: &mut LimitState, policy: &Policy, now: u64, cost: u64) -> Decision {
+        let d = state.decide(policy, now, cost);
+        if d.allowed {
+            state.commit(policy, now, cost);
+        }
+        d
+    }
+
+    /// Asserts `d` admitted with `remaining` left and quota restored after `reset_us`.
+    #[track_caller]
+    pub(crate) fn assert_admitted(d: Decision, remaining: u64, reset_us: u64) {
+        assert!(d.allowed, "expected admission, got {d:?}");
+        assert_eq!(
+            (d.remaining, d.reset_after, d.retry_after),
+            (remaining, us(reset_us), None),
+            "{d:?}"
+        );
+    }
+
+    /// Asserts `d` refused with `remaining` left, `retry_us` and `reset_us`.
+    #[track_caller]
+    pub(crate) fn assert_refused(d: Decision, remaining: u64, retry_us: u64, reset_us: u64) {
+        assert!(!d.allowed, "expected refusal, got {d:?}");
+        assert_eq!(
+            (d.remaining, d.retry_after, d.reset_after),
+            (remaining, Some(us(retry_us)), us(reset_us)),
+            "{d:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_support::*;
+    use super::{KeyState, LimitState, fixed_window};
+    use crate::policy::Algorithm;
+
+    #[test]
+    fn a_state_of_another_algorithm_counts_as_empty() {
+        let full = LimitState::FixedWindow(fixed_window::State {
+            window_start: T,
+            count: 10,
+        });
+        for algorithm in Algorithm::ALL {
+            if algorithm == Algorithm::FixedWindow {
+                continue;
+            }
+            let p = policy(algorithm, 10, 10);
+            let mut s = full.clone();
+            let d = take(&mut s, &p, T + SEC, 1);
+            assert_eq!(d, LimitState::fresh(algorithm).decide(&p, T + SEC, 1));
+            assert!(d.allowed && d.remaining == 9, "{algorithm}: {d:?}");
+            // The commit replaced the foreign state.
+            assert_eq!(s.algorithm(), algorithm);
+        }
+    }
+
+    /// Runs `evaluate` + `apply` for a single-check request, as a store does.
+    fn check(state: &mut KeyState, p: &crate::Policy, now: u64, shadow: bool) -> super::Evaluation {
+        let eval = state.evaluate(p, now, 1, shadow);
+        state.apply(p, now, 1, &eval, eval.decision.allowed || shadow);
+        eval
+    }
+
+    #[test]
+    fn a_penalty_refuses_for_block_for_without_consuming_quota() {
+        let p = policy(Algorithm::FixedWindow, 2, 10)
+            .with_block_for(Duration::from_secs(60))
+            .expect("valid block");
+        let mut s = KeyState::fresh(&p);
+        assert!(check(&mut s, &p, T, false).decision.allowed);
+        assert!(check(&mut s, &p, T, false).decision.allowed);
+
+        let over = check(&mut s, &p, T + SEC, false);
+        assert_eq!(over.block_until, Some(T + 61 * SEC));
+        assert!(!over.decision.allowed && over.decision.blocked);
+        assert_refused(over.decision, 0, 60 * SEC, 60 * SEC);
+        assert_eq!(s.blocked_until, T + 61 * SEC);
+
+        // The window has long rolled over, but the block holds; the counter
+        // stays as it was and the block is not extended.
+        let counter = s.limit.clone();
+        let during = check(&mut s, &p, T + 30 * SEC, false);
+        assert_eq!(during.block_until, None);
+        assert_refused(during.decision, 0, 31 * SEC, 31 * SEC);
+        assert!(during.decision.blocked);
+        assert_eq!(s.limit, counter);
+        assert_eq!(s.expires_at(&p), T + 61 * SEC);
+
+        let after = check(&mut s, &p, T + 61 * SEC, false);
+        assert!(after.decision.allowed && !after.decision.blocked);
+        assert_eq!(after.decision.remaining, 1);
+    }
+
+    #[test]
+    fn a_shadow_refusal_never_starts_a_penalty() {
+        let p = policy(Algorithm::TokenBucket, 1, 10)
+            .with_block_for(Duration::from_secs(60))
+            .expect("valid block");
+        let mut s = KeyState::fresh(&p);
+        assert!(check(&mut s, &p, T, true).decision.allowed);
+        let over = check(&mut s, &p, T, true);
+        assert!(!over.decision.allowed && !over.decision.blocked);
+        assert_eq!(over.block_until, None);
+        assert_eq!(over.decision.retry_after, Some(us(10 * SEC)));
+        assert_eq!(s.blocked_until, 0);
+    }
+}

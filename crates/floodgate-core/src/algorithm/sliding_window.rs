@@ -104,3 +104,73 @@ pub fn commit(state: &mut State, policy: &Policy, now: u64, cost: u64) {
 pub fn expires_at(state: &State, policy: &Policy) -> u64 {
     state.window_start + 2 * policy.window_us()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+    use crate::algorithm::LimitState;
+    use crate::algorithm::test_support::*;
+    use crate::policy::Algorithm::SlidingWindow;
+
+    #[test]
+    fn the_current_window_counts_in_full() {
+        let p = policy(SlidingWindow, 10, 10);
+        let mut s = LimitState::fresh(SlidingWindow);
+        for k in 1..=10 {
+            assert_admitted(take(&mut s, &p, T + SEC, 1), 10 - k, 19 * SEC);
+        }
+        // Full for this window: wait for the boundary, then for the previous
+        // window's weight (10 × (1 - e/w)) to drop below 10.
+        assert_refused(take(&mut s, &p, T + SEC, 1), 0, 9 * SEC + 1, 19 * SEC);
+        assert_refused(take(&mut s, &p, T + 10 * SEC, 1), 0, 1, 10 * SEC);
+        assert_admitted(take(&mut s, &p, T + 10 * SEC + 1, 1), 0, 20 * SEC - 1);
+    }
+
+    #[test]
+    fn the_previous_window_counts_by_its_remaining_overlap() {
+        let p = policy(SlidingWindow, 10, 10);
+        let mut s = LimitState::fresh(SlidingWindow);
+        take(&mut s, &p, T, 10);
+        // 2.5 s into the next window: floor(10 × 0.75) = 7 still count.
+        let now = T + 12 * SEC + SEC / 2;
+        // 4 units fit once the weight is at most 6: from 3 s + 1 µs in.
+        assert_refused(take(&mut s, &p, now, 4), 3, 500_001, 7 * SEC + SEC / 2);
+        assert!(!take(&mut s, &p, now + 500_000, 4).allowed);
+        assert_admitted(take(&mut s, &p, now + 500_001, 4), 0, 17 * SEC - 1);
+        assert_eq!(
+            s,
+            LimitState::SlidingWindow(State {
+                window_start: T + 10 * SEC,
+                previous: 10,
+                current: 4
+            })
+        );
+    }
+
+    #[test]
+    fn two_windows_later_nothing_counts() {
+        let p = policy(SlidingWindow, 10, 10);
+        let mut s = LimitState::fresh(SlidingWindow);
+        assert_admitted(s.decide(&p, T, 0), 10, 0);
+        take(&mut s, &p, T, 10);
+        assert_admitted(take(&mut s, &p, T + 20 * SEC, 1), 9, 20 * SEC);
+        let LimitState::SlidingWindow(state) = s else {
+            panic!("algorithm changed")
+        };
+        assert_eq!(super::expires_at(&state, &p), T + 40 * SEC);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_keeps_the_later_windows() {
+        let p = policy(SlidingWindow, 10, 10);
+        let mut s = LimitState::fresh(SlidingWindow);
+        take(&mut s, &p, T + 9 * SEC, 10);
+        // Halfway into the next window half the previous one still counts.
+        assert_admitted(take(&mut s, &p, T + 15 * SEC, 5), 0, 15 * SEC);
+        // Back before that window began: nothing has decayed yet, and nothing
+        // was forgotten.
+        let d = take(&mut s, &p, T + 9 * SEC, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.reset_after, us(21 * SEC));
+    }
+}
