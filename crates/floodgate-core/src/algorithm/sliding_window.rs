@@ -2,10 +2,13 @@
 //! window's count weighted by the share of it the sliding window still covers.
 //!
 //! It assumes the previous window's requests were spread evenly. Its error
-//! bound, checked by the property tests below:
+//! bound, checked by `tests/algorithm_properties.rs`:
 //! - an aligned window never admits more than `limit`;
-//! - any interval of length `window` admits fewer than `2 * limit` (the worst
-//!   case is a previous window whose whole quota arrived at its very end).
+//! - any interval of length `window` admits at most `2 * limit`, and whenever
+//!   `2 * limit` is less than the window in µs that bound is reached: the
+//!   previous window's whole quota in its last microsecond, then the current
+//!   window's whole quota two microseconds before its end, where the floored
+//!   weight of the previous window is already zero.
 //!
 //! The weighting is done in `f64`, in the same order of operations as the Lua
 //! script, so the memory and Redis stores decide identically.
@@ -172,5 +175,17 @@ mod tests {
         let d = take(&mut s, &p, T + 9 * SEC, 1);
         assert!(!d.allowed);
         assert_eq!(d.reset_after, us(21 * SEC));
+    }
+
+    /// The bound stated in the module doc is reached: the previous window's
+    /// whole quota in its last microsecond, then the current window's whole
+    /// quota once the weight has floored to zero, all within `window`.
+    #[test]
+    fn twice_the_limit_fits_in_one_window_length_across_a_boundary() {
+        let p = policy(SlidingWindow, 3, 10);
+        let mut s = LimitState::fresh(SlidingWindow);
+        assert!(take(&mut s, &p, T + 10 * SEC - 1, 3).allowed);
+        // floor(3 × 2 / 10^7) = 0 two microseconds before the next boundary.
+        assert!(take(&mut s, &p, T + 20 * SEC - 2, 3).allowed);
     }
 }
