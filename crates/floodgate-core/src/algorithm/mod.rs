@@ -14,6 +14,8 @@ pub mod gcra;
 pub mod sliding_log;
 pub mod sliding_window;
 
+use std::time::Duration;
+
 use crate::decision::Decision;
 use crate::policy::{Algorithm, Policy};
 
@@ -125,31 +127,43 @@ impl KeyState {
 
     /// Decides a check of `cost` at `now`, penalty blocks included.
     ///
-    /// A key under a penalty block is refused without looking at its counter
-    /// (a blocked client consumes no quota). A non-shadow refusal on a policy
+    /// A key under a penalty block is refused whatever its counter says (a
+    /// blocked client consumes no quota). A non-shadow refusal on a policy
     /// with `block_for` starts a block.
+    ///
+    /// A refusal's `retry_after` covers both the block and the counter: a
+    /// block shorter than the counter's own wait must not send the client
+    /// back early, where it would be refused again and blocked anew.
     pub fn evaluate(&self, policy: &Policy, now: u64, cost: u64, shadow: bool) -> Evaluation {
+        let mut decision = self.limit.decide(policy, now, cost);
         if self.blocked_until > now {
-            let left = self.blocked_until - now;
-            let mut decision = Decision::new(false, policy.limit(), 0, left, left);
+            let left = Duration::from_micros(self.blocked_until - now);
+            let counter_retry = decision.retry_after.unwrap_or(Duration::ZERO);
+            // Quota is whole again once both the block and the counter (with
+            // nothing taken now) are clear.
+            let counter_reset = if decision.allowed {
+                self.limit.decide(policy, now, 0).reset_after
+            } else {
+                decision.reset_after
+            };
+            decision.allowed = false;
+            decision.remaining = 0;
+            decision.retry_after = Some(left.max(counter_retry));
+            decision.reset_after = left.max(counter_reset);
             decision.blocked = true;
             return Evaluation {
                 decision,
                 block_until: None,
             };
         }
-        let mut decision = self.limit.decide(policy, now, cost);
         let block_until = match policy.block_for_us() {
             Some(block) if !decision.allowed && !shadow => {
-                let until = now + block;
-                let left = until - now;
+                let block_len = Duration::from_micros(block);
                 decision.remaining = 0;
-                decision.retry_after = Some(std::time::Duration::from_micros(left));
-                decision.reset_after = decision
-                    .reset_after
-                    .max(std::time::Duration::from_micros(left));
+                decision.retry_after = decision.retry_after.max(Some(block_len));
+                decision.reset_after = decision.reset_after.max(block_len);
                 decision.blocked = true;
-                Some(until)
+                Some(now + block)
             }
             _ => None,
         };
@@ -296,6 +310,25 @@ mod tests {
         let after = check(&mut s, &p, T + 61 * SEC, false);
         assert!(after.decision.allowed && !after.decision.blocked);
         assert_eq!(after.decision.remaining, 1);
+    }
+
+    /// Guards a fixed bug: a refusal under a block once said "retry after the
+    /// block", even when the counter needed longer; the client came back
+    /// early, was refused again and blocked anew.
+    #[test]
+    fn a_penalty_shorter_than_the_counters_wait_does_not_cut_the_retry() {
+        let p = policy(Algorithm::SlidingLog, 1, 60)
+            .with_block_for(Duration::from_secs(1))
+            .expect("valid block");
+        let mut s = KeyState::fresh(&p);
+        assert!(check(&mut s, &p, T, false).decision.allowed);
+        let over = check(&mut s, &p, T + SEC, false);
+        assert_eq!(over.block_until, Some(T + 2 * SEC));
+        assert_refused(over.decision, 0, 59 * SEC, 59 * SEC);
+        let during = check(&mut s, &p, T + SEC + SEC / 2, false);
+        assert_refused(during.decision, 0, 58 * SEC + SEC / 2, 58 * SEC + SEC / 2);
+        assert!(during.decision.blocked);
+        assert!(check(&mut s, &p, T + 60 * SEC, false).decision.allowed);
     }
 
     #[test]
