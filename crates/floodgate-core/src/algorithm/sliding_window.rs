@@ -83,7 +83,9 @@ pub fn decide(state: &State, policy: &Policy, now: u64, cost: u64) -> Decision {
     let retry_after = if allowed {
         0
     } else if s.current + cost <= limit {
-        decay_point(s.previous, w, limit - s.current - cost).saturating_sub(elapsed)
+        // From the window's start, not from `now`: after the clock stepped
+        // back, `now` can lie before `window_start`, where nothing decays.
+        (s.window_start + decay_point(s.previous, w, limit - s.current - cost)).saturating_sub(now)
     } else {
         to_boundary + decay_point(s.current, w, limit - cost)
     };
@@ -171,10 +173,13 @@ mod tests {
         // Halfway into the next window half the previous one still counts.
         assert_admitted(take(&mut s, &p, T + 15 * SEC, 5), 0, 15 * SEC);
         // Back before that window began: nothing has decayed yet, and nothing
-        // was forgotten.
+        // was forgotten. Guards a fixed bug: the retry was measured from `now`
+        // as if it were in the later window (5 s + 1 µs, which lands 4 s into
+        // it, where 6 units of the previous window still count).
         let d = take(&mut s, &p, T + 9 * SEC, 1);
-        assert!(!d.allowed);
-        assert_eq!(d.reset_after, us(21 * SEC));
+        assert_refused(d, 0, 6 * SEC + 1, 21 * SEC);
+        assert!(!take(&mut s, &p, T + 15 * SEC, 1).allowed);
+        assert_admitted(take(&mut s, &p, T + 15 * SEC + 1, 1), 0, 15 * SEC - 1);
     }
 
     /// The bound stated in the module doc is reached: the previous window's
