@@ -88,8 +88,21 @@ impl Shard {
         }
         let mut expiries: Vec<u64> = self.table.iter().map(|e| e.expires_at).collect();
         let k = (expiries.len() / 8).max(1);
-        let (_, &mut threshold, _) = expiries.select_nth_unstable(k - 1);
-        self.table.retain(|e| e.expires_at > threshold);
+        let (below, &mut threshold, _) = expiries.select_nth_unstable(k - 1);
+        // Entries tied at the threshold go only as far as needed: with fixed
+        // windows every key of a window expires at once, and evicting all of
+        // them would wipe the shard.
+        let mut ties = k - below.iter().filter(|&&e| e < threshold).count();
+        self.table.retain(|e| {
+            if e.expires_at < threshold {
+                false
+            } else if e.expires_at == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
