@@ -408,7 +408,12 @@ pub(crate) fn peek_state(state: Option<&KeyState>, policy: &Policy, now: u64) ->
         return state.evaluate(policy, now, 1, true).decision;
     }
     let mut d = state.limit.decide(policy, now, 0);
-    d.allowed = d.remaining > 0;
+    if d.remaining == 0 {
+        // Nothing left: say so, and when a single unit fits again.
+        let one = state.limit.decide(policy, now, 1);
+        d.allowed = false;
+        d.retry_after = one.retry_after;
+    }
     d
 }
 
