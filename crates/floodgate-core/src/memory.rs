@@ -112,8 +112,10 @@ struct Inner {
     shard_cap: usize,
     hasher: foldhash::fast::RandomState,
     clock: Arc<dyn Clock>,
-    /// Manual and penalty blocks, keyed by (target, source).
-    blocks: Mutex<HashMap<(String, BlockSource), Block>>,
+    /// Manual blocks by target. Penalty blocks live in the (rule, key) state
+    /// they belong to, so they are bounded by `max_keys` with it and a listed
+    /// penalty is always one that is enforced.
+    manual_blocks: Mutex<HashMap<String, Block>>,
 }
 
 /// An in-memory [`Store`]. Cheap to clone; clones share state.
@@ -168,7 +170,7 @@ impl MemoryStore {
                 shard_cap: max_keys / shards,
                 hasher: foldhash::fast::RandomState::default(),
                 clock,
-                blocks: Mutex::new(HashMap::new()),
+                manual_blocks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -205,7 +207,7 @@ impl MemoryStore {
             purged += before - shard.table.len();
         }
         self.inner
-            .blocks
+            .manual_blocks
             .lock()
             .retain(|_, b| b.until.as_micros() > now);
         purged
@@ -243,9 +245,6 @@ impl MemoryStore {
             apply(entry, check, now, &eval, true);
         }
         drop(shard);
-        if let Some(until) = eval.block_until {
-            self.register_penalty(check, until);
-        }
         Ok(eval.decision)
     }
 
@@ -291,25 +290,7 @@ impl MemoryStore {
             }
         }
         drop(guards);
-        for (c, eval) in checks.iter().zip(&evals) {
-            if let Some(until) = eval.block_until {
-                self.register_penalty(c, until);
-            }
-        }
         Ok(decisions)
-    }
-
-    fn register_penalty(&self, check: &Check<'_>, until: u64) {
-        let source = BlockSource::Rule(check.rule.to_owned());
-        self.inner.blocks.lock().insert(
-            (check.key.to_owned(), source.clone()),
-            Block {
-                target: check.key.to_owned(),
-                until: Timestamp::from_micros(until),
-                reason: format!("over the limit of rule {}", check.rule),
-                source,
-            },
-        );
     }
 
     /// [`Store::peek`], synchronously.
@@ -320,18 +301,13 @@ impl MemoryStore {
         peek_state(shard.find(hash, rule, key).map(|e| &e.state), policy, now)
     }
 
-    /// [`Store::reset`], synchronously.
+    /// [`Store::reset`], synchronously. A penalty block goes with the state.
     pub fn reset_now(&self, rule: &str, key: &str) -> bool {
         let hash = self.hash(rule, key);
-        let removed = self.inner.shards[self.shard_of(hash)]
+        self.inner.shards[self.shard_of(hash)]
             .lock()
             .remove(hash, rule, key)
-            .is_some();
-        self.inner
-            .blocks
-            .lock()
-            .remove(&(key.to_owned(), BlockSource::Rule(rule.to_owned())));
-        removed
+            .is_some()
     }
 
     /// [`Store::add_block`], synchronously.
@@ -344,45 +320,56 @@ impl MemoryStore {
             source: BlockSource::Manual,
         };
         self.inner
-            .blocks
+            .manual_blocks
             .lock()
-            .insert((target.to_owned(), BlockSource::Manual), block.clone());
+            .insert(target.to_owned(), block.clone());
         block
     }
 
-    /// [`Store::remove_block`], synchronously.
+    /// [`Store::remove_block`], synchronously: the manual block of `target`
+    /// and every rule's penalty on it. Penalties are found by a scan of all
+    /// state, which is fine for an operator's call.
     pub fn remove_block_now(&self, target: &str) -> bool {
         let now = self.inner.clock.now().as_micros();
-        let mut lifted = Vec::new();
-        self.inner.blocks.lock().retain(|(t, source), b| {
-            if t != target {
-                return true;
-            }
-            if b.until.as_micros() > now {
-                lifted.push(source.clone());
-            }
-            false
-        });
-        for source in &lifted {
-            if let BlockSource::Rule(rule) = source {
-                let hash = self.hash(rule, target);
-                let mut shard = self.inner.shards[self.shard_of(hash)].lock();
-                if let Some(e) = shard.table.find_mut(hash, |e| {
-                    e.hash == hash && &*e.rule == rule.as_str() && &*e.key == target
-                }) {
+        let manual = self.inner.manual_blocks.lock().remove(target);
+        let mut lifted = manual.is_some_and(|b| b.until.as_micros() > now);
+        for shard in self.inner.shards.iter() {
+            for e in shard.lock().table.iter_mut() {
+                if e.state.blocked_until > now && &*e.key == target {
+                    // `expires_at` keeps the block's end: the entry is only
+                    // reclaimed a little later than it could be.
                     e.state.blocked_until = 0;
+                    lifted = true;
                 }
             }
         }
-        !lifted.is_empty()
+        lifted
     }
 
-    /// [`Store::blocks`], synchronously.
+    /// [`Store::blocks`], synchronously: manual blocks, then every penalty in
+    /// force (found by a scan of all state), sorted by target and source.
     pub fn blocks_now(&self) -> Vec<Block> {
         let now = self.inner.clock.now().as_micros();
-        let mut blocks = self.inner.blocks.lock();
-        blocks.retain(|_, b| b.until.as_micros() > now);
-        let mut list: Vec<Block> = blocks.values().cloned().collect();
+        let mut list: Vec<Block> = {
+            let mut manual = self.inner.manual_blocks.lock();
+            manual.retain(|_, b| b.until.as_micros() > now);
+            manual.values().cloned().collect()
+        };
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            list.extend(
+                shard
+                    .table
+                    .iter()
+                    .filter(|e| e.state.blocked_until > now)
+                    .map(|e| Block {
+                        target: e.key.to_string(),
+                        until: Timestamp::from_micros(e.state.blocked_until),
+                        reason: format!("over the limit of rule {}", e.rule),
+                        source: BlockSource::Rule(e.rule.to_string()),
+                    }),
+            );
+        }
         list.sort_by(|a, b| (&a.target, &a.source).cmp(&(&b.target, &b.source)));
         list
     }
