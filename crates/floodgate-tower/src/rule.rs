@@ -1,0 +1,519 @@
+//! Rules: which requests a limit applies to, and whose counter each counts on.
+//!
+//! A [`Rule`] matches requests ([`RequestMatch`]) and keys them ([`KeySpec`]):
+//! a rule keyed by `ip` gives every client its own counter, one keyed by
+//! `["header:x-api-key", "path"]` one counter per API key and path. A rule
+//! whose key cannot be formed (the header is missing, the peer is unknown)
+//! does not apply to that request.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use floodgate_core::Policy;
+use http::header::HeaderName;
+use http::{HeaderMap, Method};
+
+use crate::digest::{hex, sha256};
+use crate::target::Target;
+
+/// A key part longer than this many bytes is replaced by its hash, so a
+/// client cannot grow the store's keys with huge headers or paths.
+pub const MAX_KEY_PART_LEN: usize = 256;
+
+/// One component of a rule's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    /// `ip`: the client's identity, `ip:<addr>` (IPv6: `ip:<net>/<prefix>`).
+    /// Does not apply when the peer address is unknown.
+    Ip,
+    /// `header:<name>`: `header:<name>:<value>`. Does not apply when the
+    /// request lacks the header.
+    Header(HeaderName),
+    /// `path`: `path:<request path>` (without the query).
+    Path,
+    /// `method`: `method:<METHOD>`.
+    Method,
+    /// `global`: one counter shared by every request the rule matches.
+    Global,
+}
+
+/// Why a key specification could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySpecError {
+    /// Not one of the known key parts.
+    #[error(
+        "{0:?} is not a key: expected \"ip\", \"header:<name>\", \"path\", \"method\" or \"global\""
+    )]
+    Unknown(String),
+    /// `header:` with an invalid or empty name.
+    #[error("{0:?} is not a valid header name")]
+    BadHeaderName(String),
+    /// An empty list of parts.
+    #[error("a key needs at least one part")]
+    Empty,
+    /// The same part listed twice.
+    #[error("key part {0} is listed twice")]
+    Duplicate(KeyPart),
+}
+
+impl FromStr for KeyPart {
+    type Err = KeySpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ip" => Ok(KeyPart::Ip),
+            "path" => Ok(KeyPart::Path),
+            "method" => Ok(KeyPart::Method),
+            "global" => Ok(KeyPart::Global),
+            _ => {
+                let name = s
+                    .strip_prefix("header:")
+                    .ok_or_else(|| KeySpecError::Unknown(s.to_owned()))?;
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(KeyPart::Header)
+                    .map_err(|_| KeySpecError::BadHeaderName(name.to_owned()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Ip => f.write_str("ip"),
+            KeyPart::Header(name) => write!(f, "header:{name}"),
+            KeyPart::Path => f.write_str("path"),
+            KeyPart::Method => f.write_str("method"),
+            KeyPart::Global => f.write_str("global"),
+        }
+    }
+}
+
+/// What a rule counts by: one part, or several forming a composite key.
+///
+/// A one-part key reads like an identity (`ip:192.0.2.7`,
+/// `header:x-api-key:abc`), so a penalty block on it can be named the same
+/// way. Parts of a composite key are joined by `|`, with `\` and `|` inside a
+/// part escaped by `\`, so two different requests never share a key by
+/// accident of concatenation.
+///
+/// ```
+/// use floodgate_tower::{KeyPart, KeySpec};
+///
+/// let spec = KeySpec::parse_list(["header:x-api-key", "path"])?;
+/// assert_eq!(spec.parts(), &[KeyPart::Header("x-api-key".parse()?), KeyPart::Path]);
+/// let one: KeySpec = "ip".parse()?;
+/// assert_eq!(one.to_string(), "ip");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeySpec(Vec<KeyPart>);
+
+impl KeySpec {
+    /// A key of `parts`: at least one, none twice.
+    pub fn new(parts: Vec<KeyPart>) -> Result<Self, KeySpecError> {
+        if parts.is_empty() {
+            return Err(KeySpecError::Empty);
+        }
+        for (i, p) in parts.iter().enumerate() {
+            if parts[..i].contains(p) {
+                return Err(KeySpecError::Duplicate(p.clone()));
+            }
+        }
+        Ok(KeySpec(parts))
+    }
+
+    /// A key from configuration strings such as `["ip", "path"]`.
+    pub fn parse_list<'a>(parts: impl IntoIterator<Item = &'a str>) -> Result<Self, KeySpecError> {
+        KeySpec::new(
+            parts
+                .into_iter()
+                .map(str::parse)
+                .collect::<Result<_, _>>()?,
+        )
+    }
+
+    /// The parts, in order.
+    pub fn parts(&self) -> &[KeyPart] {
+        &self.0
+    }
+
+    /// The key of a request, or `None` when a part cannot be formed.
+    pub(crate) fn key(&self, request: &RequestInfo<'_>) -> Option<String> {
+        if let [only] = self.0.as_slice() {
+            return Some(key_part(only, request)?.into_owned());
+        }
+        let mut key = String::new();
+        for (i, part) in self.0.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            for c in key_part(part, request)?.chars() {
+                if c == '|' || c == '\\' {
+                    key.push('\\');
+                }
+                key.push(c);
+            }
+        }
+        Some(key)
+    }
+}
+
+impl From<KeyPart> for KeySpec {
+    fn from(part: KeyPart) -> Self {
+        KeySpec(vec![part])
+    }
+}
+
+impl FromStr for KeySpec {
+    type Err = KeySpecError;
+
+    /// One part, e.g. `"ip"`; use [`KeySpec::parse_list`] for composite keys.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<KeyPart>().map(KeySpec::from)
+    }
+}
+
+impl fmt::Display for KeySpec {
+    /// `ip`, or a composite as `["header:x-api-key", "path"]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [only] = self.0.as_slice() {
+            return write!(f, "{only}");
+        }
+        f.write_str("[")?;
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "\"{p}\"")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// What the key parts are formed from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestInfo<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    /// The client's identity (`ip:...`), when the peer is known.
+    pub(crate) client: Option<&'a Target>,
+}
+
+fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str>> {
+    let text = match part {
+        KeyPart::Ip => request.client?.to_string(),
+        KeyPart::Header(name) => {
+            let mut values = request.headers.get_all(name).iter();
+            let first = values.next()?;
+            let mut bytes = format!("header:{name}:").into_bytes();
+            bytes.extend_from_slice(first.as_bytes());
+            for v in values {
+                bytes.push(b',');
+                bytes.extend_from_slice(v.as_bytes());
+            }
+            match String::from_utf8(bytes) {
+                Ok(s) => s,
+                // Header values may carry any byte: name them by their hash.
+                Err(e) => return Some(Cow::Owned(hashed(e.as_bytes()))),
+            }
+        }
+        KeyPart::Path => format!("path:{}", request.path),
+        KeyPart::Method => format!("method:{}", request.method),
+        KeyPart::Global => return Some(Cow::Borrowed("global")),
+    };
+    Some(bounded_key(&text).into_owned().into())
+}
+
+/// `key` itself, or `sha256:<hex>` of it when it is longer than
+/// [`MAX_KEY_PART_LEN`] bytes. Applied to every key part, and to the keys of
+/// the decision API, so stored keys stay small whatever a client sends.
+pub fn bounded_key(key: &str) -> Cow<'_, str> {
+    if key.len() > MAX_KEY_PART_LEN {
+        Cow::Owned(hashed(key.as_bytes()))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+fn hashed(bytes: &[u8]) -> String {
+    // 128 bits: collisions need ~2^64 attempts.
+    format!("sha256:{}", hex(&sha256(bytes)[..16]))
+}
+
+/// Which requests a rule applies to. Every condition given must hold;
+/// [`RequestMatch::default`] matches every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMatch {
+    /// The request path starts with this string (`"/api/"`). A plain string
+    /// prefix: `"/api"` also matches `/apiary`.
+    pub path_prefix: Option<String>,
+    /// The request method is one of these.
+    pub methods: Option<Vec<Method>>,
+}
+
+impl RequestMatch {
+    /// Whether a request with `method` and `path` is matched.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        self.path_prefix
+            .as_deref()
+            .is_none_or(|prefix| path.starts_with(prefix))
+            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+/// One rate limit: the requests it matches, how they are keyed, the policy
+/// and what each request costs.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodgate_core::{Algorithm, Policy};
+/// use floodgate_tower::{RequestMatch, Rule};
+///
+/// let rule = Rule::new(
+///     "api-per-client",
+///     "ip".parse()?,
+///     Policy::new(Algorithm::SlidingWindow, 100, Duration::from_secs(60))?,
+/// )
+/// .with_match(RequestMatch { path_prefix: Some("/api/".into()), methods: None });
+/// assert_eq!(rule.cost, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique among the rules; names the counters, the headers, the logs and
+    /// the metrics.
+    pub name: String,
+    /// Which requests the rule applies to.
+    pub matcher: RequestMatch,
+    /// Whose counter a request counts on.
+    pub key: KeySpec,
+    /// The limit.
+    pub policy: Policy,
+    /// Cost units each request takes (1 ..= the policy's capacity).
+    pub cost: u64,
+    /// Count, log and send headers, but never refuse.
+    pub shadow: bool,
+}
+
+impl Rule {
+    /// A rule matching every request, costing 1, enforcing.
+    pub fn new(name: impl Into<String>, key: KeySpec, policy: Policy) -> Self {
+        Rule {
+            name: name.into(),
+            matcher: RequestMatch::default(),
+            key,
+            policy,
+            cost: 1,
+            shadow: false,
+        }
+    }
+
+    /// The same rule applying only to `matcher`'s requests.
+    pub fn with_match(self, matcher: RequestMatch) -> Self {
+        Rule { matcher, ..self }
+    }
+
+    /// The same rule with each request costing `cost`.
+    pub fn with_cost(self, cost: u64) -> Self {
+        Rule { cost, ..self }
+    }
+
+    /// The same rule in shadow mode (`true`) or enforcing (`false`).
+    pub fn with_shadow(self, shadow: bool) -> Self {
+        Rule { shadow, ..self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    fn spec(parts: &[&str]) -> KeySpec {
+        KeySpec::parse_list(parts.iter().copied()).unwrap()
+    }
+
+    fn info<'a>(
+        headers: &'a HeaderMap,
+        client: Option<&'a Target>,
+        path: &'a str,
+    ) -> RequestInfo<'a> {
+        RequestInfo {
+            method: &Method::GET,
+            path,
+            headers,
+            client,
+        }
+    }
+
+    #[test]
+    fn parses_parts() {
+        assert_eq!("ip".parse::<KeyPart>(), Ok(KeyPart::Ip));
+        assert_eq!("global".parse::<KeyPart>(), Ok(KeyPart::Global));
+        assert_eq!(
+            "header:X-Api-Key".parse::<KeyPart>(),
+            Ok(KeyPart::Header(HeaderName::from_static("x-api-key")))
+        );
+        assert!(matches!(
+            "header:".parse::<KeyPart>(),
+            Err(KeySpecError::BadHeaderName(_))
+        ));
+        assert!(matches!(
+            "user".parse::<KeyPart>(),
+            Err(KeySpecError::Unknown(_))
+        ));
+        assert!(matches!(
+            "IP".parse::<KeyPart>(),
+            Err(KeySpecError::Unknown(_))
+        ));
+        assert_eq!(KeySpec::parse_list([]), Err(KeySpecError::Empty));
+        assert_eq!(
+            KeySpec::parse_list(["ip", "ip"]),
+            Err(KeySpecError::Duplicate(KeyPart::Ip))
+        );
+        for s in ["ip", "header:x-api-key", "path", "method", "global"] {
+            assert_eq!(s.parse::<KeyPart>().unwrap().to_string(), s);
+        }
+        assert_eq!(spec(&["ip", "path"]).to_string(), r#"["ip", "path"]"#);
+    }
+
+    #[test]
+    fn keys_of_each_part() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("abc"));
+        let client: Target = "ip:192.0.2.7".parse().unwrap();
+        let req = RequestInfo {
+            method: &Method::POST,
+            ..info(&headers, Some(&client), "/api/items")
+        };
+        assert_eq!(spec(&["ip"]).key(&req).unwrap(), "ip:192.0.2.7");
+        assert_eq!(
+            spec(&["header:x-api-key"]).key(&req).unwrap(),
+            "header:x-api-key:abc"
+        );
+        assert_eq!(spec(&["path"]).key(&req).unwrap(), "path:/api/items");
+        assert_eq!(spec(&["method"]).key(&req).unwrap(), "method:POST");
+        assert_eq!(spec(&["global"]).key(&req).unwrap(), "global");
+        assert_eq!(
+            spec(&["ip", "method", "path"]).key(&req).unwrap(),
+            "ip:192.0.2.7|method:POST|path:/api/items"
+        );
+    }
+
+    #[test]
+    fn missing_parts_mean_no_key() {
+        let headers = HeaderMap::new();
+        let req = info(&headers, None, "/");
+        assert_eq!(spec(&["ip"]).key(&req), None, "unknown peer");
+        assert_eq!(
+            spec(&["header:x-api-key"]).key(&req),
+            None,
+            "missing header"
+        );
+        assert_eq!(spec(&["path", "header:x-api-key"]).key(&req), None);
+        assert_eq!(
+            spec(&["path", "global"]).key(&req).unwrap(),
+            "path:/|global"
+        );
+    }
+
+    #[test]
+    fn composite_keys_are_unambiguous() {
+        // Two different requests whose naive concatenations would collide.
+        let mut a = HeaderMap::new();
+        a.insert("x-a", HeaderValue::from_static("1|header:x-b:2"));
+        a.insert("x-b", HeaderValue::from_static("3"));
+        let mut b = HeaderMap::new();
+        b.insert("x-a", HeaderValue::from_static("1"));
+        b.insert("x-b", HeaderValue::from_static("2|header:x-b:3"));
+        let s = spec(&["header:x-a", "header:x-b"]);
+        let ka = s.key(&info(&a, None, "/")).unwrap();
+        let kb = s.key(&info(&b, None, "/")).unwrap();
+        assert_ne!(ka, kb);
+        assert_eq!(ka, r"header:x-a:1\|header:x-b:2|header:x-b:3");
+        let mut c = HeaderMap::new();
+        c.insert("x-a", HeaderValue::from_static("\\"));
+        c.insert("x-b", HeaderValue::from_static("x"));
+        let mut d = HeaderMap::new();
+        d.insert("x-a", HeaderValue::from_static("\\|header:x-b:x"));
+        d.insert("x-b", HeaderValue::from_static("x"));
+        assert_ne!(s.key(&info(&c, None, "/")), s.key(&info(&d, None, "/")));
+    }
+
+    #[test]
+    fn long_and_binary_parts_are_hashed() {
+        let long = "a".repeat(10_000);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_str(&long).unwrap());
+        let key = spec(&["header:x-api-key"])
+            .key(&info(&headers, None, "/"))
+            .unwrap();
+        assert!(key.starts_with("sha256:"), "{key}");
+        assert_eq!(key.len(), "sha256:".len() + 32);
+        // Stable: the same value gives the same key (instances must agree).
+        assert_eq!(
+            Some(key.clone()),
+            spec(&["header:x-api-key"]).key(&info(&headers, None, "/"))
+        );
+        // A different long value, a different key.
+        headers.insert(
+            "x-api-key",
+            HeaderValue::from_str(&format!("{long}b")).unwrap(),
+        );
+        assert_ne!(
+            Some(key),
+            spec(&["header:x-api-key"]).key(&info(&headers, None, "/"))
+        );
+
+        let long_path = format!("/{}", "p".repeat(300));
+        let key = spec(&["path"])
+            .key(&info(&headers, None, &long_path))
+            .unwrap();
+        assert!(key.starts_with("sha256:"));
+        // Exactly 256 bytes is kept as is.
+        let edge = format!("/{}", "p".repeat(MAX_KEY_PART_LEN - "path:/".len()));
+        assert_eq!(
+            spec(&["path"]).key(&info(&headers, None, &edge)).unwrap(),
+            format!("path:{edge}")
+        );
+
+        let mut binary = HeaderMap::new();
+        binary.insert("x-api-key", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        let key = spec(&["header:x-api-key"])
+            .key(&info(&binary, None, "/"))
+            .unwrap();
+        assert!(key.starts_with("sha256:"));
+        assert_eq!(bounded_key("short"), "short");
+    }
+
+    #[test]
+    fn multiple_header_values_are_joined() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-api-key", HeaderValue::from_static("a"));
+        headers.append("x-api-key", HeaderValue::from_static("b"));
+        assert_eq!(
+            spec(&["header:x-api-key"])
+                .key(&info(&headers, None, "/"))
+                .unwrap(),
+            "header:x-api-key:a,b"
+        );
+    }
+
+    #[test]
+    fn request_match() {
+        let any = RequestMatch::default();
+        assert!(any.matches(&Method::DELETE, "/anything"));
+        let m = RequestMatch {
+            path_prefix: Some("/api/".into()),
+            methods: Some(vec![Method::GET, Method::POST]),
+        };
+        assert!(m.matches(&Method::GET, "/api/items"));
+        assert!(!m.matches(&Method::PUT, "/api/items"));
+        assert!(!m.matches(&Method::GET, "/apx"));
+        assert!(!m.matches(&Method::GET, "/api"));
+    }
+}
