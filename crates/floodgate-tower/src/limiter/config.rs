@@ -1,0 +1,282 @@
+//! What a [`Limiter`](super::Limiter) enforces, and the checks that keep a
+//! bad configuration from ever being enforced.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use floodgate_core::DEFAULT_MAX_KEYS;
+
+use crate::identity::ClientIpConfig;
+use crate::rule::Rule;
+use crate::target::Target;
+
+/// The longest rule name accepted, in bytes.
+pub const MAX_RULE_NAME_LEN: usize = 128;
+
+/// What to do with a request when the store cannot decide it (an error, or
+/// no answer within the timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Admit it, unlimited: availability over protection.
+    #[default]
+    Allow,
+    /// Refuse it: the layer answers 503.
+    Deny,
+    /// Decide it on an in-process memory store while the store is down
+    /// (limits then hold per instance rather than across instances).
+    Local,
+}
+
+impl OnError {
+    /// The configuration name: `allow`, `deny` or `local`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for OnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `on_error` is not `allow`, `deny` or `local`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown on_error {0:?} (expected allow, deny or local)")]
+pub struct UnknownOnError(pub String);
+
+impl FromStr for OnError {
+    type Err = UnknownOnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(OnError::Allow),
+            "deny" => Ok(OnError::Deny),
+            "local" => Ok(OnError::Local),
+            _ => Err(UnknownOnError(s.to_owned())),
+        }
+    }
+}
+
+/// Clients let through or turned away before any rule is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLists {
+    /// Never limited, never blocked (health checkers, internal networks).
+    /// Checked first.
+    pub allow: Vec<Target>,
+    /// Always refused with 403.
+    pub deny: Vec<Target>,
+}
+
+/// Everything a [`Limiter`](super::Limiter) enforces. Swapped as a whole by
+/// [`Limiter::reload`](super::Limiter::reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterConfig {
+    /// Every rule a request matches is checked; any enforcing one can refuse.
+    pub rules: Vec<Rule>,
+    /// Allow and deny lists.
+    pub access: AccessLists,
+    /// How the client address is found.
+    pub client_ip: ClientIpConfig,
+    /// What happens when the store fails.
+    pub on_error: OnError,
+    /// The longest any store call may take; slower counts as a failure.
+    pub timeout: Duration,
+    /// With [`OnError::Local`]: the most keys the in-process fallback holds.
+    /// Read when the limiter is built; a reload keeps the first value.
+    pub local_max_keys: usize,
+}
+
+impl Default for LimiterConfig {
+    /// No rules, no lists, no trusted proxies, `on_error = allow`, 50 ms.
+    fn default() -> Self {
+        LimiterConfig {
+            rules: Vec::new(),
+            access: AccessLists::default(),
+            client_ip: ClientIpConfig::default(),
+            on_error: OnError::Allow,
+            timeout: Duration::from_millis(50),
+            local_max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The rule it is about, if any.
+    pub rule: Option<String>,
+    /// The field, as named in the configuration file (`cost`, `name`,
+    /// `ipv6_prefix`).
+    pub field: &'static str,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(f, "rule {rule:?}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// At least one.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl LimiterConfig {
+    /// Checks everything that the types do not, and reports every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |rule: Option<&str>, field, message: String| {
+            problems.push(ConfigProblem {
+                rule: rule.map(str::to_owned),
+                field,
+                message,
+            })
+        };
+        let mut names = HashSet::new();
+        for rule in &self.rules {
+            let name = rule.name.as_str();
+            if let Err(why) = check_rule_name(name) {
+                problem(Some(name), "name", why);
+            }
+            if !names.insert(name) {
+                problem(Some(name), "name", "another rule has the same name".into());
+            }
+            let capacity = rule.policy.capacity();
+            if rule.cost == 0 || rule.cost > capacity {
+                problem(
+                    Some(name),
+                    "cost",
+                    format!(
+                        "must be between 1 and the rule's capacity {capacity}, got {}",
+                        rule.cost
+                    ),
+                );
+            }
+        }
+        let prefix = self.client_ip.ipv6_prefix;
+        if !(1..=128).contains(&prefix) {
+            problem(
+                None,
+                "ipv6_prefix",
+                format!("must be between 1 and 128, got {prefix}"),
+            );
+        }
+        if self.timeout.is_zero() {
+            problem(None, "timeout", "must be longer than zero".into());
+        }
+        if self.local_max_keys == 0 {
+            problem(None, "max_keys", "must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// Rule names appear in response headers, metric labels and admin URLs:
+/// printable ASCII without spaces, quotes or backslashes keeps every one of
+/// those simple.
+fn check_rule_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_RULE_NAME_LEN {
+        return Err(format!("must be at most {MAX_RULE_NAME_LEN} bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\\' | '/'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed (letters, digits and punctuation other than \" \\ / only)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use floodgate_core::{Algorithm, Policy};
+
+    fn rule(name: &str, cost: u64) -> Rule {
+        let policy = Policy::new(Algorithm::FixedWindow, 10, Duration::from_secs(1)).unwrap();
+        Rule::new(name, "ip".parse().unwrap(), policy).with_cost(cost)
+    }
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(LimiterConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn reports_every_problem_with_rule_and_field() {
+        let mut config = LimiterConfig {
+            rules: vec![
+                rule("api", 1),
+                rule("api", 0),
+                rule("", 1),
+                rule("has space", 11),
+                rule("a/b", 1),
+            ],
+            timeout: Duration::ZERO,
+            local_max_keys: 0,
+            ..LimiterConfig::default()
+        };
+        config.client_ip.ipv6_prefix = 129;
+        let err = config.validate().unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "rule \"api\": name: another rule has the same name",
+                "rule \"api\": cost: must be between 1 and the rule's capacity 10, got 0",
+                "rule \"\": name: must not be empty",
+                "rule \"has space\": name: ' ' is not allowed (letters, digits and punctuation other than \" \\ / only)",
+                "rule \"has space\": cost: must be between 1 and the rule's capacity 10, got 11",
+                "rule \"a/b\": name: '/' is not allowed (letters, digits and punctuation other than \" \\ / only)",
+                "ipv6_prefix: must be between 1 and 128, got 129",
+                "timeout: must be longer than zero",
+                "max_keys: must be at least 1",
+            ]
+        );
+        assert_eq!(err.to_string().lines().count(), 9);
+    }
+
+    #[test]
+    fn on_error_names() {
+        for e in [OnError::Allow, OnError::Deny, OnError::Local] {
+            assert_eq!(e.as_str().parse::<OnError>(), Ok(e));
+        }
+        assert!("fail".parse::<OnError>().is_err());
+    }
+}

@@ -1,0 +1,587 @@
+//! The request-side engine: access lists, blocks, rules, one store batch per
+//! request, and what to do when the store fails.
+
+mod blocks;
+mod config;
+mod health;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use floodgate_core::{
+    Block, Check, Clock, Decision, Error, MemoryStore, Store, StoreError, SystemClock,
+};
+use http::{HeaderMap, Method};
+
+pub use self::config::{
+    AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_RULE_NAME_LEN, OnError,
+    UnknownOnError,
+};
+pub use self::health::PROBE_INTERVAL;
+
+use self::blocks::BlockCache;
+use self::health::StoreHealth;
+use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
+use crate::rule::{RequestInfo, Rule, bounded_key};
+use crate::target::Target;
+use crate::target_set::TargetSet;
+use crate::verdict::{ForbiddenReason, RuleDecision, Verdict};
+
+/// How often the server should call [`Limiter::sync_blocks`]: blocks and
+/// unblocks made on another instance then apply here within a second.
+pub const BLOCK_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why [`Limiter::check_key`] could not decide.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// No rule has this name.
+    #[error("no rule named {0:?}")]
+    UnknownRule(String),
+    /// A cost of zero.
+    #[error("cost must be at least 1")]
+    ZeroCost,
+    /// More than the rule can ever admit at once; retrying never helps.
+    #[error("cost {cost} can never be admitted by rule {rule:?}: it holds at most {capacity}")]
+    InsufficientCapacity {
+        /// The rule.
+        rule: String,
+        /// The cost asked for.
+        cost: u64,
+        /// The most the rule admits at once.
+        capacity: u64,
+    },
+    /// The store could not decide and `on_error` is `deny`: answer 503.
+    #[error("the store could not decide and on_error = deny")]
+    Unavailable,
+}
+
+/// A rule with its name shared cheaply with verdicts.
+#[derive(Debug)]
+struct CompiledRule {
+    name: Arc<str>,
+    rule: Rule,
+}
+
+/// A validated configuration, ready to be consulted on every request.
+#[derive(Debug)]
+struct Snapshot {
+    config: Arc<LimiterConfig>,
+    rules: Vec<CompiledRule>,
+    allow: TargetSet<()>,
+    deny: TargetSet<()>,
+}
+
+impl Snapshot {
+    fn compile(config: LimiterConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Snapshot {
+            rules: config
+                .rules
+                .iter()
+                .map(|r| CompiledRule {
+                    name: r.name.as_str().into(),
+                    rule: r.clone(),
+                })
+                .collect(),
+            allow: TargetSet::from_targets(&config.access.allow, ()),
+            deny: TargetSet::from_targets(&config.access.deny, ()),
+            config: Arc::new(config),
+        })
+    }
+}
+
+struct Shared<S> {
+    store: S,
+    /// The configuration in force; a request keeps the one it started with.
+    snapshot: ArcSwap<Snapshot>,
+    clock: Arc<dyn Clock>,
+    /// Decides requests while the store is down under `on_error = local`.
+    fallback: MemoryStore,
+    health: StoreHealth,
+    blocks: BlockCache,
+    observer: Arc<dyn Observer>,
+}
+
+/// Decides requests against a [`LimiterConfig`] and a [`Store`].
+///
+/// Cheap to clone: clones share the configuration, the block cache and the
+/// store. See the [crate documentation](crate) for an example.
+pub struct Limiter<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Limiter<S> {
+    fn clone(&self) -> Self {
+        Limiter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Limiter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snapshot = self.shared.snapshot.load();
+        f.debug_struct("Limiter")
+            .field("rules", &snapshot.rules.len())
+            .field("on_error", &snapshot.config.on_error)
+            .field("store_healthy", &self.shared.health.is_healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Limiter`] with a clock or an observer of choice.
+pub struct LimiterBuilder<S> {
+    config: LimiterConfig,
+    store: S,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+}
+
+impl<S: Store> LimiterBuilder<S> {
+    /// The clock that block expiry and store probes are judged by (default:
+    /// the system clock). Give it the store's clock in tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where decisions and store calls are reported (default: nowhere).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The limiter, if the configuration is valid.
+    pub fn build(self) -> Result<Limiter<S>, ConfigError> {
+        let snapshot = Snapshot::compile(self.config)?;
+        let fallback =
+            MemoryStore::with_clock(snapshot.config.local_max_keys, Arc::clone(&self.clock));
+        Ok(Limiter {
+            shared: Arc::new(Shared {
+                store: self.store,
+                snapshot: ArcSwap::from_pointee(snapshot),
+                clock: self.clock,
+                fallback,
+                health: StoreHealth::default(),
+                blocks: BlockCache::default(),
+                observer: self.observer,
+            }),
+        })
+    }
+}
+
+/// One matching rule and the key it counts this request on.
+type Keyed<'a> = (&'a CompiledRule, String);
+
+impl<S: Store> Limiter<S> {
+    /// A limiter enforcing `config` on `store`, on the system clock.
+    pub fn new(config: LimiterConfig, store: S) -> Result<Self, ConfigError> {
+        Limiter::builder(config, store).build()
+    }
+
+    /// A builder, to set the clock or an observer.
+    pub fn builder(config: LimiterConfig, store: S) -> LimiterBuilder<S> {
+        LimiterBuilder {
+            config,
+            store,
+            clock: Arc::new(SystemClock),
+            observer: Arc::new(NoopObserver),
+        }
+    }
+
+    /// Replaces the configuration atomically. Requests already being decided
+    /// finish under the old one. An invalid configuration changes nothing.
+    pub fn reload(&self, config: LimiterConfig) -> Result<(), ConfigError> {
+        let snapshot = Snapshot::compile(config)?;
+        let rules = snapshot.rules.len();
+        self.shared.snapshot.store(Arc::new(snapshot));
+        tracing::info!(rules, "limiter configuration reloaded");
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<LimiterConfig> {
+        Arc::clone(&self.shared.snapshot.load().config)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// Whether the last store call succeeded (for `/readyz`).
+    pub fn store_healthy(&self) -> bool {
+        self.shared.health.is_healthy()
+    }
+
+    /// Decides a request: the allow list (bypasses everything), the deny
+    /// list (403), manual blocks (403) and rule penalty blocks (429) from the
+    /// local cache without a store round trip, then every matching rule in
+    /// one store batch.
+    ///
+    /// `peer` is the TCP peer. When it is `None` the client address is
+    /// unknown: IP entries of the access lists and blocks never match it, and
+    /// rules keyed by `ip` do not apply.
+    pub async fn check_request(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Verdict {
+        let snapshot = self.shared.snapshot.load_full();
+        let client_ip = &snapshot.config.client_ip;
+        let ip: Option<IpAddr> = client_ip.client_ip(peer.map(|p| p.ip()), headers);
+
+        if snapshot.allow.find(ip, headers, |_| true).is_some() {
+            self.observe(None, Outcome::Bypassed);
+            return Verdict::Allow(None);
+        }
+        if let Some((target, ())) = snapshot.deny.find(ip, headers, |_| true) {
+            self.observe(None, Outcome::Denied);
+            return Verdict::Forbidden {
+                reason: ForbiddenReason::DenyList {
+                    target: target.clone(),
+                },
+            };
+        }
+        let now = self.shared.clock.now();
+        if let Some(target) = self.shared.blocks.manual_block(ip, headers, now) {
+            self.observe(None, Outcome::Blocked);
+            return Verdict::Forbidden {
+                reason: ForbiddenReason::Blocked { target },
+            };
+        }
+
+        let client: Option<Target> = ip.map(|ip| client_ip.identity(ip));
+        let info = RequestInfo {
+            method,
+            path,
+            headers,
+            client: client.as_ref(),
+        };
+        let keyed: Vec<Keyed<'_>> = snapshot
+            .rules
+            .iter()
+            .filter(|r| r.rule.matcher.matches(method, path))
+            .filter_map(|r| Some((r, r.rule.key.key(&info)?)))
+            .collect();
+        if keyed.is_empty() {
+            return Verdict::Allow(None);
+        }
+        for (rule, key) in keyed.iter().filter(|(r, _)| !r.rule.shadow) {
+            if let Some(left) = self.shared.blocks.penalty(&rule.name, key, now) {
+                self.observe(Some(&rule.name), Outcome::Blocked);
+                return Verdict::Limited(penalty_decision(rule, left));
+            }
+        }
+
+        let checks: Vec<Check<'_>> = keyed
+            .iter()
+            .map(|(rule, key)| check_of(rule, key, rule.rule.cost))
+            .collect();
+        match self.decide(&snapshot.config, &checks).await {
+            Some(decisions) => self.conclude(&keyed, &decisions),
+            None => {
+                for (rule, _) in &keyed {
+                    self.observe(Some(&rule.name), Outcome::Error);
+                }
+                match snapshot.config.on_error {
+                    OnError::Allow => Verdict::Allow(None),
+                    OnError::Deny | OnError::Local => Verdict::Unavailable,
+                }
+            }
+        }
+    }
+
+    /// Decides `cost` units of `rule` for `key`: the decision API. The key
+    /// is used as given (hashed when longer than
+    /// [`MAX_KEY_PART_LEN`](crate::rule::MAX_KEY_PART_LEN) bytes). A shadow
+    /// rule's decision is always `allowed`.
+    ///
+    /// When the store cannot decide: `on_error = allow` admits (reporting
+    /// the full quota, as nothing is known), `deny` returns
+    /// [`CheckError::Unavailable`], `local` decides on the in-process store.
+    pub async fn check_key(
+        &self,
+        rule: &str,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
+        let snapshot = self.shared.snapshot.load_full();
+        let compiled = snapshot
+            .rules
+            .iter()
+            .find(|r| &*r.name == rule)
+            .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
+        let policy = &compiled.rule.policy;
+        if cost == 0 {
+            return Err(CheckError::ZeroCost);
+        }
+        if cost > policy.capacity() {
+            return Err(CheckError::InsufficientCapacity {
+                rule: rule.to_owned(),
+                cost,
+                capacity: policy.capacity(),
+            });
+        }
+        let key = bounded_key(key);
+        let now = self.shared.clock.now();
+        if !compiled.rule.shadow
+            && let Some(left) = self.shared.blocks.penalty(&compiled.name, &key, now)
+        {
+            self.observe(Some(&compiled.name), Outcome::Blocked);
+            return Ok(penalty_decision(compiled, left).decision);
+        }
+        let check = check_of(compiled, &key, cost);
+        match self
+            .decide(&snapshot.config, std::slice::from_ref(&check))
+            .await
+        {
+            Some(decisions) => {
+                let mut decision = decisions[0];
+                self.record(compiled, &key, &decision);
+                if compiled.rule.shadow {
+                    decision.allowed = true;
+                    decision.retry_after = None;
+                }
+                Ok(decision)
+            }
+            None => {
+                self.observe(Some(&compiled.name), Outcome::Error);
+                match snapshot.config.on_error {
+                    OnError::Allow => Ok(Decision {
+                        allowed: true,
+                        limit: policy.limit(),
+                        remaining: policy.capacity() - cost,
+                        reset_after: Duration::ZERO,
+                        retry_after: None,
+                        blocked: false,
+                    }),
+                    OnError::Deny | OnError::Local => Err(CheckError::Unavailable),
+                }
+            }
+        }
+    }
+
+    /// Reads every block from the store into the local cache (manual blocks,
+    /// and penalty blocks so that an unblock made elsewhere is seen). Returns
+    /// how many blocks are cached. On failure the cache is left as it was.
+    pub async fn sync_blocks(&self) -> Result<usize, Error> {
+        let blocks = self
+            .store_call(StoreCall::Blocks, self.shared.store.blocks())
+            .await?;
+        let (manual, penalties) = self.shared.blocks.replace(&blocks, self.shared.clock.now());
+        Ok(manual + penalties)
+    }
+
+    /// Runs [`sync_blocks`](Self::sync_blocks) every `every` (use
+    /// [`BLOCK_SYNC_INTERVAL`]) until `shutdown` resolves. Failures are
+    /// logged by the store health transitions, not per attempt.
+    pub async fn sync_blocks_until(&self, every: Duration, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.sync_blocks().await {
+                        tracing::debug!(error = %e, "block sync failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks `target` for `ttl` in the store (so every instance sees it at
+    /// its next sync) and at once on this instance.
+    pub async fn block(
+        &self,
+        target: &Target,
+        ttl: Duration,
+        reason: &str,
+    ) -> Result<Block, Error> {
+        let block = self
+            .store_call(
+                StoreCall::AddBlock,
+                self.shared
+                    .store
+                    .add_block(&target.to_string(), ttl, reason),
+            )
+            .await?;
+        self.shared.blocks.add_manual(target.clone(), block.until);
+        Ok(block)
+    }
+
+    /// Lifts every block of `target` (a [`Target`], or a rule key for a
+    /// penalty block) in the store and at once on this instance. Returns
+    /// whether any was in force.
+    pub async fn unblock(&self, target: &str) -> Result<bool, Error> {
+        let lifted = self
+            .store_call(
+                StoreCall::RemoveBlock,
+                self.shared.store.remove_block(target),
+            )
+            .await?;
+        self.shared.blocks.remove(target);
+        Ok(lifted)
+    }
+
+    /// Asks the store whether it answers, within the timeout; updates
+    /// [`store_healthy`](Self::store_healthy).
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.store_call(StoreCall::Ping, self.shared.store.ping())
+            .await
+    }
+
+    /// The decisions for `checks`: from the store when it is (or may be)
+    /// up, else from the fallback under `on_error = local`; `None` when
+    /// nothing could decide.
+    async fn decide(&self, config: &LimiterConfig, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        if self.shared.health.should_try(self.shared.clock.now()) {
+            match self
+                .store_call(StoreCall::Check, self.shared.store.check(checks))
+                .await
+            {
+                Ok(decisions) if decisions.len() == checks.len() => return Some(decisions),
+                Ok(decisions) => tracing::error!(
+                    expected = checks.len(),
+                    got = decisions.len(),
+                    "store answered the wrong number of decisions"
+                ),
+                Err(Error::Store(_)) => {}
+                Err(e) => tracing::error!(error = %e, "store refused a check"),
+            }
+        }
+        if config.on_error == OnError::Local {
+            match self.shared.fallback.check_now(checks) {
+                Ok(decisions) => return Some(decisions),
+                Err(e) => tracing::error!(error = %e, "local fallback refused a check"),
+            }
+        }
+        None
+    }
+
+    /// Runs one store call bounded by the timeout, timing it and tracking
+    /// the store's health.
+    async fn store_call<T>(
+        &self,
+        call: StoreCall,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let timeout = self.shared.snapshot.load().config.timeout;
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Store(StoreError::timeout(timeout))),
+        };
+        let failure = match &result {
+            Err(Error::Store(e)) => Some(e),
+            _ => None,
+        };
+        self.shared
+            .observer
+            .on_store_call(call, started.elapsed(), failure.is_none());
+        match failure {
+            Some(e) => {
+                if self.shared.health.record_failure(self.shared.clock.now()) {
+                    let on_error = self.shared.snapshot.load().config.on_error;
+                    tracing::warn!(error = %e, %on_error, "store unreachable; deciding per on_error until it answers again");
+                    self.shared.observer.on_store_health(false);
+                }
+            }
+            None => {
+                if self.shared.health.record_success() {
+                    tracing::info!("store reachable again; shared limiting resumed");
+                    self.shared.observer.on_store_health(true);
+                }
+            }
+        }
+        result
+    }
+
+    /// Turns a batch's decisions into a verdict.
+    fn conclude(&self, keyed: &[Keyed<'_>], decisions: &[Decision]) -> Verdict {
+        let mut refusal: Option<usize> = None;
+        let mut tightest: Option<usize> = None;
+        for (i, ((rule, key), d)) in keyed.iter().zip(decisions).enumerate() {
+            self.record(rule, key, d);
+            if !d.allowed
+                && !rule.rule.shadow
+                && refusal.is_none_or(|j| d.retry_after > decisions[j].retry_after)
+            {
+                refusal = Some(i);
+            }
+            if tightest.is_none_or(|j| d.remaining < decisions[j].remaining) {
+                tightest = Some(i);
+            }
+        }
+        let pick = |i: usize| RuleDecision {
+            rule: Arc::clone(&keyed[i].0.name),
+            window: keyed[i].0.rule.policy.window(),
+            decision: decisions[i],
+        };
+        match refusal {
+            Some(i) => {
+                tracing::debug!(rule = %keyed[i].0.name, key = %keyed[i].1, "request limited");
+                Verdict::Limited(pick(i))
+            }
+            None => Verdict::Allow(tightest.map(pick)),
+        }
+    }
+
+    /// Reports one rule's decision, logs a shadow refusal, and caches a
+    /// penalty block the decision started.
+    fn record(&self, rule: &CompiledRule, key: &str, d: &Decision) {
+        let outcome = if d.allowed {
+            Outcome::Allowed
+        } else if rule.rule.shadow {
+            tracing::info!(rule = %rule.name, key, remaining = d.remaining, "shadow rule would refuse");
+            Outcome::ShadowLimited
+        } else if d.blocked {
+            if let Some(left) = d.retry_after {
+                let now = self.shared.clock.now();
+                self.shared
+                    .blocks
+                    .add_penalty(&rule.name, key, now.saturating_add(left), now);
+            }
+            Outcome::Blocked
+        } else {
+            Outcome::Limited
+        };
+        self.observe(Some(&rule.name), outcome);
+    }
+
+    fn observe(&self, rule: Option<&str>, outcome: Outcome) {
+        self.shared.observer.on_decision(rule, outcome);
+    }
+}
+
+fn check_of<'a>(rule: &'a CompiledRule, key: &'a str, cost: u64) -> Check<'a> {
+    let check = Check::new(&rule.name, &rule.rule.policy, key, cost);
+    if rule.rule.shadow {
+        check.shadow()
+    } else {
+        check
+    }
+}
+
+/// The refusal of a request under a cached penalty block lasting `left`.
+fn penalty_decision(rule: &CompiledRule, left: Duration) -> RuleDecision {
+    RuleDecision {
+        rule: Arc::clone(&rule.name),
+        window: rule.rule.policy.window(),
+        decision: Decision {
+            allowed: false,
+            limit: rule.rule.policy.limit(),
+            remaining: 0,
+            reset_after: left,
+            retry_after: Some(left),
+            blocked: true,
+        },
+    }
+}

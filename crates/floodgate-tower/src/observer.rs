@@ -1,0 +1,97 @@
+//! Hooks for metrics. The server implements [`Observer`] to count decisions
+//! and time store calls; every label comes from a fixed set or a rule name,
+//! so label sets stay bounded whatever clients send.
+
+use std::time::Duration;
+
+/// What happened to a request, per rule (or before any rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The rule admitted it.
+    Allowed,
+    /// The rule refused it: over the limit.
+    Limited,
+    /// A shadow rule would have refused it; it went ahead.
+    ShadowLimited,
+    /// Refused by a block: a rule's penalty block (with the rule's name) or
+    /// a manual block (without one).
+    Blocked,
+    /// Refused by the `[access]` deny list.
+    Denied,
+    /// Let through by the `[access]` allow list, without any rule.
+    Bypassed,
+    /// The store could not decide; `on_error` then applied.
+    Error,
+}
+
+impl Outcome {
+    /// A label: `allowed`, `limited`, `shadow_limited`, `blocked`, `denied`,
+    /// `bypassed` or `error`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::ShadowLimited => "shadow_limited",
+            Outcome::Blocked => "blocked",
+            Outcome::Denied => "denied",
+            Outcome::Bypassed => "bypassed",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A kind of store call, for latency and error metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreCall {
+    /// Deciding a request's rules.
+    Check,
+    /// Reading the blocks for the local cache.
+    Blocks,
+    /// Adding a block.
+    AddBlock,
+    /// Lifting a block.
+    RemoveBlock,
+    /// A health check.
+    Ping,
+}
+
+impl StoreCall {
+    /// A label: `check`, `blocks`, `add_block`, `remove_block` or `ping`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreCall::Check => "check",
+            StoreCall::Blocks => "blocks",
+            StoreCall::AddBlock => "add_block",
+            StoreCall::RemoveBlock => "remove_block",
+            StoreCall::Ping => "ping",
+        }
+    }
+}
+
+/// Receives what the limiter does. Every method defaults to doing nothing;
+/// they are called on the request path, so they must be quick.
+pub trait Observer: Send + Sync + 'static {
+    /// A decision: per matching rule (`Some(name)`), or once per request
+    /// refused or admitted before any rule (`None`: deny list, manual block,
+    /// allow list).
+    fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
+        let _ = (rule, outcome);
+    }
+
+    /// A store call finished (or timed out) after `latency`.
+    fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
+        let _ = (call, latency, ok);
+    }
+
+    /// The store went down (`false`) or came back (`true`). Called once per
+    /// transition.
+    fn on_store_health(&self, healthy: bool) {
+        let _ = healthy;
+    }
+}
+
+/// An [`Observer`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {}
