@@ -1,6 +1,8 @@
 //! # floodgate-tower
 //!
-//! Rate limiting for tower services (axum, hyper, tonic).
+//! Rate limiting for tower services (axum, hyper, tonic): client identity,
+//! rule matching, `[access]` lists, blocks, `RateLimit` headers, and 429 /
+//! 403 / 503 answers with `application/problem+json` bodies.
 //!
 //! - [`Limiter`]: the engine. Per request: the allow list (bypass), the deny
 //!   list (403), manual blocks (403) and penalty blocks (429) from a local
@@ -8,15 +10,67 @@
 //!   [`Store`](floodgate_core::Store) batch, which consumes nothing when any
 //!   rule refuses. Store failures follow [`OnError`]; no call waits longer
 //!   than the configured timeout.
+//! - [`RateLimitLayer`]: the tower layer around a [`Limiter`].
 //! - [`ClientIpConfig`]: who the client is; forwarding headers count only
 //!   from trusted proxies.
 //! - [`Target`]: `ip:<addr>`, `ip:<cidr>`, `header:<name>:<value>`, the one
 //!   syntax for lists, blocks, logs and the admin API.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, body::Body, routing::get};
+//! use floodgate_core::{Algorithm, MemoryStore, Policy};
+//! use floodgate_tower::{Limiter, LimiterConfig, PeerAddr, RateLimitLayer, Rule};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = LimiterConfig {
+//!     rules: vec![Rule::new(
+//!         "api",
+//!         "ip".parse()?,
+//!         Policy::new(Algorithm::TokenBucket, 2, Duration::from_secs(60))?,
+//!     )],
+//!     ..LimiterConfig::default()
+//! };
+//! let limiter = Limiter::new(config, MemoryStore::new(100_000))?;
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::new(limiter));
+//!
+//! // axum servers started with `into_make_service_with_connect_info` need
+//! // no `PeerAddr`: the layer reads `ConnectInfo<SocketAddr>`.
+//! let request = || {
+//!     Request::get("/")
+//!         .extension(PeerAddr("192.0.2.7:4711".parse().expect("address")))
+//!         .body(Body::empty())
+//! };
+//! let ok = app.clone().oneshot(request()?).await?;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! // One unit left; the bucket is full again in 30 s.
+//! assert_eq!(ok.headers()["ratelimit"], r#""api";r=1;t=30"#);
+//!
+//! app.clone().oneshot(request()?).await?;
+//! let refused = app.oneshot(request()?).await?;
+//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(refused.headers()["content-type"], "application/problem+json");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A server sharing a store between instances also runs
+//! [`Limiter::sync_blocks_until`] so blocks made anywhere apply here within a
+//! second.
 
 mod digest;
+pub mod headers;
 pub mod identity;
 pub mod limiter;
+mod middleware;
 pub mod observer;
+mod peer;
+pub mod response;
 pub mod rule;
 pub mod target;
 mod target_set;
@@ -27,7 +81,10 @@ pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
     LimiterBuilder, LimiterConfig, OnError,
 };
+pub use middleware::{RateLimit, RateLimitLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
+pub use peer::{PeerAddr, peer_addr};
+pub use response::{Problem, verdict_response};
 pub use rule::{KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use target::{Target, TargetError};
 pub use verdict::{ForbiddenReason, RuleDecision, Verdict};

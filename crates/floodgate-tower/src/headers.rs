@@ -1,0 +1,177 @@
+//! `RateLimit-Policy`, `RateLimit` and `Retry-After`.
+//!
+//! The RateLimit fields follow draft-ietf-httpapi-ratelimit-headers-11
+//! (May 2026), §3 and §4: Structured Field lists of one item per policy, a
+//! String naming the policy with Integer parameters:
+//!
+//! ```text
+//! RateLimit-Policy: "api";q=100;w=60      quota 100 units per 60 s window
+//! RateLimit: "api";r=42;t=17              42 units left, effective window 17 s
+//! ```
+//!
+//! `t` is the time until the quota is fully restored on an admitted
+//! request, and the Retry-After delay on a refused one (§6: Retry-After
+//! should not point before the end of the effective window). Seconds are
+//! always whole and rounded up, so a client that waits as told is never
+//! early; `w` and `Retry-After` are at least 1.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use crate::verdict::RuleDecision;
+
+/// `RateLimit-Policy`.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit`.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whole seconds in `d`, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `Retry-After` value for a wait of `d`: whole seconds, rounded up,
+/// at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    ceil_secs(d).max(1)
+}
+
+/// The `RateLimit-Policy` item for `d`'s rule, e.g. `"api";q=100;w=60`.
+pub fn policy_value(d: &RuleDecision) -> String {
+    format!(
+        "{};q={};w={}",
+        sf_string(&d.rule),
+        d.decision.limit,
+        ceil_secs(d.window).max(1)
+    )
+}
+
+/// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
+pub fn ratelimit_value(d: &RuleDecision) -> String {
+    let t = match d.decision.retry_after {
+        Some(wait) if !d.decision.allowed => retry_after_secs(wait),
+        _ => ceil_secs(d.decision.reset_after),
+    };
+    format!("{};r={};t={t}", sf_string(&d.rule), d.decision.remaining)
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` for `d` to `headers` (appended,
+/// so an upstream's own RateLimit items are kept).
+pub fn insert_rate_limit_headers(headers: &mut HeaderMap, d: &RuleDecision) {
+    for (name, value) in [
+        (RATELIMIT_POLICY, policy_value(d)),
+        (RATELIMIT, ratelimit_value(d)),
+    ] {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// Sets `Retry-After` to a wait of `d` (see [`retry_after_secs`]).
+pub fn insert_retry_after(headers: &mut HeaderMap, d: Duration) {
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+}
+
+/// A Structured Field String (RFC 9651 §3.3.3): quoted, `"` and `\`
+/// escaped, characters outside printable ASCII dropped (rule names are
+/// validated, so only a programming error could bring one).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| matches!(c, ' '..='~')) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_core::Decision;
+
+    fn rd(rule: &str, window: Duration, decision: Decision) -> RuleDecision {
+        RuleDecision {
+            rule: rule.into(),
+            window,
+            decision,
+        }
+    }
+
+    fn decision(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
+        Decision {
+            allowed,
+            limit: 100,
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+            retry_after: retry_ms.map(Duration::from_millis),
+            blocked: false,
+        }
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_micros(16_000_001)), 17);
+    }
+
+    #[test]
+    fn field_values() {
+        let allowed = rd(
+            "api",
+            Duration::from_secs(60),
+            decision(true, 42, 16_500, None),
+        );
+        assert_eq!(policy_value(&allowed), r#""api";q=100;w=60"#);
+        assert_eq!(ratelimit_value(&allowed), r#""api";r=42;t=17"#);
+        let refused = rd(
+            "api",
+            Duration::from_millis(250),
+            decision(false, 0, 60_000, Some(2_100)),
+        );
+        assert_eq!(
+            policy_value(&refused),
+            r#""api";q=100;w=1"#,
+            "sub-second windows round up"
+        );
+        assert_eq!(
+            ratelimit_value(&refused),
+            r#""api";r=0;t=3"#,
+            "t matches Retry-After"
+        );
+        let odd = rd(
+            "a\"b\\c\u{e9}",
+            Duration::from_secs(1),
+            decision(true, 1, 0, None),
+        );
+        assert_eq!(ratelimit_value(&odd), r#""a\"b\\c";r=1;t=0"#);
+    }
+
+    #[test]
+    fn inserts_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RATELIMIT, HeaderValue::from_static(r#""upstream";r=5"#));
+        let d = rd(
+            "api",
+            Duration::from_secs(10),
+            decision(false, 0, 10_000, Some(9_000)),
+        );
+        insert_rate_limit_headers(&mut headers, &d);
+        insert_retry_after(&mut headers, d.decision.retry_after.unwrap_or_default());
+        let ratelimit: Vec<_> = headers.get_all(RATELIMIT).iter().collect();
+        assert_eq!(ratelimit.len(), 2);
+        assert_eq!(ratelimit[1], r#""api";r=0;t=9"#);
+        assert_eq!(headers[RATELIMIT_POLICY], r#""api";q=100;w=10"#);
+        assert_eq!(headers[RETRY_AFTER], "9");
+    }
+}

@@ -1,0 +1,98 @@
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use floodgate_core::Store;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use tower::Service;
+
+use super::future::ResponseFuture;
+use crate::headers::insert_rate_limit_headers;
+use crate::limiter::Limiter;
+use crate::peer::peer_addr;
+use crate::response::verdict_response;
+use crate::verdict::Verdict;
+
+/// The body of a [`RateLimit`] response: the inner service's, or the
+/// limiter's own problem+json.
+pub type ResponseBody<B> = Either<B, Full<Bytes>>;
+
+/// Decides each request with a [`Limiter`] before the inner service sees it.
+///
+/// Refused requests are answered here, in `call` (429, 403 or 503 with a
+/// problem+json body; see [`verdict_response`]), and never reach the inner
+/// service. Admitted requests go on, and their responses get the
+/// `RateLimit-Policy` and `RateLimit` headers of the most restrictive rule.
+/// `poll_ready` is the inner service's: the limiter never makes a caller
+/// wait for readiness.
+///
+/// The peer address is read from the [`PeerAddr`](crate::PeerAddr)
+/// extension, else from axum's `ConnectInfo<SocketAddr>`.
+#[derive(Debug)]
+pub struct RateLimit<Svc, S> {
+    inner: Svc,
+    limiter: Limiter<S>,
+}
+
+impl<Svc, S> RateLimit<Svc, S> {
+    /// `inner`, limited by `limiter`.
+    pub fn new(inner: Svc, limiter: Limiter<S>) -> Self {
+        RateLimit { inner, limiter }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+}
+
+impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl<Svc, S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<Svc, S>
+where
+    Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    S: Store,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = Svc::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready handles this request; the clone
+        // stays behind for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = self.limiter.clone();
+        ResponseFuture::new(async move {
+            let verdict = limiter
+                .check_request(
+                    request.method(),
+                    request.uri().path(),
+                    request.headers(),
+                    peer_addr(request.extensions()),
+                )
+                .await;
+            if let Some(refusal) = verdict_response(&verdict) {
+                return Ok(refusal.map(Either::Right));
+            }
+            let mut response = inner.call(request).await?;
+            if let Verdict::Allow(Some(decision)) = &verdict {
+                insert_rate_limit_headers(response.headers_mut(), decision);
+            }
+            Ok(response.map(Either::Left))
+        })
+    }
+}
