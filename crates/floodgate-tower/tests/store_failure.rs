@@ -1,0 +1,335 @@
+//! A store that fails or hangs: `on_error` allow / deny / local, the timeout,
+//! one log line per transition, recovery, and block sync.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use floodgate_core::Error;
+use floodgate_tower::limiter::PROBE_INTERVAL;
+use floodgate_tower::{
+    BLOCK_SYNC_INTERVAL, CheckError, LimiterConfig, OnError, Outcome, StoreCall,
+};
+use http::StatusCode;
+use parking_lot::Mutex;
+
+fn failing_config(on_error: OnError, limit: u64) -> LimiterConfig {
+    LimiterConfig {
+        rules: vec![ip_rule("api", limit, 60)],
+        on_error,
+        timeout: Duration::from_millis(50),
+        ..LimiterConfig::default()
+    }
+}
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn lines_containing(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn on_error_allow_admits_and_logs_each_transition_once() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock));
+    let recorder = Recorder::new();
+    let limiter = limiter(
+        failing_config(OnError::Allow, 1),
+        store.clone(),
+        &clock,
+        recorder.clone(),
+    );
+    let app = app(limiter.clone());
+
+    store.set(Mode::Failing);
+    for _ in 0..5 {
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "items");
+        assert!(
+            reply.header("ratelimit").is_none(),
+            "nothing is known to report"
+        );
+    }
+    assert!(!limiter.store_healthy());
+    assert_eq!(
+        store.calls(),
+        1,
+        "after a failure, requests stop waiting on the store"
+    );
+    assert_eq!(recorder.count(Some("api"), Outcome::Error), 5);
+    assert_eq!(
+        *recorder.store_calls.lock(),
+        vec![(StoreCall::Check, false)]
+    );
+
+    store.set(Mode::Up);
+    assert_eq!(
+        send(&app, get_from("/api/items", "192.0.2.7")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(store.calls(), 1, "no probe before the interval");
+    clock.advance(PROBE_INTERVAL);
+    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("ratelimit"),
+        Some(r#""api";r=0;t=60"#),
+        "shared limiting resumed"
+    );
+    assert!(limiter.store_healthy());
+    assert_eq!(
+        send(&app, get_from("/api/items", "192.0.2.7")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    assert_eq!(*recorder.health.lock(), vec![false, true]);
+    assert_eq!(logs.lines_containing("store unreachable"), 1);
+    assert_eq!(logs.lines_containing("store reachable again"), 1);
+}
+
+#[tokio::test]
+async fn on_error_deny_answers_503() {
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock));
+    let recorder = Recorder::new();
+    let limiter = limiter(
+        failing_config(OnError::Deny, 10),
+        store.clone(),
+        &clock,
+        recorder.clone(),
+    );
+    let app = app(limiter.clone());
+    store.set(Mode::Failing);
+
+    for _ in 0..3 {
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert_eq!(reply.json()["status"], 503);
+    }
+    assert_eq!(
+        limiter.check_key("api", "alice", 1).await,
+        Err(CheckError::Unavailable)
+    );
+    // Requests no rule applies to never needed the store.
+    let reply = send(
+        &app,
+        request("GET", "/health", None)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(recorder.count(Some("api"), Outcome::Error), 4);
+}
+
+#[tokio::test]
+async fn on_error_local_keeps_limiting_in_process() {
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock));
+    let limiter = limiter(
+        failing_config(OnError::Local, 2),
+        store.clone(),
+        &clock,
+        Recorder::new(),
+    );
+    let app = app(limiter.clone());
+    store.set(Mode::Failing);
+
+    for left in [1, 0] {
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.header("ratelimit"),
+            Some(format!(r#""api";r={left};t=60"#).as_str())
+        );
+    }
+    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        reply.json()["violated-policies"],
+        serde_json::json!(["api"])
+    );
+    assert!(
+        !limiter
+            .check_key("api", "ip:192.0.2.7", 1)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(limiter.check_key("api", "bob", 1).await.unwrap().allowed);
+
+    // Back up: the shared store decides again (its counters are untouched).
+    store.set(Mode::Up);
+    clock.advance(PROBE_INTERVAL);
+    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("ratelimit"), Some(r#""api";r=1;t=60"#));
+    assert!(limiter.store_healthy());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_is_cut_at_the_timeout() {
+    let clock = clock();
+    for on_error in [OnError::Allow, OnError::Deny, OnError::Local] {
+        let store = FlakyStore::new(memory_store(&clock));
+        let limiter = limiter(
+            failing_config(on_error, 5),
+            store.clone(),
+            &clock,
+            Recorder::new(),
+        );
+        let app = app(limiter.clone());
+        store.set(Mode::Hanging);
+
+        let started = tokio::time::Instant::now();
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_millis(60),
+            "{on_error}: waited {waited:?}"
+        );
+        let expected = match on_error {
+            OnError::Allow | OnError::Local => StatusCode::OK,
+            OnError::Deny => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        assert_eq!(reply.status, expected, "{on_error}");
+        assert!(!limiter.store_healthy());
+
+        // The next request does not wait at all.
+        let started = tokio::time::Instant::now();
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(reply.status, expected);
+
+        // Block syncs and admin calls are cut the same way.
+        let started = tokio::time::Instant::now();
+        match limiter.sync_blocks().await {
+            Err(Error::Store(e)) => assert!(e.is_timeout(), "{e}"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert!(limiter.ping().await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn check_key_follows_on_error_allow() {
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock));
+    let limiter = limiter(
+        failing_config(OnError::Allow, 5),
+        store.clone(),
+        &clock,
+        Recorder::new(),
+    );
+    store.set(Mode::Failing);
+    let d = limiter.check_key("api", "alice", 2).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!((d.limit, d.remaining), (5, 3));
+}
+
+#[tokio::test]
+async fn a_failed_sync_keeps_the_cached_blocks() {
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock));
+    let limiter = limiter(
+        failing_config(OnError::Allow, 5),
+        store.clone(),
+        &clock,
+        Recorder::new(),
+    );
+    let app = app(limiter.clone());
+    store
+        .inner
+        .add_block_now("ip:192.0.2.7", Duration::from_secs(600), "test");
+    limiter.sync_blocks().await.unwrap();
+
+    store.set(Mode::Failing);
+    assert!(limiter.sync_blocks().await.is_err());
+    let calls = store.calls();
+    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(store.calls(), calls, "refused from the cache");
+
+    // A successful sync is also what marks the store healthy again.
+    store.set(Mode::Up);
+    assert!(!limiter.store_healthy());
+    limiter.sync_blocks().await.unwrap();
+    assert!(limiter.store_healthy());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sync_loop_picks_up_blocks_and_stops_on_shutdown() {
+    let clock = clock();
+    let store = memory_store(&clock);
+    let limiter = limiter(
+        failing_config(OnError::Allow, 5),
+        store.clone(),
+        &clock,
+        Recorder::new(),
+    );
+    let app = app(limiter.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sync = limiter.clone();
+    let task = tokio::spawn(async move {
+        sync.sync_blocks_until(BLOCK_SYNC_INTERVAL, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    store.add_block_now("ip:192.0.2.7", Duration::from_secs(600), "made elsewhere");
+    assert_eq!(
+        send(&app, get_from("/api/items", "192.0.2.7")).await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(BLOCK_SYNC_INTERVAL).await;
+    assert_eq!(
+        send(&app, get_from("/api/items", "192.0.2.7")).await.status,
+        StatusCode::FORBIDDEN,
+        "applied within one sync interval"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the loop stops on shutdown")
+        .unwrap();
+}
