@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use common::*;
-use floodgate_core::Error;
+use floodgate_core::{Error, ManualClock};
 use floodgate_tower::limiter::PROBE_INTERVAL;
 use floodgate_tower::{
-    BLOCK_SYNC_INTERVAL, CheckError, LimiterConfig, OnError, Outcome, StoreCall,
+    BLOCK_SYNC_INTERVAL, CheckError, Limiter, LimiterConfig, OnError, Outcome, StoreCall,
 };
 use http::StatusCode;
 
@@ -23,18 +25,44 @@ fn failing_config(on_error: OnError, limit: u64) -> LimiterConfig {
     }
 }
 
-#[tokio::test]
-async fn on_error_allow_admits_and_reports_each_transition_once() {
+/// A limiter on a [`FlakyStore`], its app, and what it reports.
+struct Harness {
+    clock: ManualClock,
+    store: FlakyStore,
+    recorder: Arc<Recorder>,
+    limiter: Limiter<FlakyStore>,
+    app: Router,
+}
+
+fn harness(on_error: OnError, limit: u64) -> Harness {
     let clock = clock();
     let store = FlakyStore::new(memory_store(&clock));
     let recorder = Recorder::new();
     let limiter = limiter(
-        failing_config(OnError::Allow, 1),
+        failing_config(on_error, limit),
         store.clone(),
         &clock,
         recorder.clone(),
     );
     let app = app(limiter.clone());
+    Harness {
+        app,
+        clock,
+        store,
+        recorder,
+        limiter,
+    }
+}
+
+#[tokio::test]
+async fn on_error_allow_admits_and_reports_each_transition_once() {
+    let Harness {
+        clock,
+        store,
+        recorder,
+        limiter,
+        app,
+    } = harness(OnError::Allow, 1);
 
     store.set(Mode::Failing);
     for _ in 0..5 {
@@ -83,16 +111,13 @@ async fn on_error_allow_admits_and_reports_each_transition_once() {
 
 #[tokio::test]
 async fn on_error_deny_answers_503() {
-    let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock));
-    let recorder = Recorder::new();
-    let limiter = limiter(
-        failing_config(OnError::Deny, 10),
-        store.clone(),
-        &clock,
-        recorder.clone(),
-    );
-    let app = app(limiter.clone());
+    let Harness {
+        store,
+        recorder,
+        limiter,
+        app,
+        ..
+    } = harness(OnError::Deny, 10);
     store.set(Mode::Failing);
 
     for _ in 0..3 {
@@ -123,15 +148,13 @@ async fn on_error_deny_answers_503() {
 
 #[tokio::test]
 async fn on_error_local_keeps_limiting_in_process() {
-    let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock));
-    let limiter = limiter(
-        failing_config(OnError::Local, 2),
-        store.clone(),
-        &clock,
-        Recorder::new(),
-    );
-    let app = app(limiter.clone());
+    let Harness {
+        clock,
+        store,
+        limiter,
+        app,
+        ..
+    } = harness(OnError::Local, 2);
     store.set(Mode::Failing);
 
     for left in [1, 0] {
@@ -168,16 +191,13 @@ async fn on_error_local_keeps_limiting_in_process() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_store_is_cut_at_the_timeout() {
-    let clock = clock();
     for on_error in [OnError::Allow, OnError::Deny, OnError::Local] {
-        let store = FlakyStore::new(memory_store(&clock));
-        let limiter = limiter(
-            failing_config(on_error, 5),
-            store.clone(),
-            &clock,
-            Recorder::new(),
-        );
-        let app = app(limiter.clone());
+        let Harness {
+            store,
+            limiter,
+            app,
+            ..
+        } = harness(on_error, 5);
         store.set(Mode::Hanging);
 
         let started = tokio::time::Instant::now();
@@ -213,14 +233,7 @@ async fn a_hanging_store_is_cut_at_the_timeout() {
 
 #[tokio::test]
 async fn check_key_follows_on_error_allow() {
-    let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock));
-    let limiter = limiter(
-        failing_config(OnError::Allow, 5),
-        store.clone(),
-        &clock,
-        Recorder::new(),
-    );
+    let Harness { store, limiter, .. } = harness(OnError::Allow, 5);
     store.set(Mode::Failing);
     let d = limiter.check_key("api", "alice", 2).await.unwrap();
     assert!(d.allowed);
@@ -229,15 +242,12 @@ async fn check_key_follows_on_error_allow() {
 
 #[tokio::test]
 async fn a_failed_sync_keeps_the_cached_blocks() {
-    let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock));
-    let limiter = limiter(
-        failing_config(OnError::Allow, 5),
-        store.clone(),
-        &clock,
-        Recorder::new(),
-    );
-    let app = app(limiter.clone());
+    let Harness {
+        store,
+        limiter,
+        app,
+        ..
+    } = harness(OnError::Allow, 5);
     store
         .inner
         .add_block_now("ip:192.0.2.7", Duration::from_secs(600), "test");
