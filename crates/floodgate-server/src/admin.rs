@@ -1,0 +1,262 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and, behind a bearer
+//! token, `/admin/blocks` and `/admin/rules/<rule>/keys/<key>`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use floodgate_core::{Block, Store, Timestamp};
+use floodgate_tower::Target;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::api::decision_json;
+use crate::app::{AppState, parse_json, problem};
+use crate::duration::parse_duration;
+
+/// The admin router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/admin/blocks", get(list_blocks).post(add_block))
+        .route(
+            "/admin/blocks/{*target}",
+            axum::routing::delete(remove_block),
+        )
+        .route(
+            "/admin/rules/{rule}/keys/{*key}",
+            get(get_key).delete(reset_key),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(admin)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .with_state(state)
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time. Without a
+/// configured token (only allowed on a loopback address) the API is open.
+async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let expected = state.admin_token.load_full();
+    if let Some(expected) = expected.as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            let mut res = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.set_store_up(state.limiter.store_healthy());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !state.limiter.store_healthy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// RFC 3339 UTC, to the millisecond.
+pub fn rfc3339(t: Timestamp) -> String {
+    let micros = t.as_micros();
+    let secs = micros / 1_000_000;
+    let millis = (micros % 1_000_000) / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn block_json(b: &Block) -> serde_json::Value {
+    json!({
+        "target": b.target,
+        "until": rfc3339(b.until),
+        "until_ms": b.until.as_micros() / 1000,
+        "reason": b.reason,
+        "source": b.source.as_str(),
+    })
+}
+
+fn store_failure(e: &floodgate_core::Error) -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("the store could not be reached: {e}"),
+    )
+}
+
+async fn list_blocks(State(state): State<Arc<AppState>>) -> Response {
+    match state.limiter.store().blocks().await {
+        Ok(blocks) => Json(json!({
+            "blocks": blocks.iter().map(block_json).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => store_failure(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBlock {
+    target: String,
+    ttl: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: NewBlock = match parse_json(&body) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let target = match req.target.parse::<Target>() {
+        Ok(t) => t,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("target {:?}: {e}", req.target),
+            );
+        }
+    };
+    let ttl = match parse_duration(&req.ttl) {
+        Ok(d) if !d.is_zero() && d <= floodgate_core::MAX_WINDOW => d,
+        Ok(_) => return problem(StatusCode::BAD_REQUEST, "ttl must be between 1ms and 366d"),
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("ttl: {e}")),
+    };
+    if req.reason.len() > 1024 {
+        return problem(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
+    }
+    match state.limiter.block(&target, ttl, &req.reason).await {
+        Ok(block) => {
+            tracing::info!(target = %block.target, until = %rfc3339(block.until), reason = %block.reason, "block added");
+            (StatusCode::CREATED, Json(block_json(&block))).into_response()
+        }
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn remove_block(State(state): State<Arc<AppState>>, Path(target): Path<String>) -> Response {
+    match state.limiter.unblock(&target).await {
+        Ok(true) => {
+            tracing::info!(%target, "block lifted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => problem(
+            StatusCode::NOT_FOUND,
+            &format!("no block in force for {target:?}"),
+        ),
+        Err(e) => store_failure(&e),
+    }
+}
+
+fn find_rule(state: &AppState, rule: &str) -> Result<floodgate_core::Policy, Response> {
+    state
+        .limiter
+        .config()
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .map(|r| r.policy.clone())
+        .ok_or_else(|| problem(StatusCode::NOT_FOUND, &format!("no rule named {rule:?}")))
+}
+
+async fn get_key(
+    State(state): State<Arc<AppState>>,
+    Path((rule, key)): Path<(String, String)>,
+) -> Response {
+    let policy = match find_rule(&state, &rule) {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    match state.limiter.store().peek(&rule, &policy, &key).await {
+        Ok(d) => {
+            let mut body = decision_json(&d);
+            body["rule"] = json!(rule);
+            body["key"] = json!(key);
+            body["blocked"] = json!(d.blocked);
+            Json(body).into_response()
+        }
+        Err(e) => store_failure(&e),
+    }
+}
+
+async fn reset_key(
+    State(state): State<Arc<AppState>>,
+    Path((rule, key)): Path<(String, String)>,
+) -> Response {
+    if let Err(res) = find_rule(&state, &rule) {
+        return res;
+    }
+    match state.limiter.store().reset(&rule, &key).await {
+        Ok(_) => {
+            // Drop this instance's cached copy of a penalty the reset lifted.
+            let _ = state.limiter.sync_blocks().await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_failure(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(
+            rfc3339(Timestamp::from_micros(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_micros(1_795_795_200_123_456)),
+            "2026-11-27T16:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_micros(951_782_400_000_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! The decision API: `POST /v1/check` on the main listener, for services in
+//! any language that want a decision without proxying through floodgate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use floodgate_core::Decision;
+use floodgate_tower::CheckError;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::{AppState, parse_json, problem};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    rule: String,
+    key: String,
+    #[serde(default = "one")]
+    cost: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Whole milliseconds, rounded up so a client never retries too early.
+pub fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
+/// The JSON form of a decision.
+pub fn decision_json(d: &Decision) -> serde_json::Value {
+    json!({
+        "allowed": d.allowed,
+        "limit": d.limit,
+        "remaining": d.remaining,
+        "reset_after_ms": ceil_ms(d.reset_after),
+        "retry_after_ms": d.retry_after.map(ceil_ms),
+    })
+}
+
+/// `POST /v1/check` `{"rule": "...", "key": "...", "cost": 1}`.
+pub async fn check(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: CheckRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    if req.key.is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "key must not be empty");
+    }
+    match state.limiter.check_key(&req.rule, &req.key, req.cost).await {
+        Ok(d) => (StatusCode::OK, Json(decision_json(&d))).into_response(),
+        Err(e @ CheckError::UnknownRule(_)) => problem(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ (CheckError::ZeroCost | CheckError::InsufficientCapacity { .. })) => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+        }
+        Err(e @ CheckError::Unavailable) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! One floodgate instance: the shared state, the two routers, and `run`,
+//! which serves until a shutdown future resolves, then drains.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use floodgate_tower::{
+    AccessLists, ClientIpConfig, Limiter, LimiterConfig, Problem, RateLimitLayer,
+};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::config::{self, Overrides, Settings};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::store::AnyStore;
+use crate::{admin, api, demo_api};
+
+/// Everything the handlers of one instance share.
+pub struct AppState {
+    /// Decides requests; holds the rules, the block cache and the store.
+    pub limiter: Limiter<AnyStore>,
+    /// Prometheus metrics, also the limiter's observer.
+    pub metrics: Arc<Metrics>,
+    /// Where allowed requests go; `None` serves the demo API.
+    pub proxy: ArcSwapOption<Proxy>,
+    /// The admin bearer token; `None` leaves a loopback admin API open.
+    pub admin_token: ArcSwapOption<String>,
+    /// Set once shutdown starts: `/readyz` answers 503 so balancers move on.
+    pub draining: AtomicBool,
+    /// The settings in force (replaced by a reload).
+    pub settings: ArcSwap<Settings>,
+}
+
+/// A problem+json response.
+pub fn problem(status: StatusCode, detail: &str) -> Response {
+    Problem::new(status, detail).into_response().map(Body::new)
+}
+
+/// Parses a JSON body; a 400 naming the problem otherwise.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+}
+
+/// The limiter's view of the settings.
+pub fn limiter_config(settings: &Settings) -> LimiterConfig {
+    LimiterConfig {
+        rules: settings.rules.clone(),
+        access: AccessLists {
+            allow: settings.allow.clone(),
+            deny: settings.deny.clone(),
+        },
+        client_ip: ClientIpConfig {
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            ipv6_prefix: settings.server.ipv6_prefix,
+            ..ClientIpConfig::default()
+        },
+        on_error: settings.store.on_error,
+        timeout: settings.store.timeout,
+        local_max_keys: settings.store.max_keys,
+    }
+}
+
+impl AppState {
+    /// The state for `settings` over `store`.
+    pub fn new(settings: Settings, store: AnyStore) -> anyhow::Result<Arc<Self>> {
+        let metrics = Arc::new(Metrics::new());
+        let limiter = Limiter::builder(limiter_config(&settings), store)
+            .observer(metrics.clone())
+            .build()
+            .context("invalid limiter configuration")?;
+        Ok(Arc::new(AppState {
+            limiter,
+            metrics,
+            proxy: ArcSwapOption::new(proxy_for(&settings).map(Arc::new)),
+            admin_token: ArcSwapOption::new(settings.admin.token.clone().map(Arc::new)),
+            draining: AtomicBool::new(false),
+            settings: ArcSwap::new(Arc::new(settings)),
+        }))
+    }
+
+    /// Applies new settings: rules, access lists, upstream and token at once.
+    /// Listen addresses and the store need a restart; a change there is
+    /// logged and otherwise ignored.
+    pub fn reload(&self, new: Settings) -> anyhow::Result<()> {
+        let old = self.settings.load_full();
+        self.limiter
+            .reload(limiter_config(&new))
+            .context("invalid limiter configuration")?;
+        if old.server.upstream != new.server.upstream
+            || old.server.upstream_timeout != new.server.upstream_timeout
+        {
+            self.proxy.store(proxy_for(&new).map(Arc::new));
+        }
+        self.admin_token
+            .store(new.admin.token.clone().map(Arc::new));
+        if old.server.listen != new.server.listen || old.admin.listen != new.admin.listen {
+            tracing::warn!("listen addresses changed in the config: they apply after a restart");
+        }
+        if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {
+            tracing::warn!("store settings changed in the config: they apply after a restart");
+        }
+        self.settings.store(Arc::new(new));
+        Ok(())
+    }
+}
+
+fn proxy_for(settings: &Settings) -> Option<Proxy> {
+    settings
+        .server
+        .upstream
+        .clone()
+        .map(|u| Proxy::new(u, settings.server.upstream_timeout))
+}
+
+/// The main listener's router: `POST /v1/check`, and every other request
+/// through the rate-limit layer to the upstream (or the demo API).
+pub fn gateway_router(state: Arc<AppState>) -> Router {
+    let demo = demo_api::router();
+    let forward_state = state.clone();
+    let forward = tower::service_fn(move |req: Request| {
+        let state = forward_state.clone();
+        let demo = demo.clone();
+        async move {
+            let peer = floodgate_tower::peer_addr(req.extensions());
+            let response = match state.proxy.load_full() {
+                Some(proxy) => proxy.forward(req, peer).await,
+                None => demo.oneshot(req).await.into_response(),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let limited = tower::ServiceBuilder::new()
+        .layer(RateLimitLayer::new(state.limiter.clone()))
+        .service(forward)
+        .map_response(IntoResponse::into_response);
+    Router::new()
+        .route("/v1/check", post(api::check))
+        .with_state(state)
+        .fallback_service(limited)
+}
+
+/// Binds a listening socket, with SO_REUSEPORT when asked.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket.listen(1024)?;
+    let std_listener: std::net::TcpListener = socket.into();
+    Ok(TcpListener::from_std(std_listener)?)
+}
+
+/// What `run` needs besides the settings.
+pub struct Listeners {
+    /// The main listener.
+    pub main: TcpListener,
+    /// The admin listener, when enabled.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the listeners named in `settings`.
+    pub fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let reuse = settings.server.reuse_port;
+        Ok(Listeners {
+            main: bind(settings.server.listen, reuse)?,
+            admin: settings.admin.listen.map(|a| bind(a, reuse)).transpose()?,
+        })
+    }
+}
+
+/// Serves until `shutdown` resolves, re-reading `config_path` on SIGHUP;
+/// then stops accepting, lets in-flight requests finish within the drain
+/// timeout, and returns.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = AnyStore::open(&settings.store)?;
+    let backend = store.backend_name();
+    let drain_timeout = settings.server.drain_timeout;
+    let state = AppState::new(settings, store)?;
+    if let Err(e) = state.limiter.ping().await {
+        tracing::warn!(error = %e, "the store does not answer yet; on_error applies until it does");
+    }
+    let _ = state.limiter.sync_blocks().await;
+
+    let main_addr = listeners.main.local_addr()?;
+    let admin_addr = listeners
+        .admin
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    tracing::info!(
+        listen = %main_addr,
+        admin = ?admin_addr,
+        store = backend,
+        rules = state.limiter.config().rules.len(),
+        upstream = ?state.settings.load().server.upstream.as_ref().map(ToString::to_string),
+        "floodgate serving"
+    );
+
+    // One shutdown signal fans out to every task.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let gateway = axum::serve(
+        listeners.main,
+        gateway_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped());
+    let gateway = tokio::spawn(async move { gateway.await });
+    let admin = listeners.admin.map(|l| {
+        let server = axum::serve(l, admin::router(state.clone())).with_graceful_shutdown(stopped());
+        tokio::spawn(async move { server.await })
+    });
+    let sync = tokio::spawn({
+        let state = state.clone();
+        let stop = stopped();
+        async move {
+            tokio::select! {
+                () = block_sync_loop(state) => {}
+                () = stop => {}
+            }
+        }
+    });
+
+    let reload_loop = reload_on_hangup(state.clone(), config_path, overrides);
+    tokio::select! {
+        () = shutdown => {}
+        () = reload_loop => {}
+    }
+
+    tracing::info!(deadline = ?drain_timeout, "shutting down: draining in-flight requests");
+    state.draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(drain_timeout, async {
+        let _ = gateway.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+    })
+    .await;
+    sync.abort();
+    match drained {
+        Ok(()) => tracing::info!("drained; bye"),
+        Err(_) => tracing::warn!("drain deadline passed with requests still in flight"),
+    }
+    Ok(())
+}
+
+async fn block_sync_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(floodgate_tower::limiter::BLOCK_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.limiter.sync_blocks().await {
+            Ok(n) => state.metrics.set_active_blocks(n),
+            Err(e) => tracing::debug!(error = %e, "block sync failed"),
+        }
+        if !state.limiter.store_healthy() {
+            // The limiter only learns the store is back from a call that works.
+            let _ = state.limiter.ping().await;
+        }
+    }
+}
+
+/// Re-reads the config on every SIGHUP. Never returns (unless signals
+/// cannot be installed, where it waits forever).
+async fn reload_on_hangup(state: Arc<AppState>, path: Option<PathBuf>, overrides: Overrides) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: config reload disabled");
+        return std::future::pending().await;
+    };
+    while hangup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::info!("SIGHUP: running the built-in demo, no config file to re-read");
+            continue;
+        };
+        match config::load(path, &overrides) {
+            Ok(new) => match state.reload(new) {
+                Ok(()) => {
+                    tracing::info!(config = %path.display(), rules = state.limiter.config().rules.len(), "config reloaded")
+                }
+                Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
+            },
+            Err(e) => tracing::error!("config reload refused, keeping the old config: {e}"),
+        }
+    }
+    std::future::pending().await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,857 @@
+//! The configuration file: serde structs with documented defaults, and a
+//! `validate` step that reports every problem at once, each naming where it is.
+//!
+//! Parsing happens in two steps. `RawConfig` mirrors the TOML loosely (strings
+//! for durations and names, unknown fields collected rather than fatal) so one
+//! pass can find every mistake; `validate` turns it into [`Settings`], whose
+//! values are all checked and typed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use floodgate_core::{Algorithm, Policy};
+use floodgate_tower::{KeySpec, OnError, RequestMatch, Rule, Target};
+use http::{Method, Uri};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::duration::parse_duration;
+
+/// Where the built-in demo listens.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where the admin listener binds unless told otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+type Unknown = BTreeMap<String, toml::Value>;
+
+/// The file as written. Every section is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    server: RawServer,
+    store: RawStore,
+    admin: RawAdmin,
+    access: RawAccess,
+    #[serde(rename = "rule")]
+    rules: Vec<RawRule>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawServer {
+    listen: Option<String>,
+    upstream: Option<String>,
+    reuse_port: bool,
+    trusted_proxies: Option<Vec<String>>,
+    ipv6_prefix: Option<u8>,
+    drain_timeout: Option<String>,
+    upstream_timeout: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStore {
+    backend: Option<String>,
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    prefix: Option<String>,
+    timeout: Option<String>,
+    on_error: Option<String>,
+    max_keys: Option<u64>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAccess {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRule {
+    name: Option<String>,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    key: Option<OneOrMany>,
+    algorithm: Option<String>,
+    limit: Option<i64>,
+    window: Option<String>,
+    burst: Option<i64>,
+    cost: Option<i64>,
+    block_for: Option<String>,
+    shadow: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawMatch {
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file it came from; `None` for the built-in demo.
+    pub source: Option<PathBuf>,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[store]`.
+    pub store: StoreSettings,
+    /// `[admin]`.
+    pub admin: AdminSettings,
+    /// `[access]` allow list: bypasses every rule.
+    pub allow: Vec<Target>,
+    /// `[access]` deny list: always 403.
+    pub deny: Vec<Target>,
+    /// `[[rule]]`, in file order.
+    pub rules: Vec<Rule>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The main listener (gateway and decision API).
+    pub listen: SocketAddr,
+    /// The API behind floodgate; `None` serves the built-in demo API.
+    pub upstream: Option<Uri>,
+    /// Bind with SO_REUSEPORT so several instances share one port.
+    pub reuse_port: bool,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients are identified by their address's first this-many bits.
+    pub ipv6_prefix: u8,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// How long the upstream may take to answer.
+    pub upstream_timeout: Duration,
+}
+
+/// Which store holds the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process only.
+    Memory,
+    /// Redis, shared by every instance: one URL, or several for a cluster.
+    Redis {
+        /// `redis://` or `rediss://` URLs.
+        urls: Vec<String>,
+    },
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// memory or redis.
+    pub backend: Backend,
+    /// Prefix of every Redis key.
+    pub prefix: String,
+    /// A store call slower than this counts as a store error.
+    pub timeout: Duration,
+    /// What to do when the store fails.
+    pub on_error: OnError,
+    /// Bound on keys held by the memory store (and the local fallback).
+    pub max_keys: usize,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where /metrics, /healthz, /readyz and /admin/* listen; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for /admin/*.
+    pub token: Option<String>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `server.listen`, `rule "api" limit`, ...
+    pub at: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The file, when there is one.
+    pub file: Option<PathBuf>,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_deref()
+            .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
+        let n = self.problems.len();
+        write!(f, "{file}: {n} problem{}", if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  {file}: {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values taken from the environment and the command line, which win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `FLOODGATE_REDIS_URL`: selects the Redis backend with this URL.
+    pub redis_url: Option<String>,
+    /// `FLOODGATE_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+}
+
+impl Overrides {
+    /// The overrides found in the environment.
+    pub fn from_env() -> Self {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Overrides {
+            listen: None,
+            redis_url: non_empty("FLOODGATE_REDIS_URL"),
+            admin_token: non_empty("FLOODGATE_ADMIN_TOKEN"),
+        }
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_owned()),
+        problems: vec![Problem {
+            at: "file".into(),
+            message: format!("cannot be read: {e}"),
+        }],
+    })?;
+    parse(&text, Some(path), overrides)
+}
+
+/// Parses and validates config text.
+pub fn parse(
+    text: &str,
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        file: file.map(Path::to_owned),
+        problems: vec![Problem {
+            at: e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or_else(|| "file".into()),
+            message: e.message().to_owned(),
+        }],
+    })?;
+    raw.validate(file, overrides)
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    format!("line {line}, column {col}")
+}
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, at: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            at: at.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unknown(&mut self, section: &str, unknown: &Unknown, known: &[&str]) {
+        for name in unknown.keys() {
+            let at = if section.is_empty() {
+                name.clone()
+            } else {
+                format!("{section} {name}")
+            };
+            self.add(
+                at,
+                format!("unknown field (expected one of: {})", known.join(", ")),
+            );
+        }
+    }
+
+    fn duration(&mut self, at: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.add(at, "must be longer than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.add(at, e);
+                default
+            }
+        }
+    }
+}
+
+impl RawConfig {
+    /// Checks every value and builds [`Settings`], or lists every problem.
+    pub fn validate(
+        self,
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut p = Problems::default();
+        p.unknown(
+            "",
+            &self.unknown,
+            &["server", "store", "admin", "access", "rule"],
+        );
+        let server = validate_server(self.server, overrides, &mut p);
+        let store = validate_store(self.store, overrides, &mut p);
+        let admin = validate_admin(self.admin, overrides, &mut p);
+        let (allow, deny) = validate_access(self.access, &mut p);
+        let rules = validate_rules(self.rules, &mut p);
+        if p.0.is_empty() {
+            Ok(Settings {
+                source: file.map(Path::to_owned),
+                server,
+                store,
+                admin,
+                allow,
+                deny,
+                rules,
+            })
+        } else {
+            Err(ConfigError {
+                file: file.map(Path::to_owned),
+                problems: p.0,
+            })
+        }
+    }
+}
+
+fn parse_addr(p: &mut Problems, at: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                at,
+                format!("{text:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSettings {
+    p.unknown(
+        "server",
+        &raw.unknown,
+        &[
+            "listen",
+            "upstream",
+            "reuse_port",
+            "trusted_proxies",
+            "ipv6_prefix",
+            "drain_timeout",
+            "upstream_timeout",
+        ],
+    );
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!());
+    let listen = match (o.listen, raw.listen.as_deref()) {
+        (Some(a), _) => a,
+        (None, Some(text)) => parse_addr(p, "server.listen", text).unwrap_or(default_listen),
+        (None, None) => default_listen,
+    };
+    let upstream = raw.upstream.as_deref().and_then(|text| match text.parse::<Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
+        Ok(_) => {
+            p.add(
+                "server.upstream",
+                format!("{text:?} must be an http:// URL with a host, like \"http://127.0.0.1:3000\""),
+            );
+            None
+        }
+        Err(e) => {
+            p.add("server.upstream", format!("{text:?} is not a URL: {e}"));
+            None
+        }
+    });
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_else(|| vec!["127.0.0.1/32".into(), "::1/128".into()])
+        .iter()
+        .filter_map(|text| match parse_net(text) {
+            Some(net) => Some(net),
+            None => {
+                p.add(
+                    "server.trusted_proxies",
+                    format!("{text:?} is not an IP address or CIDR like \"10.0.0.0/8\""),
+                );
+                None
+            }
+        })
+        .collect();
+    let ipv6_prefix = raw.ipv6_prefix.unwrap_or(64);
+    if !(1..=128).contains(&ipv6_prefix) {
+        p.add(
+            "server.ipv6_prefix",
+            format!("must be between 1 and 128, got {ipv6_prefix}"),
+        );
+    }
+    ServerSettings {
+        listen,
+        upstream,
+        reuse_port: raw.reuse_port,
+        trusted_proxies,
+        ipv6_prefix: ipv6_prefix.clamp(1, 128),
+        drain_timeout: p.duration(
+            "server.drain_timeout",
+            raw.drain_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        upstream_timeout: p.duration(
+            "server.upstream_timeout",
+            raw.upstream_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// An IP network; a bare address is a network of one.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn validate_store(raw: RawStore, o: &Overrides, p: &mut Problems) -> StoreSettings {
+    p.unknown(
+        "store",
+        &raw.unknown,
+        &[
+            "backend", "url", "urls", "prefix", "timeout", "on_error", "max_keys",
+        ],
+    );
+    let mut urls: Vec<String> = raw.urls.unwrap_or_default();
+    if let Some(url) = raw.url {
+        urls.insert(0, url);
+    }
+    let mut backend_name = raw.backend.unwrap_or_else(|| "memory".into());
+    if let Some(url) = &o.redis_url {
+        backend_name = "redis".into();
+        urls = vec![url.clone()];
+    }
+    let backend = match backend_name.as_str() {
+        "memory" => Backend::Memory,
+        "redis" => {
+            if urls.is_empty() {
+                p.add(
+                    "store.url",
+                    "the redis backend needs url = \"redis://host:6379/0\" (or urls = [...], or FLOODGATE_REDIS_URL)",
+                );
+            }
+            for url in &urls {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    p.add(
+                        "store.url",
+                        format!("{url:?} must start with redis:// or rediss://"),
+                    );
+                }
+            }
+            Backend::Redis { urls }
+        }
+        other => {
+            p.add(
+                "store.backend",
+                format!("unknown backend {other:?} (expected \"memory\" or \"redis\")"),
+            );
+            Backend::Memory
+        }
+    };
+    let prefix = raw.prefix.unwrap_or_else(|| "floodgate".into());
+    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.chars().any(char::is_whitespace) {
+        p.add(
+            "store.prefix",
+            format!("{prefix:?} must be non-empty, without braces or spaces"),
+        );
+    }
+    let timeout = p.duration(
+        "store.timeout",
+        raw.timeout.as_deref(),
+        Duration::from_millis(50),
+    );
+    let on_error = match raw.on_error.as_deref().unwrap_or("allow") {
+        "allow" => OnError::Allow,
+        "deny" => OnError::Deny,
+        "local" => OnError::Local,
+        other => {
+            p.add(
+                "store.on_error",
+                format!("unknown value {other:?} (expected \"allow\", \"deny\" or \"local\")"),
+            );
+            OnError::Allow
+        }
+    };
+    let max_keys = raw.max_keys.unwrap_or(1_000_000);
+    if max_keys == 0 {
+        p.add("store.max_keys", "must be at least 1");
+    }
+    StoreSettings {
+        backend,
+        prefix,
+        timeout,
+        on_error,
+        max_keys: usize::try_from(max_keys.max(1)).unwrap_or(usize::MAX),
+    }
+}
+
+fn validate_admin(raw: RawAdmin, o: &Overrides, p: &mut Problems) -> AdminSettings {
+    p.unknown("admin", &raw.unknown, &["listen", "token"]);
+    let listen = match raw.listen.as_deref() {
+        Some("") => None,
+        Some(text) => parse_addr(p, "admin.listen", text),
+        None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+    };
+    let token = o
+        .admin_token
+        .clone()
+        .or(raw.token)
+        .filter(|t| !t.is_empty());
+    if let (Some(addr), None) = (listen, &token)
+        && !addr.ip().is_loopback()
+    {
+        p.add(
+            "admin.token",
+            format!("admin.listen {addr} is not a loopback address, so a token is required (admin.token or FLOODGATE_ADMIN_TOKEN)"),
+        );
+    }
+    AdminSettings { listen, token }
+}
+
+fn validate_access(raw: RawAccess, p: &mut Problems) -> (Vec<Target>, Vec<Target>) {
+    p.unknown("access", &raw.unknown, &["allow", "deny"]);
+    let mut parse_list = |name: &str, list: Vec<String>| -> Vec<Target> {
+        list.iter()
+            .filter_map(|text| match text.parse::<Target>() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    p.add(format!("access.{name}"), format!("{text:?}: {e}"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let allow = parse_list("allow", raw.allow);
+    let deny = parse_list("deny", raw.deny);
+    (allow, deny)
+}
+
+fn valid_rule_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
+    let mut seen = HashSet::new();
+    let mut rules = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = match &r.name {
+            Some(n) => format!("rule {n:?}"),
+            None => format!("rule #{}", i + 1),
+        };
+        let before = p.0.len();
+        p.unknown(
+            &at,
+            &r.unknown,
+            &[
+                "name",
+                "match",
+                "key",
+                "algorithm",
+                "limit",
+                "window",
+                "burst",
+                "cost",
+                "block_for",
+                "shadow",
+            ],
+        );
+        let name = match r.name {
+            Some(n) if valid_rule_name(&n) => n,
+            Some(n) => {
+                p.add(
+                    format!("{at} name"),
+                    format!("{n:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+                );
+                n
+            }
+            None => {
+                p.add(
+                    format!("{at} name"),
+                    "missing (every rule needs a unique name)",
+                );
+                String::new()
+            }
+        };
+        if !name.is_empty() && !seen.insert(name.clone()) {
+            p.add(
+                format!("{at} name"),
+                "duplicate rule name (names must be unique)",
+            );
+        }
+        let matcher = validate_match(r.matcher, &at, p);
+        let key = match r.key {
+            None => KeySpec::parse_list(["ip"]),
+            Some(OneOrMany::One(k)) => KeySpec::parse_list([k.as_str()]),
+            Some(OneOrMany::Many(ks)) if ks.is_empty() => {
+                p.add(
+                    format!("{at} key"),
+                    "an empty list (use \"global\" for one shared key)",
+                );
+                KeySpec::parse_list(["global"])
+            }
+            Some(OneOrMany::Many(ks)) => KeySpec::parse_list(ks.iter().map(String::as_str)),
+        };
+        let key = key
+            .map_err(|e| p.add(format!("{at} key"), e.to_string()))
+            .ok();
+        let algorithm = match r.algorithm.as_deref() {
+            None => Some(Algorithm::SlidingWindow),
+            Some(text) => text
+                .parse::<Algorithm>()
+                .map_err(|e| p.add(format!("{at} algorithm"), e.to_string()))
+                .ok(),
+        };
+        let limit = match r.limit {
+            None => {
+                p.add(
+                    format!("{at} limit"),
+                    "missing (requests, in cost units, per window)",
+                );
+                None
+            }
+            Some(l) if l < 1 => {
+                p.add(
+                    format!("{at} limit"),
+                    format!("must be at least 1, got {l}"),
+                );
+                None
+            }
+            Some(l) => Some(l as u64),
+        };
+        let window = match r.window.as_deref().map(parse_duration) {
+            None => {
+                p.add(format!("{at} window"), "missing (e.g. window = \"1m\")");
+                None
+            }
+            Some(Err(e)) => {
+                p.add(format!("{at} window"), e);
+                None
+            }
+            Some(Ok(w)) => Some(w),
+        };
+        let block_for = match r.block_for.as_deref().map(parse_duration) {
+            None => None,
+            Some(Err(e)) => {
+                p.add(format!("{at} block_for"), e);
+                None
+            }
+            Some(Ok(d)) => Some(d),
+        };
+        let cost = r.cost.unwrap_or(1);
+        if cost < 1 {
+            p.add(
+                format!("{at} cost"),
+                format!("must be at least 1, got {cost}"),
+            );
+        }
+        let policy = match (algorithm, limit, window) {
+            (Some(a), Some(l), Some(w)) => build_policy(a, l, w, r.burst, block_for, &at, p),
+            _ => None,
+        };
+        if let Some(policy) = &policy
+            && cost >= 1
+            && cost as u64 > policy.capacity()
+        {
+            p.add(
+                format!("{at} cost"),
+                format!(
+                    "{cost} is more than the rule can ever admit at once ({})",
+                    policy.capacity()
+                ),
+            );
+        }
+        if p.0.len() == before
+            && let (Some(key), Some(policy)) = (key, policy)
+        {
+            rules.push(Rule {
+                name,
+                matcher,
+                key,
+                policy,
+                cost: cost as u64,
+                shadow: r.shadow,
+            });
+        }
+    }
+    rules
+}
+
+fn build_policy(
+    algorithm: Algorithm,
+    limit: u64,
+    window: Duration,
+    burst: Option<i64>,
+    block_for: Option<Duration>,
+    at: &str,
+    p: &mut Problems,
+) -> Option<Policy> {
+    let mut policy = Policy::new(algorithm, limit, window)
+        .map_err(|e| {
+            let field = if matches!(e, floodgate_core::PolicyError::Window(_)) {
+                "window"
+            } else {
+                "limit"
+            };
+            p.add(format!("{at} {field}"), e.to_string());
+        })
+        .ok()?;
+    if let Some(b) = burst {
+        if b < 1 {
+            p.add(
+                format!("{at} burst"),
+                format!("must be at least 1, got {b}"),
+            );
+            return None;
+        }
+        policy = policy
+            .with_burst(b as u64)
+            .map_err(|e| p.add(format!("{at} burst"), e.to_string()))
+            .ok()?;
+    }
+    if let Some(d) = block_for {
+        policy = policy
+            .with_block_for(d)
+            .map_err(|e| p.add(format!("{at} block_for"), e.to_string()))
+            .ok()?;
+    }
+    Some(policy)
+}
+
+fn validate_match(raw: Option<RawMatch>, at: &str, p: &mut Problems) -> RequestMatch {
+    let Some(raw) = raw else {
+        return RequestMatch::default();
+    };
+    p.unknown(
+        &format!("{at} match"),
+        &raw.unknown,
+        &["path_prefix", "methods"],
+    );
+    if let Some(prefix) = &raw.path_prefix
+        && !prefix.starts_with('/')
+    {
+        p.add(
+            format!("{at} match.path_prefix"),
+            format!("{prefix:?} must start with '/'"),
+        );
+    }
+    let methods = raw.methods.map(|ms| {
+        ms.iter()
+            .filter_map(
+                |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        p.add(
+                            format!("{at} match.methods"),
+                            format!("{m:?} is not an HTTP method"),
+                        );
+                        None
+                    }
+                },
+            )
+            .collect()
+    });
+    RequestMatch {
+        path_prefix: raw.path_prefix,
+        methods,
+    }
+}
+
+/// The built-in demo: memory store, the demo API, 10 requests per 10 s per IP on /api/.
+pub fn demo(overrides: &Overrides) -> Settings {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[store]
+backend = "memory"
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[[rule]]
+name = "demo-per-ip"
+match = { path_prefix = "/api/" }
+key = "ip"
+algorithm = "sliding_window"
+limit = 10
+window = "10s"
+"#;
+    match parse(text, None, overrides) {
+        Ok(settings) => settings,
+        Err(e) => panic!("the built-in demo config is invalid: {e}"),
+    }
+}

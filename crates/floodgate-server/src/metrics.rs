@@ -1,0 +1,148 @@
+//! Prometheus metrics: decisions by rule and outcome, store call latency,
+//! store errors, active blocks.
+//!
+//! Label sets stay bounded: rules come from the config, outcomes are a fixed
+//! set, and no client key ever becomes a label.
+
+use std::time::Duration;
+
+use floodgate_tower::{Observer, Outcome, StoreCall};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    rule: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50µs .. ~1.6s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric floodgate exports.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    store_latency: Family<CallLabels, Histogram, fn() -> Histogram>,
+    store_errors: Family<CallLabels, Counter>,
+    active_blocks: Gauge,
+    store_up: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("floodgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Rate-limit decisions by rule and outcome",
+            decisions.clone(),
+        );
+        let store_latency =
+            Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "store_call_duration_seconds",
+            "Latency of store calls",
+            store_latency.clone(),
+        );
+        let store_errors = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed or timed out",
+            store_errors.clone(),
+        );
+        let active_blocks = Gauge::default();
+        registry.register(
+            "active_blocks",
+            "Blocks in force (manual and penalty), as last read from the store",
+            active_blocks.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the store answers, 0 while it is failing",
+            store_up.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            store_latency,
+            store_errors,
+            active_blocks,
+            store_up,
+        }
+    }
+
+    /// Sets the number of blocks in force, as last read from the store.
+    pub fn set_active_blocks(&self, n: usize) {
+        self.active_blocks.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets whether the store answers.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Observer for Metrics {
+    fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                rule: rule.unwrap_or("").to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
+        let labels = CallLabels {
+            call: call.as_str(),
+        };
+        self.store_latency
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+        if !ok {
+            self.store_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    fn on_store_health(&self, healthy: bool) {
+        self.set_store_up(healthy);
+    }
+}

@@ -1,0 +1,82 @@
+//! The store chosen by `[store] backend`: one type the server can hold
+//! whichever backend the config names.
+
+use std::time::Duration;
+
+use floodgate_core::{Block, Check, Decision, Error, MemoryStore, Policy, Store};
+use floodgate_redis::{RedisConfig, RedisStore};
+
+use crate::config::{Backend, StoreSettings};
+
+/// The memory or the Redis store.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// `backend = "memory"`.
+    Memory(MemoryStore),
+    /// `backend = "redis"`.
+    Redis(RedisStore),
+}
+
+impl AnyStore {
+    /// The store for `settings`. Redis is connected lazily: a Redis that is
+    /// down at start-up makes calls fail (and `on_error` apply) until it is up.
+    pub fn open(settings: &StoreSettings) -> anyhow::Result<Self> {
+        Ok(match &settings.backend {
+            Backend::Memory => AnyStore::Memory(MemoryStore::new(settings.max_keys)),
+            Backend::Redis { urls } => {
+                let url = urls.first().cloned().unwrap_or_default();
+                let config = RedisConfig::new(url)
+                    .with_prefix(settings.prefix.clone())
+                    .with_timeout(settings.timeout);
+                AnyStore::Redis(RedisStore::new(config)?)
+            }
+        })
+    }
+
+    /// `memory` or `redis`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(_) => "memory",
+            AnyStore::Redis(_) => "redis",
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($s) => $call.await,
+            AnyStore::Redis($s) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        dispatch!(self, s => s.check(checks))
+    }
+
+    async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        dispatch!(self, s => s.peek(rule, policy, key))
+    }
+
+    async fn reset(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        dispatch!(self, s => s.reset(rule, key))
+    }
+
+    async fn add_block(&self, target: &str, ttl: Duration, reason: &str) -> Result<Block, Error> {
+        dispatch!(self, s => s.add_block(target, ttl, reason))
+    }
+
+    async fn remove_block(&self, target: &str) -> Result<bool, Error> {
+        dispatch!(self, s => s.remove_block(target))
+    }
+
+    async fn blocks(&self) -> Result<Vec<Block>, Error> {
+        dispatch!(self, s => s.blocks())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        dispatch!(self, s => s.ping())
+    }
+}
