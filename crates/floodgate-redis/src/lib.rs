@@ -1,1 +1,51 @@
-//! The Redis store for floodgate.
+//! # floodgate-redis
+//!
+//! The Redis store for floodgate: rate-limit state shared by every instance
+//! that points at the same Redis, decided by one atomic Lua script per
+//! request, with the same arithmetic as floodgate-core's in-memory store.
+//!
+//! - [`RedisStore`] implements [`floodgate_core::Store`]. A batch of checks
+//!   is one `EVALSHA` (reloaded after `NOSCRIPT`) on a multiplexed
+//!   connection that reconnects in the background; every call is bounded by
+//!   a timeout and fails with a typed [`floodgate_core::StoreError`].
+//! - [`RedisConfig`]: URL, key prefix, timeout and [`TimeSource`]. By default
+//!   "now" is Redis' own clock, so instances whose clocks disagree still
+//!   decide alike.
+//! - Keys are `<prefix>:{<client key>}:<rule>:state|block` (the client key
+//!   escaped as a Redis Cluster hash tag, so all keys of one identity share a
+//!   slot) and `<prefix>:blocks` (the block registry). Every key has a TTL.
+//!
+//! ```
+//! use floodgate_core::{Algorithm, Check, Policy, Store};
+//! use floodgate_redis::{RedisConfig, RedisStore};
+//! use std::time::Duration;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! # let url = floodgate_testkit::shared_redis_url();
+//! # let prefix = floodgate_testkit::unique_prefix("doc");
+//! // e.g. url = "redis://127.0.0.1:6379/0"
+//! let store = RedisStore::connect(RedisConfig::new(url).with_prefix(prefix)).await?;
+//! let policy = Policy::new(Algorithm::SlidingLog, 2, Duration::from_secs(60))?;
+//! let check = Check::new("login", &policy, "ip:192.0.2.1", 1);
+//!
+//! assert!(store.check(&[check]).await?[0].allowed);
+//! assert!(store.check(&[check]).await?[0].allowed);
+//! let refused = store.check(&[check]).await?.remove(0);
+//! assert!(!refused.allowed);
+//! assert!(refused.retry_after.is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod config;
+mod error;
+mod keys;
+mod scripts;
+mod store;
+
+pub use config::{
+    ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL_MARGIN,
+    RedisConfig, TimeSource,
+};
+pub use store::RedisStore;

@@ -1,0 +1,150 @@
+//! Redis key names.
+//!
+//! `<prefix>:{<hash tag>}:<rule>:state` and `<prefix>:{<hash tag>}:<rule>:block`
+//! hold the counting state and the penalty block of one (rule, key). The hash
+//! tag is the client key itself, escaped, so every key of one identity — under
+//! every rule — lands in one Redis Cluster slot, and a script touching them
+//! runs unchanged on a cluster. `<prefix>:blocks` is the block registry.
+
+/// Builds the names of every key the store uses.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyLayout {
+    prefix: String,
+}
+
+impl KeyLayout {
+    /// Keys under `prefix` (validated by the config: no `{` or `}`).
+    pub(crate) fn new(prefix: &str) -> Self {
+        KeyLayout {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The counting state of (rule, key).
+    pub(crate) fn state(&self, rule: &str, key: &str) -> String {
+        self.rule_key(rule, key, "state")
+    }
+
+    /// The penalty block of (rule, key).
+    pub(crate) fn block(&self, rule: &str, key: &str) -> String {
+        self.rule_key(rule, key, "block")
+    }
+
+    /// The hash listing every block in force.
+    pub(crate) fn registry(&self) -> String {
+        format!("{}:blocks", self.prefix)
+    }
+
+    fn rule_key(&self, rule: &str, key: &str, suffix: &str) -> String {
+        // The rule sits between the tag's `}` and a fixed suffix, so even a
+        // rule name containing `:` or braces cannot make two keys collide.
+        format!("{}:{{{}}}:{rule}:{suffix}", self.prefix, hash_tag(key))
+    }
+}
+
+/// The registry field of a block: `<byte length of target>:<target><source>`,
+/// unambiguous whatever the target and source contain.
+pub(crate) fn registry_field(target: &str, source: &str) -> String {
+    format!("{}:{target}{source}", target.len())
+}
+
+/// Target and source of a registry field.
+pub(crate) fn split_registry_field(field: &str) -> Option<(&str, &str)> {
+    let (len, rest) = field.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if !rest.is_char_boundary(len) {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
+/// The hash tag of a client key: the key with `%`, `{` and `}` percent-escaped
+/// (so the tag never closes early and distinct keys get distinct tags), and
+/// `%` alone for the empty key (an empty `{}` would not be a hash tag, and a
+/// lone `%` is never the escape of anything else).
+pub(crate) fn hash_tag(key: &str) -> String {
+    if key.is_empty() {
+        return "%".to_owned();
+    }
+    let mut tag = String::with_capacity(key.len());
+    for c in key.chars() {
+        match c {
+            '%' => tag.push_str("%25"),
+            '{' => tag.push_str("%7B"),
+            '}' => tag.push_str("%7D"),
+            c => tag.push(c),
+        }
+    }
+    tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Redis Cluster hashes for `key`: the first `{...}` with content, or
+    /// the whole key.
+    fn slot_input(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn keys_of_one_identity_share_a_hash_tag() {
+        let keys = KeyLayout::new("fg");
+        for key in [
+            "ip:192.0.2.1",
+            "",
+            "a{b}c",
+            "}{",
+            "%7B",
+            "header:x-api-key:a}b",
+        ] {
+            let tag = slot_input(&keys.state("api", key)).to_owned();
+            assert_eq!(tag, hash_tag(key));
+            assert_eq!(slot_input(&keys.block("api", key)), tag);
+            assert_eq!(slot_input(&keys.state("login:{x}", key)), tag);
+        }
+    }
+
+    #[test]
+    fn hash_tags_are_injective() {
+        let keys = [
+            "", "%", "%25", "{", "%7B", "}", "%7D", "a", "a{", "a%7B", "%%",
+        ];
+        let tags: std::collections::HashSet<String> = keys.iter().map(|k| hash_tag(k)).collect();
+        assert_eq!(tags.len(), keys.len());
+        assert!(tags.iter().all(|t| !t.is_empty() && !t.contains('}')));
+    }
+
+    #[test]
+    fn layout_is_readable() {
+        let keys = KeyLayout::new("floodgate");
+        assert_eq!(
+            keys.state("api", "ip:192.0.2.1"),
+            "floodgate:{ip:192.0.2.1}:api:state"
+        );
+        assert_eq!(keys.block("api", "a{b}"), "floodgate:{a%7Bb%7D}:api:block");
+        assert_eq!(keys.registry(), "floodgate:blocks");
+    }
+
+    #[test]
+    fn registry_fields_round_trip() {
+        for (target, source) in [
+            ("ip:1.2.3.4", "manual"),
+            ("", "api"),
+            ("7:x", "9:y"),
+            ("é", "r"),
+        ] {
+            let field = registry_field(target, source);
+            assert_eq!(split_registry_field(&field), Some((target, source)));
+        }
+        assert_eq!(split_registry_field("x"), None);
+        assert_eq!(split_registry_field("9:short"), None);
+    }
+}

@@ -1,0 +1,30 @@
+-- block_remove.lua: lifts every block of one target (Store::remove_block).
+--
+-- Runs after common.lua and registry.lua (prepended by the Rust side).
+--
+-- KEYS:
+--   KEYS[1]  the registry hash, <prefix>:blocks
+-- ARGV:
+--   ARGV[1]  now (µs since the epoch), or "" to use Redis' TIME
+--   ARGV[2]  target
+-- Returns { lifted, source, source, ... }: lifted is "1" when a block of the
+-- target was still in force, and the sources are those of every registry
+-- entry of the target that was removed ("manual" or a rule name), so the
+-- caller can clear those rules' penalty keys (which live in the target's
+-- hash slot, not the registry's).
+
+local now = read_now(ARGV[1])
+local target = ARGV[2]
+local all = redis.call('HGETALL', KEYS[1])
+local reply = { '0' }
+for i = 1, #all, 2 do
+  local t, source = split_field(all[i])
+  if t == target then
+    redis.call('HDEL', KEYS[1], all[i])
+    reply[#reply + 1] = source
+    if value_until(all[i + 1]) > now then
+      reply[1] = '1'
+    end
+  end
+end
+return reply

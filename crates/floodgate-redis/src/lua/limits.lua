@@ -1,0 +1,360 @@
+-- floodgate limits: the arithmetic of floodgate-core's `src/algorithm/*.rs`,
+-- line for line, so the Redis and memory stores decide identically.
+--
+-- Not a script on its own: prepended (after common.lua) to check.lua and
+-- peek.lua.
+--
+-- The sliding window weighting is done in doubles in the same order of
+-- operations as the Rust code, so it rounds the same way.
+--
+-- Policy table `p` (parsed from ARGV by read_policy):
+--   algorithm  fixed_window | sliding_window | sliding_log | token_bucket
+--   limit      cost units per window
+--   window     window length (µs)
+--   burst      token_bucket capacity
+--   emission   token_bucket: µs per cost unit (window / limit, rounded up)
+--   block_for  penalty block length (µs), 0 for none
+--
+-- State encodings (one key per (rule, key)):
+--   fixed_window    string  f<window_start>:<count>
+--   sliding_window  string  s<window_start>:<previous>:<current>
+--   token_bucket    string  t<tat>
+--   sliding_log     list    one timestamp per admitted cost unit, oldest first
+-- A state of another algorithm than the policy's (a reload changed the rule)
+-- counts as empty and is replaced on the next commit.
+-- Penalty key: string <blocked_until>.
+
+-- Integer division, exact for operands below 2^53.
+local function floor_div(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- The policy whose six fields start at ARGV[at].
+local function read_policy(at)
+  local p = {
+    algorithm = ARGV[at],
+    limit = tonumber(ARGV[at + 1]),
+    window = tonumber(ARGV[at + 2]),
+    burst = tonumber(ARGV[at + 3]),
+    emission = tonumber(ARGV[at + 4]),
+    block_for = tonumber(ARGV[at + 5]),
+  }
+  if not (p.limit and p.window and p.burst and p.emission and p.block_for) then
+    error('floodgate: malformed policy arguments at ARGV[' .. at .. ']')
+  end
+  return p
+end
+
+-- The counting state of `key` for policy `p`; nil when there is none or it
+-- belongs to another algorithm.
+local function load_state(key, p)
+  if p.algorithm == 'sliding_log' then
+    local n = redis.pcall('LLEN', key)
+    if type(n) ~= 'number' then
+      return nil -- WRONGTYPE: a string of another algorithm
+    end
+    return { key = key, n = n }
+  end
+  local v = redis.pcall('GET', key)
+  if type(v) ~= 'string' then
+    return nil -- absent, or a sliding log's list
+  end
+  if p.algorithm == 'fixed_window' then
+    local start, count = string.match(v, '^f(%d+):(%d+)$')
+    if start then
+      return { start = tonumber(start), count = tonumber(count) }
+    end
+  elseif p.algorithm == 'sliding_window' then
+    local start, previous, current = string.match(v, '^s(%d+):(%d+):(%d+)$')
+    if start then
+      return { start = tonumber(start), previous = tonumber(previous), current = tonumber(current) }
+    end
+  elseif p.algorithm == 'token_bucket' then
+    local tat = string.match(v, '^t(%d+)$')
+    if tat then
+      return { tat = tonumber(tat) }
+    end
+  end
+  return nil
+end
+
+-- fixed_window.rs -----------------------------------------------------------
+
+local function fixed_window_current(s, p, now)
+  local start = now - math.fmod(now, p.window)
+  if s and s.start >= start then
+    return s.start, s.count
+  end
+  return start, 0
+end
+
+local function fixed_window_decide(s, p, now, cost)
+  local start, count = fixed_window_current(s, p, now)
+  local reset_after = sat_sub(start + p.window, now)
+  local allowed = count + cost <= p.limit
+  local used = count
+  if allowed then
+    used = count + cost
+  end
+  local reset = reset_after
+  if used == 0 then
+    reset = 0
+  end
+  return allowed, sat_sub(p.limit, used), reset, reset_after
+end
+
+-- sliding_window.rs ---------------------------------------------------------
+
+local function sliding_window_roll(s, p, now)
+  local w = p.window
+  local start = now - math.fmod(now, w)
+  if s then
+    if s.start >= start then
+      return s.start, s.previous, s.current
+    elseif s.start + w == start then
+      return start, s.current, 0
+    end
+  end
+  return start, 0, 0
+end
+
+local function weighted(previous, w, elapsed)
+  local weight = (w - math.min(elapsed, w)) / w
+  return math.floor(previous * weight)
+end
+
+local function decay_point(previous, w, budget)
+  if weighted(previous, w, 0) <= budget then
+    return 0
+  end
+  local point = w - (budget + 1) * w / previous
+  local c = math.ceil(point)
+  if c < 0 then
+    c = 0 -- Rust's `as u64` saturates
+  end
+  return math.min(c + 1, w)
+end
+
+local function sliding_window_decide(s, p, now, cost)
+  local w, limit = p.window, p.limit
+  local start, previous, current = sliding_window_roll(s, p, now)
+  local elapsed = sat_sub(now, start)
+  local count = weighted(previous, w, elapsed) + current
+  local allowed = count + cost <= limit
+  local used, cur = count, current
+  if allowed then
+    used, cur = count + cost, current + cost
+  end
+  local to_boundary = sat_sub(start + w, now)
+  local reset_after = 0
+  if cur > 0 then
+    reset_after = to_boundary + w
+  elseif previous > 0 then
+    reset_after = to_boundary
+  end
+  local retry_after = 0
+  if allowed then
+    retry_after = 0
+  elseif current + cost <= limit then
+    -- From the window's start, not from `now`: after the clock stepped
+    -- back, `now` can lie before the window's start, where nothing decays.
+    retry_after = sat_sub(start + decay_point(previous, w, limit - current - cost), now)
+  else
+    retry_after = to_boundary + decay_point(current, w, limit - cost)
+  end
+  return allowed, sat_sub(limit, used), reset_after, math.max(retry_after, 1)
+end
+
+-- sliding_log.rs ------------------------------------------------------------
+
+-- Index of the first entry still inside the window at `now` (binary search:
+-- entries never decrease).
+local function log_first_live(key, n, w, now)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if tonumber(redis.call('LINDEX', key, mid)) + w <= now then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  return lo
+end
+
+local function sliding_log_decide(s, p, now, cost)
+  local w, limit = p.window, p.limit
+  local n = 0
+  if s then
+    n = s.n
+  end
+  local first, back = 0, nil
+  if n > 0 then
+    first = log_first_live(s.key, n, w, now)
+    back = tonumber(redis.call('LINDEX', s.key, -1))
+  end
+  local count = n - first
+  local allowed = count + cost <= limit
+  local used, reset_after, retry_after
+  if allowed then
+    local newest = 0
+    if back then
+      newest = math.max(back, now)
+    end
+    used, reset_after, retry_after = count + cost, math.max(newest, now) + w - now, 0
+  else
+    -- The (count + cost - limit)-th live entry must expire first.
+    local k = count + cost - limit
+    local t = tonumber(redis.call('LINDEX', s.key, first + k - 1))
+    used, reset_after, retry_after = count, sat_sub(back + w, now), sat_sub(t + w, now)
+  end
+  if used == 0 then
+    reset_after = 0
+  end
+  return allowed, sat_sub(limit, used), reset_after, retry_after
+end
+
+-- gcra.rs -------------------------------------------------------------------
+
+local function token_bucket_decide(s, p, now, cost)
+  local t = p.emission
+  local tau = t * p.burst
+  local tat = now
+  if s then
+    tat = math.max(s.tat, now)
+  end
+  local new_tat = tat + t * cost
+  local allow_at = sat_sub(new_tat, tau)
+  local allowed = allow_at <= now
+  local horizon, retry = tat, allow_at - now
+  if allowed then
+    horizon, retry = new_tat, 0
+  end
+  local remaining = floor_div(sat_sub(now + tau, horizon), t)
+  return allowed, remaining, horizon - now, retry
+end
+
+-- algorithm/mod.rs ----------------------------------------------------------
+
+-- LimitState::decide: allowed, remaining, reset_after, retry_after (µs; the
+-- last one only means something when refused).
+local function decide(s, p, now, cost)
+  if p.algorithm == 'fixed_window' then
+    return fixed_window_decide(s, p, now, cost)
+  elseif p.algorithm == 'sliding_window' then
+    return sliding_window_decide(s, p, now, cost)
+  elseif p.algorithm == 'sliding_log' then
+    return sliding_log_decide(s, p, now, cost)
+  elseif p.algorithm == 'token_bucket' then
+    return token_bucket_decide(s, p, now, cost)
+  end
+  error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
+end
+
+-- LimitState::commit, then a TTL at the state's expires_at (plus margin), in
+-- the same script call: no key ever lives without a TTL.
+local function commit(key, p, now, cost, margin_ms)
+  -- Read again: an earlier check of the same batch may have committed here.
+  local s = load_state(key, p)
+  if p.algorithm == 'fixed_window' then
+    local start, count = fixed_window_current(s, p, now)
+    local v = 'f' .. int(start) .. ':' .. int(count + cost)
+    redis.call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
+  elseif p.algorithm == 'sliding_window' then
+    local start, previous, current = sliding_window_roll(s, p, now)
+    local v = 's' .. int(start) .. ':' .. int(previous) .. ':' .. int(current + cost)
+    redis.call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
+  elseif p.algorithm == 'token_bucket' then
+    local tat = now
+    if s then
+      tat = math.max(s.tat, now)
+    end
+    tat = tat + p.emission * cost
+    redis.call('SET', key, 't' .. int(tat), 'PX', int(ttl_ms(tat, now, margin_ms)))
+  elseif p.algorithm == 'sliding_log' then
+    local back = nil
+    if s == nil then
+      redis.call('DEL', key) -- a string of another algorithm
+    elseif s.n > 0 then
+      local first = log_first_live(key, s.n, p.window, now)
+      if first > 0 then
+        redis.call('LTRIM', key, first, -1)
+      end
+      if first < s.n then
+        back = tonumber(redis.call('LINDEX', key, -1))
+      end
+    end
+    -- Never let the log go backwards in time (see sliding_log.rs).
+    local stamp = now
+    if back then
+      stamp = math.max(back, now)
+    end
+    local text = int(stamp)
+    local left = cost
+    while left > 0 do
+      local chunk = math.min(left, 1000)
+      local batch = {}
+      for i = 1, chunk do
+        batch[i] = text
+      end
+      redis.call('RPUSH', key, unpack(batch))
+      left = left - chunk
+    end
+    redis.call('PEXPIRE', key, int(ttl_ms(stamp + p.window, now, margin_ms)))
+  else
+    error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
+  end
+end
+
+-- The penalty block end stored at `block_key` (µs), 0 for none.
+local function blocked_until(block_key)
+  local v = redis.call('GET', block_key)
+  if v then
+    return tonumber(v) or 0
+  end
+  return 0
+end
+
+-- KeyState::evaluate: the decision for `cost` at `now` on counting state `s`
+-- under a penalty block ending at `until_us`, as a table
+--   { allowed, remaining, reset, retry (µs; nil when allowed), blocked,
+--     block_until (a penalty block this check starts, else 0) }.
+-- Under a block the refusal's retry and reset also wait for the counter, so
+-- a client is not sent back early only to be refused and blocked anew.
+local function evaluate(s, until_us, p, now, cost, shadow)
+  local allowed, remaining, reset, retry = decide(s, p, now, cost)
+  if allowed then
+    retry = nil -- only a refusal has one
+  end
+  if until_us > now then
+    local left = until_us - now
+    local counter_reset = reset
+    if allowed then
+      local _, _, reset_if_nothing_taken = decide(s, p, now, 0)
+      counter_reset = reset_if_nothing_taken
+    end
+    return {
+      allowed = false,
+      remaining = 0,
+      reset = math.max(left, counter_reset),
+      retry = math.max(left, retry or 0),
+      blocked = true,
+      block_until = 0,
+    }
+  end
+  local d = { allowed = allowed, remaining = remaining, reset = reset, retry = retry, blocked = false, block_until = 0 }
+  if p.block_for > 0 and not allowed and not shadow then
+    d.remaining = 0
+    d.retry = math.max(retry, p.block_for)
+    d.reset = math.max(reset, p.block_for)
+    d.blocked = true
+    d.block_until = now + p.block_for
+  end
+  return d
+end

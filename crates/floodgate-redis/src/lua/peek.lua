@@ -1,0 +1,40 @@
+-- peek.lua: what a check of (rule, key) would find now, recording nothing
+-- (Store::peek; MemoryStore's peek_state).
+--
+-- Runs after common.lua and limits.lua (prepended by the Rust side).
+--
+-- KEYS:
+--   KEYS[1]  the counting state of (rule, key)
+--   KEYS[2]  the penalty block of (rule, key)
+-- ARGV:
+--   ARGV[1]  now (µs since the epoch), or "" to use Redis' TIME
+--   ARGV[2]  unused (the TTL margin of check.lua; nothing is written here)
+--   ARGV[3..8]  algorithm, limit, window_us, burst, emission_us, block_for_us
+-- Returns 6 integers, as check.lua does for one check:
+--   allowed (1 when quota is left), remaining, reset_after_us,
+--   retry_after_us (-1 for none; when nothing is left, when one unit fits
+--   again), blocked (1/0), 0
+
+local now = read_now(ARGV[1])
+local p = read_policy(3)
+local s = load_state(KEYS[1], p)
+local until_us = blocked_until(KEYS[2])
+if until_us > now then
+  -- What a one-unit shadow check would be told.
+  local d = evaluate(s, until_us, p, now, 1, true)
+  return { 0, 0, d.reset, d.retry, 1, 0 }
+end
+local allowed, remaining, reset, retry = decide(s, p, now, 0)
+if allowed then
+  retry = -1
+end
+if remaining == 0 then
+  -- Nothing left: say so, and when a single unit fits again.
+  local one_allowed, _, _, one_retry = decide(s, p, now, 1)
+  allowed = false
+  retry = one_retry
+  if one_allowed then
+    retry = -1
+  end
+end
+return { allowed and 1 or 0, remaining, reset, retry, 0, 0 }
