@@ -1,0 +1,124 @@
+//! No key without expiry: whatever the store writes carries a TTL, set in the
+//! same script call (the INCR-then-EXPIRE race cannot happen).
+
+use std::time::Duration;
+
+use floodgate_core::{Algorithm, Check, Policy, Store};
+use floodgate_redis::{RedisConfig, RedisStore};
+use floodgate_testkit::{shared_redis_url, unique_prefix};
+
+use crate::support::{RELAXED_TIMEOUT, keys_under, raw_connection};
+
+#[tokio::test]
+async fn every_key_written_has_a_ttl() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("expiry");
+    // Redis' own clock, as in production.
+    let store = RedisStore::new(
+        RedisConfig::new(&url)
+            .with_prefix(&prefix)
+            .with_timeout(RELAXED_TIMEOUT),
+    )
+    .unwrap();
+    let mut policies = Vec::new();
+    for algorithm in Algorithm::ALL {
+        policies.push(Policy::new(algorithm, 3, Duration::from_secs(60)).unwrap());
+        policies.push(
+            Policy::new(algorithm, 2, Duration::from_secs(30))
+                .unwrap()
+                .with_block_for(Duration::from_secs(120))
+                .unwrap(),
+        );
+    }
+    let keys = [
+        "ip:203.0.113.1",
+        "ip:203.0.113.2",
+        "header:x-api-key:k{1}",
+        "",
+    ];
+    for round in 0..6u64 {
+        for (i, policy) in policies.iter().enumerate() {
+            let rule = format!("rule{i}");
+            for key in keys {
+                let checks = [
+                    Check::new(&rule, policy, key, 1 + round % 2),
+                    Check::new("shared", &policies[0], key, 1),
+                ];
+                store.check(&checks).await.unwrap();
+            }
+        }
+        store
+            .add_block(
+                &format!("ip:192.0.2.{round}"),
+                Duration::from_secs(300),
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+    // A rule that changes algorithm overwrites a list with a string and back.
+    for policy in &policies {
+        store
+            .check(&[Check::new("reloaded", policy, keys[0], 1)])
+            .await
+            .unwrap();
+    }
+    store.reset("rule0", keys[1]).await.unwrap();
+    store.remove_block("ip:192.0.2.0").await.unwrap();
+    store.remove_block(keys[2]).await.unwrap();
+    assert!(!store.blocks().await.unwrap().is_empty());
+
+    let mut conn = raw_connection(&url).await;
+    let found = keys_under(&mut conn, &prefix).await;
+    assert!(
+        found.iter().any(|k| k.ends_with(":state")),
+        "no state keys in {found:?}"
+    );
+    assert!(
+        found.iter().any(|k| k.ends_with(":block")),
+        "no penalty keys in {found:?}"
+    );
+    assert!(
+        found.iter().any(|k| k.ends_with(":blocks")),
+        "no registry in {found:?}"
+    );
+    for key in &found {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has PTTL {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn the_registry_outlives_its_latest_block() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("registry-ttl");
+    let store = RedisStore::new(
+        RedisConfig::new(&url)
+            .with_prefix(&prefix)
+            .with_timeout(RELAXED_TIMEOUT),
+    )
+    .unwrap();
+    store
+        .add_block("ip:192.0.2.1", Duration::from_secs(3600), "long")
+        .await
+        .unwrap();
+    // A shorter block later must not shorten the registry's life.
+    store
+        .add_block("ip:192.0.2.2", Duration::from_secs(5), "short")
+        .await
+        .unwrap();
+    let mut conn = raw_connection(&url).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:blocks"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 3_590_000,
+        "registry PTTL {ttl} ms, latest block ends in 3600 s"
+    );
+}

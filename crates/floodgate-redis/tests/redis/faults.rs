@@ -1,0 +1,164 @@
+//! Redis faults: a flushed script cache, a killed server, a restarted one.
+//! Each test runs its own `redis-server` so it can break it.
+
+use std::time::{Duration, Instant};
+
+use floodgate_core::{Algorithm, Check, Error, Policy, Store};
+use floodgate_redis::{RedisConfig, RedisStore};
+use floodgate_testkit::{RedisServer, unique_prefix};
+
+use crate::support::raw_connection;
+
+/// The store timeout in these tests: short, as in production.
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How much later than `TIMEOUT` a failing call may return: generous, for a
+/// loaded machine; a hang would take far longer.
+const SLACK: Duration = Duration::from_secs(2);
+
+fn store_for(server: &RedisServer) -> RedisStore {
+    RedisStore::new(
+        RedisConfig::new(server.url())
+            .with_prefix(unique_prefix("faults"))
+            .with_timeout(TIMEOUT),
+    )
+    .unwrap()
+}
+
+fn policy() -> Policy {
+    Policy::new(Algorithm::TokenBucket, 1000, Duration::from_secs(1)).unwrap()
+}
+
+async fn one_check(store: &RedisStore, policy: &Policy) -> Result<bool, Error> {
+    Ok(store
+        .check(&[Check::new("faults", policy, "ip:192.0.2.3", 1)])
+        .await?[0]
+        .allowed)
+}
+
+/// Retries `one_check` until it succeeds, for at most 20 s.
+async fn until_checks_succeed(store: &RedisStore, policy: &Policy) -> Result<bool, Error> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match one_check(store, policy).await {
+            Ok(allowed) => return Ok(allowed),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// How many Lua scripts the server has cached.
+async fn cached_scripts(server: &RedisServer) -> u64 {
+    let mut conn = raw_connection(&server.url()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
+        .expect("INFO memory reports number_of_cached_scripts")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Asserts that `result` is a store error telling a timeout or a lost
+/// connection, returned within the timeout plus slack.
+fn assert_fails_fast<T: std::fmt::Debug>(what: &str, started: Instant, result: Result<T, Error>) {
+    let took = started.elapsed();
+    match result {
+        Err(Error::Store(e)) => {
+            assert!(
+                e.is_timeout() || e.is_connection_dropped(),
+                "{what}: {e} is neither a timeout nor a dropped connection"
+            );
+            assert!(e.is_retryable(), "{what}: {e} should be retryable");
+        }
+        other => panic!("{what} with Redis down returned {other:?}"),
+    }
+    assert!(
+        took < TIMEOUT + SLACK,
+        "{what} took {took:?} with Redis down; the timeout is {TIMEOUT:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded() {
+    let server = RedisServer::start();
+    let store = store_for(&server);
+    let policy = policy();
+    assert!(one_check(&store, &policy).await.unwrap());
+    assert_eq!(cached_scripts(&server).await, 1);
+    let mut conn = raw_connection(&server.url()).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cached_scripts(&server).await, 0);
+
+    assert!(
+        one_check(&store, &policy).await.unwrap(),
+        "the first call after SCRIPT FLUSH"
+    );
+    assert_eq!(
+        cached_scripts(&server).await,
+        1,
+        "check.lua is loaded again"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_redis_fails_calls_fast_and_a_restarted_one_serves_again() {
+    let mut server = RedisServer::start();
+    let store = store_for(&server);
+    let policy = policy();
+    assert!(one_check(&store, &policy).await.unwrap());
+
+    server.kill();
+    // Several rounds: the first call meets the dropped connection, later ones
+    // the reconnection attempts in the background.
+    for round in 0..3 {
+        let started = Instant::now();
+        assert_fails_fast(
+            &format!("check #{round}"),
+            started,
+            one_check(&store, &policy).await,
+        );
+        let started = Instant::now();
+        assert_fails_fast("peek", started, store.peek("faults", &policy, "k").await);
+        let started = Instant::now();
+        assert_fails_fast("blocks", started, store.blocks().await);
+        let started = Instant::now();
+        assert_fails_fast("ping", started, store.ping().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    server.restart();
+    // The same store object, on the same port: back once it has reconnected
+    // and reloaded its script into the new, empty server.
+    assert!(until_checks_succeed(&store, &policy).await.unwrap());
+    store.ping().await.unwrap();
+    assert_eq!(cached_scripts(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_store_made_while_redis_is_down_works_once_it_is_up() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let store = store_for(&server);
+    let policy = policy();
+    let started = Instant::now();
+    assert_fails_fast("first check", started, one_check(&store, &policy).await);
+    assert!(
+        RedisStore::connect(
+            RedisConfig::new(server.url()).with_connect_timeout(Duration::from_millis(300))
+        )
+        .await
+        .is_err()
+    );
+    server.restart();
+    assert!(until_checks_succeed(&store, &policy).await.unwrap());
+}

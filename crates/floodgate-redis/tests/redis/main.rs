@@ -1,0 +1,16 @@
+//! Integration tests of the Redis store against real `redis-server`s.
+//!
+//! One test binary (one link on a small machine) with a module per concern.
+//! Tests that only need "a Redis" share one (`$FLOODGATE_TEST_REDIS_URL`, or
+//! one spawned on first use), each under its own key prefix; tests that kill
+//! or restart Redis start their own.
+
+#![allow(clippy::unwrap_used)]
+
+mod blocks;
+mod conformance;
+mod exact;
+mod expiry;
+mod faults;
+mod skew;
+mod support;
