@@ -27,7 +27,7 @@ use crate::config::{self, Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store::AnyStore;
-use crate::{admin, api, demo_api};
+use crate::{admin, api, demo_api, listen};
 
 /// Everything the handlers of one instance share.
 pub struct AppState {
@@ -154,23 +154,6 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         .fallback_service(limited)
 }
 
-/// Binds a listening socket, with SO_REUSEPORT when asked.
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    socket.listen(1024)?;
-    let std_listener: std::net::TcpListener = socket.into();
-    Ok(TcpListener::from_std(std_listener)?)
-}
-
 /// What `run` needs besides the settings.
 pub struct Listeners {
     /// The main listener.
@@ -180,25 +163,39 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the listeners named in `settings`.
+    /// The listeners a supervisor passed down, else binds those named in
+    /// `settings`.
     pub fn bind(settings: &Settings) -> anyhow::Result<Self> {
         let reuse = settings.server.reuse_port;
+        let main = match listen::inherited(listen::LISTEN_FD_ENV)? {
+            Some(l) => l,
+            None => listen::bind(settings.server.listen, reuse)?,
+        };
+        let admin = match listen::inherited(listen::ADMIN_FD_ENV)? {
+            Some(l) => Some(l),
+            None => settings
+                .admin
+                .listen
+                .map(|a| listen::bind(a, reuse))
+                .transpose()?,
+        };
         Ok(Listeners {
-            main: bind(settings.server.listen, reuse)?,
-            admin: settings.admin.listen.map(|a| bind(a, reuse)).transpose()?,
+            main: TcpListener::from_std(main)?,
+            admin: admin.map(TcpListener::from_std).transpose()?,
         })
     }
 }
 
 /// Serves until `shutdown` resolves, re-reading `config_path` on SIGHUP;
 /// then stops accepting, lets in-flight requests finish within the drain
-/// timeout, and returns.
+/// timeout, and returns. `ready` is called once both listeners serve.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
     config_path: Option<PathBuf>,
     overrides: Overrides,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let store = AnyStore::open(&settings.store)?;
     let backend = store.backend_name();
@@ -254,6 +251,7 @@ pub async fn run(
         }
     });
 
+    ready();
     let reload_loop = reload_on_hangup(state.clone(), config_path, overrides);
     tokio::select! {
         () = shutdown => {}

@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod demo_api;
 pub mod duration;
+pub mod listen;
 pub mod metrics;
 pub mod proxy;
 pub mod store;
@@ -49,6 +50,7 @@ pub fn run_blocking(config_path: Option<PathBuf>, overrides: Overrides) -> anyho
             config_path,
             overrides,
             app::termination(),
+            supervisor::announce_ready,
         )
         .await
     })
