@@ -139,7 +139,7 @@ impl RedisConfig {
     }
 }
 
-/// Why a [`RedisConfig`] cannot be used.
+/// Why a [`RedisConfig`] cannot be used (or a store not built from it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The URL does not parse.
@@ -157,6 +157,10 @@ pub enum ConfigError {
     /// A timeout is zero.
     #[error("{0} must be longer than zero")]
     Timeout(&'static str),
+    /// The store was built outside a Tokio runtime, which its connection
+    /// needs to run on.
+    #[error("a Redis store must be created within a Tokio runtime")]
+    NoRuntime,
 }
 
 /// `url` with any password replaced by `***`, for error messages.

@@ -15,6 +15,13 @@
 //!   escaped as a Redis Cluster hash tag, so all keys of one identity share a
 //!   slot) and `<prefix>:blocks` (the block registry). Every key has a TTL.
 //!
+//! Limits: needs Redis 6.0 or later; connects to one standalone Redis (or a
+//! primary by URL). The keys are cluster-ready, but a batch whose checks name
+//! different client keys spans several slots, which a cluster would refuse
+//! as one script. A penalty block is enforced by the decision script itself;
+//! listing it in the registry is a second call that can be lost if Redis
+//! fails at that moment.
+//!
 //! ```
 //! use floodgate_core::{Algorithm, Check, Policy, Store};
 //! use floodgate_redis::{RedisConfig, RedisStore};

@@ -72,9 +72,13 @@ impl RedisStore {
     /// A store for `config`. Does not connect: the first call does, and a
     /// Redis that is down only makes calls fail until it is back.
     ///
-    /// Must be called within a Tokio runtime (the connection runs on it).
+    /// Must be called within a Tokio runtime (the connection runs on it);
+    /// [`ConfigError::NoRuntime`] otherwise.
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime);
+        }
         let client = redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::Url {
             url: redact(&config.url),
             source: e,

@@ -164,13 +164,23 @@ fn rule(name: &str, policy: Policy) -> Rule {
     }
 }
 
+/// One request's checks, each `(rule, key, cost, shadow)`.
+fn batch(specs: &[(usize, usize, u64, bool)]) -> Op {
+    Op::Check(
+        specs
+            .iter()
+            .map(|&(rule, key, cost, shadow)| CheckSpec {
+                rule,
+                key,
+                cost,
+                shadow,
+            })
+            .collect(),
+    )
+}
+
 fn single(rule: usize, key: usize, cost: u64) -> Op {
-    Op::Check(vec![CheckSpec {
-        rule,
-        key,
-        cost,
-        shadow: false,
-    }])
+    batch(&[(rule, key, cost, false)])
 }
 
 /// A hand-written sequence touching every behaviour: exhausting the quota,
@@ -185,12 +195,7 @@ fn scripted_ops() -> Vec<Op> {
     }
     ops.push(single(0, 0, 2)); // over the limit of 5
     ops.push(Op::Peek { rule: 0, key: 0 });
-    ops.push(Op::Check(vec![CheckSpec {
-        rule: 0,
-        key: 0,
-        cost: 1,
-        shadow: true,
-    }]));
+    ops.push(batch(&[(0, 0, 1, true)]));
     ops.push(Op::Advance(333_333));
     ops.push(single(0, 0, 1));
     ops.push(Op::Advance(2_500_000));
@@ -202,36 +207,10 @@ fn scripted_ops() -> Vec<Op> {
     ops.push(Op::Blocks);
     ops.push(Op::Peek { rule: 1, key: 0 });
     // A batch where rule 1 (blocked) vetoes rule 0: nothing is recorded.
-    ops.push(Op::Check(vec![
-        CheckSpec {
-            rule: 0,
-            key: 1,
-            cost: 1,
-            shadow: false,
-        },
-        CheckSpec {
-            rule: 1,
-            key: 0,
-            cost: 1,
-            shadow: false,
-        },
-    ]));
+    ops.push(batch(&[(0, 1, 1, false), (1, 0, 1, false)]));
     ops.push(Op::Peek { rule: 0, key: 1 });
     // The same batch with rule 1 in shadow: rule 0 records.
-    ops.push(Op::Check(vec![
-        CheckSpec {
-            rule: 0,
-            key: 1,
-            cost: 2,
-            shadow: false,
-        },
-        CheckSpec {
-            rule: 1,
-            key: 0,
-            cost: 1,
-            shadow: true,
-        },
-    ]));
+    ops.push(batch(&[(0, 1, 2, false), (1, 0, 1, true)]));
     ops.push(Op::Advance(5_000_001)); // the penalty ends
     ops.push(Op::Blocks);
     ops.push(single(1, 0, 1));

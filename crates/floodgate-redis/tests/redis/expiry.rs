@@ -4,22 +4,15 @@
 use std::time::Duration;
 
 use floodgate_core::{Algorithm, Check, Policy, Store};
-use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::{shared_redis_url, unique_prefix};
 
-use crate::support::{RELAXED_TIMEOUT, keys_under, raw_connection};
+use crate::support::{keys_under, raw_connection, redis_on_server_time};
 
 #[tokio::test]
 async fn every_key_written_has_a_ttl() {
     let url = shared_redis_url();
     let prefix = unique_prefix("expiry");
-    // Redis' own clock, as in production.
-    let store = RedisStore::new(
-        RedisConfig::new(&url)
-            .with_prefix(&prefix)
-            .with_timeout(RELAXED_TIMEOUT),
-    )
-    .unwrap();
+    let store = redis_on_server_time(&prefix);
     let mut policies = Vec::new();
     for algorithm in Algorithm::ALL {
         policies.push(Policy::new(algorithm, 3, Duration::from_secs(60)).unwrap());
@@ -96,12 +89,7 @@ async fn every_key_written_has_a_ttl() {
 async fn the_registry_outlives_its_latest_block() {
     let url = shared_redis_url();
     let prefix = unique_prefix("registry-ttl");
-    let store = RedisStore::new(
-        RedisConfig::new(&url)
-            .with_prefix(&prefix)
-            .with_timeout(RELAXED_TIMEOUT),
-    )
-    .unwrap();
+    let store = redis_on_server_time(&prefix);
     store
         .add_block("ip:192.0.2.1", Duration::from_secs(3600), "long")
         .await

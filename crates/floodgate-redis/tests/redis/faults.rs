@@ -162,3 +162,10 @@ async fn a_store_made_while_redis_is_down_works_once_it_is_up() {
     server.restart();
     assert!(until_checks_succeed(&store, &policy).await.unwrap());
 }
+
+#[test]
+fn a_store_needs_a_tokio_runtime() {
+    // Outside a runtime the connection could not run: an error, not a panic.
+    let made = RedisStore::new(RedisConfig::new("redis://127.0.0.1:1/0"));
+    assert!(matches!(made, Err(floodgate_redis::ConfigError::NoRuntime)));
+}

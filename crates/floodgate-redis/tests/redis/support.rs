@@ -44,6 +44,17 @@ pub(crate) fn clock_config(url: &str, prefix: &str, clock: &ManualClock) -> Redi
         .with_ttl_margin(MANUAL_CLOCK_TTL_MARGIN)
 }
 
+/// A store on the shared Redis under `prefix`, on Redis' own clock (the
+/// production default).
+pub(crate) fn redis_on_server_time(prefix: &str) -> RedisStore {
+    RedisStore::new(
+        RedisConfig::new(shared_redis_url())
+            .with_prefix(prefix)
+            .with_timeout(RELAXED_TIMEOUT),
+    )
+    .expect("valid config")
+}
+
 /// A memory store on `clock`.
 pub(crate) fn memory_on_clock(clock: &ManualClock) -> MemoryStore {
     MemoryStore::with_clock(100_000, Arc::new(clock.clone()))
