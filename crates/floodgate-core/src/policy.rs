@@ -128,6 +128,9 @@ pub struct Policy {
     window_us: u64,
     burst: NonZeroU64,
     block_for_us: Option<u64>,
+    /// `window_us / limit` rounded up, computed once: the token bucket needs
+    /// it on every check and a division is not free.
+    emission_interval_us: u64,
 }
 
 impl Policy {
@@ -145,6 +148,7 @@ impl Policy {
             window_us: micros_of(window),
             burst: limit,
             block_for_us: None,
+            emission_interval_us: micros_of(window).div_ceil(limit.get()).max(1),
         })
     }
 
@@ -222,7 +226,7 @@ impl Policy {
     /// Token bucket: microseconds per cost unit, rounded up so the bucket
     /// never refills faster than `limit` per `window`.
     pub fn emission_interval_us(&self) -> u64 {
-        self.window_us.div_ceil(self.limit.get()).max(1)
+        self.emission_interval_us
     }
 }
 
