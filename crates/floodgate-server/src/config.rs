@@ -245,6 +245,11 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `FLOODGATE_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `FLOODGATE_ADMIN_LISTEN`: the admin listener's address, so several
+    /// instances started from one config file (PM2 apps, systemd template
+    /// units) each get their own `/metrics` and `/readyz`. Checked like
+    /// `admin.listen`.
+    pub admin_listen: Option<String>,
 }
 
 impl Overrides {
@@ -255,6 +260,7 @@ impl Overrides {
             listen: None,
             redis_url: non_empty("FLOODGATE_REDIS_URL"),
             admin_token: non_empty("FLOODGATE_ADMIN_TOKEN"),
+            admin_listen: non_empty("FLOODGATE_ADMIN_LISTEN"),
         }
     }
 }
@@ -557,10 +563,11 @@ fn validate_store(raw: RawStore, o: &Overrides, p: &mut Problems) -> StoreSettin
 
 fn validate_admin(raw: RawAdmin, o: &Overrides, p: &mut Problems) -> AdminSettings {
     p.unknown("admin", &raw.unknown, &["listen", "token"]);
-    let listen = match raw.listen.as_deref() {
-        Some("") => None,
-        Some(text) => parse_addr(p, "admin.listen", text),
-        None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+    let listen = match (o.admin_listen.as_deref(), raw.listen.as_deref()) {
+        (Some(text), _) => parse_addr(p, "FLOODGATE_ADMIN_LISTEN", text),
+        (None, Some("")) => None,
+        (None, Some(text)) => parse_addr(p, "admin.listen", text),
+        (None, None) => DEFAULT_ADMIN_LISTEN.parse().ok(),
     };
     let token = o
         .admin_token
@@ -853,5 +860,53 @@ window = "10s"
     match parse(text, None, overrides) {
         Ok(settings) => settings,
         Err(e) => panic!("the built-in demo config is invalid: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin_listen_with(file: &str, env: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+        let overrides = Overrides {
+            admin_listen: env.map(str::to_owned),
+            ..Overrides::default()
+        };
+        parse(file, None, &overrides).map(|s| s.admin.listen)
+    }
+
+    #[test]
+    fn admin_listen_env_wins_over_the_file() {
+        let file = "[admin]\nlisten = \"127.0.0.1:9090\"\n";
+        assert_eq!(
+            admin_listen_with(file, Some("127.0.0.1:9191"))
+                .ok()
+                .flatten(),
+            "127.0.0.1:9191".parse().ok()
+        );
+        assert_eq!(
+            admin_listen_with(file, None).ok().flatten(),
+            "127.0.0.1:9090".parse().ok()
+        );
+        // It also enables an admin listener the file disabled.
+        assert_eq!(
+            admin_listen_with("[admin]\nlisten = \"\"\n", Some("127.0.0.1:9191"))
+                .ok()
+                .flatten(),
+            "127.0.0.1:9191".parse().ok()
+        );
+    }
+
+    #[test]
+    fn a_bad_admin_listen_env_is_a_problem_naming_the_variable() {
+        let err = admin_listen_with("", Some("nine-thousand")).expect_err("must be refused");
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].at, "FLOODGATE_ADMIN_LISTEN");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listen_env_still_needs_a_token() {
+        let err = admin_listen_with("", Some("0.0.0.0:9191")).expect_err("must be refused");
+        assert!(err.to_string().contains("admin.token"), "{err}");
     }
 }
