@@ -21,6 +21,8 @@ pub struct Proxy {
     timeout: Duration,
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -124,15 +126,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical().to_string();
-    let value = match headers
-        .get(HeaderName::from_static("x-forwarded-for"))
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    // Several X-Forwarded-For lines are one comma-joined list (RFC 9110
+    // §5.3): keep every earlier hop, byte for byte, and add the peer last.
+    let mut value: Vec<u8> = Vec::new();
+    for line in headers.get_all(X_FORWARDED_FOR) {
+        let line = line.as_bytes().trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(line);
+    }
+    if !value.is_empty() {
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -166,6 +178,23 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         append_forwarded_for(&mut h, "192.0.2.9:1".parse().expect("addr"));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 192.0.2.9");
+    }
+
+    #[test]
+    fn keeps_every_forwarded_for_line() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" "));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.2, 203.0.113.3"),
+        );
+        append_forwarded_for(&mut h, "127.0.0.1:9".parse().expect("addr"));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "192.0.2.1, 198.51.100.2, 203.0.113.3, 127.0.0.1"
+        );
     }
 
     #[test]
