@@ -24,7 +24,42 @@ use crate::store::{Check, Store, admitted, validate_checks};
 /// The default bound on stored keys.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
+/// Shards before sizing them to whole hash tables (see [`shard_layout`]).
 const MAX_SHARDS: usize = 256;
+
+/// Entries a hash table of `buckets` buckets holds before it doubles
+/// (hashbrown keeps 1/8 of a table of 8 or more buckets free).
+const fn table_capacity(buckets: usize) -> usize {
+    buckets / 8 * 7
+}
+
+/// How many shards, and how many entries each may hold, for `max_keys`.
+///
+/// Enough shards to spread lock traffic, but at least 16 keys a shard so a
+/// small bound is still usable. Large shards are then resized so that a full
+/// one fits a power-of-two table with room to spare: hashbrown doubles a
+/// table past 7/8 of its buckets, so 1M keys over 256 shards (3 906 each)
+/// would end in tables of 8 192 buckets, 48% used, where 319 shards of 3 134
+/// stay in tables of 4 096. The spare eighth of the table's capacity absorbs
+/// the tombstones that eviction leaves, which would otherwise make a full
+/// shard's table double anyway.
+fn shard_layout(max_keys: usize) -> (usize, usize) {
+    let max_keys = max_keys.max(1);
+    let mut shards = 1;
+    while shards * 2 <= MAX_SHARDS && shards * 2 * 16 <= max_keys {
+        shards *= 2;
+    }
+    let per_shard = max_keys / shards;
+    if per_shard >= 1024 {
+        let fill = |buckets: usize| table_capacity(buckets) / 8 * 7;
+        let mut buckets = 1024;
+        while fill(buckets * 2) <= per_shard {
+            buckets *= 2;
+        }
+        shards = max_keys.div_ceil(fill(buckets));
+    }
+    (shards, max_keys / shards)
+}
 
 /// One (rule, key) and its state.
 struct Entry {
@@ -115,9 +150,16 @@ impl Shard {
     /// entries that expire soonest (amortised O(1) per insert).
     fn make_room(&mut self, cap: usize, now: u64) {
         self.table.retain(|e| e.expires_at > now);
-        if self.table.len() < cap {
-            return;
+        if self.table.len() >= cap {
+            self.evict_soonest_eighth();
         }
+        // A table that grew past the size `cap` needs (tombstones left by
+        // earlier evictions use up its free slots) goes back to that size.
+        self.table.shrink_to(cap, |e| e.hash);
+    }
+
+    /// Evicts the eighth of the entries that expire soonest.
+    fn evict_soonest_eighth(&mut self) {
         let mut expiries: Vec<u64> = self.table.iter().map(|e| e.expires_at).collect();
         let k = (expiries.len() / 8).max(1);
         let (below, &mut threshold, _) = expiries.select_nth_unstable(k - 1);
@@ -189,17 +231,11 @@ impl MemoryStore {
 
     /// A store on the given clock (a [`crate::ManualClock`] in tests).
     pub fn with_clock(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
-        let max_keys = max_keys.max(1);
-        // Enough shards to spread lock traffic, but at least 16 keys a shard so
-        // a small bound is still usable.
-        let mut shards = 1;
-        while shards * 2 <= MAX_SHARDS && shards * 2 * 16 <= max_keys {
-            shards *= 2;
-        }
+        let (shards, shard_cap) = shard_layout(max_keys);
         MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-                shard_cap: max_keys / shards,
+                shard_cap,
                 hasher: foldhash::fast::RandomState::default(),
                 clock,
                 manual_blocks: Mutex::new(HashMap::new()),
@@ -255,7 +291,9 @@ impl MemoryStore {
     /// Shard of a hash. Uses bits the table does not use for its own
     /// bucket index (low bits) or tag (top 7 bits).
     fn shard_of(&self, hash: u64) -> usize {
-        (hash >> 40) as usize & (self.inner.shards.len() - 1)
+        // Bits 32..56, scaled to the shard count (not a power of two).
+        let bits = (hash >> 32) & 0xff_ffff;
+        ((bits * self.inner.shards.len() as u64) >> 24) as usize
     }
 
     /// Decides one check: the fast path of [`Store::check`] for a single rule.
