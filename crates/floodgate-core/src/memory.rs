@@ -513,3 +513,38 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{MemoryStore, shard_layout, table_capacity};
+
+    #[test]
+    fn small_bounds_keep_sixteen_keys_a_shard() {
+        assert_eq!(shard_layout(0), (1, 1));
+        assert_eq!(shard_layout(16), (1, 16));
+        assert_eq!(shard_layout(1_000), (32, 31));
+        assert_eq!(shard_layout(100_000), (256, 390));
+    }
+
+    #[test]
+    fn full_large_shards_fit_a_power_of_two_table_with_room_to_spare() {
+        for max_keys in [300_000, 1_000_000, 2_000_000, 10_000_000] {
+            let (shards, cap) = shard_layout(max_keys);
+            assert!(shards * cap <= max_keys);
+            assert!(shards * cap > max_keys - shards, "{max_keys}: bound wasted");
+            let buckets = (cap * 8 / 7 + 1).next_power_of_two();
+            assert!(cap <= table_capacity(buckets) / 8 * 7, "{max_keys}: {cap}");
+        }
+        assert_eq!(shard_layout(1_000_000), (319, 3134));
+    }
+
+    #[test]
+    fn every_shard_gets_keys() {
+        let store = MemoryStore::new(1_000_000);
+        let mut seen = vec![false; store.inner.shards.len()];
+        for i in 0..100_000 {
+            seen[store.shard_of(store.hash("r", &i.to_string()))] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}
