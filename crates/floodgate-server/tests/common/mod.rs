@@ -1,13 +1,25 @@
 //! Support for the server's integration tests: the real `floodgate` binary on
-//! free ports, a small real upstream, and an HTTP client.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+//! free ports, a small real upstream, an HTTP client, a raw HTTP/1.1
+//! connection for bytes no client library would send, and Redis process
+//! control.
+//!
+//! Every `Floodgate` writes its stderr to a log file; when it is dropped the
+//! log is checked for "panicked" (a panic anywhere in the server fails the
+//! test that ran it), and printed when the test itself is failing.
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used
+)]
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,7 +27,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use floodgate_testkit::{free_port, shared_redis_url, unique_prefix};
+pub use floodgate_testkit::{RedisServer, free_port, shared_redis_url, unique_prefix};
+
+/// The admin token every test instance runs with (`FLOODGATE_ADMIN_TOKEN`).
+pub const TOKEN: &str = "test-admin-token";
+
+/// `Authorization: Bearer <TOKEN>`.
+pub const AUTH: (&str, &str) = ("authorization", "Bearer test-admin-token");
 
 /// A running `floodgate serve`, killed on drop.
 pub struct Floodgate {
@@ -23,6 +41,7 @@ pub struct Floodgate {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
+    log_path: PathBuf,
     _dir: tempdir::Dir,
 }
 
@@ -55,34 +74,40 @@ pub mod tempdir {
     }
 }
 
-pub const TOKEN: &str = "test-admin-token";
-
 impl Floodgate {
     /// Starts the binary with `config` (TOML) with `{listen}` and `{admin}`
-    /// replaced by free addresses; waits until /healthz answers.
+    /// replaced by free loopback addresses; waits until both listen.
     pub fn start(config: &str) -> Self {
         Self::start_with(config, &[])
     }
 
+    /// [`Floodgate::start`] with extra environment variables.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on("127.0.0.1", config, env)
+    }
+
+    /// [`Floodgate::start`] with the main listener on `host` (`127.0.0.1`
+    /// or `[::1]`).
+    pub fn start_on(host: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempdir::Dir::new("server");
         let config_path = dir.path().join("floodgate.toml");
-        let text = config
-            .replace("{listen}", &addr.to_string())
-            .replace("{admin}", &admin.to_string());
-        std::fs::write(&config_path, text).unwrap();
+        let log_path = dir.path().join("stderr.log");
+        std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
             .env("FLOODGATE_ADMIN_TOKEN", TOKEN)
+            .env("FLOODGATE_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("FLOODGATE_REDIS_URL")
             .env_remove("FLOODGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -92,26 +117,67 @@ impl Floodgate {
             addr,
             admin,
             config_path,
+            log_path,
             _dir: dir,
         };
         fg.wait_ready();
         fg
     }
 
+    /// [`Floodgate::start`] from async code, without blocking a runtime worker.
+    pub async fn launch(config: &str) -> Self {
+        let config = config.to_owned();
+        tokio::task::spawn_blocking(move || Floodgate::start(&config))
+            .await
+            .unwrap()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("floodgate exited early: {status}");
+                panic!("floodgate exited early: {status}\n{}", self.log());
             }
-            if std::net::TcpStream::connect(self.admin).is_ok()
-                && std::net::TcpStream::connect(self.addr).is_ok()
-            {
+            if TcpStream::connect(self.admin).is_ok() && TcpStream::connect(self.addr).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("floodgate did not start listening within 20s");
+        panic!(
+            "floodgate did not start listening within 20s\n{}",
+            self.log()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; false after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Resident memory, from /proc/<pid>/status.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -123,19 +189,17 @@ impl Floodgate {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} failed");
+        send_signal(self.child.id(), sig);
     }
 
-    /// Rewrites the config file (same listen/admin addresses).
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Rewrites the config file (same listen/admin addresses), atomically.
     pub fn rewrite_config(&self, config: &str) {
-        let text = config
-            .replace("{listen}", &self.addr.to_string())
-            .replace("{admin}", &self.admin.to_string());
+        let text = fill(config, self.addr, self.admin);
         let tmp = self.config_path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp).unwrap();
         f.write_all(text.as_bytes()).unwrap();
@@ -152,14 +216,90 @@ impl Floodgate {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("floodgate did not exit within {within:?}");
+        panic!("floodgate did not exit within {within:?}\n{}", self.log());
     }
+}
+
+fn fill(config: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+    config
+        .replace("{listen}", &addr.to_string())
+        .replace("{admin}", &admin.to_string())
 }
 
 impl Drop for Floodgate {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = self.log();
+        if std::thread::panicking() {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- floodgate {} stderr (last 60 lines) ---\n{}",
+                self.addr,
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        } else if log.contains("panicked") {
+            panic!("floodgate {} panicked:\n{log}", self.addr);
+        }
+    }
+}
+
+/// `kill -<sig> <pid>`.
+pub fn send_signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// The pid of the redis-server at `addr`, from `INFO server`.
+pub fn redis_pid(addr: SocketAddr) -> u32 {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"INFO server\r\n").unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("process_id:") || !text[text.find("process_id:").unwrap()..].contains('\n')
+    {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed the connection during INFO");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let at = text.find("process_id:").unwrap() + "process_id:".len();
+    text[at..].lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Waits, polling every 50 ms, until `probe` returns true; false after `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Epoch-aligned windows (fixed and sliding window) reset at multiples of
+/// their length: when the current one ends within `margin`, waits it out, so
+/// a test counting to a limit never straddles a boundary.
+pub async fn avoid_window_boundary(window: Duration, margin: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into = Duration::from_micros(
+        u64::try_from(now.as_micros() % window.as_micros()).unwrap_or_default(),
+    );
+    let left = window.saturating_sub(into);
+    if left < margin {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
     }
 }
 
@@ -178,13 +318,68 @@ impl Reply {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The problem+json body; fails unless the content type says so.
+    pub fn problem(&self) -> serde_json::Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {} body {}",
+            self.status,
+            self.text()
+        );
+        let body = self.json();
+        assert_eq!(body["status"], self.status, "{body}");
+        body
+    }
+
+    /// The `r` (remaining) and `t` parameters of the `RateLimit` item of `rule`.
+    pub fn ratelimit(&self, rule: &str) -> Option<(u64, u64)> {
+        let item = self
+            .headers
+            .get_all("ratelimit")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|i| i.starts_with(&format!("\"{rule}\";")))?;
+        Some((sf_param(item, "r")?, sf_param(item, "t")?))
+    }
+
+    /// The `q` (quota) and `w` (window) parameters of the `RateLimit-Policy`
+    /// item of `rule`.
+    pub fn ratelimit_policy(&self, rule: &str) -> Option<(u64, u64)> {
+        let item = self
+            .headers
+            .get_all("ratelimit-policy")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|i| i.starts_with(&format!("\"{rule}\";")))?;
+        Some((sf_param(item, "q")?, sf_param(item, "w")?))
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.header("retry-after").and_then(|v| v.parse().ok())
+    }
+}
+
+fn sf_param(item: &str, name: &str) -> Option<u64> {
+    item.split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
 }
 
 /// An HTTP/1.1 client with keep-alive.
@@ -220,7 +415,11 @@ impl Http {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
             .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = res.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply {
@@ -231,20 +430,190 @@ impl Http {
     }
 
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
-        self.send("GET", url, headers, None).await.unwrap()
+        self.send("GET", url, headers, None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    pub async fn delete(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send("DELETE", url, headers, None)
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {url}: {e}"))
     }
 
     pub async fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let mut h = headers.to_vec();
         h.push(("content-type", "application/json"));
-        self.send("POST", url, &h, Some(body)).await.unwrap()
+        self.send("POST", url, &h, Some(body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    }
+
+    /// `POST /v1/check` on `fg`.
+    pub async fn check(&self, fg: &Floodgate, rule: &str, key: &str, cost: u64) -> Reply {
+        let body = serde_json::json!({ "rule": rule, "key": key, "cost": cost }).to_string();
+        self.post_json(&fg.url("/v1/check"), &[], &body).await
     }
 }
 
-/// A small real upstream: echoes method, path, headers and body as JSON, and
-/// `/slow?ms=N` answers after N ms.
+/// One HTTP/1.1 connection written to byte by byte, for requests no client
+/// library would send (non-UTF-8 header values) and for proving that one
+/// keep-alive connection survives something.
+pub struct RawConn {
+    stream: TcpStream,
+    /// Bytes read past the end of the last response.
+    pending: Vec<u8>,
+}
+
+/// A response read off a [`RawConn`].
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl RawConn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawConn {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes `request` as is and reads one response; `Err` when the server
+    /// closed the connection (or timed out) instead of answering.
+    pub fn roundtrip(&mut self, request: &[u8]) -> Result<RawReply, String> {
+        self.stream
+            .write_all(request)
+            .map_err(|e| format!("write: {e}"))?;
+        self.read_response()
+    }
+
+    /// `GET path` with the given extra header lines, keeping the connection open.
+    pub fn get(&mut self, path: &str, extra: &[&str]) -> Result<RawReply, String> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+        for line in extra {
+            req.push_str(line);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        self.roundtrip(req.as_bytes())
+    }
+
+    fn fill(&mut self) -> Result<(), String> {
+        let mut buf = [0u8; 16 * 1024];
+        let n = self
+            .stream
+            .read(&mut buf)
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    fn read_response(&mut self) -> Result<RawReply, String> {
+        let head_end = loop {
+            if let Some(i) = find(&self.pending, b"\r\n\r\n") {
+                break i;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+        self.pending.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let body = if let Some(len) = get("content-length") {
+            let len: usize = len.parse().map_err(|_| "bad content-length")?;
+            while self.pending.len() < len {
+                self.fill()?;
+            }
+            self.pending.drain(..len).collect()
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.pending, b"\r\n") {
+                        break i;
+                    }
+                    self.fill()?;
+                };
+                let size_text = String::from_utf8_lossy(&self.pending[..line_end]).into_owned();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                    .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+                self.pending.drain(..line_end + 2);
+                while self.pending.len() < size + 2 {
+                    self.fill()?;
+                }
+                body.extend(self.pending.drain(..size));
+                self.pending.drain(..2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else if status == 204 || status == 304 || status < 200 {
+            Vec::new()
+        } else {
+            // Delimited by the end of the connection.
+            loop {
+                if self.fill().is_err() {
+                    break std::mem::take(&mut self.pending);
+                }
+            }
+        };
+        Ok(RawReply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A small real upstream: echoes method, uri, headers and body as JSON (with
+/// an `x-upstream: echo` response header), `/slow?ms=N` answers after N ms,
+/// `/status/<code>` answers with that status.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Requests the echo route has answered.
     pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -258,7 +627,7 @@ impl Drop for Upstream {
 impl Upstream {
     pub async fn start() -> Self {
         use axum::body::Bytes as AxBytes;
-        use axum::extract::{Query, Request};
+        use axum::extract::{Path, Query, Request};
         use axum::routing::any;
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = hits.clone();
@@ -266,8 +635,18 @@ impl Upstream {
             .route(
                 "/slow",
                 any(|Query(q): Query<HashMap<String, u64>>| async move {
-                    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(500))).await;
+                    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(500)))
+                        .await;
                     "slow done"
+                }),
+            )
+            .route(
+                "/status/{code}",
+                any(|Path(code): Path<u16>| async move {
+                    (
+                        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK),
+                        "as asked",
+                    )
                 }),
             )
             .fallback(any(move |req: Request| {
@@ -275,18 +654,30 @@ impl Upstream {
                 async move {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let (parts, body) = req.into_parts();
-                    let body: AxBytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-                    let headers: HashMap<String, String> = parts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                        .collect();
-                    axum::Json(serde_json::json!({
-                        "method": parts.method.as_str(),
-                        "uri": parts.uri.to_string(),
-                        "headers": headers,
-                        "body": String::from_utf8_lossy(&body),
-                    }))
+                    let body: AxBytes = axum::body::to_bytes(body, 4 << 20)
+                        .await
+                        .unwrap_or_default();
+                    // Repeated headers are joined the way a proxy must keep them.
+                    let mut headers: HashMap<String, String> = HashMap::new();
+                    for (k, v) in &parts.headers {
+                        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        headers
+                            .entry(k.to_string())
+                            .and_modify(|e| {
+                                e.push_str(", ");
+                                e.push_str(&v);
+                            })
+                            .or_insert(v);
+                    }
+                    (
+                        [("x-upstream", "echo")],
+                        axum::Json(serde_json::json!({
+                            "method": parts.method.as_str(),
+                            "uri": parts.uri.to_string(),
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        })),
+                    )
                 }
             }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -299,6 +690,10 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -318,5 +713,53 @@ pub fn check_config(config: &str) -> (i32, String, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `floodgate serve --config FILE` with `config` as the file, expected to
+/// exit on its own within 10 s: (exit code, stderr).
+pub fn serve_expecting_exit(config: &str) -> (i32, String) {
+    let dir = tempdir::Dir::new("serve");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        fill(
+            config,
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("FLOODGATE_REDIS_URL")
+        .env_remove("FLOODGATE_ADMIN_TOKEN")
+        .env_remove("FLOODGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "floodgate serve kept running with a config it should refuse:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
     )
 }
