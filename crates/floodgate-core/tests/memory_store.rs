@@ -390,3 +390,29 @@ fn the_store_trait_answers_like_the_synchronous_calls() {
     assert!(ready(store.reset("r", "k")).unwrap());
     assert!(ready(store.ping()).is_ok());
 }
+
+/// Guards a fixed bug: every check of a batch was decided against the state
+/// before the batch, so a (rule, key) named twice spent the same quota twice
+/// (limit 1, two checks: both admitted, count 2).
+#[test]
+fn a_key_named_twice_in_a_batch_is_counted_twice() {
+    for algorithm in Algorithm::ALL {
+        let (store, _clock) = store(1_000);
+        let p = policy(algorithm, 3, Duration::from_secs(60));
+        let twice = [Check::new("r", &p, "k", 2), Check::new("r", &p, "k", 2)];
+        let d = store.check_now(&twice).unwrap();
+        assert!(d[0].allowed && !d[1].allowed, "{algorithm}: {d:?}");
+        // The batch was refused, so neither check took anything.
+        assert_eq!(store.peek_now("r", &p, "k").remaining, 3, "{algorithm}");
+        let fits = [
+            Check::new("r", &p, "k", 1),
+            Check::new("other", &p, "k", 1),
+            Check::new("r", &p, "k", 2),
+        ];
+        let d = store.check_now(&fits).unwrap();
+        assert!(d.iter().all(|d| d.allowed), "{algorithm}: {d:?}");
+        assert_eq!((d[0].remaining, d[2].remaining), (2, 0), "{algorithm}");
+        assert_eq!(store.peek_now("r", &p, "k").remaining, 0, "{algorithm}");
+        assert_eq!(store.peek_now("other", &p, "k").remaining, 2, "{algorithm}");
+    }
+}
