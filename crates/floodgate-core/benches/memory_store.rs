@@ -19,7 +19,8 @@
 //! After criterion's report a table gives decisions/s and the token bucket's
 //! time per decision over governor's (target: at most 1.5): once from
 //! criterion's means, once as the median of 21 alternating ~50 ms rounds of
-//! the two, which load drifting during the run cannot skew. The table reads
+//! the two, which load drifting during the run cannot skew, and the same
+//! paired ratio for the token bucket on the fixed clock. The table reads
 //! this run's estimates; when a filter skips a benchmark its cell may show
 //! an earlier run's figure.
 //!
@@ -209,7 +210,8 @@ fn paired_ratio(
     ratios[ratios.len() / 2]
 }
 
-/// Benchmarks one group; when measuring, returns the paired ratio.
+/// Benchmarks one group; when measuring, returns the paired ratios of the
+/// token bucket on the system clock and on the fixed clock to governor.
 fn group(
     c: &mut Criterion,
     name: &str,
@@ -217,7 +219,7 @@ fn group(
     keys: &[String],
     deny: bool,
     measuring: bool,
-) -> Option<f64> {
+) -> Option<(f64, f64)> {
     let all = contenders(keys.len(), deny);
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(1));
@@ -228,8 +230,16 @@ fn group(
     }
     g.finish();
     let find = |name: &str| all.iter().find(|c| c.name == name);
-    match (measuring, find("token_bucket"), find("governor")) {
-        (true, Some(ours), Some(theirs)) => Some(paired_ratio(ours, theirs, threads, keys)),
+    match (
+        measuring,
+        find("token_bucket"),
+        find("token_bucket_fixed_clock"),
+        find("governor"),
+    ) {
+        (true, Some(ours), Some(fixed), Some(theirs)) => Some((
+            paired_ratio(ours, theirs, threads, keys),
+            paired_ratio(fixed, theirs, threads, keys),
+        )),
         _ => None,
     }
 }
@@ -264,7 +274,7 @@ fn mean_ns(group: &str, function: &str) -> Option<f64> {
 
 /// Decisions/s of every contender in every group, then the token bucket's
 /// time per decision over governor's: from criterion's means, and paired.
-fn print_summary(groups: &[(&str, Option<f64>)]) {
+fn print_summary(groups: &[(&str, Option<(f64, f64)>)]) {
     println!(
         "\nmemory store: decisions/s (criterion mean), token_bucket / governor time per decision"
     );
@@ -291,14 +301,16 @@ fn print_summary(groups: &[(&str, Option<f64>)]) {
         }
     }
     println!();
-    print!("{:<26}", "ratio (paired rounds)");
-    for (_, paired) in groups {
-        match paired {
-            Some(r) => print!("{r:>19.2}"),
-            None => print!("{:>19}", "-"),
+    for (label, pick) in [("ratio (paired rounds)", 0), ("  fixed clock (paired)", 1)] {
+        print!("{label:<26}");
+        for (_, paired) in groups {
+            match paired {
+                Some(r) => print!("{:>19.2}", if pick == 0 { r.0 } else { r.1 }),
+                None => print!("{:>19}", "-"),
+            }
         }
+        println!();
     }
-    println!();
 }
 
 fn main() {
