@@ -73,6 +73,19 @@ impl Metrics {
             store_latency.clone(),
         );
         let store_errors = Family::<CallLabels, Counter>::default();
+        // Every kind of call starts at zero, so the series exist (and alert
+        // rules on their rate work) before the first error.
+        for call in [
+            StoreCall::Check,
+            StoreCall::Blocks,
+            StoreCall::AddBlock,
+            StoreCall::RemoveBlock,
+            StoreCall::Ping,
+        ] {
+            let _ = store_errors.get_or_create(&CallLabels {
+                call: call.as_str(),
+            });
+        }
         registry.register(
             "store_errors",
             "Store calls that failed or timed out",
@@ -144,5 +157,26 @@ impl Observer for Metrics {
 
     fn on_store_health(&self, healthy: bool) {
         self.set_store_up(healthy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_are_exported_before_the_first_error() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(
+            text.contains("floodgate_store_errors_total{call=\"check\"} 0"),
+            "{text}"
+        );
+        metrics.on_store_call(StoreCall::Check, Duration::from_millis(1), false);
+        assert!(
+            metrics
+                .render()
+                .contains("floodgate_store_errors_total{call=\"check\"} 1")
+        );
     }
 }
