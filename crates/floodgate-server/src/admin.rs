@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use floodgate_core::{Block, Store, Timestamp};
 use floodgate_tower::Target;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -141,10 +141,39 @@ async fn list_blocks(State(state): State<Arc<AppState>>) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewBlock {
+    #[serde(deserialize_with = "target_text")]
     target: String,
+    #[serde(deserialize_with = "ttl_text")]
     ttl: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "reason_text")]
     reason: String,
+}
+
+// serde_json's own type errors ("invalid type: integer `60`, expected a
+// string") do not say which field was wrong; these do.
+fn target_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_field(d, "target", "\"ip:203.0.113.7\"")
+}
+
+fn ttl_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_field(d, "ttl", "\"10m\"")
+}
+
+fn reason_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_field(d, "reason", "\"scraping\"")
+}
+
+fn string_field<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+    example: &str,
+) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        other => Err(serde::de::Error::custom(format!(
+            "{field} must be a string like {example}, not {other}"
+        ))),
+    }
 }
 
 async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -243,6 +272,27 @@ async fn reset_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrongly_typed_field_is_named() {
+        for (body, field) in [
+            (
+                r#"{"target": "ip:192.0.2.1", "ttl": 60}"#,
+                "ttl must be a string",
+            ),
+            (r#"{"target": 7, "ttl": "1m"}"#, "target must be a string"),
+            (
+                r#"{"target": "ip:192.0.2.1", "ttl": "1m", "reason": null}"#,
+                "reason must be a string",
+            ),
+        ] {
+            let err = serde_json::from_str::<NewBlock>(body).expect_err(body);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let ok: NewBlock =
+            serde_json::from_str(r#"{"target": "ip:192.0.2.1", "ttl": "1m"}"#).expect("valid");
+        assert_eq!((ok.ttl.as_str(), ok.reason.as_str()), ("1m", ""));
+    }
 
     #[test]
     fn formats_rfc3339() {
