@@ -101,7 +101,11 @@ impl Floodgate {
             .arg("--config")
             .arg(&config_path)
             .env("FLOODGATE_ADMIN_TOKEN", TOKEN)
-            .env("FLOODGATE_LOG", "info")
+            // FLOODGATE_TEST_LOG=debug in the test's environment for more.
+            .env(
+                "FLOODGATE_LOG",
+                std::env::var("FLOODGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .env_remove("FLOODGATE_REDIS_URL")
             .env_remove("FLOODGATE_CONFIG")
