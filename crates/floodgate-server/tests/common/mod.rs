@@ -224,6 +224,11 @@ impl Floodgate {
     }
 }
 
+/// A loopback address with a port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 fn fill(config: &str, addr: SocketAddr, admin: SocketAddr) -> String {
     config
         .replace("{listen}", &addr.to_string())
@@ -705,7 +710,7 @@ impl Upstream {
 pub fn check_config(config: &str) -> (i32, String, String) {
     let dir = tempdir::Dir::new("check");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, fill(config, free_addr(), free_addr())).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .arg("check-config")
         .arg(&path)
@@ -725,15 +730,7 @@ pub fn check_config(config: &str) -> (i32, String, String) {
 pub fn serve_expecting_exit(config: &str) -> (i32, String) {
     let dir = tempdir::Dir::new("serve");
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        fill(
-            config,
-            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, fill(config, free_addr(), free_addr())).unwrap();
     let log_path = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .arg("serve")

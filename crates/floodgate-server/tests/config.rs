@@ -1,0 +1,217 @@
+//! Bad configuration, through the real binary: `check-config` exits 1 and
+//! lists every problem with the rule and field it concerns; `serve` refuses
+//! the same file with the same words; nothing panics.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{check_config, serve_expecting_exit};
+
+const GOOD: &str = r#"
+[server]
+listen = "{listen}"
+trusted_proxies = ["127.0.0.1/32", "::1/128"]
+
+[store]
+backend = "memory"
+max_keys = 1000
+
+[admin]
+listen = "{admin}"
+
+[access]
+allow = ["ip:10.0.0.0/8", "ip:2001:db8::/32"]
+deny = ["ip:203.0.113.0/24", "header:x-api-key:leaked"]
+
+[[rule]]
+name = "api-per-client"
+match = { path_prefix = "/api/", methods = ["GET", "POST"] }
+key = "ip"
+algorithm = "sliding_window"
+limit = 100
+window = "1m"
+
+[[rule]]
+name = "per-key"
+key = ["header:x-api-key", "path"]
+algorithm = "token_bucket"
+limit = 10
+window = "10s"
+burst = 20
+block_for = "15m"
+"#;
+
+/// `GOOD` with one line replaced.
+fn good_but(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from:?} is not in the good config");
+    GOOD.replacen(from, to, 1)
+}
+
+/// Asserts that both `check-config` and `serve` refuse `config`, that every
+/// string of `expected` appears among the problems of both, and that
+/// nothing panicked.
+fn assert_refused(config: &str, expected: &[&str]) {
+    let (code, stdout, stderr) = check_config(config);
+    assert_eq!(code, 1, "check-config accepted:\n{config}\n{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for problem in expected {
+        assert!(
+            stderr.contains(problem),
+            "check-config does not mention {problem:?}:\n{stderr}"
+        );
+    }
+    let (code, serve_stderr) = serve_expecting_exit(config);
+    assert_ne!(code, 0, "serve accepted:\n{config}");
+    assert!(!serve_stderr.contains("panicked"), "{serve_stderr}");
+    for problem in expected {
+        assert!(
+            serve_stderr.contains(problem),
+            "serve does not mention {problem:?}:\n{serve_stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_good_config_passes_with_a_summary() {
+    let (code, stdout, stderr) = check_config(GOOD);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+    for expected in [
+        "api-per-client",
+        "sliding_window 100 per 1m key ip",
+        "per-key",
+        "token_bucket 10 per 10s",
+        "burst 20",
+        "block_for 15m",
+        "2 allow, 2 deny",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+}
+
+#[test]
+fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
+    let cases: [(String, &[&str]); 9] = [
+        (
+            good_but(
+                "algorithm = \"sliding_window\"",
+                "algorithm = \"leaky_bucket\"",
+            ),
+            &["rule \"api-per-client\" algorithm", "leaky_bucket"],
+        ),
+        (
+            good_but("limit = 100", "limit = 0"),
+            &["rule \"api-per-client\" limit", "at least 1"],
+        ),
+        (
+            good_but("window = \"1m\"", "window = \"1 minute\""),
+            &["rule \"api-per-client\" window", "\"1 minute\""],
+        ),
+        (
+            good_but("block_for = \"15m\"", "block_for = \"15x\""),
+            &["rule \"per-key\" block_for", "\"15x\""],
+        ),
+        (
+            good_but("name = \"per-key\"", "name = \"api-per-client\""),
+            &["rule \"api-per-client\" name", "duplicate rule name"],
+        ),
+        (
+            good_but("\"127.0.0.1/32\", \"::1/128\"", "\"127.0.0.1/33\""),
+            &["server.trusted_proxies", "127.0.0.1/33"],
+        ),
+        (
+            good_but("\"ip:203.0.113.0/24\"", "\"ip:203.0.113.0/24x\""),
+            &["access.deny", "ip:203.0.113.0/24x"],
+        ),
+        (
+            good_but("burst = 20", "burst = 20\nburts = 5"),
+            &["rule \"per-key\" burts", "unknown field"],
+        ),
+        (
+            good_but("[store]", "[stroe]\nbackend = \"memory\"\n[store]"),
+            &["stroe", "unknown field"],
+        ),
+    ];
+    std::thread::scope(|s| {
+        for (config, expected) in &cases {
+            s.spawn(move || assert_refused(config, expected));
+        }
+    });
+}
+
+#[test]
+fn every_problem_of_one_file_is_listed_at_once() {
+    let config = r#"
+sever = 1
+[server]
+listen = "{listen}"
+trusted_proxies = ["10.0.0.0/33"]
+[store]
+timeout = "fast"
+[admin]
+listen = "{admin}"
+[access]
+deny = ["ip:300.1.2.3"]
+[[rule]]
+name = "a"
+algorithm = "leaky_bucket"
+limit = 10
+window = "1m"
+[[rule]]
+name = "b"
+limit = 0
+window = "1m"
+[[rule]]
+name = "c"
+limit = 5
+window = "10 sec"
+[[rule]]
+name = "a"
+limit = 5
+window = "1m"
+limt = 3
+"#;
+    let expected = [
+        "9 problems",
+        "sever: unknown field",
+        "server.trusted_proxies: \"10.0.0.0/33\"",
+        "store.timeout: \"fast\"",
+        "access.deny: \"ip:300.1.2.3\"",
+        "rule \"a\" algorithm: unknown algorithm \"leaky_bucket\"",
+        "rule \"b\" limit: must be at least 1, got 0",
+        "rule \"c\" window: \"10 sec\"",
+        "rule \"a\" limt: unknown field",
+        "rule \"a\" name: duplicate rule name",
+    ];
+    assert_refused(config, &expected);
+    // One line per problem, each naming the file.
+    let (_, _, stderr) = check_config(config);
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("c.toml: ")).count(),
+        1 + 9,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreadable_files_and_broken_toml_are_refused_without_a_panic() {
+    assert_refused("[server\nlisten = 1", &["line 1"]);
+    assert_refused("[[rule]]\nname = \"x\"\nlimit = \"ten\"", &["line 3"]);
+    assert_refused("\u{0}\u{1}binary", &["c.toml"]);
+    assert_refused(
+        "[[rule]]\nname = \"no-window\"\nlimit = 5\n",
+        &["rule \"no-window\" window", "missing"],
+    );
+    assert_refused(
+        "[admin]\nlisten = \"0.0.0.0:9\"\n",
+        &["admin.token", "not a loopback address"],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["check-config", "/nonexistent/floodgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be read"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
