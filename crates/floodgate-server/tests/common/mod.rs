@@ -129,8 +129,8 @@ impl Floodgate {
     }
 
     /// [`Floodgate::start`] from async code, without blocking a runtime worker.
-    pub async fn launch(config: &str) -> Self {
-        let config = config.to_owned();
+    pub async fn launch(config: impl Into<String>) -> Self {
+        let config = config.into();
         tokio::task::spawn_blocking(move || Floodgate::start(&config))
             .await
             .unwrap()
