@@ -528,6 +528,33 @@ impl RawConn {
         self.roundtrip(req.as_bytes())
     }
 
+    /// Writes every request at once (HTTP/1.1 pipelining, from a second
+    /// thread so neither side's buffers can fill up and stall the other)
+    /// and reads one response per request, in order.
+    pub fn pipeline(&mut self, requests: Vec<Vec<u8>>) -> Result<Vec<RawReply>, String> {
+        let n = requests.len();
+        let mut writer = self.stream.try_clone().map_err(|e| e.to_string())?;
+        let writing = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut batch = Vec::with_capacity(64 * 1024);
+            for request in requests {
+                batch.extend_from_slice(&request);
+                if batch.len() >= 32 * 1024 {
+                    writer.write_all(&batch)?;
+                    batch.clear();
+                }
+            }
+            writer.write_all(&batch)
+        });
+        let replies = (0..n)
+            .map(|_| self.read_response())
+            .collect::<Result<Vec<_>, _>>();
+        writing
+            .join()
+            .map_err(|_| "the writer thread panicked".to_owned())?
+            .map_err(|e| format!("write: {e}"))?;
+        replies
+    }
+
     fn fill(&mut self) -> Result<(), String> {
         let mut buf = [0u8; 16 * 1024];
         let n = self

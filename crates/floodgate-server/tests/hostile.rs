@@ -1,0 +1,360 @@
+//! Hostile input against the real binary: huge and malformed forwarding
+//! headers, invalid addresses, non-UTF-8 header values and request lines
+//! (sent as raw bytes), very long paths, oversized bodies, and a flood of
+//! distinct keys. Nothing may panic (every `Floodgate` fails its test when
+//! its log says "panicked"), nothing may answer 5xx, the process must keep
+//! serving, and its memory must stay bounded.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{AUTH, Floodgate, Http, RawConn, RawReply, Upstream};
+
+/// Behind a trusted loopback proxy; per-IP, per-key and per-path rules with
+/// limits no test reaches; a memory store of at most 1000 keys.
+fn config(upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{upstream}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [store]\nbackend = \"memory\"\nmax_keys = 1000\n\
+         [admin]\nlisten = \"{{admin}}\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 100000\nwindow = \"1h\"\n\
+         [[rule]]\nname = \"per-key\"\nkey = \"header:x-api-key\"\nalgorithm = \"sliding_log\"\nlimit = 1000\nwindow = \"1h\"\n\
+         [[rule]]\nname = \"per-path\"\nkey = [\"ip\", \"path\"]\nalgorithm = \"token_bucket\"\nlimit = 100000\nwindow = \"1h\"\n\
+         [[rule]]\nname = \"flood\"\nmatch = {{ path_prefix = \"/flood/\" }}\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n"
+    )
+}
+
+/// How much of `per-ip` the client `key` has left.
+async fn remaining(http: &Http, fg: &Floodgate, key: &str) -> u64 {
+    let r = http
+        .get(
+            &fg.admin_url(&format!("/admin/rules/per-ip/keys/{key}")),
+            &[AUTH],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["remaining"].as_u64().unwrap()
+}
+
+async fn still_serves(http: &Http, fg: &Floodgate) {
+    let r = http.get(&fg.url("/still/alive"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http.get(&fg.admin_url("/healthz"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_huge_forwarding_headers_fall_back_to_the_peer() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(config(&upstream.url())).await;
+    let http = Http::new();
+    let before = remaining(&http, &fg, "ip:127.0.0.1").await;
+    // More trusted hops than are ever walked (32): the client is unknown.
+    let long_chain = format!("192.0.2.1, {}", vec!["127.0.0.1"; 40].join(", "));
+    let malformed = [
+        ("x-forwarded-for", "not-an-ip".to_owned()),
+        ("x-forwarded-for", ",,,, ,".to_owned()),
+        ("x-forwarded-for", "[::1".to_owned()),
+        ("x-forwarded-for", "1.2.3.4:99999".to_owned()),
+        ("x-forwarded-for", "999.1.1.1".to_owned()),
+        ("x-forwarded-for", "1.2.3.4 5.6.7.8".to_owned()),
+        ("x-forwarded-for", "\"1.2.3.4\"".to_owned()),
+        ("x-forwarded-for", "unknown".to_owned()),
+        ("x-forwarded-for", "fe80::1%eth0".to_owned()),
+        ("x-forwarded-for", "1.2.3.4, garbage".to_owned()),
+        ("x-forwarded-for", "x".repeat(8000)),
+        ("x-forwarded-for", long_chain),
+        ("forwarded", "for=\"[2001:db8::1\"".to_owned()),
+        ("forwarded", "for=".to_owned()),
+        ("forwarded", "for=\";;;,,,".to_owned()),
+        ("forwarded", "for=\"\\".to_owned()),
+        ("forwarded", format!("for=\"{}\"", "a".repeat(4000))),
+        ("forwarded", "by=1.2.3.4;proto=http".to_owned()),
+        ("x-real-ip", "300.300.300.300".to_owned()),
+        ("x-real-ip", "".to_owned()),
+    ];
+    for (name, value) in &malformed {
+        let r = http.get(&fg.url("/xff"), &[(name, value.as_str())]).await;
+        assert_eq!(r.status, 200, "{name}: {value:.60}: {}", r.text());
+    }
+    assert_eq!(
+        remaining(&http, &fg, "ip:127.0.0.1").await,
+        before - malformed.len() as u64,
+        "every unreadable chain counted on the peer itself"
+    );
+
+    // A chain of 10,000 hops (~110 KB): answered (or refused as too large),
+    // never a crash.
+    let huge = vec!["203.0.113.9"; 10_000].join(", ");
+    match http
+        .send("GET", &fg.url("/huge"), &[("x-forwarded-for", &huge)], None)
+        .await
+    {
+        Ok(r) => assert!(
+            r.status == 200 || r.status == 431,
+            "huge X-Forwarded-For: {}",
+            r.status
+        ),
+        Err(e) => assert!(
+            e.contains("IncompleteMessage") || e.contains("reset") || e.contains("closed"),
+            "{e}"
+        ),
+    }
+    // An IPv4-mapped IPv6 client is the IPv4 client.
+    http.get(&fg.url("/m"), &[("x-forwarded-for", "::ffff:198.51.100.4")])
+        .await;
+    assert!(remaining(&http, &fg, "ip:198.51.100.4").await < 100_000);
+    still_serves(&http, &fg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_bytes_in_headers_and_request_lines() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(config(&upstream.url())).await;
+    let addr = fg.addr;
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for header in [
+            b"X-Forwarded-For: \xff\xfe1.2.3.4".as_slice(),
+            b"X-Forwarded-For: 1.2.3.4, \xc3\x28",
+            b"Forwarded: for=\xff\xff",
+            b"X-Real-IP: \xe2\x82",
+            b"X-Api-Key: \xc3\x28\xa0\xa1",
+            b"X-Api-Key: \xc3\x28\xa0\xa1",
+            b"X-Api-Key: caf\xc3\xa9",
+            b"X-Whatever: \x80\x81\x82",
+        ] {
+            let mut request = b"GET /bytes HTTP/1.1\r\nHost: test\r\n".to_vec();
+            request.extend_from_slice(header);
+            request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            let r = RawConn::connect(addr).roundtrip(&request);
+            out.push((String::from_utf8_lossy(header).into_owned(), r));
+        }
+        out
+    })
+    .await
+    .unwrap();
+    let mut key_remaining = Vec::new();
+    for (header, r) in &replies {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("{header}: {e}"));
+        assert_eq!(r.status, 200, "{header}: {}", r.text());
+        if header.starts_with("X-Api-Key: \u{fffd}(") {
+            // RateLimit: "per-key";r=<remaining>;t=<seconds>
+            key_remaining.push(r.header("ratelimit").and_then(|v| {
+                v.split(',')
+                    .find(|i| i.trim().starts_with("\"per-key\""))?
+                    .split(';')
+                    .find_map(|p| p.strip_prefix("r="))?
+                    .parse::<u64>()
+                    .ok()
+            }));
+        }
+    }
+    assert_eq!(key_remaining.len(), 2);
+    assert_eq!(
+        key_remaining,
+        [Some(999), Some(998)],
+        "the same invalid bytes are the same (hashed) key"
+    );
+
+    // Invalid bytes and controls where HTTP forbids them: a 4xx or a closed
+    // connection, never a 5xx.
+    let broken = tokio::task::spawn_blocking(move || {
+        [
+            b"GET /\xff\xfe HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".as_slice(),
+            b"GET / HTTP/1.1\r\nHost: test\r\nX-A: a\x01b\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: test\r\nX-\xff: 1\r\nConnection: close\r\n\r\n",
+            b"\xff\xfe\xfd\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: test\r\nContent-Length: -5\r\n\r\n",
+        ]
+        .iter()
+        .map(|req| {
+            let r = RawConn::connect(addr).roundtrip(req);
+            (String::from_utf8_lossy(req).into_owned(), r)
+        })
+        .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (request, r) in &broken {
+        if let Ok(r) = r {
+            assert!(
+                (400..500).contains(&r.status),
+                "{request:?}: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+    }
+    still_serves(&Http::new(), &fg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn very_long_paths_and_bodies_and_bad_admin_paths() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(config(&upstream.url())).await;
+    let http = Http::new();
+    for len in [300, 8_000, 60_000] {
+        let path = format!("/{}", "p".repeat(len));
+        let r = http.send("GET", &fg.url(&path), &[], None).await;
+        match r {
+            Ok(r) => {
+                assert!(
+                    r.status == 200 || r.status == 414 || r.status == 431,
+                    "path of {len}: {}",
+                    r.status
+                );
+                if r.status == 200 {
+                    assert_eq!(r.json()["uri"].as_str().unwrap().len(), len + 1);
+                    assert!(
+                        r.ratelimit_policy("per-path").is_some() || r.header("ratelimit").is_some()
+                    );
+                }
+            }
+            Err(e) => panic!("path of {len}: {e}"),
+        }
+    }
+    // A path key over 256 bytes is stored hashed, and still counts.
+    let long = format!("/{}", "q".repeat(1000));
+    let a = http.get(&fg.url(&long), &[]).await;
+    let b = http.get(&fg.url(&long), &[]).await;
+    let left = |r: &common::Reply| r.ratelimit("per-path").map(|x| x.0);
+    if let (Some(x), Some(y)) = (left(&a), left(&b)) {
+        assert_eq!(x, y + 1);
+    }
+
+    // Refused without being read, so the server closes those connections:
+    // a client of their own keeps them out of the shared pool.
+    let big = "x".repeat(3 << 20);
+    let r = Http::new().post_json(&fg.url("/v1/check"), &[], &big).await;
+    assert!(
+        (400..500).contains(&r.status),
+        "3 MiB check body: {}",
+        r.status
+    );
+    let r = Http::new()
+        .post_json(&fg.admin_url("/admin/blocks"), &[AUTH], &big)
+        .await;
+    assert!(
+        (400..500).contains(&r.status),
+        "3 MiB block body: {}",
+        r.status
+    );
+
+    for path in [
+        "/admin/blocks/%FF%FE",
+        "/admin/blocks/ip%3A%00",
+        "/admin/rules/per-ip/keys/%FF",
+        "/admin/rules/%FF/keys/x",
+        "/admin/rules/per-ip/keys/",
+        "/admin/blocks/",
+    ] {
+        for method in ["GET", "DELETE"] {
+            let r = http
+                .send(method, &fg.admin_url(path), &[AUTH], None)
+                .await
+                .unwrap();
+            assert!(r.status < 500, "{method} {path}: {} {}", r.status, r.text());
+        }
+    }
+    still_serves(&http, &fg).await;
+}
+
+/// `POST /v1/check` for rule `flood` and `key`, as bytes.
+fn check_request(key: &str) -> Vec<u8> {
+    let body = format!("{{\"rule\":\"flood\",\"key\":\"{key}\"}}");
+    format!(
+        "POST /v1/check HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends `requests` pipelined over 8 connections; returns every reply.
+async fn flood(addr: std::net::SocketAddr, requests: Vec<Vec<u8>>) -> Vec<RawReply> {
+    let per_connection = requests.len().div_ceil(8);
+    let mut chunks = Vec::new();
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        chunks.push(requests.by_ref().take(per_connection).collect::<Vec<_>>());
+    }
+    let threads: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| tokio::task::spawn_blocking(move || RawConn::connect(addr).pipeline(chunk)))
+        .collect();
+    let mut replies = Vec::new();
+    for t in threads {
+        replies.extend(t.await.unwrap().unwrap());
+    }
+    replies
+}
+
+fn allowed(reply: &RawReply) -> bool {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["allowed"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_distinct_keys_keep_memory_bounded() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(config(&upstream.url())).await;
+    let http = Http::new();
+    still_serves(&http, &fg).await;
+    let rss_before = fg.rss_kib();
+
+    // 10,000 distinct keys through the decision API, as fast as the
+    // server takes them; each key's first request is admitted.
+    let keys: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| check_request(&format!("key-{i}")))
+        .collect();
+    let replies = flood(fg.addr, keys).await;
+    assert_eq!(replies.len(), 10_000);
+    assert!(replies.iter().all(allowed), "a new key was refused");
+
+    // 1,000 distinct client addresses through the gateway.
+    let clients: Vec<Vec<u8>> = (0..1_000u32)
+        .map(|i| {
+            format!(
+                "GET /flood/x HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 10.0.{}.{}\r\n\r\n",
+                i >> 8,
+                i & 255
+            )
+            .into_bytes()
+        })
+        .collect();
+    for reply in flood(fg.addr, clients).await {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    // The store holds at most 1000 keys: of the first 2000, at least 1000
+    // were forgotten, and are admitted again.
+    let again: Vec<Vec<u8>> = (0..2_000)
+        .map(|i| check_request(&format!("key-{i}")))
+        .collect();
+    let readmitted = flood(fg.addr, again)
+        .await
+        .iter()
+        .filter(|r| allowed(r))
+        .count();
+    assert!(
+        readmitted >= 1000,
+        "only {readmitted} of 2000 old keys were evicted: the store holds more than max_keys"
+    );
+
+    let rss_after = fg.rss_kib();
+    assert!(
+        rss_after < 256 * 1024,
+        "RSS {rss_after} KiB after the flood (was {rss_before} KiB)"
+    );
+    assert!(
+        rss_after < rss_before + 128 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    let metrics = http.get(&fg.admin_url("/metrics"), &[]).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("floodgate_decisions_total{rule=\"flood\",outcome=\"allowed\"}")
+    );
+    still_serves(&http, &fg).await;
+}
