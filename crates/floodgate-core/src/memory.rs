@@ -61,11 +61,27 @@ fn shard_layout(max_keys: usize) -> (usize, usize) {
     (shards, max_keys / shards)
 }
 
+/// Hashes (rule, key) pairs, the same way for a lookup and for an entry.
+struct KeyHasher(foldhash::fast::RandomState);
+
+impl KeyHasher {
+    fn hash(&self, rule: &str, key: &str) -> u64 {
+        let mut h = self.0.build_hasher();
+        rule.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// The hash of an entry, for a table that grows or shrinks. Entries do
+    /// not keep it: 8 bytes an entry cost more than rehashing the names on
+    /// the rare resize.
+    fn of(&self, e: &Entry) -> u64 {
+        self.hash(e.rule(), e.key())
+    }
+}
+
 /// One (rule, key) and its state.
 struct Entry {
-    /// The full hash of (rule, key): compared before any string, and what the
-    /// table rehashes with when it grows.
-    hash: u64,
     /// The rule name followed by the key, in one allocation: one allocation
     /// and one cache miss per entry instead of two.
     name: Box<str>,
@@ -77,9 +93,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(hash: u64, check: &Check<'_>) -> Self {
+    fn new(check: &Check<'_>) -> Self {
         Entry {
-            hash,
             name: [check.rule, check.key].concat().into_boxed_str(),
             rule_len: check.rule.len(),
             state: KeyState::fresh(check.policy),
@@ -87,10 +102,10 @@ impl Entry {
         }
     }
 
-    /// Whether this is the entry of (rule, key) whose hash is `hash`.
-    fn is(&self, hash: u64, rule: &str, key: &str) -> bool {
-        self.hash == hash
-            && self.name.len() == rule.len() + key.len()
+    /// Whether this is the entry of (rule, key). The table has already
+    /// matched 7 bits of the hash; the length needs no memory access.
+    fn is(&self, rule: &str, key: &str) -> bool {
+        self.name.len() == rule.len() + key.len()
             && self.name.as_bytes()[..self.rule_len] == *rule.as_bytes()
             && self.name.as_bytes()[self.rule_len..] == *key.as_bytes()
     }
@@ -104,6 +119,15 @@ impl Entry {
     }
 }
 
+/// What a shard needs to insert: its bound, the time (to tell expired
+/// entries) and the hasher (to move entries when its table is resized).
+#[derive(Clone, Copy)]
+struct Room<'a> {
+    cap: usize,
+    now: u64,
+    hasher: &'a KeyHasher,
+}
+
 #[derive(Default)]
 struct Shard {
     table: HashTable<Entry>,
@@ -111,51 +135,51 @@ struct Shard {
 
 impl Shard {
     fn find(&self, hash: u64, rule: &str, key: &str) -> Option<&Entry> {
-        self.table.find(hash, |e| e.is(hash, rule, key))
+        self.table.find(hash, |e| e.is(rule, key))
     }
 
     fn find_mut(&mut self, hash: u64, rule: &str, key: &str) -> Option<&mut Entry> {
-        self.table.find_mut(hash, |e| e.is(hash, rule, key))
+        self.table.find_mut(hash, |e| e.is(rule, key))
     }
 
     fn remove(&mut self, hash: u64, rule: &str, key: &str) -> Option<Entry> {
         self.table
-            .find_entry(hash, |e| e.is(hash, rule, key))
+            .find_entry(hash, |e| e.is(rule, key))
             .ok()
             .map(|e| e.remove().0)
     }
 
     /// Inserts a fresh entry for a (rule, key) known to be absent; makes
     /// room first when the shard holds `cap` entries.
-    fn insert_new(&mut self, hash: u64, check: &Check<'_>, cap: usize, now: u64) -> &mut Entry {
-        if self.table.len() >= cap {
-            self.make_room(cap, now);
+    fn insert_new(&mut self, hash: u64, check: &Check<'_>, room: Room<'_>) -> &mut Entry {
+        if self.table.len() >= room.cap {
+            self.make_room(room);
         }
         self.table
-            .insert_unique(hash, Entry::new(hash, check), |e| e.hash)
+            .insert_unique(hash, Entry::new(check), |e| room.hasher.of(e))
             .into_mut()
     }
 
     /// The entry for (rule, key), inserted fresh if absent.
-    fn upsert(&mut self, hash: u64, check: &Check<'_>, cap: usize, now: u64) -> &mut Entry {
+    fn upsert(&mut self, hash: u64, check: &Check<'_>, room: Room<'_>) -> &mut Entry {
         if self.find(hash, check.rule, check.key).is_some() {
             self.find_mut(hash, check.rule, check.key)
                 .expect("the entry was just found")
         } else {
-            self.insert_new(hash, check, cap, now)
+            self.insert_new(hash, check, room)
         }
     }
 
     /// Drops expired entries; if that frees nothing, evicts the eighth of the
     /// entries that expire soonest (amortised O(1) per insert).
-    fn make_room(&mut self, cap: usize, now: u64) {
-        self.table.retain(|e| e.expires_at > now);
-        if self.table.len() >= cap {
+    fn make_room(&mut self, room: Room<'_>) {
+        self.table.retain(|e| e.expires_at > room.now);
+        if self.table.len() >= room.cap {
             self.evict_soonest_eighth();
         }
         // A table that grew past the size `cap` needs (tombstones left by
         // earlier evictions use up its free slots) goes back to that size.
-        self.table.shrink_to(cap, |e| e.hash);
+        self.table.shrink_to(room.cap, |e| room.hasher.of(e));
     }
 
     /// Evicts the eighth of the entries that expire soonest.
@@ -184,7 +208,7 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     /// Entries allowed per shard; shards × this ≤ `max_keys`.
     shard_cap: usize,
-    hasher: foldhash::fast::RandomState,
+    hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     /// Manual blocks by target. Penalty blocks live in the (rule, key) state
     /// they belong to, so they are bounded by `max_keys` with it and a listed
@@ -236,7 +260,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
                 shard_cap,
-                hasher: foldhash::fast::RandomState::default(),
+                hasher: KeyHasher(foldhash::fast::RandomState::default()),
                 clock,
                 manual_blocks: Mutex::new(HashMap::new()),
             }),
@@ -282,10 +306,15 @@ impl MemoryStore {
     }
 
     fn hash(&self, rule: &str, key: &str) -> u64 {
-        let mut h = self.inner.hasher.build_hasher();
-        rule.hash(&mut h);
-        key.hash(&mut h);
-        h.finish()
+        self.inner.hasher.hash(rule, key)
+    }
+
+    fn room(&self, now: u64) -> Room<'_> {
+        Room {
+            cap: self.inner.shard_cap,
+            now,
+            hasher: &self.inner.hasher,
+        }
     }
 
     /// Shard of a hash. Uses bits the table does not use for its own
@@ -315,7 +344,7 @@ impl MemoryStore {
         let eval =
             KeyState::fresh(check.policy).evaluate(check.policy, now, check.cost, check.shadow);
         if eval.decision.allowed || eval.block_until.is_some() {
-            let entry = shard.insert_new(hash, check, self.inner.shard_cap, now);
+            let entry = shard.insert_new(hash, check, self.room(now));
             apply(entry, check, now, &eval, true);
         }
         Ok(eval.decision)
@@ -380,7 +409,7 @@ impl MemoryStore {
         let admit = admitted(checks, &decisions);
         for ((c, &(h, s)), eval) in checks.iter().zip(&located).zip(&evals) {
             if (admit && eval.decision.allowed) || eval.block_until.is_some() {
-                let entry = shard_in(&mut guards, s).upsert(h, c, self.inner.shard_cap, now);
+                let entry = shard_in(&mut guards, s).upsert(h, c, self.room(now));
                 apply(entry, c, now, eval, admit);
             }
         }
