@@ -418,3 +418,37 @@ async fn metrics_count_decisions_by_rule_and_outcome_and_probes_answer() {
     let unknown = http.get(&fg.admin_url("/nope"), &[]).await;
     assert_eq!(unknown.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalty_blocks_are_listed_under_their_rule_and_lifted_by_a_reset() {
+    let fg = Floodgate::launch(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+         [[rule]]\nname = \"strict\"\nkey = \"ip\"\nalgorithm = \"sliding_log\"\nlimit = 2\nwindow = \"1h\"\nblock_for = \"10m\"\n",
+    )
+    .await;
+    let http = Http::new();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(http.get(&fg.url("/api/hello"), &[]).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    let listed = http
+        .get(&fg.admin_url("/admin/blocks"), &[AUTH])
+        .await
+        .json();
+    assert_eq!(listed["blocks"][0]["target"], "ip:127.0.0.1", "{listed}");
+    assert_eq!(listed["blocks"][0]["source"], "strict", "{listed}");
+    let key_url = fg.admin_url("/admin/rules/strict/keys/ip:127.0.0.1");
+    let counters = http.get(&key_url, &[AUTH]).await.json();
+    assert_eq!(counters["blocked"], true, "{counters}");
+    let left = counters["retry_after_ms"].as_u64().unwrap();
+    assert!(
+        left > 3_000_000,
+        "the 1 h window outlasts the 10 min block: {left}"
+    );
+
+    // A reset clears the counter and the penalty at once.
+    assert_eq!(http.delete(&key_url, &[AUTH]).await.status, 204);
+    assert_eq!(http.get(&fg.url("/api/hello"), &[]).await.status, 200);
+    assert_eq!(http.get(&key_url, &[AUTH]).await.json()["blocked"], false);
+}
