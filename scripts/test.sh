@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Runs every floodgate test: formatting, lints, unit, property and integration
 # tests against real servers. Installs what the tests need when it is missing
-# (redis-server from Debian), starts a shared redis-server on a free port for
-# the tests that only need "a Redis", and stops it on exit. Tests that kill or
-# restart Redis start their own instances on their own free ports.
+# (redis-server and nginx from Debian, pm2 from npm), starts a shared
+# redis-server on a free port for the tests that only need "a Redis", and
+# stops it on exit. Tests that kill or restart Redis start their own instances
+# on their own free ports; the deploy end-to-end tests start their own nginx
+# and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+[ -n "$(find_nginx)" ] || need_apt+=(nginx)
+command -v pm2 >/dev/null 2>&1 || command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -19,6 +26,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
+
+FLOODGATE_TEST_NGINX=$(find_nginx)
+[ -n "$FLOODGATE_TEST_NGINX" ] || { echo "nginx could not be installed" >&2; exit 1; }
+export FLOODGATE_TEST_NGINX
+
+# pm2: the one on PATH, else a private copy (npm install, kept between runs).
+if command -v pm2 >/dev/null 2>&1; then
+  FLOODGATE_TEST_PM2=$(command -v pm2)
+else
+  pm2_prefix="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/floodgate-test/pm2"
+  FLOODGATE_TEST_PM2="$pm2_prefix/node_modules/.bin/pm2"
+  if [ ! -x "$FLOODGATE_TEST_PM2" ]; then
+    log "installing pm2 into $pm2_prefix"
+    mkdir -p "$pm2_prefix"
+    npm install --prefix "$pm2_prefix" --no-audit --no-fund --update-notifier=false --loglevel=error pm2@7 >/dev/null
+  fi
+fi
+[ -x "$FLOODGATE_TEST_PM2" ] || { echo "pm2 could not be installed" >&2; exit 1; }
+export FLOODGATE_TEST_PM2
+log "nginx: $FLOODGATE_TEST_NGINX ($("$FLOODGATE_TEST_NGINX" -v 2>&1)); pm2: $FLOODGATE_TEST_PM2"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
