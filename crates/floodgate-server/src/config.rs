@@ -6,7 +6,7 @@
 //! pass can find every mistake; `validate` turns it into [`Settings`], whose
 //! values are all checked and typed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -612,10 +612,20 @@ fn valid_rule_name(name: &str) -> bool {
 }
 
 fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
-    let mut seen = HashSet::new();
+    // Where each name first appears, and how often: a rule whose name is
+    // shared is also named by its position, so its problems point at one rule.
+    let mut first_of: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        if let Some(n) = &r.name {
+            first_of.entry(n.clone()).or_insert((i, 0)).1 += 1;
+        }
+    }
     let mut rules = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let at = match &r.name {
+            Some(n) if first_of.get(n).is_some_and(|(_, count)| *count > 1) => {
+                format!("rule {n:?} (#{})", i + 1)
+            }
             Some(n) => format!("rule {n:?}"),
             None => format!("rule #{}", i + 1),
         };
@@ -653,10 +663,13 @@ fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 String::new()
             }
         };
-        if !name.is_empty() && !seen.insert(name.clone()) {
+        if let Some((first, _)) = first_of.get(&name).filter(|(first, _)| *first != i) {
             p.add(
                 format!("{at} name"),
-                "duplicate rule name (names must be unique)",
+                format!(
+                    "duplicate rule name: rule #{} has it too (names must be unique)",
+                    first + 1
+                ),
             );
         }
         let matcher = validate_match(r.matcher, &at, p);
@@ -902,6 +915,26 @@ mod tests {
         let err = admin_listen_with("", Some("nine-thousand")).expect_err("must be refused");
         assert_eq!(err.problems.len(), 1, "{err}");
         assert_eq!(err.problems[0].at, "FLOODGATE_ADMIN_LISTEN");
+    }
+
+    #[test]
+    fn problems_of_rules_sharing_a_name_say_which_rule() {
+        let file = "[[rule]]\nname = \"a\"\nlimit = 1\nwindow = \"1m\"\nalgorithm = \"leaky\"\n\
+                    [[rule]]\nname = \"b\"\nlimit = 1\nwindow = \"1m\"\n\
+                    [[rule]]\nname = \"a\"\nlimit = 0\nwindow = \"1m\"\n";
+        let err = parse(file, None, &Overrides::default()).expect_err("must be refused");
+        let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 3, "{err}");
+        assert!(
+            problems[0].starts_with("rule \"a\" (#1) algorithm: "),
+            "{err}"
+        );
+        assert!(
+            problems[1]
+                .starts_with("rule \"a\" (#3) name: duplicate rule name: rule #1 has it too"),
+            "{err}"
+        );
+        assert!(problems[2].starts_with("rule \"a\" (#3) limit: "), "{err}");
     }
 
     #[test]

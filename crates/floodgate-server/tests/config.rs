@@ -113,7 +113,10 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
         ),
         (
             good_but("name = \"per-key\"", "name = \"api-per-client\""),
-            &["rule \"api-per-client\" name", "duplicate rule name"],
+            &[
+                "rule \"api-per-client\" (#2) name",
+                "duplicate rule name: rule #1 has it too",
+            ],
         ),
         (
             good_but("\"127.0.0.1/32\", \"::1/128\"", "\"127.0.0.1/33\""),
@@ -177,11 +180,11 @@ limt = 3
         "server.trusted_proxies: \"10.0.0.0/33\"",
         "store.timeout: \"fast\"",
         "access.deny: \"ip:300.1.2.3\"",
-        "rule \"a\" algorithm: unknown algorithm \"leaky_bucket\"",
+        "rule \"a\" (#1) algorithm: unknown algorithm \"leaky_bucket\"",
         "rule \"b\" limit: must be at least 1, got 0",
         "rule \"c\" window: \"10 sec\"",
-        "rule \"a\" limt: unknown field",
-        "rule \"a\" name: duplicate rule name",
+        "rule \"a\" (#4) limt: unknown field",
+        "rule \"a\" (#4) name: duplicate rule name: rule #1 has it too",
     ];
     assert_refused(config, &expected);
     // One line per problem, each naming the file.
