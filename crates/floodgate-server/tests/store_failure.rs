@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Floodgate, Http, RedisServer, Reply, eventually, redis_pid, send_signal};
+use common::{AUTH, Floodgate, Http, RedisServer, Reply, eventually, redis_pid, send_signal};
 
 /// The store timeout every instance runs with.
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -118,6 +118,38 @@ async fn while_down(
             "{phase}: /readyz while the store is down"
         );
     }
+
+    // The admin API cannot reach the store either: a prompt 503, no hang.
+    for (method, path, body) in [
+        ("GET", "/admin/blocks", None),
+        (
+            "POST",
+            "/admin/blocks",
+            Some(r#"{"target": "ip:192.0.2.1", "ttl": "1m"}"#),
+        ),
+        ("DELETE", "/admin/blocks/ip:192.0.2.1", None),
+        ("GET", "/admin/rules/per-client/keys/k", None),
+        ("DELETE", "/admin/rules/per-client/keys/k", None),
+    ] {
+        let started = Instant::now();
+        let r = http
+            .send(method, &allow.admin_url(path), &[AUTH], body)
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took <= HANG_BOUND,
+            "{phase}: {method} {path} waited {took:?}"
+        );
+        assert_eq!(r.status, 503, "{phase}: {method} {path}: {}", r.text());
+        r.problem();
+    }
+    let started = Instant::now();
+    assert_eq!(
+        http.get(&allow.admin_url("/metrics"), &[]).await.status,
+        200
+    );
+    assert!(started.elapsed() <= HANG_BOUND, "{phase}: /metrics waited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
