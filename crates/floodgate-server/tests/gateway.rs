@@ -266,6 +266,29 @@ async fn repeated_forwarded_for_lines_are_all_kept_when_appending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_base_path_is_kept_and_a_slow_upstream_is_a_504_problem() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}/base/\"\nupstream_timeout = \"300ms\"\n\
+         [admin]\nlisten = \"{{admin}}\"\n",
+        upstream.url()
+    ))
+    .await;
+    let http = Http::new();
+    let r = http.get(&fg.url("/x/y?z=1"), &[]).await;
+    assert_eq!(r.json()["uri"], "/base/x/y?z=1");
+    let base = Floodgate::launch(format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\nupstream_timeout = \"300ms\"\n\
+         [admin]\nlisten = \"{{admin}}\"\n",
+        upstream.url()
+    ))
+    .await;
+    let slow = http.get(&base.url("/slow?ms=3000"), &[]).await;
+    assert_eq!(slow.status, 504, "{}", slow.text());
+    slow.problem();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_problem() {
     let dead = common::free_port();
     let fg = Floodgate::launch(&format!(

@@ -156,3 +156,36 @@ async fn readyz_answers_503_while_draining() {
         "/readyz must answer 503 (not refuse the connection) while requests drain: {r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_announces_itself_and_turns_200s_into_429s() {
+    let fg = tokio::task::spawn_blocking(Floodgate::start_demo)
+        .await
+        .unwrap();
+    let log = fg.log();
+    assert!(
+        log.contains(&format!("http://{}", fg.addr)),
+        "the demo says where it listens:\n{log}"
+    );
+    assert!(
+        log.contains("curl") && log.contains(&format!("{}/api/hello", fg.addr)),
+        "the demo prints a curl loop:\n{log}"
+    );
+    let http = Http::new();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(http.get(&fg.url("/api/hello"), &[]).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [[200; 10].as_slice(), [429; 2].as_slice()].concat(),
+        "10 requests per 10 s per IP"
+    );
+    // Loopback is a trusted proxy by default (nginx on the same host): a
+    // request it forwards for another client counts for that client.
+    let forwarded = http
+        .get(&fg.url("/api/items"), &[("x-forwarded-for", "192.0.2.4")])
+        .await;
+    assert_eq!(forwarded.status, 200);
+    assert_eq!(http.get(&fg.admin_url("/healthz"), &[]).await.status, 200);
+}

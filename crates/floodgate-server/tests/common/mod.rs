@@ -90,16 +90,42 @@ impl Floodgate {
     /// or `[::1]`).
     pub fn start_on(host: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = free_addr();
         let dir = tempdir::Dir::new("server");
         let config_path = dir.path().join("floodgate.toml");
-        let log_path = dir.path().join("stderr.log");
         std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
+        let args = [
+            "serve".into(),
+            "--config".into(),
+            config_path.clone().into(),
+        ];
+        Self::spawn(&args, addr, admin, dir, config_path, env)
+    }
+
+    /// `floodgate serve --listen <free address>` without a config: the
+    /// built-in demo, its admin listener moved by `FLOODGATE_ADMIN_LISTEN`.
+    pub fn start_demo() -> Self {
+        let (addr, admin) = (free_addr(), free_addr());
+        let dir = tempdir::Dir::new("demo");
+        let config_path = dir.path().join("none.toml");
+        let args = ["serve".into(), "--listen".into(), addr.to_string().into()];
+        let admin_text = admin.to_string();
+        let env = [("FLOODGATE_ADMIN_LISTEN", admin_text.as_str())];
+        Self::spawn(&args, addr, admin, dir, config_path, &env)
+    }
+
+    fn spawn(
+        args: &[std::ffi::OsString],
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: tempdir::Dir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
+        cmd.args(args)
             .env("FLOODGATE_ADMIN_TOKEN", TOKEN)
             // FLOODGATE_TEST_LOG=debug in the test's environment for more.
             .env(
@@ -109,6 +135,7 @@ impl Floodgate {
             .env("NO_COLOR", "1")
             .env_remove("FLOODGATE_REDIS_URL")
             .env_remove("FLOODGATE_CONFIG")
+            .env_remove("FLOODGATE_ADMIN_LISTEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -743,6 +770,7 @@ pub fn check_config(config: &str) -> (i32, String, String) {
         .arg(&path)
         .env_remove("FLOODGATE_REDIS_URL")
         .env_remove("FLOODGATE_ADMIN_TOKEN")
+        .env_remove("FLOODGATE_ADMIN_LISTEN")
         .output()
         .unwrap();
     (
@@ -765,6 +793,7 @@ pub fn serve_expecting_exit(config: &str) -> (i32, String) {
         .arg(&path)
         .env_remove("FLOODGATE_REDIS_URL")
         .env_remove("FLOODGATE_ADMIN_TOKEN")
+        .env_remove("FLOODGATE_ADMIN_LISTEN")
         .env_remove("FLOODGATE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
