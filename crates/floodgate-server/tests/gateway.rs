@@ -430,3 +430,39 @@ async fn penalty_block_outlasts_the_window_then_lifts_on_memory_and_across_redis
         penalty_outlasts_the_window(&a, &redis_instances),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_matching_several_rules_is_refused_by_the_tightest_and_consumes_nothing() {
+    let rules = "[[rule]]\nname = \"wide\"\nkey = \"ip\"\nalgorithm = \"sliding_log\"\nlimit = 5\nwindow = \"1h\"\n\
+                 [[rule]]\nname = \"narrow\"\nmatch = { path_prefix = \"/api/\", methods = [\"POST\"] }\n\
+                 key = \"ip\"\nalgorithm = \"token_bucket\"\nlimit = 2\nwindow = \"1h\"\n";
+    let memory =
+        format!("[server]\nlisten = \"{{listen}}\"\n[admin]\nlisten = \"{{admin}}\"\n{rules}");
+    let redis = format!(
+        "[server]\nlisten = \"{{listen}}\"\n{}\n[admin]\nlisten = \"{{admin}}\"\n{rules}",
+        store_section(Some(&common::unique_prefix("gateway-several")))
+    );
+    let (memory, redis) = tokio::join!(Floodgate::launch(memory), Floodgate::launch(redis));
+    let http = Http::new();
+    for fg in [&memory, &redis] {
+        let echo_url = fg.url("/api/echo");
+        let post = || http.send("POST", &echo_url, &[], Some("x"));
+        let first = post().await.unwrap();
+        assert_eq!(first.status, 200);
+        // The headers name the rule closest to refusing.
+        // One of two tokens left, the bucket full again in half the window.
+        assert_eq!(first.ratelimit("narrow"), Some((1, 1800)));
+        assert_eq!(first.ratelimit("wide"), None);
+        assert_eq!(post().await.unwrap().status, 200);
+        let refused = post().await.unwrap();
+        assert_limited(&refused, "narrow", 2, 3600, 3600);
+        // GETs match only "wide", which the refused POST did not consume.
+        let get = http.get(&fg.url("/api/hello"), &[]).await;
+        assert_eq!(get.status, 200);
+        assert_eq!(
+            get.ratelimit("wide").map(|r| r.0),
+            Some(2),
+            "5 - 2 admitted POSTs - this GET; the refused POST took nothing"
+        );
+    }
+}

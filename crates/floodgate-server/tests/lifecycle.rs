@@ -61,6 +61,20 @@ fn sighup_applies_a_new_limit_on_open_connections_and_keeps_the_old_config_when_
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
 
+    // Access lists are reloaded too.
+    assert_eq!(get(&mut first, "evil").status, 200);
+    fg.rewrite_config(&format!(
+        "{}\n[access]\ndeny = [\"header:x-api-key:evil\"]\n",
+        config(5)
+    ));
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fg.log().matches("config reloaded").count() < 2 {
+        assert!(Instant::now() < deadline, "no second reload:\n{}", fg.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&mut first, "evil").status, 403);
+
     // An invalid config is refused as a whole: the limit stays 5.
     for (n, invalid) in [
         config(0),
