@@ -51,23 +51,18 @@ fn good_but(from: &str, to: &str) -> String {
 /// string of `expected` appears among the problems of both, and that
 /// nothing panicked.
 fn assert_refused(config: &str, expected: &[&str]) {
-    let (code, stdout, stderr) = check_config(config);
+    let (code, stdout, check_stderr) = check_config(config);
     assert_eq!(code, 1, "check-config accepted:\n{config}\n{stdout}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for problem in expected {
-        assert!(
-            stderr.contains(problem),
-            "check-config does not mention {problem:?}:\n{stderr}"
-        );
-    }
     let (code, serve_stderr) = serve_expecting_exit(config);
     assert_ne!(code, 0, "serve accepted:\n{config}");
-    assert!(!serve_stderr.contains("panicked"), "{serve_stderr}");
-    for problem in expected {
-        assert!(
-            serve_stderr.contains(problem),
-            "serve does not mention {problem:?}:\n{serve_stderr}"
-        );
+    for (command, stderr) in [("check-config", check_stderr), ("serve", serve_stderr)] {
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+        for problem in expected {
+            assert!(
+                stderr.contains(problem),
+                "{command} does not mention {problem:?}:\n{stderr}"
+            );
+        }
     }
 }
 

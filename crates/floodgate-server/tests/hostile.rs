@@ -26,14 +26,9 @@ fn config(upstream: &str) -> String {
 
 /// How much of `per-ip` the client `key` has left.
 async fn remaining(http: &Http, fg: &Floodgate, key: &str) -> u64 {
-    let r = http
-        .get(
-            &fg.admin_url(&format!("/admin/rules/per-ip/keys/{key}")),
-            &[AUTH],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["remaining"].as_u64().unwrap()
+    http.counters(fg, "per-ip", key).await["remaining"]
+        .as_u64()
+        .unwrap()
 }
 
 async fn still_serves(http: &Http, fg: &Floodgate) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AUTH, Floodgate, Http, Reply};
+use common::{Floodgate, Http, Reply};
 
 /// One rule, 2 requests per hour per client IP, on the demo API.
 fn config(trusted_proxies: &str, access: &str) -> String {
@@ -23,14 +23,9 @@ async fn get(http: &Http, fg: &Floodgate, xff: Option<&str>) -> Reply {
 
 /// The counter `per-ip` keeps for `key`, through the admin API.
 async fn remaining(http: &Http, fg: &Floodgate, key: &str) -> u64 {
-    let r = http
-        .get(
-            &fg.admin_url(&format!("/admin/rules/per-ip/keys/{key}")),
-            &[AUTH],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["remaining"].as_u64().unwrap()
+    http.counters(fg, "per-ip", key).await["remaining"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,10 +161,7 @@ deny = ["ip:203.0.113.0/24", "ip:2001:db8:bad::/48", "ip:192.0.2.66", "header:x-
 async fn an_ipv6_peer_is_matched_by_ipv6_lists_and_grouped_by_its_prefix() {
     let http = Http::new();
     // ::1 is in ::/64, the identity per-ip counts it under.
-    let limited =
-        tokio::task::spawn_blocking(|| Floodgate::start_on("[::1]", &config("[]", ""), &[]))
-            .await
-            .unwrap();
+    let limited = Floodgate::launch_on("[::1]", config("[]", "")).await;
     assert!(limited.addr.is_ipv6());
     let statuses = [
         get(&http, &limited, None).await.status,
@@ -179,28 +171,14 @@ async fn an_ipv6_peer_is_matched_by_ipv6_lists_and_grouped_by_its_prefix() {
     assert_eq!(statuses, [200, 200, 429]);
     assert_eq!(remaining(&http, &limited, "ip:::/64").await, 0);
 
-    let denied = tokio::task::spawn_blocking(|| {
-        Floodgate::start_on(
-            "[::1]",
-            &config("[]", "[access]\ndeny = [\"ip:::1/128\"]\n"),
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let denied =
+        Floodgate::launch_on("[::1]", config("[]", "[access]\ndeny = [\"ip:::1/128\"]\n")).await;
     let r = get(&http, &denied, None).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.problem()["detail"], "ip:::1/128 is on the deny list");
 
-    let allowed = tokio::task::spawn_blocking(|| {
-        Floodgate::start_on(
-            "[::1]",
-            &config("[]", "[access]\nallow = [\"ip:::/120\"]\n"),
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let allowed =
+        Floodgate::launch_on("[::1]", config("[]", "[access]\nallow = [\"ip:::/120\"]\n")).await;
     for _ in 0..4 {
         assert_eq!(get(&http, &allowed, None).await.status, 200);
     }

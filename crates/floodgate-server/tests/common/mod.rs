@@ -157,8 +157,13 @@ impl Floodgate {
 
     /// [`Floodgate::start`] from async code, without blocking a runtime worker.
     pub async fn launch(config: impl Into<String>) -> Self {
+        Self::launch_on("127.0.0.1", config).await
+    }
+
+    /// [`Floodgate::start_on`] from async code.
+    pub async fn launch_on(host: &'static str, config: impl Into<String>) -> Self {
         let config = config.into();
-        tokio::task::spawn_blocking(move || Floodgate::start(&config))
+        tokio::task::spawn_blocking(move || Floodgate::start_on(host, &config, &[]))
             .await
             .unwrap()
     }
@@ -381,29 +386,26 @@ impl Reply {
 
     /// The `r` (remaining) and `t` parameters of the `RateLimit` item of `rule`.
     pub fn ratelimit(&self, rule: &str) -> Option<(u64, u64)> {
-        let item = self
-            .headers
-            .get_all("ratelimit")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .find(|i| i.starts_with(&format!("\"{rule}\";")))?;
+        let item = self.sf_item("ratelimit", rule)?;
         Some((sf_param(item, "r")?, sf_param(item, "t")?))
     }
 
     /// The `q` (quota) and `w` (window) parameters of the `RateLimit-Policy`
     /// item of `rule`.
     pub fn ratelimit_policy(&self, rule: &str) -> Option<(u64, u64)> {
-        let item = self
-            .headers
-            .get_all("ratelimit-policy")
+        let item = self.sf_item("ratelimit-policy", rule)?;
+        Some((sf_param(item, "q")?, sf_param(item, "w")?))
+    }
+
+    /// The item of Structured Field list `field` named `"<rule>"`.
+    fn sf_item(&self, field: &str, rule: &str) -> Option<&str> {
+        self.headers
+            .get_all(field)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .find(|i| i.starts_with(&format!("\"{rule}\";")))?;
-        Some((sf_param(item, "q")?, sf_param(item, "w")?))
+            .find(|i| i.starts_with(&format!("\"{rule}\";")))
     }
 
     pub fn retry_after(&self) -> Option<u64> {
@@ -483,6 +485,18 @@ impl Http {
         self.send("POST", url, &h, Some(body))
             .await
             .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    }
+
+    /// `GET /admin/rules/<rule>/keys/<key>` on `fg`: the counters of one key.
+    pub async fn counters(&self, fg: &Floodgate, rule: &str, key: &str) -> serde_json::Value {
+        let r = self
+            .get(
+                &fg.admin_url(&format!("/admin/rules/{rule}/keys/{key}")),
+                &[AUTH],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{rule} {key}: {}", r.text());
+        r.json()
     }
 
     /// `POST /v1/check` on `fg`.
