@@ -94,7 +94,11 @@ async fn bad_admin_requests_are_400_or_404_naming_the_problem() {
             r#"{"target": "ip:192.0.2.1", "ttl": "1m", "colour": "red"}"#,
             "colour",
         ),
-        (r#"{"target": "ip:192.0.2.1", "ttl": 60}"#, "ttl"),
+        // A fixed bug: serde's type error did not name the field.
+        (
+            r#"{"target": "ip:192.0.2.1", "ttl": 60}"#,
+            "ttl must be a string",
+        ),
         (r#"{"target": "ip:192.0.2.1", "ttl": "ten minutes"}"#, "ttl"),
         (r#"{"target": "ip:192.0.2.1", "ttl": "0s"}"#, "ttl"),
         (r#"{"target": "192.0.2.1", "ttl": "1m"}"#, "target"),
@@ -410,7 +414,8 @@ async fn metrics_count_decisions_by_rule_and_outcome_and_probes_answer() {
     }
     for family in [
         "floodgate_store_call_duration_seconds",
-        "floodgate_store_errors",
+        // A fixed bug: no series at all until the first store error.
+        "floodgate_store_errors_total{call=\"check\"} 0",
         "floodgate_active_blocks",
     ] {
         assert!(text.contains(family), "{family} missing from\n{text}");

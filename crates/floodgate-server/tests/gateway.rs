@@ -236,7 +236,8 @@ async fn proxy_keeps_end_to_end_headers_appends_forwarded_for_and_drops_hop_by_h
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_forwarded_for_lines_are_all_kept_when_appending() {
     // RFC 9110 §5.3: two field lines are one comma-joined value; a proxy that
-    // appends must not drop the second line.
+    // appends must not drop the second line. Guards a fixed bug: the proxy
+    // read only the first line and replaced the header with it.
     let upstream = Upstream::start().await;
     let fg = Floodgate::launch(&format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\n[admin]\nlisten = \"{{admin}}\"\n",
