@@ -22,6 +22,14 @@ pub enum Error {
         /// The rule checked.
         rule: String,
     },
+    /// One batch named the same (rule, key) twice.
+    #[error("rule {rule:?} and key {key:?} appear twice in one batch")]
+    DuplicateCheck {
+        /// The rule named twice.
+        rule: String,
+        /// The key named twice.
+        key: String,
+    },
     /// The store failed; see [`StoreError`] for whether a retry may help.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -47,5 +47,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
 pub use decision::Decision;
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
-pub use policy::{Algorithm, MAX_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy, PolicyError};
+pub use policy::{
+    Algorithm, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy, PolicyError,
+};
 pub use store::{Check, Store, admitted, validate_checks};

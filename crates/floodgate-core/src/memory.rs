@@ -373,38 +373,16 @@ impl MemoryStore {
             .map(|s| (s, self.inner.shards[s].lock()))
             .collect();
 
-        // A (rule, key) named more than once is decided against the state its
-        // earlier checks in the batch leave, as if they ran one after the
-        // other: two checks of one key must not both spend the same quota.
-        let same = |i: usize, j: usize| {
-            located[i].0 == located[j].0
-                && checks[i].rule == checks[j].rule
-                && checks[i].key == checks[j].key
-        };
-        let first_of: Vec<usize> = (0..checks.len())
-            .map(|i| (0..i).find(|&j| same(i, j)).unwrap_or(i))
-            .collect();
-        let mut working: Vec<Option<KeyState>> = vec![None; checks.len()];
-        let mut evals: Vec<Evaluation> = Vec::with_capacity(checks.len());
-        for (i, (c, &(h, s))) in checks.iter().zip(&located).enumerate() {
-            let stored = shard_in(&mut guards, s)
-                .find(h, c.rule, c.key)
-                .map(|e| &e.state);
-            let repeated = first_of[i] != i || first_of[i + 1..].contains(&i);
-            if !repeated {
-                evals.push(match stored {
-                    Some(state) => state.evaluate(c.policy, now, c.cost, c.shadow),
+        let evals: Vec<Evaluation> = checks
+            .iter()
+            .zip(&located)
+            .map(
+                |(c, &(h, s))| match shard_in(&mut guards, s).find(h, c.rule, c.key) {
+                    Some(e) => e.state.evaluate(c.policy, now, c.cost, c.shadow),
                     None => KeyState::fresh(c.policy).evaluate(c.policy, now, c.cost, c.shadow),
-                });
-                continue;
-            }
-            let state = working[first_of[i]].get_or_insert_with(|| {
-                stored.cloned().unwrap_or_else(|| KeyState::fresh(c.policy))
-            });
-            let eval = state.evaluate(c.policy, now, c.cost, c.shadow);
-            state.apply(c.policy, now, c.cost, &eval, true);
-            evals.push(eval);
-        }
+                },
+            )
+            .collect();
         let decisions: Vec<Decision> = evals.iter().map(|e| e.decision).collect();
         let admit = admitted(checks, &decisions);
         for ((c, &(h, s)), eval) in checks.iter().zip(&located).zip(&evals) {

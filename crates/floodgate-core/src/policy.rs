@@ -15,6 +15,10 @@ use crate::clock::micros_of;
 /// enough that every count stays exact in a Lua double (< 2^53).
 pub const MAX_LIMIT: u64 = 1_000_000_000_000;
 
+/// The largest sliding-log limit: the log keeps one timestamp per admitted
+/// unit, so this bounds a key's state at about 800 KB.
+pub const MAX_LOG_LIMIT: u64 = 100_000;
+
 /// The shortest window accepted.
 pub const MIN_WINDOW: Duration = Duration::from_millis(1);
 
@@ -85,6 +89,11 @@ pub enum PolicyError {
     /// `limit` is zero or too large.
     #[error("limit must be between 1 and {MAX_LIMIT}, got {0}")]
     Limit(u64),
+    /// A sliding log's limit is above [`MAX_LOG_LIMIT`].
+    #[error(
+        "sliding_log keeps one timestamp per unit, so its limit must be at most {MAX_LOG_LIMIT}, got {0} (use sliding_window or token_bucket for larger limits)"
+    )]
+    LogLimit(u64),
     /// `burst` is zero or too large.
     #[error("burst must be between 1 and {MAX_LIMIT}, got {0}")]
     Burst(u64),
@@ -141,6 +150,9 @@ impl Policy {
             .ok_or(PolicyError::Limit(limit))?;
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&window) {
             return Err(PolicyError::Window(window));
+        }
+        if algorithm == Algorithm::SlidingLog && limit.get() > MAX_LOG_LIMIT {
+            return Err(PolicyError::LogLimit(limit.get()));
         }
         Ok(Policy {
             algorithm,
@@ -283,6 +295,17 @@ mod tests {
             tb.with_burst(100),
             Err(PolicyError::BurstSpan { .. })
         ));
+    }
+
+    #[test]
+    fn sliding_log_limit_is_bounded() {
+        let w = Duration::from_secs(1);
+        assert!(Policy::new(Algorithm::SlidingLog, MAX_LOG_LIMIT, w).is_ok());
+        assert_eq!(
+            Policy::new(Algorithm::SlidingLog, MAX_LOG_LIMIT + 1, w),
+            Err(PolicyError::LogLimit(MAX_LOG_LIMIT + 1))
+        );
+        assert!(Policy::new(Algorithm::SlidingWindow, MAX_LOG_LIMIT + 1, w).is_ok());
     }
 
     #[test]

@@ -45,10 +45,21 @@ impl<'a> Check<'a> {
     }
 }
 
-/// Rejects costs that can never be decided: zero, or more than the policy
-/// can ever admit at once.
+/// Rejects batches that can never be decided: a cost of zero, a cost more
+/// than the policy can ever admit at once, or one (rule, key) named twice
+/// (every check of a batch is decided on the state before the batch, so a
+/// repeat would spend the same quota twice).
 pub fn validate_checks(checks: &[Check<'_>]) -> Result<(), Error> {
-    for c in checks {
+    for (i, c) in checks.iter().enumerate() {
+        if checks[..i]
+            .iter()
+            .any(|earlier| earlier.rule == c.rule && earlier.key == c.key)
+        {
+            return Err(Error::DuplicateCheck {
+                rule: c.rule.to_owned(),
+                key: c.key.to_owned(),
+            });
+        }
         if c.cost == 0 {
             return Err(Error::ZeroCost {
                 rule: c.rule.to_owned(),
