@@ -231,6 +231,21 @@ async fn proxy_keeps_end_to_end_headers_appends_forwarded_for_and_drops_hop_by_h
     let teapot = http.get(&fg.url("/status/418"), &[]).await;
     assert_eq!(teapot.status, 418);
     assert_eq!(teapot.text(), "as asked");
+
+    // A chunked upload is streamed through and arrives whole.
+    let addr = fg.addr;
+    let chunked = tokio::task::spawn_blocking(move || {
+        common::RawConn::connect(addr).roundtrip(
+            b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(chunked.status, 200, "{}", chunked.text());
+    let echo: serde_json::Value = serde_json::from_slice(&chunked.body).unwrap();
+    assert_eq!(echo["body"], "hello, world");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
