@@ -221,28 +221,26 @@ pub async fn run(
         "floodgate serving"
     );
 
-    // One shutdown signal fans out to every task.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    // Shutdown happens in two steps: the gateway stops accepting and drains
+    // first, while the admin listener keeps answering (`/readyz` says 503 so
+    // balancers move on); then the admin listener and the block sync stop.
+    let gateway_stop = Stop::new();
+    let admin_stop = Stop::new();
 
     let gateway = axum::serve(
         listeners.main,
         gateway_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(stopped());
+    .with_graceful_shutdown(gateway_stop.signalled());
     let gateway = tokio::spawn(async move { gateway.await });
     let admin = listeners.admin.map(|l| {
-        let server = axum::serve(l, admin::router(state.clone())).with_graceful_shutdown(stopped());
+        let server = axum::serve(l, admin::router(state.clone()))
+            .with_graceful_shutdown(admin_stop.signalled());
         tokio::spawn(async move { server.await })
     });
     let sync = tokio::spawn({
         let state = state.clone();
-        let stop = stopped();
+        let stop = admin_stop.signalled();
         async move {
             tokio::select! {
                 () = block_sync_loop(state) => {}
@@ -260,20 +258,39 @@ pub async fn run(
 
     tracing::info!(deadline = ?drain_timeout, "shutting down: draining in-flight requests");
     state.draining.store(true, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(drain_timeout, async {
-        let _ = gateway.await;
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
-    })
-    .await;
+    gateway_stop.signal();
+    let drained = tokio::time::timeout(drain_timeout, gateway).await;
+    admin_stop.signal();
+    if let Some(admin) = admin {
+        // Admin requests are short; do not let one hold the exit up.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
+    }
     sync.abort();
     match drained {
-        Ok(()) => tracing::info!("drained; bye"),
+        Ok(_) => tracing::info!("drained; bye"),
         Err(_) => tracing::warn!("drain deadline passed with requests still in flight"),
     }
     Ok(())
+}
+
+/// A stop signal that any number of tasks can wait for.
+struct Stop(tokio::sync::watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> Self {
+        Stop(tokio::sync::watch::channel(false).0)
+    }
+
+    fn signal(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn signalled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
 }
 
 async fn block_sync_loop(state: Arc<AppState>) {

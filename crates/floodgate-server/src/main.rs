@@ -99,7 +99,6 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
                     eprintln!("floodgate: {e:#}");
                     ExitCode::FAILURE
                 }
