@@ -22,12 +22,27 @@ impl KeyLayout {
 
     /// The counting state of (rule, key).
     pub(crate) fn state(&self, rule: &str, key: &str) -> String {
-        self.rule_key(rule, key, "state")
+        let mut name = String::new();
+        self.write_state(&mut name, rule, key);
+        name
     }
 
     /// The penalty block of (rule, key).
     pub(crate) fn block(&self, rule: &str, key: &str) -> String {
-        self.rule_key(rule, key, "block")
+        let mut name = String::new();
+        self.write_block(&mut name, rule, key);
+        name
+    }
+
+    /// [`KeyLayout::state`] into `out` (cleared first), so a caller naming
+    /// many keys can reuse one buffer.
+    pub(crate) fn write_state(&self, out: &mut String, rule: &str, key: &str) {
+        self.write_rule_key(out, rule, key, "state");
+    }
+
+    /// [`KeyLayout::block`] into `out` (cleared first).
+    pub(crate) fn write_block(&self, out: &mut String, rule: &str, key: &str) {
+        self.write_rule_key(out, rule, key, "block");
     }
 
     /// The hash listing every block in force.
@@ -35,10 +50,18 @@ impl KeyLayout {
         format!("{}:blocks", self.prefix)
     }
 
-    fn rule_key(&self, rule: &str, key: &str, suffix: &str) -> String {
+    fn write_rule_key(&self, out: &mut String, rule: &str, key: &str, suffix: &str) {
         // The rule sits between the tag's `}` and a fixed suffix, so even a
         // rule name containing `:` or braces cannot make two keys collide.
-        format!("{}:{{{}}}:{rule}:{suffix}", self.prefix, hash_tag(key))
+        out.clear();
+        out.reserve(self.prefix.len() + key.len() + rule.len() + suffix.len() + 8);
+        out.push_str(&self.prefix);
+        out.push_str(":{");
+        push_hash_tag(out, key);
+        out.push_str("}:");
+        out.push_str(rule);
+        out.push(':');
+        out.push_str(suffix);
     }
 }
 
@@ -58,29 +81,34 @@ pub(crate) fn split_registry_field(field: &str) -> Option<(&str, &str)> {
     Some(rest.split_at(len))
 }
 
-/// The hash tag of a client key: the key with `%`, `{` and `}` percent-escaped
-/// (so the tag never closes early and distinct keys get distinct tags), and
-/// `%` alone for the empty key (an empty `{}` would not be a hash tag, and a
-/// lone `%` is never the escape of anything else).
-pub(crate) fn hash_tag(key: &str) -> String {
+/// Appends the hash tag of a client key to `out`: the key with `%`, `{` and
+/// `}` percent-escaped (so the tag never closes early and distinct keys get
+/// distinct tags), and `%` alone for the empty key (an empty `{}` would not
+/// be a hash tag, and a lone `%` is never the escape of anything else).
+fn push_hash_tag(out: &mut String, key: &str) {
     if key.is_empty() {
-        return "%".to_owned();
+        out.push('%');
+        return;
     }
-    let mut tag = String::with_capacity(key.len());
     for c in key.chars() {
         match c {
-            '%' => tag.push_str("%25"),
-            '{' => tag.push_str("%7B"),
-            '}' => tag.push_str("%7D"),
-            c => tag.push(c),
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
         }
     }
-    tag
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hash_tag(key: &str) -> String {
+        let mut tag = String::new();
+        push_hash_tag(&mut tag, key);
+        tag
+    }
 
     /// What Redis Cluster hashes for `key`: the first `{...}` with content, or
     /// the whole key.

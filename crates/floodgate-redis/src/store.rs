@@ -8,14 +8,14 @@ use floodgate_core::{
     Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError, StoreErrorKind,
     Timestamp, micros_of, validate_checks,
 };
+use redis::RedisResult;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisResult, ScriptInvocation};
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RedisConfig, TimeSource, redact};
 use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
-use crate::scripts;
+use crate::scripts::{self, ScriptCall};
 
 /// Integers per check in a `check.lua` or `peek.lua` reply.
 const DECISION_FIELDS: usize = 6;
@@ -164,11 +164,10 @@ impl RedisStore {
         &self,
         deadline: Instant,
         what: &str,
-        invocation: &ScriptInvocation<'_>,
+        call: &ScriptCall,
     ) -> Result<T, Error> {
         let mut conn = self.inner.conn.clone();
-        self.bounded(deadline, what, invocation.invoke_async(&mut conn))
-            .await
+        self.bounded(deadline, what, call.invoke(&mut conn)).await
     }
 
     /// Lists a penalty block that `check.lua` started, as MemoryStore does,
@@ -176,7 +175,7 @@ impl RedisStore {
     /// penalty itself is already in force (its key was written by the
     /// decision), only its listing can be missed if Redis fails now.
     async fn register_penalty(&self, deadline: Instant, check: &Check<'_>, until: u64) {
-        let mut put = scripts::BLOCK_PUT.prepare_invoke();
+        let mut put = ScriptCall::new(&scripts::BLOCK_PUT, 1, 6);
         put.key(self.inner.keys.registry())
             .arg(self.now_arg())
             .arg(self.inner.margin_ms)
@@ -196,9 +195,8 @@ fn penalty_reason(rule: &str) -> String {
 }
 
 /// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads.
-fn push_policy(invocation: &mut ScriptInvocation<'_>, policy: &Policy) {
-    invocation
-        .arg(policy.algorithm().name())
+fn push_policy(call: &mut ScriptCall, policy: &Policy) {
+    call.arg(policy.algorithm().name())
         .arg(policy.limit())
         .arg(policy.window_us())
         .arg(policy.burst())
@@ -236,11 +234,17 @@ impl Store for RedisStore {
         }
         let deadline = self.deadline();
         let keys = &self.inner.keys;
-        let mut call = scripts::CHECK.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::CHECK, 2 * checks.len(), 2 + 8 * checks.len());
+        // One buffer for every key name: the command copies each in.
+        let mut name = String::new();
+        for c in checks {
+            keys.write_state(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+            keys.write_block(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+        }
         call.arg(self.now_arg()).arg(self.inner.margin_ms);
         for c in checks {
-            call.key(keys.state(c.rule, c.key))
-                .key(keys.block(c.rule, c.key));
             push_policy(&mut call, c.policy);
             call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
         }
@@ -260,7 +264,7 @@ impl Store for RedisStore {
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         let keys = &self.inner.keys;
-        let mut call = scripts::PEEK.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::PEEK, 2, 8);
         call.key(keys.state(rule, key))
             .key(keys.block(rule, key))
             .arg(self.now_arg())
@@ -286,7 +290,7 @@ impl Store for RedisStore {
     }
 
     async fn add_block(&self, target: &str, ttl: Duration, reason: &str) -> Result<Block, Error> {
-        let mut call = scripts::BLOCK_PUT.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::BLOCK_PUT, 1, 6);
         call.key(self.inner.keys.registry())
             .arg(self.now_arg())
             .arg(self.inner.margin_ms)
@@ -306,7 +310,7 @@ impl Store for RedisStore {
     async fn remove_block(&self, target: &str) -> Result<bool, Error> {
         let deadline = self.deadline();
         let keys = &self.inner.keys;
-        let mut call = scripts::BLOCK_REMOVE.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::BLOCK_REMOVE, 1, 2);
         call.key(keys.registry()).arg(self.now_arg()).arg(target);
         let reply: Vec<String> = self.invoke(deadline, "remove_block", &call).await?;
         let Some((lifted, sources)) = reply.split_first() else {
@@ -336,7 +340,7 @@ impl Store for RedisStore {
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {
-        let mut call = scripts::BLOCK_LIST.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::BLOCK_LIST, 1, 1);
         call.key(self.inner.keys.registry()).arg(self.now_arg());
         let reply: Vec<String> = self.invoke(self.deadline(), "blocks", &call).await?;
         let mut blocks = Vec::with_capacity(reply.len() / 2);
