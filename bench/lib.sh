@@ -1,0 +1,111 @@
+# Shared by the scripts under bench/: tool checks, ports chosen at run time,
+# throwaway redis-server processes, and cleanup of everything started.
+#
+# Source it, then call `bench_init`. Every process started through
+# `bench_spawn` is killed (by its own pid) when the script exits.
+
+# Processes to stop on exit, and the run's scratch directory.
+BENCH_PIDS=()
+BENCH_TMP=""
+
+bench_init() {
+    BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/floodgate-bench.XXXXXX")
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    local pid
+    for pid in "${BENCH_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${BENCH_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    [[ -n $BENCH_TMP ]] && rm -rf "$BENCH_TMP"
+}
+
+# need TOOL PACKAGE: stop with install instructions when TOOL is missing.
+need() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "bench: '$1' not found. Install it with: sudo apt-get install $2" >&2
+        exit 1
+    fi
+}
+
+# A loopback TCP port nothing answers on right now. Another process may take
+# it first: callers retry with a new port when binding fails.
+free_port() {
+    local port _
+    for _ in $(seq 100); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    echo "bench: no free port found" >&2
+    return 1
+}
+
+# bench_spawn LOG CMD...: starts CMD in the background, output to LOG;
+# sets BENCH_LAST_PID.
+bench_spawn() {
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 &
+    BENCH_LAST_PID=$!
+    BENCH_PIDS+=("$BENCH_LAST_PID")
+}
+
+# wait_until SECONDS CMD...: polls CMD every 50 ms until it succeeds.
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.05
+    done
+}
+
+# retry_start FUNCTION ARGS...: runs FUNCTION (which picks free ports,
+# starts a process with bench_spawn and waits until it answers) up to five
+# times, killing what a failed attempt started: another process may have
+# taken a port between free_port and the bind.
+retry_start() {
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        "$@" && return 0
+        kill "$BENCH_LAST_PID" 2>/dev/null || true
+    done
+    return 1
+}
+
+# start_redis: a redis-server of the run's own on a free loopback port, no
+# persistence. Sets REDIS_PORT and REDIS_PID.
+start_redis() {
+    if ! retry_start try_start_redis; then
+        echo "bench: redis-server did not start; its log:" >&2
+        cat "$BENCH_TMP"/redis-*.log >&2
+        return 1
+    fi
+}
+
+try_start_redis() {
+    local port
+    port=$(free_port)
+    bench_spawn "$BENCH_TMP/redis-$port.log" redis-server --bind 127.0.0.1 \
+        --port "$port" --save "" --appendonly no --dir "$BENCH_TMP"
+    wait_until 5 redis_ping "$port" || return 1
+    REDIS_PORT=$port
+    REDIS_PID=$BENCH_LAST_PID
+}
+
+redis_ping() {
+    [[ $(redis-cli -p "$1" PING 2>/dev/null) == PONG ]]
+}
+
+# The load average over the last minute, and the number of CPUs.
+machine_load() {
+    echo "$(cut -d' ' -f1 /proc/loadavg) (1-min load average) on $(nproc) CPUs"
+}
