@@ -37,7 +37,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use floodgate_core::{Algorithm, Check, ManualClock, MemoryStore, Policy, Timestamp};
+use floodgate_core::{
+    Algorithm, Check, MAX_LOG_LIMIT, ManualClock, MemoryStore, Policy, Timestamp,
+};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// A check of one key: whether it was admitted.
@@ -51,12 +53,15 @@ fn keys(n: usize) -> Vec<String> {
 }
 
 /// A quota no benchmark run reaches: 10^9 per second for the window
-/// algorithms; for the token bucket 10^6 per second (one unit a µs, the
-/// finest it can refill) with a burst of 10^9.
+/// algorithms; for the sliding log its largest limit (10^5) per millisecond,
+/// so the log holds about a millisecond of decisions; for the token bucket
+/// 10^6 per second (one unit a µs, the finest it can refill) with a burst of
+/// 10^9.
 fn admitting(algorithm: Algorithm) -> Policy {
     match algorithm {
         Algorithm::TokenBucket => Policy::new(algorithm, 1_000_000, Duration::from_secs(1))
             .and_then(|p| p.with_burst(1_000_000_000)),
+        Algorithm::SlidingLog => Policy::new(algorithm, MAX_LOG_LIMIT, Duration::from_millis(1)),
         _ => Policy::new(algorithm, 1_000_000_000, Duration::from_secs(1)),
     }
     .unwrap()
