@@ -15,6 +15,7 @@
 //! always whole and rounded up, so a client that waits as told is never
 //! early; `w` and `Retry-After` are at least 1.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -40,12 +41,16 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 
 /// The `RateLimit-Policy` item for `d`'s rule, e.g. `"api";q=100;w=60`.
 pub fn policy_value(d: &RuleDecision) -> String {
-    format!(
-        "{};q={};w={}",
-        sf_string(&d.rule),
+    let mut out = String::with_capacity(d.rule.len() + 32);
+    push_sf_string(&mut out, &d.rule);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        ";q={};w={}",
         d.decision.limit,
         ceil_secs(d.window).max(1)
-    )
+    );
+    out
 }
 
 /// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
@@ -54,7 +59,10 @@ pub fn ratelimit_value(d: &RuleDecision) -> String {
         Some(wait) if !d.decision.allowed => retry_after_secs(wait),
         _ => ceil_secs(d.decision.reset_after),
     };
-    format!("{};r={};t={t}", sf_string(&d.rule), d.decision.remaining)
+    let mut out = String::with_capacity(d.rule.len() + 32);
+    push_sf_string(&mut out, &d.rule);
+    let _ = write!(out, ";r={};t={t}", d.decision.remaining);
+    out
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` for `d` to `headers` (appended,
@@ -75,11 +83,11 @@ pub fn insert_retry_after(headers: &mut HeaderMap, d: Duration) {
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
 }
 
-/// A Structured Field String (RFC 9651 §3.3.3): quoted, `"` and `\`
-/// escaped, characters outside printable ASCII dropped (rule names are
-/// validated, so only a programming error could bring one).
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `s` as a Structured Field String (RFC 9651 §3.3.3): quoted, `"`
+/// and `\` escaped, characters outside printable ASCII dropped (rule names
+/// are validated, so only a programming error could bring one). Every value
+/// is built in one buffer: these headers go out with every admitted request.
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars().filter(|c| matches!(c, ' '..='~')) {
         if c == '"' || c == '\\' {
@@ -88,7 +96,6 @@ fn sf_string(s: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -53,16 +53,14 @@ impl Problem {
 
     /// The JSON body.
     pub fn to_json(&self) -> String {
-        let mut body = serde_json::json!({
-            "type": self.problem_type,
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if !self.violated_policies.is_empty() {
-            body["violated-policies"] = serde_json::json!(self.violated_policies);
-        }
-        body.to_string()
+        let body = ProblemBody {
+            detail: &self.detail,
+            status: self.status.as_u16(),
+            title: &self.title,
+            problem_type: &self.problem_type,
+            violated_policies: &self.violated_policies,
+        };
+        serde_json::to_string(&body).unwrap_or_default()
     }
 
     /// The response: status, `Content-Type: application/problem+json`,
@@ -75,6 +73,21 @@ impl Problem {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+}
+
+/// [`Problem`] as serialized: borrowed, so that a refusal (which may be most
+/// requests under attack) costs one allocation for its body rather than a
+/// map of owned JSON values. Members in alphabetical order, the order
+/// floodgate has always sent them in.
+#[derive(serde::Serialize)]
+struct ProblemBody<'a> {
+    detail: &'a str,
+    status: u16,
+    title: &'a str,
+    #[serde(rename = "type")]
+    problem_type: &'a str,
+    #[serde(rename = "violated-policies", skip_serializing_if = "<[_]>::is_empty")]
+    violated_policies: &'a [String],
 }
 
 /// The limiter's own answer to a refused request; `None` when the request
@@ -211,6 +224,14 @@ mod tests {
         assert_eq!(body["title"], "Forbidden");
         assert_eq!(body["detail"], "ip:192.0.2.7 is blocked");
         assert!(body.get("violated-policies").is_none());
+
+        let response = verdict_response(&verdict).unwrap();
+        let bytes = poll_now(response.into_body().collect()).unwrap().to_bytes();
+        assert_eq!(
+            bytes,
+            r#"{"detail":"ip:192.0.2.7 is blocked","status":403,"title":"Forbidden","type":"about:blank"}"#,
+            "members in alphabetical order, as always sent"
+        );
 
         let response = verdict_response(&Verdict::Unavailable).unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
