@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# The gateway benchmark: what limiting costs a floodgate instance, measured
+# against the same instance without rules in the same run.
+#
+#   bench/gateway.sh
+#
+# Builds the release binary and starts three upstream-less floodgate
+# processes (the built-in demo API answers GET /api/hello), each with its own
+# ports chosen at run time:
+#   none    no rules;
+#   memory  one rule (sliding_window, keyed by ip, a limit no run reaches) on
+#           the memory store;
+#   redis   the same rule on a redis-server of the run's own.
+# Every instance trusts 127.0.0.1 as a proxy, and wrk (bench/wrk/clients.lua)
+# sends each request as one of 1000 clients named by X-Forwarded-For, so
+# the rules count 1000 keys. Load: `wrk -t2 -c64 -d10s --latency`, after a 2 s
+# warm-up, against each instance in turn, twice (none, memory, redis, none,
+# memory, redis) so a drifting machine load hits all three alike; then one
+# connection for 3 s against each, for latency without queueing.
+# Abuse run: a client blocked through the admin API sends 9 of every 10
+# requests (403 from the local block cache, no store call) to the Redis
+# instance; its throughput is compared with the memory run's.
+#
+# Targets: memory >= 85% of none, redis >= 60% of none, p99 added by
+# limiting < 1 ms, abuse >= memory. wrk shares the machine's CPUs with
+# floodgate (and Redis): on a small machine the figures are those of the
+# whole box. So each run also reports the CPU time floodgate, redis-server
+# and wrk used per request, and how idle the machine stayed: per-request
+# CPU tells what limiting costs floodgate itself, whoever else ran.
+#
+# Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds per
+# measured run, default 10); BENCH_ROUNDS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+need wrk wrk
+need curl curl
+need redis-server redis-server
+need redis-cli redis-tools
+need cargo "cargo (https://rustup.rs)"
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+duration=${BENCH_DURATION:-10}
+rounds=${BENCH_ROUNDS:-2}
+clients=1000
+token=bench-admin-token
+blocked_ip=203.0.113.7
+path=/api/hello
+
+bench_init
+
+echo "== building floodgate (release)"
+cargo build -q --release -p floodgate-server
+bin=$CARGO_TARGET_DIR/release/floodgate
+
+start_redis
+
+# config NAME LISTEN ADMIN: the config of instance NAME.
+config() {
+    local name=$1 listen=$2 admin=$3
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$listen"
+trusted_proxies = ["127.0.0.1/32"]
+
+[admin]
+listen = "127.0.0.1:$admin"
+token = "$token"
+
+[store]
+TOML
+    if [[ $name == redis ]]; then
+        echo "backend = \"redis\""
+        echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+    else
+        echo "backend = \"memory\""
+    fi
+    if [[ $name != none ]]; then
+        cat <<TOML
+
+[[rule]]
+name = "bench"
+key = "ip"
+algorithm = "sliding_window"
+limit = 1000000000
+window = "1m"
+TOML
+    fi
+}
+
+declare -A port admin_port pid
+# start_floodgate NAME: an instance on free ports; sets port[NAME] and
+# admin_port[NAME].
+start_floodgate() {
+    if ! retry_start try_start_floodgate "$1"; then
+        echo "bench: floodgate ($1) did not start; its log:" >&2
+        cat "$BENCH_TMP/$1.log" >&2
+        exit 1
+    fi
+}
+
+try_start_floodgate() {
+    local name=$1 listen admin
+    listen=$(free_port)
+    admin=$(free_port)
+    config "$name" "$listen" "$admin" >"$BENCH_TMP/$name.toml"
+    FLOODGATE_LOG=warn bench_spawn "$BENCH_TMP/$name.log" \
+        "$bin" serve --config "$BENCH_TMP/$name.toml"
+    wait_until 10 curl -sf "http://127.0.0.1:$admin/healthz" || return 1
+    port[$name]=$listen
+    admin_port[$name]=$admin
+    pid[$name]=$BENCH_LAST_PID
+}
+
+# ms VALUE: a wrk duration (us, ms, s) in milliseconds.
+ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) printf "%.3f", v / 1000
+        else if (v ~ /ms$/) printf "%.3f", v + 0
+        else if (v ~ /s$/) printf "%.3f", v * 1000
+        else print "nan" }'
+}
+
+# CPU time (user + system) process PID has used, in clock ticks.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Idle and total ticks of all CPUs together.
+machine_ticks() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+hz=$(getconf CLK_TCK)
+# per_request TICKS REQUESTS: µs of CPU per request.
+per_request() { awk -v t="$1" -v hz="$hz" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
+
+declare -A rps p50 p99 non2xx cpu redis_cpu wrk_cpu idle
+# load LABEL NAME THREADS CONNECTIONS SECONDS [BLOCKED_IP]: wrk against
+# instance NAME; results under LABEL, with the CPU that floodgate, Redis
+# and wrk used per request, and how idle the machine stayed.
+load() {
+    local label=$1 name=$2 threads=$3 conns=$4 secs=$5 out fg0 r0 m0 m1 requests
+    out=$BENCH_TMP/wrk-$label.txt
+    fg0=$(ticks "${pid[$name]}")
+    r0=$(ticks "$REDIS_PID")
+    m0=$(machine_ticks)
+    local TIMEFORMAT='%U %S'
+    { time wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s bench/wrk/clients.lua \
+        "http://127.0.0.1:${port[$name]}$path" -- "$clients" ${6:-} >"$out"; } 2>"$out.time"
+    m1=$(machine_ticks)
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    cpu[$label]=$(per_request "$(($(ticks "${pid[$name]}") - fg0))" "$requests")
+    redis_cpu[$label]=$(per_request "$(($(ticks "$REDIS_PID") - r0))" "$requests")
+    wrk_cpu[$label]=$(awk -v n="$requests" 'END { printf "%.1f", ($1 + $2) * 1e6 / n }' "$out.time")
+    idle[$label]=$(awk -v a="$m0" -v b="$m1" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); printf "%.0f%%", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')
+    rps[$label]=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$out")
+    p50[$label]=$(ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99[$label]=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    non2xx[$label]=$(awk '/Non-2xx/ { print $NF }' "$out")
+    non2xx[$label]=${non2xx[$label]:-0}
+    printf '   %-10s %7d req/s  p50 %6.3f ms  p99 %7.3f ms  µs CPU/req: floodgate %5.1f, redis %4.1f, wrk %4.1f  idle %4s  non-2xx %s\n' \
+        "$label" "${rps[$label]}" "${p50[$label]}" "${p99[$label]}" "${cpu[$label]}" \
+        "${redis_cpu[$label]}" "${wrk_cpu[$label]}" "${idle[$label]}" "${non2xx[$label]}"
+}
+
+# metric NAME PATTERN: the sum of the samples of /metrics lines matching PATTERN.
+metric() {
+    curl -sf "http://127.0.0.1:${admin_port[$1]}/metrics" |
+        awk -v pat="$2" 'index($0, pat) == 1 { s += $NF } END { printf "%d", s }'
+}
+
+names=(none memory redis)
+for name in "${names[@]}"; do
+    start_floodgate "$name"
+done
+# Each instance answers the demo API, and the rule applies where there is one.
+for name in "${names[@]}"; do
+    headers=$(curl -s -D - -o /dev/null -H "X-Forwarded-For: 10.9.9.9" \
+        "http://127.0.0.1:${port[$name]}$path")
+    if ! grep -q '^HTTP/1.1 200' <<<"$headers"; then
+        echo "bench: floodgate ($name) did not answer 200:" >&2
+        echo "$headers" >&2
+        exit 1
+    fi
+    if [[ $name != none ]] && ! grep -qi '^ratelimit-policy:' <<<"$headers"; then
+        echo "bench: floodgate ($name) answered without RateLimit headers" >&2
+        exit 1
+    fi
+done
+
+echo "== machine: $(machine_load) at the start; floodgate $("$bin" --version | awk '{print $2}'), redis-server on :$REDIS_PORT"
+echo "== load: wrk -t2 -c64 -d${duration}s --latency, $clients clients by X-Forwarded-For, GET $path"
+for round in $(seq "$rounds"); do
+    for name in "${names[@]}"; do
+        wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
+            -- "$clients" >/dev/null
+        load "$name#$round" "$name" 2 64 "$duration"
+    done
+done
+echo "== one connection, 3 s each (latency without queueing)"
+for name in "${names[@]}"; do
+    load "$name@1" "$name" 1 1 3
+done
+
+echo "== abuse: $blocked_ip blocked through the admin API, 9 of 10 requests from it"
+status=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
+    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "{\"target\": \"ip:$blocked_ip\", \"ttl\": \"10m\", \"reason\": \"bench abuse run\"}" \
+    "http://127.0.0.1:${admin_port[redis]}/admin/blocks")
+[[ $status == 201 ]] || { echo "bench: the block was refused ($status)" >&2; exit 1; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: $blocked_ip" \
+    "http://127.0.0.1:${port[redis]}$path")
+[[ $status == 403 ]] || { echo "bench: the blocked client got $status, not 403" >&2; exit 1; }
+wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[redis]}$path" \
+    -- "$clients" "$blocked_ip" >/dev/null
+checks_before=$(metric redis 'floodgate_store_call_duration_seconds_count{call="check"}')
+load abuse redis 2 64 "$duration" "$blocked_ip"
+checks=$(($(metric redis 'floodgate_store_call_duration_seconds_count{call="check"}') - checks_before))
+echo "== machine: $(machine_load) at the end"
+
+# The mean over rounds of a figure.
+mean() {
+    local -n figure=$1
+    local name=$2 r
+    for r in $(seq "$rounds"); do echo "${figure[$name#$r]}"; done |
+        awk '{ s += $1 } END { printf "%.3f", s / NR }'
+}
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", b ? 100 * a / b : 0 }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+# verdict AWK-CONDITION: met or MISSED.
+verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
+
+declare -A mrps mp50 mp99 mcpu mrcpu mwcpu
+for name in "${names[@]}"; do
+    mrps[$name]=$(mean rps "$name")
+    mp50[$name]=$(mean p50 "$name")
+    mp99[$name]=$(mean p99 "$name")
+    mcpu[$name]=$(mean cpu "$name")
+    mrcpu[$name]=$(mean redis_cpu "$name")
+    mwcpu[$name]=$(mean wrk_cpu "$name")
+done
+abuse_requests=$(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-abuse.txt")
+
+echo
+echo "Gateway: GET $path from $clients clients, wrk -t2 -c64, mean of $rounds x ${duration}s"
+printf '%-8s %8s %8s %8s %8s %10s %8s %8s %8s %11s\n' "" "req/s" "vs none" "p50 ms" "p99 ms" \
+    "p99 added" "fg µs" "redis µs" "wrk µs" "1-conn p99"
+for name in "${names[@]}" abuse; do
+    if [[ $name == abuse ]]; then
+        r=${rps[abuse]} p5=${p50[abuse]} p9=${p99[abuse]} c=${cpu[abuse]} rc=${redis_cpu[abuse]}
+        wc=${wrk_cpu[abuse]} one=-
+    else
+        r=${mrps[$name]} p5=${mp50[$name]} p9=${mp99[$name]} c=${mcpu[$name]} rc=${mrcpu[$name]}
+        wc=${mwcpu[$name]} one=${p99[$name@1]}
+    fi
+    printf '%-8s %8.0f %8s %8.3f %8.3f %10s %8.1f %8.1f %8.1f %11s\n' "$name" "$r" \
+        "$(pct "$r" "${mrps[none]}")" "$p5" "$p9" "$(minus "$p9" "${mp99[none]}")" "$c" "$rc" "$wc" "$one"
+done
+echo "(fg, redis, wrk µs: CPU time each used per request; 1-conn p99: ms, one"
+echo " connection for 3 s, no queueing)"
+echo "abuse: ${non2xx[abuse]} of $abuse_requests requests refused by the block cache; $checks store checks"
+echo
+add_mem=$(minus "${mp99[memory]}" "${mp99[none]}")
+add_redis=$(minus "${mp99[redis]}" "${mp99[none]}")
+echo "memory >= 85% of none:      $(pct "${mrps[memory]}" "${mrps[none]}")  $(verdict "${mrps[memory]} >= 0.85 * ${mrps[none]}")"
+echo "redis  >= 60% of none:      $(pct "${mrps[redis]}" "${mrps[none]}")  $(verdict "${mrps[redis]} >= 0.60 * ${mrps[none]}")"
+echo "p99 added, memory < 1 ms:   $add_mem ms  $(verdict "$add_mem < 1")"
+echo "p99 added, redis  < 1 ms:   $add_redis ms  $(verdict "$add_redis < 1")"
+echo "abuse >= memory:            $(pct "${rps[abuse]}" "${mrps[memory]}")  $(verdict "${rps[abuse]} >= ${mrps[memory]}")"
+for label in "${!non2xx[@]}"; do
+    if [[ $label != abuse && ${non2xx[$label]} != 0 ]]; then
+        echo "warning: $label had ${non2xx[$label]} non-2xx answers: not a clean run" >&2
+    fi
+done
