@@ -17,9 +17,10 @@
 # warm-up, against each instance in turn, twice (none, memory, redis, none,
 # memory, redis) so a drifting machine load hits all three alike; then one
 # connection for 3 s against each, for latency without queueing.
-# Abuse run: a client blocked through the admin API sends 9 of every 10
-# requests (403 from the local block cache, no store call) to the Redis
-# instance; its throughput is compared with the memory run's.
+# Abuse runs: a client blocked through the admin API sends 9 of every 10
+# requests (403 from the local block cache, no store call), to the memory
+# instance, then to the Redis instance; their throughput is compared with
+# the memory run's.
 #
 # Targets: memory >= 85% of none, redis >= 60% of none, p99 added by
 # limiting < 1 ms, abuse >= memory. wrk shares the machine's CPUs with
@@ -200,19 +201,23 @@ for name in "${names[@]}"; do
 done
 
 echo "== abuse: $blocked_ip blocked through the admin API, 9 of 10 requests from it"
-status=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
-    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -d "{\"target\": \"ip:$blocked_ip\", \"ttl\": \"10m\", \"reason\": \"bench abuse run\"}" \
-    "http://127.0.0.1:${admin_port[redis]}/admin/blocks")
-[[ $status == 201 ]] || { echo "bench: the block was refused ($status)" >&2; exit 1; }
-status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: $blocked_ip" \
-    "http://127.0.0.1:${port[redis]}$path")
-[[ $status == 403 ]] || { echo "bench: the blocked client got $status, not 403" >&2; exit 1; }
-wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[redis]}$path" \
-    -- "$clients" "$blocked_ip" >/dev/null
-checks_before=$(metric redis 'floodgate_store_call_duration_seconds_count{call="check"}')
-load abuse redis 2 64 "$duration" "$blocked_ip"
-checks=$(($(metric redis 'floodgate_store_call_duration_seconds_count{call="check"}') - checks_before))
+declare -A checks abuse_requests
+for name in memory redis; do
+    status=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
+        -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+        -d "{\"target\": \"ip:$blocked_ip\", \"ttl\": \"10m\", \"reason\": \"bench abuse run\"}" \
+        "http://127.0.0.1:${admin_port[$name]}/admin/blocks")
+    [[ $status == 201 ]] || { echo "bench: the block was refused ($status)" >&2; exit 1; }
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: $blocked_ip" \
+        "http://127.0.0.1:${port[$name]}$path")
+    [[ $status == 403 ]] || { echo "bench: the blocked client got $status, not 403" >&2; exit 1; }
+    wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
+        -- "$clients" "$blocked_ip" >/dev/null
+    before=$(metric "$name" 'floodgate_store_call_duration_seconds_count{call="check"}')
+    load "abuse-$name" "$name" 2 64 "$duration" "$blocked_ip"
+    checks[$name]=$(($(metric "$name" 'floodgate_store_call_duration_seconds_count{call="check"}') - before))
+    abuse_requests[$name]=$(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-abuse-$name.txt")
+done
 echo "== machine: $(machine_load) at the end"
 
 # The mean over rounds of a figure.
@@ -236,26 +241,27 @@ for name in "${names[@]}"; do
     mrcpu[$name]=$(mean redis_cpu "$name")
     mwcpu[$name]=$(mean wrk_cpu "$name")
 done
-abuse_requests=$(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-abuse.txt")
 
 echo
 echo "Gateway: GET $path from $clients clients, wrk -t2 -c64, mean of $rounds x ${duration}s"
-printf '%-8s %8s %8s %8s %8s %10s %8s %8s %8s %11s\n' "" "req/s" "vs none" "p50 ms" "p99 ms" \
+printf '%-12s %8s %8s %8s %8s %10s %8s %8s %8s %11s\n' "" "req/s" "vs none" "p50 ms" "p99 ms" \
     "p99 added" "fg µs" "redis µs" "wrk µs" "1-conn p99"
-for name in "${names[@]}" abuse; do
-    if [[ $name == abuse ]]; then
-        r=${rps[abuse]} p5=${p50[abuse]} p9=${p99[abuse]} c=${cpu[abuse]} rc=${redis_cpu[abuse]}
-        wc=${wrk_cpu[abuse]} one=-
+for name in "${names[@]}" abuse-memory abuse-redis; do
+    if [[ $name == abuse-* ]]; then
+        r=${rps[$name]} p5=${p50[$name]} p9=${p99[$name]} c=${cpu[$name]} rc=${redis_cpu[$name]}
+        wc=${wrk_cpu[$name]} one=-
     else
         r=${mrps[$name]} p5=${mp50[$name]} p9=${mp99[$name]} c=${mcpu[$name]} rc=${mrcpu[$name]}
         wc=${mwcpu[$name]} one=${p99[$name@1]}
     fi
-    printf '%-8s %8.0f %8s %8.3f %8.3f %10s %8.1f %8.1f %8.1f %11s\n' "$name" "$r" \
+    printf '%-12s %8.0f %8s %8.3f %8.3f %10s %8.1f %8.1f %8.1f %11s\n' "$name" "$r" \
         "$(pct "$r" "${mrps[none]}")" "$p5" "$p9" "$(minus "$p9" "${mp99[none]}")" "$c" "$rc" "$wc" "$one"
 done
 echo "(fg, redis, wrk µs: CPU time each used per request; 1-conn p99: ms, one"
 echo " connection for 3 s, no queueing)"
-echo "abuse: ${non2xx[abuse]} of $abuse_requests requests refused by the block cache; $checks store checks"
+for name in memory redis; do
+    echo "abuse-$name: ${non2xx[abuse-$name]} of ${abuse_requests[$name]} requests refused by the block cache; ${checks[$name]} store checks"
+done
 echo
 add_mem=$(minus "${mp99[memory]}" "${mp99[none]}")
 add_redis=$(minus "${mp99[redis]}" "${mp99[none]}")
@@ -263,9 +269,11 @@ echo "memory >= 85% of none:      $(pct "${mrps[memory]}" "${mrps[none]}")  $(ve
 echo "redis  >= 60% of none:      $(pct "${mrps[redis]}" "${mrps[none]}")  $(verdict "${mrps[redis]} >= 0.60 * ${mrps[none]}")"
 echo "p99 added, memory < 1 ms:   $add_mem ms  $(verdict "$add_mem < 1")"
 echo "p99 added, redis  < 1 ms:   $add_redis ms  $(verdict "$add_redis < 1")"
-echo "abuse >= memory:            $(pct "${rps[abuse]}" "${mrps[memory]}")  $(verdict "${rps[abuse]} >= ${mrps[memory]}")"
+for name in memory redis; do
+    echo "abuse ($name) >= memory:   $(pct "${rps[abuse-$name]}" "${mrps[memory]}")  $(verdict "${rps[abuse-$name]} >= ${mrps[memory]}")"
+done
 for label in "${!non2xx[@]}"; do
-    if [[ $label != abuse && ${non2xx[$label]} != 0 ]]; then
+    if [[ $label != abuse-* && ${non2xx[$label]} != 0 ]]; then
         echo "warning: $label had ${non2xx[$label]} non-2xx answers: not a clean run" >&2
     fi
 done
