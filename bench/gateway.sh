@@ -263,6 +263,13 @@ for name in memory redis; do
     echo "abuse-$name: ${non2xx[abuse-$name]} of ${abuse_requests[$name]} requests refused by the block cache; ${checks[$name]} store checks"
 done
 echo
+for name in memory redis; do
+    echo "$name / none, per round: $(for r in $(seq "$rounds"); do
+        pct "${rps[$name#$r]}" "${rps[none#$r]}"
+        echo -n " "
+    done)"
+done
+echo
 add_mem=$(minus "${mp99[memory]}" "${mp99[none]}")
 add_redis=$(minus "${mp99[redis]}" "${mp99[none]}")
 echo "memory >= 85% of none:      $(pct "${mrps[memory]}" "${mrps[none]}")  $(verdict "${mrps[memory]} >= 0.85 * ${mrps[none]}")"
