@@ -14,13 +14,12 @@
 # Every instance trusts 127.0.0.1 as a proxy, and wrk (bench/wrk/clients.lua)
 # sends each request as one of 1000 clients named by X-Forwarded-For, so
 # the rules count 1000 keys. Load: `wrk -t2 -c64 -d10s --latency`, after a 2 s
-# warm-up, against each instance in turn, twice (none, memory, redis, none,
-# memory, redis) so a drifting machine load hits all three alike; then one
-# connection for 3 s against each, for latency without queueing.
-# Abuse runs: a client blocked through the admin API sends 9 of every 10
-# requests (403 from the local block cache, no store call), to the memory
-# instance, then to the Redis instance; their throughput is compared with
-# the memory run's.
+# warm-up, in rounds: none, memory, redis, then the abuse runs against the
+# memory and the Redis instance, in which a client blocked through the admin
+# API sends 9 of every 10 requests (403 from the local block cache, no
+# store call). Two rounds, so a drifting machine load hits every run alike;
+# ratios are given per round too. Then one connection for 3 s against each
+# instance, for latency without queueing.
 #
 # Targets: memory >= 85% of none, redis >= 60% of none, p99 added by
 # limiting < 1 ms, abuse >= memory. wrk shares the machine's CPUs with
@@ -186,37 +185,45 @@ for name in "${names[@]}"; do
     fi
 done
 
-echo "== machine: $(machine_load) at the start; floodgate $("$bin" --version | awk '{print $2}'), redis-server on :$REDIS_PORT"
-echo "== load: wrk -t2 -c64 -d${duration}s --latency, $clients clients by X-Forwarded-For, GET $path"
-for round in $(seq "$rounds"); do
-    for name in "${names[@]}"; do
-        wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
-            -- "$clients" >/dev/null
-        load "$name#$round" "$name" 2 64 "$duration"
-    done
-done
-echo "== one connection, 3 s each (latency without queueing)"
-for name in "${names[@]}"; do
-    load "$name@1" "$name" 1 1 3
-done
-
-echo "== abuse: $blocked_ip blocked through the admin API, 9 of 10 requests from it"
-declare -A checks abuse_requests
+# The abuse runs' client is blocked from the start: the other runs never
+# send from it, and every instance looks the block cache up either way.
 for name in memory redis; do
     status=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
         -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d "{\"target\": \"ip:$blocked_ip\", \"ttl\": \"10m\", \"reason\": \"bench abuse run\"}" \
+        -d "{\"target\": \"ip:$blocked_ip\", \"ttl\": \"1h\", \"reason\": \"bench abuse run\"}" \
         "http://127.0.0.1:${admin_port[$name]}/admin/blocks")
     [[ $status == 201 ]] || { echo "bench: the block was refused ($status)" >&2; exit 1; }
     status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: $blocked_ip" \
         "http://127.0.0.1:${port[$name]}$path")
     [[ $status == 403 ]] || { echo "bench: the blocked client got $status, not 403" >&2; exit 1; }
-    wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
-        -- "$clients" "$blocked_ip" >/dev/null
-    before=$(metric "$name" 'floodgate_store_call_duration_seconds_count{call="check"}')
-    load "abuse-$name" "$name" 2 64 "$duration" "$blocked_ip"
-    checks[$name]=$(($(metric "$name" 'floodgate_store_call_duration_seconds_count{call="check"}') - before))
-    abuse_requests[$name]=$(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-abuse-$name.txt")
+done
+
+# A run: the instance it loads, and the blocked client for the abuse runs.
+runs=(none memory redis abuse-memory abuse-redis)
+instance() { echo "${1#abuse-}"; }
+abuser() { [[ $1 == abuse-* ]] && echo "$blocked_ip" || true; }
+check_calls() { metric "$1" 'floodgate_store_call_duration_seconds_count{call="check"}'; }
+
+echo "== machine: $(machine_load) at the start; floodgate $("$bin" --version | awk '{print $2}'), redis-server on :$REDIS_PORT"
+echo "== load: wrk -t2 -c64 -d${duration}s --latency, $clients clients by X-Forwarded-For, GET $path;"
+echo "   abuse-*: $blocked_ip (blocked through the admin API) sends 9 of every 10 requests"
+declare -A checks requests
+for round in $(seq "$rounds"); do
+    for run in "${runs[@]}"; do
+        name=$(instance "$run")
+        # shellcheck disable=SC2046 # no blocked client: no argument
+        wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
+            -- "$clients" $(abuser "$run") >/dev/null
+        before=$(check_calls "$name")
+        # shellcheck disable=SC2046
+        load "$run#$round" "$name" 2 64 "$duration" $(abuser "$run")
+        checks[$run]=$((${checks[$run]:-0} + $(check_calls "$name") - before))
+        requests[$run]=$((${requests[$run]:-0} + $(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-$run#$round.txt")))
+    done
+done
+echo "== one connection, 3 s each (latency without queueing)"
+for name in "${names[@]}"; do
+    load "$name@1" "$name" 1 1 3
 done
 echo "== machine: $(machine_load) at the end"
 
@@ -227,57 +234,57 @@ mean() {
     for r in $(seq "$rounds"); do echo "${figure[$name#$r]}"; done |
         awk '{ s += $1 } END { printf "%.3f", s / NR }'
 }
-pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", b ? 100 * a / b : 0 }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", b ? 100 * a / b : 0 }'; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 # verdict AWK-CONDITION: met or MISSED.
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
 
 declare -A mrps mp50 mp99 mcpu mrcpu mwcpu
-for name in "${names[@]}"; do
-    mrps[$name]=$(mean rps "$name")
-    mp50[$name]=$(mean p50 "$name")
-    mp99[$name]=$(mean p99 "$name")
-    mcpu[$name]=$(mean cpu "$name")
-    mrcpu[$name]=$(mean redis_cpu "$name")
-    mwcpu[$name]=$(mean wrk_cpu "$name")
+for run in "${runs[@]}"; do
+    mrps[$run]=$(mean rps "$run")
+    mp50[$run]=$(mean p50 "$run")
+    mp99[$run]=$(mean p99 "$run")
+    mcpu[$run]=$(mean cpu "$run")
+    mrcpu[$run]=$(mean redis_cpu "$run")
+    mwcpu[$run]=$(mean wrk_cpu "$run")
 done
 
 echo
 echo "Gateway: GET $path from $clients clients, wrk -t2 -c64, mean of $rounds x ${duration}s"
 printf '%-12s %8s %8s %8s %8s %10s %8s %8s %8s %11s\n' "" "req/s" "vs none" "p50 ms" "p99 ms" \
     "p99 added" "fg µs" "redis µs" "wrk µs" "1-conn p99"
-for name in "${names[@]}" abuse-memory abuse-redis; do
-    if [[ $name == abuse-* ]]; then
-        r=${rps[$name]} p5=${p50[$name]} p9=${p99[$name]} c=${cpu[$name]} rc=${redis_cpu[$name]}
-        wc=${wrk_cpu[$name]} one=-
-    else
-        r=${mrps[$name]} p5=${mp50[$name]} p9=${mp99[$name]} c=${mcpu[$name]} rc=${mrcpu[$name]}
-        wc=${mwcpu[$name]} one=${p99[$name@1]}
-    fi
-    printf '%-12s %8.0f %8s %8.3f %8.3f %10s %8.1f %8.1f %8.1f %11s\n' "$name" "$r" \
-        "$(pct "$r" "${mrps[none]}")" "$p5" "$p9" "$(minus "$p9" "${mp99[none]}")" "$c" "$rc" "$wc" "$one"
+for run in "${runs[@]}"; do
+    printf '%-12s %8.0f %8s %8.3f %8.3f %10s %8.1f %8.1f %8.1f %11s\n' "$run" "${mrps[$run]}" \
+        "$(pct "${mrps[$run]}" "${mrps[none]}")" "${mp50[$run]}" "${mp99[$run]}" \
+        "$(minus "${mp99[$run]}" "${mp99[none]}")" "${mcpu[$run]}" "${mrcpu[$run]}" \
+        "${mwcpu[$run]}" "${p99[$run@1]:--}"
 done
 echo "(fg, redis, wrk µs: CPU time each used per request; 1-conn p99: ms, one"
 echo " connection for 3 s, no queueing)"
-for name in memory redis; do
-    echo "abuse-$name: ${non2xx[abuse-$name]} of ${abuse_requests[$name]} requests refused by the block cache; ${checks[$name]} store checks"
+for run in abuse-memory abuse-redis; do
+    refused=0
+    for r in $(seq "$rounds"); do refused=$((refused + ${non2xx[$run#$r]})); done
+    echo "$run: $refused of ${requests[$run]} requests refused by the block cache; ${checks[$run]} store checks"
 done
 echo
-for name in memory redis; do
-    echo "$name / none, per round: $(for r in $(seq "$rounds"); do
-        pct "${rps[$name#$r]}" "${rps[none#$r]}"
-        echo -n " "
-    done)"
-done
+# ratio RUN BASE: RUN's throughput over BASE's in each round.
+ratio() {
+    local r
+    for r in $(seq "$rounds"); do
+        echo -n "$(pct "${rps[$1#$r]}" "${rps[$2#$r]}") "
+    done
+}
+echo "per round: memory/none $(ratio memory none)| redis/none $(ratio redis none)|"
+echo "           abuse-memory/memory $(ratio abuse-memory memory)| abuse-redis/memory $(ratio abuse-redis memory)"
 echo
 add_mem=$(minus "${mp99[memory]}" "${mp99[none]}")
 add_redis=$(minus "${mp99[redis]}" "${mp99[none]}")
-echo "memory >= 85% of none:      $(pct "${mrps[memory]}" "${mrps[none]}")  $(verdict "${mrps[memory]} >= 0.85 * ${mrps[none]}")"
-echo "redis  >= 60% of none:      $(pct "${mrps[redis]}" "${mrps[none]}")  $(verdict "${mrps[redis]} >= 0.60 * ${mrps[none]}")"
-echo "p99 added, memory < 1 ms:   $add_mem ms  $(verdict "$add_mem < 1")"
-echo "p99 added, redis  < 1 ms:   $add_redis ms  $(verdict "$add_redis < 1")"
-for name in memory redis; do
-    echo "abuse ($name) >= memory:   $(pct "${rps[abuse-$name]}" "${mrps[memory]}")  $(verdict "${rps[abuse-$name]} >= ${mrps[memory]}")"
+echo "memory >= 85% of none:        $(pct "${mrps[memory]}" "${mrps[none]}")  $(verdict "${mrps[memory]} >= 0.85 * ${mrps[none]}")"
+echo "redis  >= 60% of none:        $(pct "${mrps[redis]}" "${mrps[none]}")  $(verdict "${mrps[redis]} >= 0.60 * ${mrps[none]}")"
+echo "p99 added, memory < 1 ms:     $add_mem ms  $(verdict "$add_mem < 1")"
+echo "p99 added, redis  < 1 ms:     $add_redis ms  $(verdict "$add_redis < 1")"
+for run in abuse-memory abuse-redis; do
+    echo "$run >= memory:   $(pct "${mrps[$run]}" "${mrps[memory]}")  $(verdict "${mrps[$run]} >= ${mrps[memory]}")"
 done
 for label in "${!non2xx[@]}"; do
     if [[ $label != abuse-* && ${non2xx[$label]} != 0 ]]; then
