@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::tempdir::Dir;
-use common::{Http, Upstream, free_port, unique_prefix};
+use common::{Http, Upstream, free_port, send_signal, unique_prefix};
 use floodgate_testkit::RedisServer;
 
 /// Simulated clients, each with its own API key and connections.
@@ -162,7 +162,7 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
                 .find(|p| p.name == "floodgate-1")
                 .expect("floodgate-1 in pm2 jlist");
             let started = Instant::now();
-            signal(victim.pid, "KILL");
+            send_signal(victim.pid, "KILL");
             let back = wait_for(WAIT, "PM2 to restart floodgate-1", || {
                 pm2.instances()
                     .into_iter()
@@ -245,7 +245,7 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
             let before = live_children(sup_pid);
             let done_before = count_in(&log, "rolling restart done");
             let started = Instant::now();
-            signal(sup_pid, "HUP");
+            send_signal(sup_pid, "HUP");
             wait_for(WAIT, "the supervisor's \"rolling restart done\"", || {
                 (count_in(&log, "rolling restart done") > done_before).then_some(())
             });
@@ -271,7 +271,7 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
             let victim = *before.iter().next().expect("a worker");
             let serving_before = count_in(&log, "worker serving");
             let started = Instant::now();
-            signal(victim, "KILL");
+            send_signal(victim, "KILL");
             let after = wait_for(WAIT, "the supervisor to replace the killed worker", || {
                 let now = live_children(sup_pid);
                 (now.len() == INSTANCES
@@ -294,7 +294,7 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
     killed.assert_never_over_limit_and_store_exact(admin, &rt);
 
     drop(nginx);
-    signal(sup_pid, "TERM");
+    send_signal(sup_pid, "TERM");
     let code = supervisor.wait_exit(WAIT);
     assert_eq!(
         code,
@@ -1033,15 +1033,6 @@ fn live_children(parent: u32) -> BTreeSet<u32> {
 
 fn alive(pid: u32) -> bool {
     processes().iter().any(|p| p.pid == pid)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 // ---------------------------------------------------------------------------
