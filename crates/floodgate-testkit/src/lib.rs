@@ -24,6 +24,8 @@
 //! # let _ = url;
 //! ```
 
+pub mod topology;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
