@@ -1,9 +1,13 @@
 //! How to reach Redis and how to name and time what is stored there.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::Clock;
+use redis::IntoConnectionInfo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "floodgate";
@@ -33,6 +37,226 @@ pub enum TimeSource {
     Clock(Arc<dyn Clock>),
 }
 
+/// Where the Redis holding floodgate's state is, and how it is laid out.
+///
+/// URLs are `redis://[user:password@]host:port[/db]` or `rediss://` for TLS
+/// (trusting [`RedisConfig::tls`]); `redis+unix:///path` for a standalone
+/// server on a Unix socket.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis server, or a primary named directly.
+    Standalone {
+        /// The server.
+        url: String,
+    },
+    /// A Redis Cluster. Any reachable node names the others; MOVED and ASK
+    /// redirections and resharding are followed. Credentials, database and
+    /// TLS are those of the first URL, for every node.
+    Cluster {
+        /// Seed nodes: one is enough, more survive one being down at start.
+        urls: Vec<String>,
+    },
+    /// A primary whose address Sentinels give (`SENTINEL
+    /// get-master-addr-by-name`), asked again after a failover.
+    Sentinel {
+        /// The Sentinels, `redis://[user:password@]host:port`; credentials
+        /// here authenticate to the Sentinel.
+        sentinels: Vec<String>,
+        /// The name the Sentinels monitor the primary under.
+        master: String,
+        /// How to talk to the primary once found: scheme (`rediss://` for
+        /// TLS), credentials and database of this URL, whose host and port
+        /// are replaced by the primary's. Write the master name as the host:
+        /// `redis://floodgate:secret@mymaster/0`. `None`: plain TCP,
+        /// no credentials, database 0.
+        primary_url: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |urls: &[String]| urls.iter().map(|u| redact(u)).collect::<Vec<_>>();
+        match self {
+            Topology::Standalone { url } => f
+                .debug_struct("Standalone")
+                .field("url", &redact(url))
+                .finish(),
+            Topology::Cluster { urls } => f
+                .debug_struct("Cluster")
+                .field("urls", &list(urls))
+                .finish(),
+            Topology::Sentinel {
+                sentinels,
+                master,
+                primary_url,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &list(sentinels))
+                .field("master", master)
+                .field("primary_url", &primary_url.as_deref().map(redact))
+                .finish(),
+        }
+    }
+}
+
+impl Topology {
+    /// Every URL named, in order.
+    pub(crate) fn urls(&self) -> Vec<&str> {
+        match self {
+            Topology::Standalone { url } => vec![url.as_str()],
+            Topology::Cluster { urls } => urls.iter().map(String::as_str).collect(),
+            Topology::Sentinel {
+                sentinels,
+                primary_url,
+                ..
+            } => sentinels
+                .iter()
+                .map(String::as_str)
+                .chain(primary_url.as_deref())
+                .collect(),
+        }
+    }
+
+    /// Whether any connection this topology opens uses TLS.
+    fn uses_tls(&self) -> bool {
+        self.urls().iter().any(|u| u.starts_with("rediss://"))
+    }
+}
+
+/// Certificates for `rediss://` connections, in PEM.
+///
+/// Without a CA the system's trusted roots verify the servers. Redis asks
+/// clients for a certificate unless it runs with `tls-auth-clients no`: give
+/// [`TlsOptions::client_cert_pem`] and [`TlsOptions::client_key_pem`] then.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The CA certificate(s) that signed the Redis servers' certificates;
+    /// they replace the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// This client's certificate chain.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// This client's private key.
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<Vec<u8>>| if v.is_some() { "set" } else { "none" };
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &set(&self.ca_pem))
+            .field("client_cert_pem", &set(&self.client_cert_pem))
+            .field("client_key_pem", &set(&self.client_key_pem))
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    /// Reads the named PEM files (any may be `None`) and checks them.
+    pub fn from_files(
+        ca: Option<&Path>,
+        client_cert: Option<&Path>,
+        client_key: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let read = |what: TlsItem, path: Option<&Path>| -> Result<Option<Vec<u8>>, ConfigError> {
+            path.map(|p| {
+                std::fs::read(p).map_err(|source| ConfigError::TlsFile {
+                    what,
+                    path: p.to_owned(),
+                    source,
+                })
+            })
+            .transpose()
+        };
+        let options = TlsOptions {
+            ca_pem: read(TlsItem::Ca, ca)?,
+            client_cert_pem: read(TlsItem::ClientCert, client_cert)?,
+            client_key_pem: read(TlsItem::ClientKey, client_key)?,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self == &TlsOptions::default()
+    }
+
+    /// Checks that every PEM holds what it should, and that a client
+    /// certificate comes with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what, detail: String| ConfigError::TlsPem { what, detail };
+        if let Some(pem) = &self.ca_pem {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(TlsItem::Ca, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad(TlsItem::Ca, "no CERTIFICATE block".into()));
+            }
+        }
+        match (&self.client_cert_pem, &self.client_key_pem) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(bad(
+                    TlsItem::ClientKey,
+                    "missing: a client certificate needs its key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    TlsItem::ClientCert,
+                    "missing: a client key needs its certificate".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(TlsItem::ClientCert, e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(bad(TlsItem::ClientCert, "no CERTIFICATE block".into()));
+                }
+                PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| bad(TlsItem::ClientKey, e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The form the redis client takes.
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: match (&self.client_cert_pem, &self.client_key_pem) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                _ => None,
+            },
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+}
+
+/// Which of the [`TlsOptions`] a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsItem {
+    /// [`TlsOptions::ca_pem`].
+    Ca,
+    /// [`TlsOptions::client_cert_pem`].
+    ClientCert,
+    /// [`TlsOptions::client_key_pem`].
+    ClientKey,
+}
+
+impl std::fmt::Display for TlsItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsItem::Ca => "CA certificate",
+            TlsItem::ClientCert => "client certificate",
+            TlsItem::ClientKey => "client key",
+        })
+    }
+}
+
 /// The configuration of a [`crate::RedisStore`].
 ///
 /// ```
@@ -49,8 +273,10 @@ pub enum TimeSource {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` (or `redis+unix:///path`).
-    pub url: String,
+    /// Where Redis is: one server, a cluster, or a primary behind Sentinels.
+    pub topology: Topology,
+    /// Certificates for `rediss://` URLs (default: none, the system's roots).
+    pub tls: TlsOptions,
     /// First part of every key, so several deployments can share a Redis
     /// (default `floodgate`). Must not contain `{` or `}`: those would take
     /// over the keys' cluster hash tag.
@@ -73,10 +299,37 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The defaults for a Redis at `url`.
+    /// The defaults for one Redis at `url`.
     pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig::with_topology(Topology::Standalone { url: url.into() })
+    }
+
+    /// The defaults for a Redis Cluster reached through any of `urls`.
+    pub fn cluster<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
+        RedisConfig::with_topology(Topology::Cluster {
+            urls: urls.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// The defaults for the primary that `sentinels` know as `master`
+    /// (plain TCP, no credentials, database 0: see
+    /// [`RedisConfig::with_primary_url`]).
+    pub fn sentinel<S: Into<String>>(
+        sentinels: impl IntoIterator<Item = S>,
+        master: impl Into<String>,
+    ) -> Self {
+        RedisConfig::with_topology(Topology::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+            primary_url: None,
+        })
+    }
+
+    /// The defaults for `topology`.
+    pub fn with_topology(topology: Topology) -> Self {
         RedisConfig {
-            url: url.into(),
+            topology,
+            tls: TlsOptions::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -120,6 +373,22 @@ impl RedisConfig {
         self
     }
 
+    /// Sets [`RedisConfig::tls`].
+    pub fn with_tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// With Sentinels: the scheme, credentials and database to use on the
+    /// primary (see [`Topology::Sentinel::primary_url`]). No effect on other
+    /// topologies.
+    pub fn with_primary_url(mut self, url: impl Into<String>) -> Self {
+        if let Topology::Sentinel { primary_url, .. } = &mut self.topology {
+            *primary_url = Some(url.into());
+        }
+        self
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
@@ -131,12 +400,51 @@ impl RedisConfig {
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::Timeout("connect_timeout"));
         }
-        redis::Client::open(self.url.as_str()).map_err(|e| ConfigError::Url {
-            url: redact(&self.url),
-            source: e,
-        })?;
+        match &self.topology {
+            Topology::Standalone { .. } => {}
+            Topology::Cluster { urls } if urls.is_empty() => {
+                return Err(ConfigError::Topology(
+                    "a cluster needs at least one seed URL",
+                ));
+            }
+            Topology::Cluster { urls } => {
+                if urls.iter().any(|u| u.starts_with("redis+unix:")) {
+                    return Err(ConfigError::Topology(
+                        "cluster nodes are reached over TCP, not Unix sockets",
+                    ));
+                }
+            }
+            Topology::Sentinel { sentinels, .. } if sentinels.is_empty() => {
+                return Err(ConfigError::Topology(
+                    "Sentinel needs at least one sentinel URL",
+                ));
+            }
+            Topology::Sentinel { master, .. } if master.is_empty() => {
+                return Err(ConfigError::Topology("the Sentinel master name is empty"));
+            }
+            Topology::Sentinel { .. } => {}
+        }
+        for url in self.topology.urls() {
+            check_url(url)?;
+        }
+        self.tls.validate()?;
+        if !self.tls.is_empty() && !self.topology.uses_tls() {
+            return Err(ConfigError::Topology(
+                "TLS certificates are set but no URL uses rediss://",
+            ));
+        }
         Ok(())
     }
+}
+
+/// Checks that `url` is a Redis URL the client can use.
+pub fn check_url(url: &str) -> Result<(), ConfigError> {
+    url.into_connection_info()
+        .map(drop)
+        .map_err(|e| ConfigError::Url {
+            url: redact(url),
+            source: e,
+        })
 }
 
 /// Why a [`RedisConfig`] cannot be used (or a store not built from it).
@@ -157,6 +465,28 @@ pub enum ConfigError {
     /// A timeout is zero.
     #[error("{0} must be longer than zero")]
     Timeout(&'static str),
+    /// The topology names no server, or names them in a way that cannot work.
+    #[error("{0}")]
+    Topology(&'static str),
+    /// A TLS file cannot be read.
+    #[error("cannot read the TLS {what} {path:?}: {source}")]
+    TlsFile {
+        /// Which file.
+        what: TlsItem,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS certificate or key is not usable PEM, or misses its pair.
+    #[error("TLS {what}: {detail}")]
+    TlsPem {
+        /// Which of them.
+        what: TlsItem,
+        /// What is wrong.
+        detail: String,
+    },
     /// The store was built outside a Tokio runtime, which its connection
     /// needs to run on.
     #[error("a Redis store must be created within a Tokio runtime")]

@@ -10,6 +10,20 @@ pub(crate) fn store_error(what: &str, e: RedisError) -> Error {
         StoreErrorKind::Timeout
     } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
         StoreErrorKind::ConnectionDropped
+    } else if matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::BusyLoading
+        )
+    ) {
+        // The node answering is not (yet, or any more) the one that can
+        // serve: a failover or resharding in progress, as passing as a
+        // dropped connection.
+        StoreErrorKind::ConnectionDropped
     } else {
         match e.kind() {
             ErrorKind::Server(
@@ -71,6 +85,13 @@ mod tests {
                 "ERR user_script:1: boom"
             ))),
             StoreErrorKind::Script
+        );
+        assert_eq!(
+            kind_of(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ReadOnly),
+                "READONLY You can't write against a read only replica."
+            ))),
+            StoreErrorKind::ConnectionDropped
         );
         assert_eq!(
             kind_of(RedisError::from((ErrorKind::AuthenticationFailed, "no"))),

@@ -5,6 +5,7 @@
 //! tag is the client key itself, escaped, so every key of one identity — under
 //! every rule — lands in one Redis Cluster slot, and a script touching them
 //! runs unchanged on a cluster. `<prefix>:blocks` is the block registry.
+//! `<prefix>:{<hash tag>}:guard` is named in dry runs and never written.
 
 /// Builds the names of every key the store uses.
 #[derive(Debug, Clone)]
@@ -43,6 +44,18 @@ impl KeyLayout {
     /// [`KeyLayout::block`] into `out` (cleared first).
     pub(crate) fn write_block(&self, out: &mut String, rule: &str, key: &str) {
         self.write_rule_key(out, rule, key, "block");
+    }
+
+    /// A key in the slot of `key` that no other layout name can be and that
+    /// is never written: the state key of the never-fitting check a dry run
+    /// adds (see `RedisStore::check`). Every other name ends in `:state` or
+    /// `:block`.
+    pub(crate) fn write_guard(&self, out: &mut String, key: &str) {
+        out.clear();
+        out.push_str(&self.prefix);
+        out.push_str(":{");
+        push_hash_tag(out, key);
+        out.push_str("}:guard");
     }
 
     /// The hash listing every block in force.
@@ -137,6 +150,9 @@ mod tests {
             assert_eq!(tag, hash_tag(key));
             assert_eq!(slot_input(&keys.block("api", key)), tag);
             assert_eq!(slot_input(&keys.state("login:{x}", key)), tag);
+            let mut guard = String::new();
+            keys.write_guard(&mut guard, key);
+            assert_eq!(slot_input(&guard), tag);
         }
     }
 
@@ -159,6 +175,9 @@ mod tests {
         );
         assert_eq!(keys.block("api", "a{b}"), "floodgate:{a%7Bb%7D}:api:block");
         assert_eq!(keys.registry(), "floodgate:blocks");
+        let mut guard = String::new();
+        keys.write_guard(&mut guard, "a{b}");
+        assert_eq!(guard, "floodgate:{a%7Bb%7D}:guard");
     }
 
     #[test]

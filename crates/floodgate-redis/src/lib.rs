@@ -8,19 +8,25 @@
 //!   is one `EVALSHA` (reloaded after `NOSCRIPT`) on a multiplexed
 //!   connection that reconnects in the background; every call is bounded by
 //!   a timeout and fails with a typed [`floodgate_core::StoreError`].
-//! - [`RedisConfig`]: URL, key prefix, timeout and [`TimeSource`]. By default
-//!   "now" is Redis' own clock, so instances whose clocks disagree still
-//!   decide alike.
+//! - [`RedisConfig`]: where Redis is ([`Topology`]: one server, a Redis
+//!   Cluster, or a primary behind Sentinels), TLS certificates
+//!   ([`TlsOptions`], for `rediss://`), key prefix, timeout and
+//!   [`TimeSource`]. By default "now" is Redis' own clock, so instances
+//!   whose clocks disagree still decide alike. ACL users log in through the
+//!   URL (`redis://user:password@host`).
 //! - Keys are `<prefix>:{<client key>}:<rule>:state|block` (the client key
 //!   escaped as a Redis Cluster hash tag, so all keys of one identity share a
 //!   slot) and `<prefix>:blocks` (the block registry). Every key has a TTL.
 //!
-//! Limits: needs Redis 6.0 or later; connects to one standalone Redis (or a
-//! primary by URL). The keys are cluster-ready, but a batch whose checks name
-//! different client keys spans several slots, which a cluster would refuse
-//! as one script. A penalty block is enforced by the decision script itself;
-//! listing it in the registry is a second call that can be lost if Redis
-//! fails at that moment.
+//! Limits: needs Redis 6.0 or later. On a cluster, a batch whose checks
+//! name different client keys spans several slots and cannot be one atomic
+//! script: it is decided per client key in a way that never over-admits but
+//! may over-count under races (see [`RedisStore`]'s `check`). Behind
+//! Sentinels, counts written to a primary in its last moments (replication
+//! is asynchronous) or to a demoted one before floodgate notices (at most
+//! about 250 ms) are lost. A penalty block is enforced by the decision script
+//! itself; listing it in the registry is a second call that can be lost if
+//! Redis fails at that moment.
 //!
 //! ```
 //! use floodgate_core::{Algorithm, Check, Policy, Store};
@@ -46,13 +52,15 @@
 //! ```
 
 mod config;
+mod connection;
 mod error;
 mod keys;
 mod scripts;
+mod sentinel;
 mod store;
 
 pub use config::{
     ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL_MARGIN,
-    RedisConfig, TimeSource,
+    RedisConfig, TimeSource, TlsItem, TlsOptions, Topology, check_url,
 };
 pub use store::RedisStore;

@@ -8,11 +8,12 @@ use floodgate_core::{
     Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError, StoreErrorKind,
     Timestamp, micros_of, validate_checks,
 };
+use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, RedisConfig, TimeSource, redact};
+use crate::config::{ConfigError, RedisConfig, TimeSource};
+use crate::connection::{Conn, Link};
 use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, ScriptCall};
@@ -24,20 +25,20 @@ const DECISION_FIELDS: usize = 6;
 /// exact in Lua's doubles. Longer TTLs are shortened to it.
 const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 
-/// Reconnection backoff: first retry after this long...
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(20);
-/// ...doubling up to this, so a restarted Redis is found again within a second.
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
-
 /// A [`Store`] on Redis, shared by every floodgate instance that uses the same
 /// Redis and prefix. Cheap to clone; clones share one connection.
 ///
 /// - Each [`Store::check`] is one `EVALSHA` of `check.lua`, which decides
 ///   and records the whole batch atomically with the same arithmetic as
-///   floodgate-core, so N instances admit exactly what one would.
+///   floodgate-core, so N instances admit exactly what one would (on a
+///   Redis Cluster, a batch naming several client keys is the exception:
+///   see [`RedisStore::check`](#method.check)).
 /// - Calls share one multiplexed connection (pipelined on one socket), which
 ///   reconnects in the background after Redis goes away; scripts are reloaded
-///   after `NOSCRIPT`.
+///   after `NOSCRIPT` (on a cluster, on every primary). On a cluster each
+///   call goes to the node owning its keys' slot, following MOVED and ASK;
+///   behind Sentinels, to the primary they name, asked again after a
+///   failover.
 /// - Every call is bounded by [`RedisConfig::timeout`] and fails with a typed
 ///   [`StoreError`]: timeout, connection dropped, script error or other.
 /// - Every key written carries a TTL set in the same script call.
@@ -47,8 +48,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    /// The multiplexed, self-reconnecting connection; cloned per call.
-    conn: ConnectionManager,
+    /// The multiplexed, self-reconnecting connection(s); cloned per call.
+    link: Link,
     /// Names every key under the configured prefix.
     keys: KeyLayout,
     /// As given, validated.
@@ -61,11 +62,29 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.inner.config;
         f.debug_struct("RedisStore")
+            .field("topology", &c.topology)
             .field("prefix", &c.prefix)
             .field("timeout", &c.timeout)
             .field("time_source", &c.time_source)
             .finish_non_exhaustive()
     }
+}
+
+/// How one `check.lua` call of a group of checks is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Decide and record: the normal call.
+    Commit,
+    /// Decide, start the penalty blocks of refused checks, charge nothing.
+    PenaltiesOnly,
+    /// Decide only: nothing is written.
+    DryRun,
+}
+
+/// The checks of one batch that share a client key (one hash slot), by
+/// index into the batch.
+struct SlotGroup {
+    indices: Vec<usize>,
 }
 
 impl RedisStore {
@@ -79,26 +98,11 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime);
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::Url {
-            url: redact(&config.url),
-            source: e,
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| {
-                ConfigError::Url {
-                    url: redact(&config.url),
-                    source: e,
-                }
-            })?;
+        let link = Link::open(&config)?;
         let margin_ms = micros_of(config.ttl_margin).div_ceil(1000);
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                link,
                 keys: KeyLayout::new(&config.prefix),
                 config,
                 margin_ms,
@@ -107,7 +111,8 @@ impl RedisStore {
     }
 
     /// A store for `config` whose Redis has answered a `PING` within
-    /// `connect_timeout`.
+    /// `connect_timeout` (plus `timeout`); behind Sentinels, whose primary
+    /// they have named and which answered.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
         let store = RedisStore::new(config).map_err(|e| {
             Error::Store(StoreError::with_source(
@@ -117,8 +122,13 @@ impl RedisStore {
             ))
         })?;
         let wait = store.inner.config.connect_timeout + store.inner.config.timeout;
-        let mut conn = store.inner.conn.clone();
-        match tokio::time::timeout(wait, redis::cmd("PING").query_async::<String>(&mut conn)).await
+        let deadline = Instant::now() + wait;
+        let mut conn = store.inner.link.conn(deadline, wait).await?;
+        match tokio::time::timeout_at(
+            deadline,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
         {
             Ok(Ok(_)) => Ok(store),
             Ok(Err(e)) => Err(store_error("PING", e)),
@@ -145,6 +155,14 @@ impl RedisStore {
         Instant::now() + self.inner.config.timeout
     }
 
+    /// The connection for a call ending at `deadline`.
+    async fn conn(&self, deadline: Instant) -> Result<Conn, Error> {
+        self.inner
+            .link
+            .conn(deadline, self.inner.config.timeout)
+            .await
+    }
+
     /// Runs one Redis request, failing with a timeout error at `deadline`.
     async fn bounded<T>(
         &self,
@@ -154,9 +172,27 @@ impl RedisStore {
     ) -> Result<T, Error> {
         match tokio::time::timeout_at(deadline, request).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(store_error(what, e)),
-            Err(_) => Err(Error::Store(StoreError::timeout(self.inner.config.timeout))),
+            Ok(Err(e)) => {
+                self.inner.link.failed(Some(&e));
+                Err(store_error(what, e))
+            }
+            Err(_) => {
+                self.inner.link.failed(None);
+                Err(Error::Store(StoreError::timeout(self.inner.config.timeout)))
+            }
         }
+    }
+
+    /// Runs one command within `deadline`.
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Error> {
+        let mut conn = self.conn(deadline).await?;
+        self.bounded(deadline, what, cmd.query_async(&mut conn))
+            .await
     }
 
     /// Invokes a script within `deadline`.
@@ -166,7 +202,7 @@ impl RedisStore {
         what: &str,
         call: &ScriptCall,
     ) -> Result<T, Error> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn(deadline).await?;
         self.bounded(deadline, what, call.invoke(&mut conn)).await
     }
 
@@ -187,6 +223,162 @@ impl RedisStore {
             .invoke::<u64>(deadline, "penalty registration", &put)
             .await;
     }
+
+    /// One `check.lua` call for `group` (indices into `checks`), made as
+    /// `mode` says; returns the group's decisions in its order.
+    ///
+    /// A dry run and a penalties-only run add one check that can never fit
+    /// (cost 2 of a limit of 1, on a key of the group's slot that nothing
+    /// writes): the script then commits no cost, exactly as for any batch
+    /// it refuses, while deciding every other check on the state as it is.
+    /// A dry run also sends every `block_for` as 0, so no penalty starts.
+    async fn run_group(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        group: &[usize],
+        mode: Mode,
+    ) -> Result<Vec<Decision>, Error> {
+        let keys = &self.inner.keys;
+        let guarded = mode != Mode::Commit;
+        let n = group.len() + usize::from(guarded);
+        let mut call = ScriptCall::new(&scripts::CHECK, 2 * n, 2 + 8 * n);
+        // One buffer for every key name: the command copies each in.
+        let mut name = String::new();
+        for &i in group {
+            let c = &checks[i];
+            keys.write_state(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+            keys.write_block(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+        }
+        if let Some(&first) = group.first()
+            && guarded
+        {
+            keys.write_guard(&mut name, checks[first].key);
+            call.key(name.as_str()).key(name.as_str());
+        }
+        call.arg(self.now_arg()).arg(self.inner.margin_ms);
+        for &i in group {
+            let c = &checks[i];
+            push_policy(&mut call, c.policy, mode != Mode::DryRun);
+            call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
+        }
+        if guarded {
+            // fixed_window, limit 1, 1 s, burst 1, 1 s per unit, no block_for;
+            // cost 2, enforcing.
+            call.arg("fixed_window")
+                .arg(1)
+                .arg(1_000_000)
+                .arg(1)
+                .arg(1_000_000)
+                .arg(0)
+                .arg(2)
+                .arg("0");
+        }
+        let what = match mode {
+            Mode::Commit => "check",
+            Mode::PenaltiesOnly => "check (penalties only)",
+            Mode::DryRun => "check (dry run)",
+        };
+        let reply: Vec<i64> = self.invoke(deadline, what, &call).await?;
+        if reply.len() != n * DECISION_FIELDS {
+            return Err(bad_reply(what, format!("{} integers", reply.len())));
+        }
+        let mut decisions = Vec::with_capacity(group.len());
+        for (&i, fields) in group.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
+            let c = &checks[i];
+            decisions.push(decision_from(c.policy, fields)?);
+            if let Ok(until @ 1..) = u64::try_from(fields[5]) {
+                self.register_penalty(deadline, c, until).await;
+            }
+        }
+        Ok(decisions)
+    }
+
+    /// [`RedisStore::run_group`] for each of `groups`, concurrently.
+    async fn run_groups(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        groups: &[&SlotGroup],
+        mode: Mode,
+    ) -> Result<Vec<Vec<Decision>>, Error> {
+        try_join_all(
+            groups
+                .iter()
+                .map(|g| self.run_group(deadline, checks, &g.indices, mode)),
+        )
+        .await
+    }
+
+    /// [`Store::check`] of a batch spanning several hash slots of a cluster
+    /// (see [`RedisStore::check`](#method.check)).
+    async fn check_across_slots(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        groups: &[SlotGroup],
+    ) -> Result<Vec<Decision>, Error> {
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        let place = |decisions: &mut Vec<Option<Decision>>, g: &SlotGroup, ds: Vec<Decision>| {
+            for (&i, d) in g.indices.iter().zip(ds) {
+                decisions[i] = Some(d);
+            }
+        };
+        let all: Vec<&SlotGroup> = groups.iter().collect();
+        let peeked = self
+            .run_groups(deadline, checks, &all, Mode::DryRun)
+            .await?;
+        let refuses = |g: &SlotGroup, ds: &[Decision]| {
+            g.indices
+                .iter()
+                .zip(ds)
+                .any(|(&i, d)| !d.allowed && !checks[i].shadow)
+        };
+        let refusing: Vec<&SlotGroup> = groups
+            .iter()
+            .zip(&peeked)
+            .filter(|(g, ds)| refuses(g, ds))
+            .map(|(g, _)| g)
+            .collect();
+        if refusing.is_empty() {
+            let committed = self
+                .run_groups(deadline, checks, &all, Mode::Commit)
+                .await?;
+            for (g, ds) in groups.iter().zip(committed) {
+                place(&mut decisions, g, ds);
+            }
+        } else {
+            for (g, ds) in groups.iter().zip(peeked) {
+                place(&mut decisions, g, ds);
+            }
+            let penalised = self
+                .run_groups(deadline, checks, &refusing, Mode::PenaltiesOnly)
+                .await?;
+            for (g, ds) in refusing.into_iter().zip(penalised) {
+                // Refused again (the usual case): its decisions, penalties
+                // included. Admitting now (its quota came back in between):
+                // the dry run's refusal stands, so the batch stays refused.
+                if refuses(g, &ds) {
+                    place(&mut decisions, g, ds);
+                }
+            }
+        }
+        Ok(decisions.into_iter().flatten().collect())
+    }
+}
+
+/// The checks of `checks` grouped by client key, in first-seen order.
+fn slot_groups(checks: &[Check<'_>]) -> Vec<SlotGroup> {
+    let mut groups: Vec<(&str, SlotGroup)> = Vec::new();
+    for (i, c) in checks.iter().enumerate() {
+        match groups.iter_mut().find(|(key, _)| *key == c.key) {
+            Some((_, g)) => g.indices.push(i),
+            None => groups.push((c.key, SlotGroup { indices: vec![i] })),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// The reason a penalty block is listed with (as MemoryStore words it).
@@ -194,14 +386,20 @@ fn penalty_reason(rule: &str) -> String {
     format!("over the limit of rule {rule}")
 }
 
-/// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads.
-fn push_policy(call: &mut ScriptCall, policy: &Policy) {
+/// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads;
+/// its `block_for` as 0 unless `penalties`.
+fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
+    let block_for = if penalties {
+        policy.block_for_us().unwrap_or(0)
+    } else {
+        0
+    };
     call.arg(policy.algorithm().name())
         .arg(policy.limit())
         .arg(policy.window_us())
         .arg(policy.burst())
         .arg(policy.emission_interval_us())
-        .arg(policy.block_for_us().unwrap_or(0));
+        .arg(block_for);
 }
 
 /// A decision from the six integers a script returns for one check.
@@ -227,39 +425,47 @@ fn decision_from(policy: &Policy, fields: &[i64]) -> Result<Decision, Error> {
 }
 
 impl Store for RedisStore {
+    /// Decides `checks` and records them if every enforcing one admits.
+    ///
+    /// On a standalone Redis or a Sentinel primary, and on a cluster when
+    /// every check names the same client key (one hash slot), this is one
+    /// atomic `check.lua` call: exact, as on [`floodgate_core::MemoryStore`].
+    ///
+    /// On a cluster, checks naming different client keys live in different
+    /// slots, often on different nodes, and no one script can touch them
+    /// all. Such a batch is decided per client key (per group), in a way
+    /// that never admits more than a limit allows:
+    ///
+    /// 1. Every group is decided in a dry run (concurrently) that records
+    ///    nothing and starts no penalty.
+    /// 2. If some group refuses (an enforcing check is refused), the batch is
+    ///    refused: the refusing groups are decided once more with their
+    ///    penalty blocks starting but no cost charged, and nothing is charged
+    ///    anywhere. The decisions of the other groups are their dry run's.
+    /// 3. If every group admitted, each group is decided and recorded for
+    ///    real (concurrently), each atomically in its slot. A group may
+    ///    refuse now (another request took the last of its quota since the
+    ///    dry run): the batch is then refused, and the groups that admitted
+    ///    stay charged for a request that was refused. Limits are never
+    ///    exceeded; under such races a client may be admitted less than its
+    ///    limit.
+    ///
+    /// An error from any call fails the batch; costs already recorded by
+    /// other groups stay (again only ever over-counting).
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_checks(checks)?;
         if checks.is_empty() {
             return Ok(Vec::new());
         }
         let deadline = self.deadline();
-        let keys = &self.inner.keys;
-        let mut call = ScriptCall::new(&scripts::CHECK, 2 * checks.len(), 2 + 8 * checks.len());
-        // One buffer for every key name: the command copies each in.
-        let mut name = String::new();
-        for c in checks {
-            keys.write_state(&mut name, c.rule, c.key);
-            call.key(name.as_str());
-            keys.write_block(&mut name, c.rule, c.key);
-            call.key(name.as_str());
-        }
-        call.arg(self.now_arg()).arg(self.inner.margin_ms);
-        for c in checks {
-            push_policy(&mut call, c.policy);
-            call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
-        }
-        let reply: Vec<i64> = self.invoke(deadline, "check", &call).await?;
-        if reply.len() != checks.len() * DECISION_FIELDS {
-            return Err(bad_reply("check", format!("{} integers", reply.len())));
-        }
-        let mut decisions = Vec::with_capacity(checks.len());
-        for (c, fields) in checks.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
-            decisions.push(decision_from(c.policy, fields)?);
-            if let Ok(until @ 1..) = u64::try_from(fields[5]) {
-                self.register_penalty(deadline, c, until).await;
+        if self.inner.link.is_cluster() {
+            let groups = slot_groups(checks);
+            if groups.len() > 1 {
+                return self.check_across_slots(deadline, checks, &groups).await;
             }
         }
-        Ok(decisions)
+        let all: Vec<usize> = (0..checks.len()).collect();
+        self.run_group(deadline, checks, &all, Mode::Commit).await
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
@@ -269,23 +475,24 @@ impl Store for RedisStore {
             .key(keys.block(rule, key))
             .arg(self.now_arg())
             .arg(self.inner.margin_ms);
-        push_policy(&mut call, policy);
+        push_policy(&mut call, policy, true);
         let reply: Vec<i64> = self.invoke(self.deadline(), "peek", &call).await?;
         decision_from(policy, &reply)
     }
 
     async fn reset(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        let deadline = self.deadline();
         let keys = &self.inner.keys;
-        // Two hash slots (the identity's and the registry's): a plain
-        // pipeline, not a transaction.
-        let mut pipe = redis::pipe();
-        pipe.del(&[keys.state(rule, key), keys.block(rule, key)])
-            .hdel(keys.registry(), registry_field(key, rule))
-            .ignore();
-        let mut conn = self.inner.conn.clone();
-        let (deleted,): (u64,) = self
-            .bounded(self.deadline(), "reset", pipe.query_async(&mut conn))
-            .await?;
+        // Two hash slots (the identity's and the registry's): two commands,
+        // concurrent (pipelined on one connection), not a transaction.
+        let mut del = redis::cmd("DEL");
+        del.arg(keys.state(rule, key)).arg(keys.block(rule, key));
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(keys.registry()).arg(registry_field(key, rule));
+        let (deleted, _): (u64, u64) = tokio::try_join!(
+            self.command(deadline, "reset", &del),
+            self.command(deadline, "reset", &hdel),
+        )?;
         Ok(deleted > 0)
     }
 
@@ -319,22 +526,30 @@ impl Store for RedisStore {
         // Penalty keys live in the target's slot, not the registry's: clear
         // them in a second step. Each is zeroed, not deleted, like the memory
         // store zeroes `blocked_until`: what the key held is still there for
-        // `reset` to report, until it expires.
-        let mut pipe = redis::pipe();
-        for source in sources {
-            if let BlockSource::Rule(rule) = BlockSource::parse(source) {
-                pipe.cmd("SET")
-                    .arg(keys.block(&rule, target))
-                    .arg(0)
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .ignore();
-            }
-        }
-        if !pipe.is_empty() {
-            let mut conn = self.inner.conn.clone();
-            self.bounded::<()>(deadline, "remove_block", pipe.query_async(&mut conn))
-                .await?;
+        // `reset` to report, until it expires. One command per key, sent
+        // together, so a cluster routes each.
+        let clears: Vec<redis::Cmd> = sources
+            .iter()
+            .filter_map(|source| match BlockSource::parse(source) {
+                BlockSource::Rule(rule) => {
+                    let mut set = redis::cmd("SET");
+                    set.arg(keys.block(&rule, target))
+                        .arg(0)
+                        .arg("XX")
+                        .arg("KEEPTTL");
+                    Some(set)
+                }
+                BlockSource::Manual => None,
+            })
+            .collect();
+        for cleared in join_all(
+            clears
+                .iter()
+                .map(|set| self.command::<redis::Value>(deadline, "remove_block", set)),
+        )
+        .await
+        {
+            cleared?;
         }
         Ok(lifted == "1")
     }
@@ -366,13 +581,9 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let mut conn = self.inner.conn.clone();
+        // On a cluster PING goes to every node and must succeed on all.
         let pong: String = self
-            .bounded(
-                self.deadline(),
-                "ping",
-                redis::cmd("PING").query_async(&mut conn),
-            )
+            .command(self.deadline(), "ping", &redis::cmd("PING"))
             .await?;
         if pong == "PONG" {
             Ok(())
