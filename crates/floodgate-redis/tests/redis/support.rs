@@ -108,3 +108,148 @@ impl Clock for SkewedClock {
         Timestamp::now().saturating_add(self.offset)
     }
 }
+
+/// The client keys of [`assert_basics_like_memory`]: three identities, so
+/// three hash slots (on a cluster, mostly on different nodes); the second
+/// needs hash-tag escaping.
+const BASIC_KEYS: [&str; 3] = ["ip:192.0.2.1", "header:x-api-key:{a}%b", "global"];
+
+/// One step's result in [`assert_basics_like_memory`].
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Decisions(Vec<floodgate_core::Decision>),
+    Peek(floodgate_core::Decision),
+    Flag(bool),
+    Added(floodgate_core::Block),
+    Blocks(Vec<floodgate_core::Block>),
+}
+
+/// Store conformance basics for a topology: a scripted sequence of single-
+/// and multi-key batches (admitted, refused, vetoed by another key's rule,
+/// shadow), penalty blocks, peeks, resets and manual blocks, run for every
+/// algorithm on a memory store and on a store from `redis_store` (given the
+/// manual clock), which must give identical results step by step.
+pub(crate) async fn assert_basics_like_memory(
+    mut redis_store: impl FnMut(&ManualClock) -> RedisStore,
+) {
+    use floodgate_core::{Algorithm, Policy};
+
+    for algorithm in Algorithm::ALL {
+        let mut main = Policy::new(algorithm, 5, Duration::from_secs(10)).unwrap();
+        if algorithm == Algorithm::TokenBucket {
+            main = main.with_burst(4).unwrap();
+        }
+        let penalised = Policy::new(algorithm, 3, Duration::from_secs(2))
+            .unwrap()
+            .with_block_for(Duration::from_secs(5))
+            .unwrap();
+        let rules = [("main", main), ("penalised", penalised)];
+        let clock = manual_clock();
+        let memory = basics_sequence(&memory_on_clock(&clock), &clock, &rules).await;
+        let redis = basics_sequence(&redis_store(&clock), &clock, &rules).await;
+        assert_eq!(memory.len(), redis.len());
+        for (i, (m, r)) in memory.iter().zip(&redis).enumerate() {
+            assert_eq!(
+                m, r,
+                "{algorithm}: step {i} differs: memory left, redis right"
+            );
+        }
+        let decisions = || {
+            memory.iter().flat_map(|o| match o {
+                Outcome::Decisions(d) => d.as_slice(),
+                _ => &[],
+            })
+        };
+        assert!(decisions().any(|d| d.blocked), "{algorithm}: no penalty");
+        assert!(
+            decisions().any(|d| !d.allowed && !d.blocked),
+            "{algorithm}: no refusal"
+        );
+    }
+}
+
+/// The sequence of [`assert_basics_like_memory`] on one store.
+async fn basics_sequence<S: floodgate_core::Store>(
+    store: &S,
+    clock: &ManualClock,
+    rules: &[(&str, floodgate_core::Policy); 2],
+) -> Vec<Outcome> {
+    use floodgate_core::Check;
+
+    clock.set(Timestamp::from_micros(START_US));
+    let mut steps = Vec::new();
+    // Each check is (rule, key, cost, shadow).
+    let check = async |specs: &[(usize, usize, u64, bool)]| {
+        let checks: Vec<Check<'_>> = specs
+            .iter()
+            .map(|&(r, k, cost, shadow)| {
+                let c = Check::new(rules[r].0, &rules[r].1, BASIC_KEYS[k], cost);
+                if shadow { c.shadow() } else { c }
+            })
+            .collect();
+        Outcome::Decisions(store.check(&checks).await.unwrap())
+    };
+    let peek = async |r: usize, k: usize| {
+        Outcome::Peek(
+            store
+                .peek(rules[r].0, &rules[r].1, BASIC_KEYS[k])
+                .await
+                .unwrap(),
+        )
+    };
+    let blocks = async || Outcome::Blocks(store.blocks().await.unwrap());
+
+    steps.push(peek(0, 0).await);
+    for _ in 0..4 {
+        steps.push(check(&[(0, 0, 1, false)]).await);
+        clock.advance(Duration::from_micros(1));
+    }
+    steps.push(check(&[(0, 0, 2, false)]).await); // over the limit of 5
+    // Two keys, both admit: both charged.
+    steps.push(check(&[(0, 1, 1, false), (1, 0, 1, false)]).await);
+    for _ in 0..3 {
+        steps.push(check(&[(1, 0, 1, false)]).await); // the last starts a penalty
+    }
+    steps.push(blocks().await);
+    // Key 0 is blocked under rule 1: it vetoes key 1's check.
+    steps.push(check(&[(0, 1, 1, false), (1, 0, 1, false)]).await);
+    steps.push(peek(0, 1).await);
+    // The same with rule 1 in shadow: key 1 is charged.
+    steps.push(check(&[(0, 1, 2, false), (1, 0, 1, true)]).await);
+    // Three keys, one exhausted: nothing charged anywhere.
+    steps.push(check(&[(0, 2, 1, false), (1, 1, 1, false), (0, 1, 2, false)]).await);
+    steps.push(peek(1, 1).await);
+    steps.push(peek(0, 2).await);
+    clock.advance(Duration::from_micros(5_000_001)); // the penalty ends
+    steps.push(blocks().await);
+    steps.push(check(&[(1, 0, 1, false)]).await);
+    steps.push(Outcome::Added(
+        store
+            .add_block(BASIC_KEYS[1], Duration::from_secs(7), "basics")
+            .await
+            .unwrap(),
+    ));
+    for _ in 0..4 {
+        steps.push(check(&[(1, 1, 1, false)]).await);
+    }
+    steps.push(blocks().await);
+    steps.push(Outcome::Flag(
+        store.remove_block(BASIC_KEYS[1]).await.unwrap(),
+    ));
+    steps.push(peek(1, 1).await);
+    steps.push(Outcome::Flag(
+        store.remove_block(BASIC_KEYS[1]).await.unwrap(),
+    ));
+    steps.push(blocks().await);
+    steps.push(Outcome::Flag(
+        store.reset("main", BASIC_KEYS[0]).await.unwrap(),
+    ));
+    steps.push(Outcome::Flag(
+        store.reset("main", BASIC_KEYS[0]).await.unwrap(),
+    ));
+    steps.push(peek(0, 0).await);
+    clock.advance(Duration::from_secs(11));
+    steps.push(check(&[(0, 0, 1, false), (0, 1, 1, false), (1, 2, 1, false)]).await);
+    steps.push(check(&[(0, 0, 3, false), (1, 2, 2, false), (0, 2, 1, true)]).await);
+    steps
+}

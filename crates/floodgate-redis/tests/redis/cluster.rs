@@ -1,0 +1,319 @@
+//! Redis Cluster: the store on a 3-primary cluster decides like the memory
+//! store, several instances admit exactly the limit of keys spread over
+//! every node, batches spanning slots never over-admit, a slot moved during
+//! load (ASK, TRYAGAIN, then MOVED) changes nothing, and scripts flushed
+//! from a node are loaded again where they run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use floodgate_core::{Algorithm, Check, ManualClock, Policy, Store};
+use floodgate_redis::{RedisConfig, RedisStore};
+use floodgate_testkit::topology::RedisCluster;
+use floodgate_testkit::unique_prefix;
+
+use crate::support::{
+    MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory, manual_clock,
+};
+
+/// A store on `cluster` under `prefix`, taking time from `clock`.
+fn cluster_store(cluster: &RedisCluster, prefix: &str, clock: &ManualClock) -> RedisStore {
+    RedisStore::new(
+        RedisConfig::cluster(cluster.urls())
+            .with_prefix(prefix)
+            .with_timeout(RELAXED_TIMEOUT)
+            .with_clock(Arc::new(clock.clone()))
+            .with_ttl_margin(MANUAL_CLOCK_TTL_MARGIN),
+    )
+    .unwrap()
+}
+
+/// Which node holds the keys of client key `key`.
+fn node_of(cluster: &RedisCluster, key: &str) -> usize {
+    cluster.slot_owner(cluster.key_slot(&format!("{{{key}}}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_decides_like_memory_and_reloads_flushed_scripts() {
+    let cluster = RedisCluster::start(3);
+    let prefix = unique_prefix("cluster-basics");
+    // The basics' keys are "ip:192.0.2.1", "header:x-api-key:{a}%b" (tag
+    // escaped) and "global": their batches must span nodes.
+    let nodes: std::collections::HashSet<usize> = ["ip:192.0.2.1", "global"]
+        .iter()
+        .map(|k| node_of(&cluster, k))
+        .collect();
+    assert_eq!(nodes.len(), 2, "the basics' keys should live on two nodes");
+    let mut n = 0;
+    assert_basics_like_memory(|clock| {
+        n += 1;
+        cluster_store(&cluster, &format!("{prefix}-{n}"), clock)
+    })
+    .await;
+
+    // NOSCRIPT on every node in turn: each call loads the script again
+    // (SCRIPT LOAD goes to every primary) and succeeds.
+    let clock = manual_clock();
+    let store = cluster_store(&cluster, &prefix, &clock);
+    let policy = Policy::new(Algorithm::FixedWindow, 1000, Duration::from_secs(60)).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("ip:203.0.113.{i}")).collect();
+    let mut seen_nodes = std::collections::HashSet::new();
+    for node in 0..3 {
+        cluster.cli(node, &["script", "flush"]);
+        for key in &keys {
+            seen_nodes.insert(node_of(&cluster, key));
+            let d = store
+                .check(&[Check::new("reload", &policy, key, 1)])
+                .await
+                .unwrap();
+            assert!(d[0].allowed);
+        }
+    }
+    assert_eq!(seen_nodes.len(), 3, "the keys should cover every node");
+    assert!(store.ping().await.is_ok());
+}
+
+const STORES: usize = 4;
+const TASKS_PER_STORE: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_stores_admit_each_key_exactly_its_limit_on_every_node() {
+    const KEYS: usize = 24;
+    const LIMIT: u64 = 15;
+    let cluster = RedisCluster::start(3);
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..KEYS).map(|i| format!("ip:198.51.100.{i}")).collect());
+    let nodes: std::collections::HashSet<usize> =
+        keys.iter().map(|k| node_of(&cluster, k)).collect();
+    assert_eq!(nodes.len(), 3, "the keys should cover every node");
+    for algorithm in Algorithm::ALL {
+        let prefix = unique_prefix(&format!("cluster-exact-{algorithm}"));
+        let clock = manual_clock();
+        let policy = Policy::new(algorithm, LIMIT, Duration::from_secs(60)).unwrap();
+        let admitted: Arc<Vec<AtomicU64>> =
+            Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+        let mut tasks = Vec::new();
+        for _ in 0..STORES {
+            let store = cluster_store(&cluster, &prefix, &clock);
+            for t in 0..TASKS_PER_STORE {
+                let (store, policy, keys, admitted) = (
+                    store.clone(),
+                    policy.clone(),
+                    Arc::clone(&keys),
+                    Arc::clone(&admitted),
+                );
+                tasks.push(tokio::spawn(async move {
+                    // Every task visits every key; together 32 attempts per
+                    // key against a limit of 15.
+                    for j in 0..KEYS {
+                        let k = (t * 5 + j) % KEYS;
+                        let d = store
+                            .check(&[Check::new("exact", &policy, &keys[k], 1)])
+                            .await
+                            .unwrap();
+                        if d[0].allowed {
+                            admitted[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let counts: Vec<u64> = admitted.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        eprintln!(
+            "cluster exactness {algorithm}: {} attempts over {KEYS} keys, {total} admitted (limit {LIMIT} each)",
+            STORES * TASKS_PER_STORE * KEYS
+        );
+        assert!(
+            counts.iter().all(|&c| c == LIMIT),
+            "{algorithm}: admitted per key {counts:?}, limit {LIMIT}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_spanning_slots_never_over_admit() {
+    const CLIENTS: usize = 6;
+    const PER_CLIENT: u64 = 12;
+    const GLOBAL: u64 = 40;
+    const REQUESTS_PER_TASK: usize = 12;
+    let cluster = RedisCluster::start(3);
+    let prefix = unique_prefix("cluster-multislot");
+    let clock = manual_clock();
+    let per_client = Policy::new(
+        Algorithm::SlidingWindow,
+        PER_CLIENT,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let global = Policy::new(Algorithm::TokenBucket, GLOBAL, Duration::from_secs(60)).unwrap();
+    let clients: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("header:x-api-key:client-{i}"))
+        .collect();
+    let admitted: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = Vec::new();
+    for _ in 0..STORES {
+        let store = cluster_store(&cluster, &prefix, &clock);
+        for t in 0..TASKS_PER_STORE {
+            let (store, per_client, global, clients, admitted) = (
+                store.clone(),
+                per_client.clone(),
+                global.clone(),
+                clients.clone(),
+                Arc::clone(&admitted),
+            );
+            tasks.push(tokio::spawn(async move {
+                for j in 0..REQUESTS_PER_TASK {
+                    let c = (t + j) % CLIENTS;
+                    // Two slots: the client's own and the shared "global" key.
+                    let checks = [
+                        Check::new("per-client", &per_client, &clients[c], 1),
+                        Check::new("global", &global, "global", 1),
+                    ];
+                    let d = store.check(&checks).await.unwrap();
+                    if d.iter().all(|d| d.allowed) {
+                        admitted[c].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let store = cluster_store(&cluster, &prefix, &clock);
+    let mut charged_clients = 0;
+    let mut report = HashMap::new();
+    for (c, client) in clients.iter().enumerate() {
+        let got = admitted[c].load(Ordering::Relaxed);
+        let left = store
+            .peek("per-client", &per_client, client)
+            .await
+            .unwrap()
+            .remaining;
+        let charged = PER_CLIENT - left;
+        assert!(
+            got <= PER_CLIENT,
+            "{client}: {got} admitted, limit {PER_CLIENT}"
+        );
+        assert!(
+            charged >= got,
+            "{client}: {got} admitted but only {charged} charged"
+        );
+        charged_clients += charged;
+        report.insert(client.clone(), (got, charged));
+    }
+    let total: u64 = admitted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    let global_left = store
+        .peek("global", &global, "global")
+        .await
+        .unwrap()
+        .remaining;
+    let global_charged = GLOBAL - global_left;
+    eprintln!(
+        "cluster multi-slot: {} requests of 2 slots each, {total} admitted (global limit {GLOBAL}), \
+         global charged {global_charged}, per-client charged {charged_clients}; per client (admitted, charged): {report:?}",
+        STORES * TASKS_PER_STORE * REQUESTS_PER_TASK
+    );
+    assert!(total <= GLOBAL, "{total} admitted, global limit {GLOBAL}");
+    assert!(global_charged >= total);
+    assert!(total > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_during_load_still_admits_exactly_the_limit() {
+    const LIMIT: u64 = 400;
+    let cluster = Arc::new(RedisCluster::start(3));
+    let prefix = unique_prefix("cluster-move");
+    let clock = manual_clock();
+    let key = "ip:192.0.2.77";
+    let slot = cluster.key_slot(&format!("{{{key}}}"));
+    let from = cluster.slot_owner(slot);
+    let to = (from + 1) % 3;
+    let policy = Policy::new(Algorithm::SlidingLog, LIMIT, Duration::from_secs(60)).unwrap();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stores: Vec<RedisStore> = (0..2)
+        .map(|_| cluster_store(&cluster, &prefix, &clock))
+        .collect();
+    let mut tasks = Vec::new();
+    for store in &stores {
+        for _ in 0..4 {
+            let (store, policy, admitted, calls, stop) = (
+                store.clone(),
+                policy.clone(),
+                Arc::clone(&admitted),
+                Arc::clone(&calls),
+                Arc::clone(&stop),
+            );
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let d = store
+                        .check(&[Check::new("move", &policy, key, 1)])
+                        .await
+                        .unwrap();
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if d[0].allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if calls.load(Ordering::Relaxed) > 4 * LIMIT {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+    }
+    // Let the load start, move the slot mid-way, let the load go on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admitted.load(Ordering::Relaxed) < LIMIT / 4 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let at_move = admitted.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mover = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || mover.move_slot(slot, to))
+        .await
+        .unwrap();
+    let moved_in = started.elapsed();
+    let after_move = admitted.load(Ordering::Relaxed);
+    let calls_before = calls.load(Ordering::Relaxed);
+    while calls.load(Ordering::Relaxed) < calls_before + 2 * LIMIT {
+        assert!(Instant::now() < deadline, "the load stopped after the move");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(cluster.slot_owner(slot), to);
+    let state = format!("{prefix}:{{{key}}}:move:state");
+    assert_eq!(
+        cluster.cli(to, &["exists", &state]).trim(),
+        "1",
+        "state not on the new owner"
+    );
+    let total = admitted.load(Ordering::Relaxed);
+    eprintln!(
+        "cluster slot move: slot {slot} node {from} -> {to} in {} ms under load; \
+         admitted {at_move} before, {after_move} when done, {total} in the end of {} calls (limit {LIMIT}), 0 errors",
+        moved_in.as_millis(),
+        calls.load(Ordering::Relaxed)
+    );
+    assert_eq!(total, LIMIT);
+    // The stores' slot maps still named the old owner after the move:
+    // their calls were redirected (MOVED) and counted on the new owner.
+    for store in &stores {
+        let d = store
+            .check(&[Check::new("move", &policy, key, 1)])
+            .await
+            .unwrap();
+        assert!(!d[0].allowed);
+    }
+}
