@@ -102,7 +102,11 @@ impl FromStr for Target {
 /// happened; failures are also printed to stderr as they occur.
 pub fn fuzz_target(target: Target, iterations: u64, seed: u64) -> Report {
     match target {
-        Target::Config => fuzz(&mut targets::config::ConfigTarget, iterations, seed),
+        Target::Config => fuzz(
+            &mut targets::config::ConfigTarget::default(),
+            iterations,
+            seed,
+        ),
         Target::Identity => fuzz(
             &mut targets::identity::IdentityTarget::new(),
             iterations,
@@ -133,7 +137,7 @@ pub fn replay(target: Target, input_seed: u64) -> Result<u64, Failure> {
         run_one(&mut t, seed)
     }
     match target {
-        Target::Config => one(targets::config::ConfigTarget, input_seed),
+        Target::Config => one(targets::config::ConfigTarget::default(), input_seed),
         Target::Identity => one(targets::identity::IdentityTarget::new(), input_seed),
         Target::Api => one(targets::json_api::JsonApiTarget::new(), input_seed),
         Target::Lua => one(targets::lua::LuaTarget::new(), input_seed),
