@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use floodgate_core::{Algorithm, Policy};
+use floodgate_redis::{ConfigError as RedisConfigError, TlsItem, TlsOptions};
 use floodgate_tower::{KeySpec, OnError, RequestMatch, Rule, Target};
 use http::{Method, Uri};
 use ipnet::IpNet;
@@ -61,6 +62,11 @@ struct RawStore {
     backend: Option<String>,
     url: Option<String>,
     urls: Option<Vec<String>>,
+    sentinels: Option<Vec<String>>,
+    sentinel_master: Option<String>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
     prefix: Option<String>,
     timeout: Option<String>,
     on_error: Option<String>,
@@ -164,18 +170,58 @@ pub struct ServerSettings {
 pub enum Backend {
     /// In this process only.
     Memory,
-    /// Redis, shared by every instance: one URL, or several for a cluster.
+    /// Redis, shared by every instance; [`StoreSettings::redis_layout`] says
+    /// what the URLs are.
     Redis {
-        /// `redis://` or `rediss://` URLs.
+        /// `redis://` or `rediss://` URLs: the server (`url`), the cluster's
+        /// seed nodes (`urls`), or the Sentinels (`sentinels`).
         urls: Vec<String>,
     },
 }
 
+/// How the Redis servers of [`Backend::Redis`] are laid out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RedisLayout {
+    /// `url`: one server (or a primary named directly).
+    #[default]
+    Standalone,
+    /// `urls`: seed nodes of a Redis Cluster.
+    Cluster,
+    /// `sentinels` and `sentinel_master`: the primary the Sentinels name.
+    Sentinel {
+        /// `sentinel_master`.
+        master: String,
+        /// `url` (or `FLOODGATE_REDIS_URL`) with Sentinels: scheme,
+        /// credentials and database for the primary; its host is the master
+        /// name.
+        primary_url: Option<String>,
+    },
+}
+
 /// `[store]`.
+///
+/// ```toml
+/// [store]
+/// backend = "redis"
+/// # One of:
+/// url = "redis://user:password@10.0.0.5:6379/0"          # one Redis
+/// urls = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379"]  # a Redis Cluster (seed nodes)
+/// sentinels = ["redis://10.0.0.5:26379", "redis://10.0.0.6:26379"]  # Sentinel:
+/// sentinel_master = "mymaster"                            #   the primary they name
+/// # url = "redis://user:password@mymaster/0"              #   its credentials, database, TLS
+/// # For rediss:// URLs:
+/// tls_ca_file = "/etc/floodgate/redis-ca.pem"     # else the system's roots
+/// tls_cert_file = "/etc/floodgate/redis-client.pem"  # when Redis asks for a client
+/// tls_key_file = "/etc/floodgate/redis-client.key"   # certificate (tls-auth-clients)
+/// ```
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     /// memory or redis.
     pub backend: Backend,
+    /// With Redis: what [`Backend::Redis`]'s URLs are.
+    pub redis_layout: RedisLayout,
+    /// With Redis: certificates for `rediss://` connections.
+    pub tls: TlsOptions,
     /// Prefix of every Redis key.
     pub prefix: String,
     /// A store call slower than this counts as a store error.
@@ -485,43 +531,45 @@ fn validate_store(raw: RawStore, o: &Overrides, p: &mut Problems) -> StoreSettin
         "store",
         &raw.unknown,
         &[
-            "backend", "url", "urls", "prefix", "timeout", "on_error", "max_keys",
+            "backend",
+            "url",
+            "urls",
+            "sentinels",
+            "sentinel_master",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "prefix",
+            "timeout",
+            "on_error",
+            "max_keys",
         ],
     );
-    let mut urls: Vec<String> = raw.urls.unwrap_or_default();
-    if let Some(url) = raw.url {
-        urls.insert(0, url);
-    }
-    let mut backend_name = raw.backend.unwrap_or_else(|| "memory".into());
-    if let Some(url) = &o.redis_url {
+    let mut backend_name = raw.backend.clone().unwrap_or_else(|| "memory".into());
+    if o.redis_url.is_some() {
         backend_name = "redis".into();
-        urls = vec![url.clone()];
     }
-    let backend = match backend_name.as_str() {
-        "memory" => Backend::Memory,
+    let (backend, redis_layout, tls) = match backend_name.as_str() {
+        "memory" => (
+            Backend::Memory,
+            RedisLayout::Standalone,
+            TlsOptions::default(),
+        ),
         "redis" => {
-            if urls.is_empty() {
-                p.add(
-                    "store.url",
-                    "the redis backend needs url = \"redis://host:6379/0\" (or urls = [...], or FLOODGATE_REDIS_URL)",
-                );
-            }
-            for url in &urls {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    p.add(
-                        "store.url",
-                        format!("{url:?} must start with redis:// or rediss://"),
-                    );
-                }
-            }
-            Backend::Redis { urls }
+            let (urls, layout) = validate_redis_servers(&raw, o, p);
+            let tls = validate_redis_tls(&raw, &urls, &layout, p);
+            (Backend::Redis { urls }, layout, tls)
         }
         other => {
             p.add(
                 "store.backend",
                 format!("unknown backend {other:?} (expected \"memory\" or \"redis\")"),
             );
-            Backend::Memory
+            (
+                Backend::Memory,
+                RedisLayout::Standalone,
+                TlsOptions::default(),
+            )
         }
     };
     let prefix = raw.prefix.unwrap_or_else(|| "floodgate".into());
@@ -554,10 +602,214 @@ fn validate_store(raw: RawStore, o: &Overrides, p: &mut Problems) -> StoreSettin
     }
     StoreSettings {
         backend,
+        redis_layout,
+        tls,
         prefix,
         timeout,
         on_error,
         max_keys: usize::try_from(max_keys.max(1)).unwrap_or(usize::MAX),
+    }
+}
+
+/// Where the URL that `FLOODGATE_REDIS_URL` or `store.url` names came from.
+fn url_field(o: &Overrides) -> &'static str {
+    if o.redis_url.is_some() {
+        "FLOODGATE_REDIS_URL"
+    } else {
+        "store.url"
+    }
+}
+
+/// Checks one Redis URL found at `at`.
+fn check_redis_url(p: &mut Problems, at: &str, url: &str) {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        p.add(
+            at,
+            format!("{:?} must start with redis:// or rediss://", redact(url)),
+        );
+    } else if let Err(e) = floodgate_redis::check_url(url) {
+        p.add(at, e.to_string());
+    }
+}
+
+/// `url` with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// The host of a Redis URL: between `://` (or the userinfo's `@`) and the
+/// port or path.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.split(':').next().unwrap_or_default()
+}
+
+/// The Redis servers `[store]` names: `url` (one server), `urls` (cluster
+/// seeds) or `sentinels` with `sentinel_master` (and `url` for the
+/// primary's credentials). `FLOODGATE_REDIS_URL` replaces `url`, or the
+/// seeds of a cluster.
+fn validate_redis_servers(
+    raw: &RawStore,
+    o: &Overrides,
+    p: &mut Problems,
+) -> (Vec<String>, RedisLayout) {
+    let url = o.redis_url.clone().or_else(|| raw.url.clone());
+    if raw.sentinels.is_some() || raw.sentinel_master.is_some() {
+        if raw.urls.is_some() {
+            p.add(
+                "store.urls",
+                "a Redis Cluster (urls) and Sentinels (sentinels) cannot be combined: keep one",
+            );
+        }
+        let sentinels = raw.sentinels.clone().unwrap_or_default();
+        if sentinels.is_empty() {
+            p.add(
+                "store.sentinels",
+                "missing or empty: list the Sentinels, e.g. [\"redis://10.0.0.5:26379\"] (sentinel_master is set)",
+            );
+        }
+        for s in &sentinels {
+            check_redis_url(p, "store.sentinels", s);
+        }
+        let master = raw.sentinel_master.clone().unwrap_or_default();
+        if master.is_empty() {
+            p.add(
+                "store.sentinel_master",
+                "missing or empty: the name the Sentinels monitor the primary under (their `sentinel monitor <name> ...` line)",
+            );
+        }
+        if let Some(url) = &url {
+            let at = url_field(o);
+            check_redis_url(p, at, url);
+            if !master.is_empty() && url_host(url) != master {
+                p.add(
+                    at,
+                    format!(
+                        "with sentinels this URL only gives the primary's credentials, database and TLS (the Sentinels give its address): write the master name as its host, like \"redis://user:password@{master}/0\""
+                    ),
+                );
+            }
+        }
+        return (
+            sentinels,
+            RedisLayout::Sentinel {
+                master,
+                primary_url: url,
+            },
+        );
+    }
+    if let Some(seeds) = &raw.urls {
+        if raw.url.is_some() {
+            p.add(
+                "store.url",
+                "give url (one Redis) or urls (the seed nodes of a Redis Cluster), not both",
+            );
+        }
+        let seeds = match &o.redis_url {
+            Some(url) => vec![url.clone()],
+            None => seeds.clone(),
+        };
+        if seeds.is_empty() {
+            p.add(
+                "store.urls",
+                "an empty list: name at least one node of the Redis Cluster",
+            );
+        }
+        let at = if o.redis_url.is_some() {
+            "FLOODGATE_REDIS_URL"
+        } else {
+            "store.urls"
+        };
+        for seed in &seeds {
+            check_redis_url(p, at, seed);
+        }
+        return (seeds, RedisLayout::Cluster);
+    }
+    match url {
+        Some(url) => {
+            check_redis_url(p, url_field(o), &url);
+            (vec![url], RedisLayout::Standalone)
+        }
+        None => {
+            p.add(
+                "store.url",
+                "the redis backend needs url = \"redis://host:6379/0\" (or urls = [...] for a cluster, sentinels = [...] with sentinel_master, or FLOODGATE_REDIS_URL)",
+            );
+            (Vec::new(), RedisLayout::Standalone)
+        }
+    }
+}
+
+/// `tls_ca_file`, `tls_cert_file` and `tls_key_file`, read and checked.
+fn validate_redis_tls(
+    raw: &RawStore,
+    urls: &[String],
+    layout: &RedisLayout,
+    p: &mut Problems,
+) -> TlsOptions {
+    let field = |what: TlsItem| match what {
+        TlsItem::Ca => "store.tls_ca_file",
+        TlsItem::ClientCert => "store.tls_cert_file",
+        TlsItem::ClientKey => "store.tls_key_file",
+    };
+    let (ca, cert, key) = (
+        raw.tls_ca_file.as_deref(),
+        raw.tls_cert_file.as_deref(),
+        raw.tls_key_file.as_deref(),
+    );
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return TlsOptions::default();
+    }
+    let primary = match layout {
+        RedisLayout::Sentinel { primary_url, .. } => primary_url.as_deref(),
+        _ => None,
+    };
+    let any_tls = urls
+        .iter()
+        .map(String::as_str)
+        .chain(primary)
+        .any(|u| u.starts_with("rediss://"));
+    if !any_tls {
+        let first = [
+            (TlsItem::Ca, ca),
+            (TlsItem::ClientCert, cert),
+            (TlsItem::ClientKey, key),
+        ]
+        .into_iter()
+        .find_map(|(what, path)| path.map(|_| field(what)))
+        .unwrap_or("store.tls_ca_file");
+        p.add(
+            first,
+            "set, but no Redis URL uses rediss://: TLS certificates apply to rediss:// URLs only",
+        );
+    }
+    match TlsOptions::from_files(ca, cert, key) {
+        Ok(tls) => tls,
+        Err(RedisConfigError::TlsFile {
+            what, path, source, ..
+        }) => {
+            p.add(
+                field(what),
+                format!("{} cannot be read: {source}", path.display()),
+            );
+            TlsOptions::default()
+        }
+        Err(e @ RedisConfigError::TlsPem { what, .. }) => {
+            p.add(field(what), e.to_string());
+            TlsOptions::default()
+        }
+        Err(other) => {
+            p.add("store.tls_ca_file", other.to_string());
+            TlsOptions::default()
+        }
     }
 }
 
@@ -941,5 +1193,154 @@ mod tests {
     fn a_non_loopback_admin_listen_env_still_needs_a_token() {
         let err = admin_listen_with("", Some("0.0.0.0:9191")).expect_err("must be refused");
         assert!(err.to_string().contains("admin.token"), "{err}");
+    }
+
+    fn store_problems(store: &str, env_url: Option<&str>) -> Vec<String> {
+        let overrides = Overrides {
+            redis_url: env_url.map(str::to_owned),
+            ..Overrides::default()
+        };
+        match parse(&format!("[store]\n{store}"), None, &overrides) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn store_of(store: &str, env_url: Option<&str>) -> StoreSettings {
+        let overrides = Overrides {
+            redis_url: env_url.map(str::to_owned),
+            ..Overrides::default()
+        };
+        match parse(&format!("[store]\n{store}"), None, &overrides) {
+            Ok(s) => s.store,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn urls_name_a_cluster_and_sentinels_a_sentinel_primary() {
+        let one = store_of("backend = \"redis\"\nurl = \"redis://h:6379/0\"\n", None);
+        assert_eq!(one.redis_layout, RedisLayout::Standalone);
+        let cluster = store_of(
+            "backend = \"redis\"\nurls = [\"redis://a:7000\", \"redis://b:7000\"]\n",
+            None,
+        );
+        assert_eq!(cluster.redis_layout, RedisLayout::Cluster);
+        assert_eq!(
+            cluster.backend,
+            Backend::Redis {
+                urls: vec!["redis://a:7000".into(), "redis://b:7000".into()]
+            }
+        );
+        let sentinel = store_of(
+            "backend = \"redis\"\nsentinels = [\"redis://s1:26379\"]\nsentinel_master = \"mymaster\"\n",
+            Some("redis://floodgate:secret@mymaster/2"),
+        );
+        assert_eq!(
+            sentinel.redis_layout,
+            RedisLayout::Sentinel {
+                master: "mymaster".into(),
+                primary_url: Some("redis://floodgate:secret@mymaster/2".into()),
+            }
+        );
+        assert_eq!(
+            sentinel.backend,
+            Backend::Redis {
+                urls: vec!["redis://s1:26379".into()]
+            }
+        );
+        // FLOODGATE_REDIS_URL replaces a cluster's seeds.
+        let cluster = store_of("urls = [\"redis://a:7000\"]\n", Some("redis://:pw@c:7000"));
+        assert_eq!(cluster.redis_layout, RedisLayout::Cluster);
+        assert_eq!(
+            cluster.backend,
+            Backend::Redis {
+                urls: vec!["redis://:pw@c:7000".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn redis_topology_mistakes_are_each_named_with_their_field() {
+        let problems = store_problems(
+            "backend = \"redis\"\nurl = \"redis://x:1\"\nurls = [\"redis://y:1\"]\n",
+            None,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("store.url: give url"),
+            "{problems:?}"
+        );
+
+        let problems = store_problems(
+            "backend = \"redis\"\nsentinels = []\nurls = [\"redis://y:1\"]\nurl = \"redis://user:pw@primary/0\"\n",
+            None,
+        );
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            fields,
+            ["store.urls", "store.sentinels", "store.sentinel_master"],
+            "{problems:?}"
+        );
+
+        let problems = store_problems(
+            "backend = \"redis\"\nsentinels = [\"http://s1:26379\"]\nsentinel_master = \"m\"\nurl = \"redis://u:secret@primary/0\"\n",
+            None,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("store.sentinels: "), "{problems:?}");
+        assert!(
+            problems[1].starts_with("store.url: with sentinels"),
+            "{problems:?}"
+        );
+        assert!(
+            !problems.concat().contains("secret"),
+            "a password in a message: {problems:?}"
+        );
+
+        let problems = store_problems("backend = \"redis\"\nurls = []\n", None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("store.urls: an empty list"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_and_named_when_wrong() {
+        let problems = store_problems(
+            "backend = \"redis\"\nurl = \"rediss://h:6380/0\"\ntls_ca_file = \"/nonexistent/ca.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n",
+            None,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("store.tls_ca_file: /nonexistent/ca.pem cannot be read"),
+            "{problems:?}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("floodgate-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
+        let problems = store_problems(
+            &format!(
+                "backend = \"redis\"\nurl = \"redis://h:6379/0\"\ntls_ca_file = {:?}\n",
+                junk.display().to_string()
+            ),
+            None,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("store.tls_ca_file: set, but no Redis URL uses rediss://"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("store.tls_ca_file: TLS CA certificate"),
+            "{problems:?}"
+        );
     }
 }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use floodgate_core::{Block, Check, Decision, Error, MemoryStore, Policy, Store};
-use floodgate_redis::{RedisConfig, RedisStore};
+use floodgate_redis::{RedisConfig, RedisStore, Topology};
 
-use crate::config::{Backend, StoreSettings};
+use crate::config::{Backend, RedisLayout, StoreSettings};
 
 /// The memory or the Redis store.
 #[derive(Debug, Clone)]
@@ -19,13 +19,28 @@ pub enum AnyStore {
 
 impl AnyStore {
     /// The store for `settings`. Redis is connected lazily: a Redis that is
-    /// down at start-up makes calls fail (and `on_error` apply) until it is up.
+    /// down at start-up makes calls fail (and `on_error` apply) until it is
+    /// up; so do Sentinels that have not named a primary yet.
     pub fn open(settings: &StoreSettings) -> anyhow::Result<Self> {
         Ok(match &settings.backend {
             Backend::Memory => AnyStore::Memory(MemoryStore::new(settings.max_keys)),
             Backend::Redis { urls } => {
-                let url = urls.first().cloned().unwrap_or_default();
-                let config = RedisConfig::new(url)
+                let topology = match &settings.redis_layout {
+                    RedisLayout::Standalone => Topology::Standalone {
+                        url: urls.first().cloned().unwrap_or_default(),
+                    },
+                    RedisLayout::Cluster => Topology::Cluster { urls: urls.clone() },
+                    RedisLayout::Sentinel {
+                        master,
+                        primary_url,
+                    } => Topology::Sentinel {
+                        sentinels: urls.clone(),
+                        master: master.clone(),
+                        primary_url: primary_url.clone(),
+                    },
+                };
+                let config = RedisConfig::with_topology(topology)
+                    .with_tls(settings.tls.clone())
                     .with_prefix(settings.prefix.clone())
                     .with_timeout(settings.timeout);
                 AnyStore::Redis(RedisStore::new(config)?)
