@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every floodgate test: formatting, lints, unit, property and integration
 # tests against real servers. Installs what the tests need when it is missing
-# (redis-server and nginx from Debian, pm2 from npm), starts a shared
+# (redis-server, redis-cli and nginx from Debian, openssl for the TLS tests'
+# certificates, a C compiler for ring, pm2 from npm), starts a shared
 # redis-server on a free port for the tests that only need "a Redis", and
 # stops it on exit. Tests that kill or restart Redis start their own instances
-# on their own free ports; the deploy end-to-end tests start their own nginx
+# on their own free ports, as do the Redis Cluster, Sentinel and TLS tests; the deploy end-to-end tests start their own nginx
 # and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 [ -n "$(find_nginx)" ] || need_apt+=(nginx)
 command -v pm2 >/dev/null 2>&1 || command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
