@@ -366,8 +366,19 @@ impl Problems {
 
     fn unknown(&mut self, section: &str, unknown: &Unknown, known: &[&str]) {
         for name in unknown.keys() {
-            let at = if section.is_empty() {
+            // A name TOML writes bare as it is; any other (empty, spaces,
+            // newlines) quoted, so the place is never blank or split.
+            let bare = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let name = if bare {
                 name.clone()
+            } else {
+                format!("{name:?}")
+            };
+            let at = if section.is_empty() {
+                name
             } else {
                 format!("{section} {name}")
             };
@@ -1342,5 +1353,18 @@ mod tests {
             problems[1].starts_with("store.tls_ca_file: TLS CA certificate"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn an_unknown_field_with_an_odd_name_is_named_quoted() {
+        for (text, at) in [
+            ("\"\" = 1", "\"\""),
+            ("[server]\n\"\" = 1", "server \"\""),
+            ("\"x\\n\" = 1", "\"x\\n\""),
+            ("[server]\nlisten_on = 1", "server listen_on"),
+        ] {
+            let err = parse(text, None, &Overrides::default()).expect_err("an unknown field");
+            assert_eq!(err.problems[0].at, at, "{text:?}");
+        }
     }
 }
