@@ -296,6 +296,12 @@ pub struct RedisConfig {
     /// the time source and Redis' clock. A key kept after its state expired
     /// reads as empty, so the margin never changes a decision.
     pub ttl_margin: Duration,
+    /// Whether concurrent checks share script calls (default on): while
+    /// earlier calls are on their way, the batches of requests that arrive
+    /// meanwhile go together in the next call, each still decided
+    /// atomically and in turn. Same decisions, less work per decision in
+    /// Redis and here; off, every batch is a call of its own.
+    pub coalesce: bool,
 }
 
 impl RedisConfig {
@@ -335,6 +341,7 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             time_source: TimeSource::Server,
             ttl_margin: DEFAULT_TTL_MARGIN,
+            coalesce: true,
         }
     }
 
@@ -386,6 +393,12 @@ impl RedisConfig {
         if let Topology::Sentinel { primary_url, .. } = &mut self.topology {
             *primary_url = Some(url.into());
         }
+        self
+    }
+
+    /// Sets [`RedisConfig::coalesce`].
+    pub fn with_coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
         self
     }
 

@@ -12,6 +12,7 @@ use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
 use tokio::time::Instant;
 
+use crate::coalesce::{Coalescer, QueuedCheck, Runner};
 use crate::config::{ConfigError, RedisConfig, TimeSource};
 use crate::connection::{Conn, Link};
 use crate::error::{bad_reply, store_error};
@@ -56,6 +57,9 @@ struct Inner {
     config: RedisConfig,
     /// `config.ttl_margin` in whole milliseconds, rounded up, as the scripts take it.
     margin_ms: u64,
+    /// Shares script calls between concurrent checks: `config.coalesce`,
+    /// not on a cluster (a call's keys must share one slot there).
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -100,12 +104,14 @@ impl RedisStore {
         }
         let link = Link::open(&config)?;
         let margin_ms = micros_of(config.ttl_margin).div_ceil(1000);
+        let coalescer = (config.coalesce && !link.is_cluster()).then(Arc::default);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 link,
                 keys: KeyLayout::new(&config.prefix),
                 config,
                 margin_ms,
+                coalescer,
             }),
         })
     }
@@ -285,6 +291,18 @@ impl RedisStore {
         if reply.len() != n * DECISION_FIELDS {
             return Err(bad_reply(what, format!("{} integers", reply.len())));
         }
+        self.decisions(deadline, checks, group, &reply).await
+    }
+
+    /// The decisions of `group` (indices into `checks`) from its part of a
+    /// `check.lua` reply; lists every penalty block the call started.
+    async fn decisions(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        group: &[usize],
+        reply: &[i64],
+    ) -> Result<Vec<Decision>, Error> {
         let mut decisions = Vec::with_capacity(group.len());
         for (&i, fields) in group.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
             let c = &checks[i];
@@ -294,6 +312,32 @@ impl RedisStore {
             }
         }
         Ok(decisions)
+    }
+
+    /// [`Store::check`] of a batch through the coalescer: one call shared
+    /// with the batches of other requests waiting at the same time.
+    async fn check_coalesced(
+        &self,
+        coalescer: &Arc<Coalescer>,
+        deadline: Instant,
+        checks: &[Check<'_>],
+    ) -> Result<Vec<Decision>, Error> {
+        let keys = &self.inner.keys;
+        let queued = checks
+            .iter()
+            .map(|c| QueuedCheck {
+                state_key: keys.state(c.rule, c.key),
+                block_key: keys.block(c.rule, c.key),
+                policy: c.policy.clone(),
+                cost: c.cost,
+                shadow: c.shadow,
+            })
+            .collect();
+        let reply = coalescer
+            .check(self, queued, deadline, self.inner.config.timeout)
+            .await?;
+        let all: Vec<usize> = (0..checks.len()).collect();
+        self.decisions(deadline, checks, &all, &reply).await
     }
 
     /// [`RedisStore::run_group`] for each of `groups`, concurrently.
@@ -388,7 +432,7 @@ fn penalty_reason(rule: &str) -> String {
 
 /// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads;
 /// its `block_for` as 0 unless `penalties`.
-fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
+pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
     let block_for = if penalties {
         policy.block_for_us().unwrap_or(0)
     } else {
@@ -400,6 +444,20 @@ fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
         .arg(policy.burst())
         .arg(policy.emission_interval_us())
         .arg(block_for);
+}
+
+impl Runner for RedisStore {
+    fn now_arg(&self) -> String {
+        RedisStore::now_arg(self)
+    }
+
+    fn margin_ms(&self) -> u64 {
+        self.inner.margin_ms
+    }
+
+    async fn run(&self, call: ScriptCall, deadline: Instant) -> Result<Vec<i64>, Error> {
+        self.invoke(deadline, "check", &call).await
+    }
 }
 
 /// A decision from the six integers a script returns for one check.
@@ -463,6 +521,9 @@ impl Store for RedisStore {
             if groups.len() > 1 {
                 return self.check_across_slots(deadline, checks, &groups).await;
             }
+        }
+        if let Some(coalescer) = &self.inner.coalescer {
+            return self.check_coalesced(coalescer, deadline, checks).await;
         }
         let all: Vec<usize> = (0..checks.len()).collect();
         self.run_group(deadline, checks, &all, Mode::Commit).await

@@ -51,19 +51,12 @@ local function read_policy(at)
   return p
 end
 
--- The counting state of `key` for policy `p`; nil when there is none or it
--- belongs to another algorithm.
-local function load_state(key, p)
-  if p.algorithm == 'sliding_log' then
-    local n = redis.pcall('LLEN', key)
-    if type(n) ~= 'number' then
-      return nil -- WRONGTYPE: a string of another algorithm
-    end
-    return { key = key, n = n }
-  end
-  local v = redis.pcall('GET', key)
+-- The counting state a string value `v` encodes for policy `p` (not
+-- sliding_log); nil when `v` is not a string (absent: false) or encodes
+-- another algorithm's state.
+local function decode_state(v, p)
   if type(v) ~= 'string' then
-    return nil -- absent, or a sliding log's list
+    return nil
   end
   if p.algorithm == 'fixed_window' then
     local start, count = string.match(v, '^f(%d+):(%d+)$')
@@ -82,6 +75,20 @@ local function load_state(key, p)
     end
   end
   return nil
+end
+
+-- The counting state of `key` for policy `p`; nil when there is none or it
+-- belongs to another algorithm.
+local function load_state(key, p)
+  if p.algorithm == 'sliding_log' then
+    local n = redis.pcall('LLEN', key)
+    if type(n) ~= 'number' then
+      return nil -- WRONGTYPE: a string of another algorithm
+    end
+    return { key = key, n = n }
+  end
+  -- A sliding log's list answers WRONGTYPE, an error table: no state.
+  return decode_state(redis.pcall('GET', key), p)
 end
 
 -- fixed_window.rs -----------------------------------------------------------
@@ -257,26 +264,30 @@ local function decide(s, p, now, cost)
   error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
 end
 
--- LimitState::commit, then a TTL at the state's expires_at (plus margin), in
--- the same script call: no key ever lives without a TTL.
-local function commit(key, p, now, cost, margin_ms)
-  -- Read again: an earlier check of the same batch may have committed here.
-  local s = load_state(key, p)
+-- LimitState::commit on state `s` (as `key` holds it now), then a TTL at the
+-- state's expires_at (plus margin), in the same script call: no key ever
+-- lives without a TTL. Returns the string now stored at `key`, or false for
+-- a sliding log (a list).
+local function commit(key, s, p, now, cost, margin_ms)
   if p.algorithm == 'fixed_window' then
     local start, count = fixed_window_current(s, p, now)
     local v = 'f' .. int(start) .. ':' .. int(count + cost)
     redis.call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
+    return v
   elseif p.algorithm == 'sliding_window' then
     local start, previous, current = sliding_window_roll(s, p, now)
     local v = 's' .. int(start) .. ':' .. int(previous) .. ':' .. int(current + cost)
     redis.call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
+    return v
   elseif p.algorithm == 'token_bucket' then
     local tat = now
     if s then
       tat = math.max(s.tat, now)
     end
     tat = tat + p.emission * cost
-    redis.call('SET', key, 't' .. int(tat), 'PX', int(ttl_ms(tat, now, margin_ms)))
+    local v = 't' .. int(tat)
+    redis.call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
+    return v
   elseif p.algorithm == 'sliding_log' then
     local back = nil
     if s == nil then
@@ -307,9 +318,9 @@ local function commit(key, p, now, cost, margin_ms)
       left = left - chunk
     end
     redis.call('PEXPIRE', key, int(ttl_ms(stamp + p.window, now, margin_ms)))
-  else
-    error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
+    return false
   end
+  error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
 end
 
 -- The penalty block end stored at `block_key` (µs), 0 for none.

@@ -10,6 +10,7 @@
 
 mod blocks;
 mod cluster;
+mod coalesce;
 mod conformance;
 mod exact;
 mod expiry;

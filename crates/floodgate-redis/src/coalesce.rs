@@ -1,0 +1,221 @@
+//! Coalescing: the decision batches of concurrent requests share one script
+//! call.
+//!
+//! `check.lua` decides several batches in one call, one after the other,
+//! each atomically and on the state the batches before it left: the same
+//! decisions as one call per batch. What is shared is the cost of a call —
+//! in Redis, running `EVALSHA`, setting up the script and reading `TIME`
+//! (about a third of Redis' work for a one-check call); here, the command,
+//! the socket writes and reads, and the wake-ups.
+//!
+//! Calls are sent at once while fewer than [`MAX_IN_FLIGHT`] are on their
+//! way, so an idle store adds no wait. When that many are out, batches
+//! queue, and the next call to go takes every batch queued by then (up to
+//! [`MAX_CHECKS_PER_CALL`] checks): the busier the store, the more each call
+//! carries. Calls run in tasks of their own, so a request that gives up
+//! (its caller's timeout, a dropped connection) never strands the batches
+//! that share its call.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use floodgate_core::{Error, Policy, StoreError};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::scripts::{self, ScriptCall};
+
+/// Calls of `check.lua` on their way at once, per store. Two keep Redis
+/// busy while the previous call's reply travels back and is handed out.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// Checks one call carries at most (a single larger batch still goes, alone).
+pub(crate) const MAX_CHECKS_PER_CALL: usize = 128;
+
+/// Integers per check in a `check.lua` reply.
+const FIELDS: usize = 6;
+
+/// What a coalesced call needs from the store that runs it.
+pub(crate) trait Runner: Clone + Send + Sync + 'static {
+    /// ARGV[1]: the time source's now (µs), or empty for Redis' clock.
+    fn now_arg(&self) -> String;
+    /// ARGV[2]: the TTL margin in ms.
+    fn margin_ms(&self) -> u64;
+    /// Runs `call` within `deadline`.
+    fn run(
+        &self,
+        call: ScriptCall,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
+}
+
+/// One check of a queued batch, with its key names already written.
+pub(crate) struct QueuedCheck {
+    pub(crate) state_key: String,
+    pub(crate) block_key: String,
+    pub(crate) policy: Policy,
+    pub(crate) cost: u64,
+    pub(crate) shadow: bool,
+}
+
+/// One request's batch, waiting for a call.
+struct Job {
+    checks: Vec<QueuedCheck>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<i64>, Error>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    in_flight: usize,
+}
+
+/// The queue of batches waiting for a call, shared by a store's clones.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    queue: Mutex<Queue>,
+}
+
+impl Coalescer {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // The queue is consistent after every statement: a panic elsewhere
+        // while it was held leaves nothing half done.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides `checks` (a validated, non-empty batch) in a call shared with
+    /// whatever other batches are waiting; the six reply integers per check.
+    /// Fails with a timeout at `deadline`.
+    pub(crate) async fn check<R: Runner>(
+        self: &Arc<Self>,
+        runner: &R,
+        checks: Vec<QueuedCheck>,
+        deadline: Instant,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<i64>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            checks,
+            deadline,
+            reply: tx,
+        };
+        let call = {
+            let mut queue = self.lock();
+            queue.jobs.push_back(job);
+            take_call(&mut queue)
+        };
+        if let Some(jobs) = call {
+            tokio::spawn(run_calls(Arc::clone(self), runner.clone(), jobs));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            // The call's task ended without a word: it cannot, short of a
+            // panic in it.
+            Ok(Err(_)) => Err(Error::Store(StoreError::new(
+                floodgate_core::StoreErrorKind::Other,
+                "redis check: the call carrying this batch was lost",
+            ))),
+            Err(_) => Err(Error::Store(StoreError::timeout(timeout))),
+        }
+    }
+}
+
+/// When another call may go, takes the batches it carries off the queue
+/// (and counts it as in flight).
+fn take_call(queue: &mut Queue) -> Option<Vec<Job>> {
+    if queue.in_flight >= MAX_IN_FLIGHT {
+        return None;
+    }
+    let mut jobs = Vec::new();
+    let mut checks = 0;
+    while let Some(job) = queue.jobs.front() {
+        if job.reply.is_closed() {
+            // Its request gave up: deciding it now would spend quota nobody
+            // is told about.
+            queue.jobs.pop_front();
+            continue;
+        }
+        if !jobs.is_empty() && checks + job.checks.len() > MAX_CHECKS_PER_CALL {
+            break;
+        }
+        checks += job.checks.len();
+        jobs.extend(queue.jobs.pop_front());
+    }
+    if jobs.is_empty() {
+        return None;
+    }
+    queue.in_flight += 1;
+    Some(jobs)
+}
+
+/// Runs calls until the queue has nothing for this task to take.
+async fn run_calls<R: Runner>(coalescer: Arc<Coalescer>, runner: R, mut jobs: Vec<Job>) {
+    loop {
+        run_call(&runner, jobs).await;
+        let next = {
+            let mut queue = coalescer.lock();
+            queue.in_flight -= 1;
+            take_call(&mut queue)
+        };
+        match next {
+            Some(more) => jobs = more,
+            None => return,
+        }
+    }
+}
+
+/// One `check.lua` call for `jobs`; hands each its part of the reply.
+async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
+    let checks: usize = jobs.iter().map(|j| j.checks.len()).sum();
+    let deadline = jobs.iter().map(|j| j.deadline).max();
+    let Some(deadline) = deadline else { return };
+    let mut call = ScriptCall::new(&scripts::CHECK, 2 * checks, 3 + 8 * checks);
+    for c in jobs.iter().flat_map(|j| &j.checks) {
+        call.key(c.state_key.as_str()).key(c.block_key.as_str());
+    }
+    let sizes = jobs
+        .iter()
+        .map(|j| j.checks.len().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    call.arg(runner.now_arg())
+        .arg(runner.margin_ms())
+        .arg(sizes);
+    for c in jobs.iter().flat_map(|j| &j.checks) {
+        crate::store::push_policy(&mut call, &c.policy, true);
+        call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
+    }
+    match runner.run(call, deadline).await {
+        Ok(reply) if reply.len() == checks * FIELDS => {
+            let mut rest = reply.as_slice();
+            for job in jobs {
+                let (mine, tail) = rest.split_at(job.checks.len() * FIELDS);
+                rest = tail;
+                let _ = job.reply.send(Ok(mine.to_vec()));
+            }
+        }
+        Ok(reply) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(crate::error::bad_reply(
+                    "check",
+                    format!("{} integers for {checks} checks", reply.len()),
+                )));
+            }
+        }
+        Err(e) => {
+            let (kind, message) = match &e {
+                Error::Store(s) => (s.kind(), s.to_string()),
+                other => (floodgate_core::StoreErrorKind::Other, other.to_string()),
+            };
+            let mut first = Some(e);
+            for job in jobs {
+                let error = first
+                    .take()
+                    .unwrap_or_else(|| Error::Store(StoreError::new(kind, message.clone())));
+                let _ = job.reply.send(Err(error));
+            }
+        }
+    }
+}
