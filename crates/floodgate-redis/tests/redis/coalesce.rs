@@ -67,7 +67,7 @@ async fn check_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
             .first()
             .is_some_and(|v| text(v).eq_ignore_ascii_case("evalsha"));
         let keys: u64 = argv.get(2).map_or(0, |v| text(v).parse().unwrap_or(0));
-        if is_evalsha && keys >= 2 && keys % 2 == 0 {
+        if is_evalsha && keys >= 2 && keys.is_multiple_of(2) {
             calls += 1;
         }
     }
