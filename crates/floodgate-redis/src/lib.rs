@@ -5,9 +5,10 @@
 //! request, with the same arithmetic as floodgate-core's in-memory store.
 //!
 //! - [`RedisStore`] implements [`floodgate_core::Store`]. A batch of checks
-//!   is one `EVALSHA` (reloaded after `NOSCRIPT`) on a multiplexed
-//!   connection that reconnects in the background; every call is bounded by
-//!   a timeout and fails with a typed [`floodgate_core::StoreError`].
+//!   is decided atomically by one `EVALSHA` (reloaded after `NOSCRIPT`) on a
+//!   multiplexed connection that reconnects in the background; the batches
+//!   of concurrent requests share calls (coalescing); every call is bounded
+//!   by a timeout and fails with a typed [`floodgate_core::StoreError`].
 //! - [`RedisConfig`]: where Redis is ([`Topology`]: one server, a Redis
 //!   Cluster, or a primary behind Sentinels), TLS certificates
 //!   ([`TlsOptions`], for `rediss://`), key prefix, timeout and

@@ -34,6 +34,11 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 ///   floodgate-core, so N instances admit exactly what one would (on a
 ///   Redis Cluster, a batch naming several client keys is the exception:
 ///   see [`RedisStore::check`](#method.check)).
+/// - Concurrent checks share calls ([`RedisConfig::coalesce`], on by default,
+///   not on a cluster): while calls are on their way, the batches of
+///   requests arriving meanwhile go together in the next one, each still
+///   decided atomically and in turn — the same decisions, for less work per
+///   decision in Redis and in this process.
 /// - Calls share one multiplexed connection (pipelined on one socket), which
 ///   reconnects in the background after Redis goes away; scripts are reloaded
 ///   after `NOSCRIPT` (on a cluster, on every primary). On a cluster each
