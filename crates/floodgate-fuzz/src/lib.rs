@@ -102,11 +102,7 @@ impl FromStr for Target {
 /// happened; failures are also printed to stderr as they occur.
 pub fn fuzz_target(target: Target, iterations: u64, seed: u64) -> Report {
     match target {
-        Target::Config => fuzz(
-            &mut targets::config::ConfigTarget::default(),
-            iterations,
-            seed,
-        ),
+        Target::Config => fuzz(&mut targets::config::ConfigTarget, iterations, seed),
         Target::Identity => fuzz(
             &mut targets::identity::IdentityTarget::new(),
             iterations,
@@ -131,13 +127,19 @@ pub fn run(target: Target, iterations: u64, seed: u64) {
 }
 
 /// Runs the one input of `input_seed` (from a failure report) again: its
-/// weight, or the failure.
-pub fn replay(target: Target, input_seed: u64) -> Result<u64, Failure> {
-    fn one<T: FuzzTarget>(mut t: T, seed: u64) -> Result<u64, Failure> {
-        run_one(&mut t, seed)
+/// weight and the known bugs it hit, or the failure.
+pub fn replay(target: Target, input_seed: u64) -> Result<(u64, Vec<&'static str>), Failure> {
+    fn one<T: FuzzTarget>(mut t: T, seed: u64) -> Result<(u64, Vec<&'static str>), Failure> {
+        let weight = run_one(&mut t, seed)?;
+        let known = t
+            .known_issues()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(bug, _)| bug);
+        Ok((weight, known.collect()))
     }
     match target {
-        Target::Config => one(targets::config::ConfigTarget::default(), input_seed),
+        Target::Config => one(targets::config::ConfigTarget, input_seed),
         Target::Identity => one(targets::identity::IdentityTarget::new(), input_seed),
         Target::Api => one(targets::json_api::JsonApiTarget::new(), input_seed),
         Target::Lua => one(targets::lua::LuaTarget::new(), input_seed),

@@ -79,8 +79,11 @@ fn main() -> ExitCode {
     if let Some(seed) = args.replay {
         let target = args.targets[0];
         return match replay(target, seed) {
-            Ok(_) => {
+            Ok((_, known)) => {
                 println!("{target} input {seed:#018x}: passes");
+                for bug in known {
+                    println!("  but hits a known bug: {bug}");
+                }
                 ExitCode::SUCCESS
             }
             Err(failure) => {

@@ -17,7 +17,8 @@
 //! - no panic and no Redis or script error: the only errors are the
 //!   documented validation errors, identical from both stores;
 //! - Redis and memory agree on every outcome: whole decisions, peeks,
-//!   resets, blocks and listings.
+//!   resets, blocks and listings (but for one known, reported bug,
+//!   [`REVIVED_AFTER_STEP_BACK`], which ends the comparison of its case).
 
 use std::fmt;
 use std::sync::Arc;
@@ -124,7 +125,18 @@ pub struct LuaTarget {
     clock: ManualClock,
     redis: RedisStore,
     admin: redis::aio::MultiplexedConnection,
+    /// Cases that hit [`REVIVED_AFTER_STEP_BACK`].
+    revived: u64,
 }
+
+/// Known bug, reported and not fixed here (the stores belong to
+/// floodgate-core and floodgate-redis): once the clock steps back, a block
+/// that had ended is in force again. The memory store lists it and lifts
+/// it; Redis has dropped it from its registry (when it was listed after it
+/// ended, or at once for a zero TTL), so it neither lists nor lifts it,
+/// while a penalty's own key still refuses the client. The rest of such a
+/// case is not compared. Reproducer: `tests/found_bugs.rs`.
+pub const REVIVED_AFTER_STEP_BACK: &str = "after the clock steps back, an ended block is in force again: memory lists and lifts it, Redis neither";
 
 impl fmt::Debug for LuaTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,6 +180,7 @@ impl LuaTarget {
             clock,
             redis,
             admin,
+            revived: 0,
         }
     }
 }
@@ -193,7 +206,7 @@ impl FuzzTarget for LuaTarget {
         let clock = self.clock.clone();
         let redis = self.redis.clone();
         let mut admin = self.admin.clone();
-        self.runtime.block_on(async move {
+        let revived = self.runtime.block_on(async move {
             redis::cmd("FLUSHDB")
                 .query_async::<()>(&mut admin)
                 .await
@@ -201,14 +214,26 @@ impl FuzzTarget for LuaTarget {
             let memory = MemoryStore::with_clock(1_000_000, Arc::new(clock.clone()));
             let m = run(&memory, &clock, case).await;
             let r = run(&redis, &clock, case).await;
+            let step_back = case.ops.iter().position(|op| matches!(op, Op::StepBack(_)));
             for (i, (m, r)) in m.iter().zip(&r).enumerate() {
+                if m != r && step_back.is_some_and(|s| s < i) && revived_in_memory(m, r) {
+                    return true;
+                }
                 assert_eq!(
                     m, r,
                     "operation {i} ({:?}) differs: memory left, redis right",
                     case.ops[i]
                 );
             }
+            false
         });
+        if revived {
+            self.revived += 1;
+        }
+    }
+
+    fn known_issues(&self) -> Vec<(&'static str, u64)> {
+        vec![(REVIVED_AFTER_STEP_BACK, self.revived)]
     }
 
     fn describe(&self, case: &LuaCase) -> String {
@@ -217,6 +242,18 @@ impl FuzzTarget for LuaTarget {
 
     fn weight(&self, case: &LuaCase) -> u64 {
         case.ops.len() as u64
+    }
+}
+
+/// Whether two outcomes differ only by blocks the memory store holds in
+/// force and Redis does not: [`REVIVED_AFTER_STEP_BACK`].
+fn revived_in_memory(memory: &Outcome, redis: &Outcome) -> bool {
+    match (memory, redis) {
+        (Outcome::Blocks(m), Outcome::Blocks(r)) => {
+            m.len() > r.len() && r.iter().all(|b| m.contains(b))
+        }
+        (Outcome::Removed(true), Outcome::Removed(false)) => true,
+        _ => false,
     }
 }
 
@@ -490,12 +527,9 @@ fn generate(rng: &mut Rng) -> LuaCase {
             19 => Op::Reset { rule: r, key: k },
             20 => Op::AddBlock {
                 key: k,
-                // From 1 µs: a block of zero TTL has already ended. (Not
-                // zero: Redis drops such a block at once while memory keeps
-                // it, and it revives there when the clock steps back; the
-                // admin API never asks for less than 1 ms.)
+                // Zero: a block that has ended when it is made.
                 ttl_us: match rng.below(4) {
-                    0 => *rng.pick(&[1, MS, MAX_WINDOW.as_micros() as u64]),
+                    0 => *rng.pick(&[0, 1, MS, MAX_WINDOW.as_micros() as u64]),
                     _ => rng.range(1, 10_000_000),
                 },
                 reason: {
