@@ -8,13 +8,14 @@
 //! (about a third of Redis' work for a one-check call); here, the command,
 //! the socket writes and reads, and the wake-ups.
 //!
-//! Calls are sent at once while fewer than [`MAX_IN_FLIGHT`] are on their
-//! way, so an idle store adds no wait. When that many are out, batches
-//! queue, and the next call to go takes every batch queued by then (up to
-//! [`MAX_CHECKS_PER_CALL`] checks): the busier the store, the more each call
-//! carries. Calls run in tasks of their own, so a request that gives up
-//! (its caller's timeout, a dropped connection) never strands the batches
-//! that share its call.
+//! While fewer than [`MAX_IN_FLIGHT`] calls are on their way and nothing
+//! waits, a request makes its own call at once, from its own task
+//! ([`Coalescer::try_lead`]): an idle store adds neither wait nor work. When
+//! that many are out, batches queue, and the next call to go takes every
+//! batch queued by then (up to [`MAX_CHECKS_PER_CALL`] checks): the busier
+//! the store, the more each call carries. Shared calls run in tasks of their
+//! own, so a request that gives up (its caller's timeout, a dropped
+//! connection) never strands the batches that share its call.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -78,11 +79,47 @@ pub(crate) struct Coalescer {
     queue: Mutex<Queue>,
 }
 
+/// A call a request makes alone, counted in flight until dropped. Dropping
+/// it (the call done, or the request given up) hands whatever queued
+/// meanwhile to a call of its own.
+pub(crate) struct Lead<R: Runner> {
+    coalescer: Arc<Coalescer>,
+    runner: R,
+}
+
+impl<R: Runner> Drop for Lead<R> {
+    fn drop(&mut self) {
+        let next = {
+            let mut queue = self.coalescer.lock();
+            queue.in_flight -= 1;
+            take_call(&mut queue)
+        };
+        if let Some(jobs) = next {
+            spawn_calls(&self.coalescer, &self.runner, jobs);
+        }
+    }
+}
+
 impl Coalescer {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // The queue is consistent after every statement: a panic elsewhere
         // while it was held leaves nothing half done.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When nothing waits and another call may go, the caller's batch may
+    /// be sent alone, now, by the caller: the returned guard counts that
+    /// call in flight until dropped.
+    pub(crate) fn try_lead<R: Runner>(self: &Arc<Self>, runner: &R) -> Option<Lead<R>> {
+        let mut queue = self.lock();
+        if !queue.jobs.is_empty() || queue.in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        queue.in_flight += 1;
+        Some(Lead {
+            coalescer: Arc::clone(self),
+            runner: runner.clone(),
+        })
     }
 
     /// Decides `checks` (a validated, non-empty batch) in a call shared with
@@ -107,7 +144,7 @@ impl Coalescer {
             take_call(&mut queue)
         };
         if let Some(jobs) = call {
-            tokio::spawn(run_calls(Arc::clone(self), runner.clone(), jobs));
+            spawn_calls(self, runner, jobs);
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
@@ -148,6 +185,21 @@ fn take_call(queue: &mut Queue) -> Option<Vec<Job>> {
     }
     queue.in_flight += 1;
     Some(jobs)
+}
+
+/// Runs the call of `jobs`, and the ones after it, in a task of their own.
+fn spawn_calls<R: Runner>(coalescer: &Arc<Coalescer>, runner: &R, jobs: Vec<Job>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(run_calls(Arc::clone(coalescer), runner.clone(), jobs));
+        }
+        // The runtime is shutting down (a guard dropped by its last tasks):
+        // nobody is left to wait for these replies, and dropping the jobs
+        // tells anyone who is that their call is lost.
+        Err(_) => {
+            coalescer.lock().in_flight -= 1;
+        }
+    }
 }
 
 /// Runs calls until the queue has nothing for this task to take.

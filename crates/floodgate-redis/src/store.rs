@@ -527,11 +527,14 @@ impl Store for RedisStore {
                 return self.check_across_slots(deadline, checks, &groups).await;
             }
         }
-        if let Some(coalescer) = &self.inner.coalescer {
-            return self.check_coalesced(coalescer, deadline, checks).await;
-        }
         let all: Vec<usize> = (0..checks.len()).collect();
-        self.run_group(deadline, checks, &all, Mode::Commit).await
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.run_group(deadline, checks, &all, Mode::Commit).await;
+        };
+        match coalescer.try_lead(self) {
+            Some(_lead) => self.run_group(deadline, checks, &all, Mode::Commit).await,
+            None => self.check_coalesced(coalescer, deadline, checks).await,
+        }
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

@@ -197,3 +197,56 @@ async fn shared_calls_decide_exactly_as_one_call_per_batch() {
     );
     assert!(decisions.iter().filter(|d| d.allowed).count() > 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_give_up_mid_call_leave_the_store_working() {
+    // Callers that stop waiting (an outer timeout, a closed connection) drop
+    // their futures in the middle of a call they lead or a call they wait
+    // for. The calls still in flight must be counted out, or the store
+    // would queue every later request forever.
+    let redis = RedisServer::start();
+    let store = store_on(&redis, "coalesce-give-up");
+    let policy = Policy::new(Algorithm::TokenBucket, 1_000, Duration::from_secs(60)).unwrap();
+    let mut conn = raw_connection(&redis.url()).await;
+    store
+        .check(&[Check::new("give-up", &policy, "warm-up", 1)])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(300)
+            .arg("WRITE")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut impatient = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            let policy = policy.clone();
+            impatient.push(tokio::spawn(async move {
+                let key = format!("ip:192.0.2.{i}");
+                let check = Check::new("give-up", &policy, &key, 1);
+                tokio::time::timeout(Duration::from_millis(30), store.check(&[check]))
+                    .await
+                    .is_err()
+            }));
+        }
+        for task in impatient {
+            assert!(
+                task.await.unwrap(),
+                "a check answered while Redis was paused"
+            );
+        }
+        // Redis answers again: every request gets its answer.
+        for i in 0..20 {
+            let key = format!("ip:198.51.100.{i}");
+            let check = Check::new("give-up", &policy, &key, 1);
+            let decision = tokio::time::timeout(Duration::from_secs(3), store.check(&[check]))
+                .await
+                .expect("a check after the pause never answered")
+                .unwrap();
+            assert!(decision[0].allowed);
+        }
+    }
+}
