@@ -5,8 +5,9 @@
 //!
 //! - [`free_port`]: a loopback TCP port nobody listens on right now.
 //! - [`RedisServer`]: a private `redis-server` (no persistence, its own
-//!   temporary directory) that tests may kill, stop and restart on the same
-//!   port; killed when dropped.
+//!   temporary directory) that tests may kill, freeze, stop and restart on
+//!   the same port; killed when dropped. [`RedisServer::start_persistent`]
+//!   keeps its data across restarts in an append-only file.
 //! - [`shared_redis_url`]: one Redis for every test of a test binary that only
 //!   needs "a Redis": `$FLOODGATE_TEST_REDIS_URL` when set (`scripts/test.sh`
 //!   starts one), else a server spawned on first use. Tests sharing it keep
@@ -93,15 +94,20 @@ pub fn shared_redis_url() -> String {
 }
 
 /// A `redis-server` process of this test's own, on a free loopback port, with
-/// persistence off and a temporary working directory. Killed (and its
+/// a temporary working directory and, unless started with
+/// [`RedisServer::start_persistent`], persistence off. Killed (and its
 /// directory removed) when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
     /// The port it listens on; kept across [`RedisServer::restart`] so clients
     /// can reconnect to the same address.
     port: u16,
-    /// Its working directory (and log file); removed on drop.
+    /// Its working directory (log file, and the append-only file of a
+    /// persistent server); kept across restarts, removed on drop.
     dir: PathBuf,
+    /// Whether every write goes to an append-only file, fsynced before the
+    /// reply, so that a restarted server has the data back.
+    persistent: bool,
     /// The running process, or `None` after `kill`/`stop`.
     child: Option<Child>,
 }
@@ -113,13 +119,35 @@ impl RedisServer {
     /// When `redis-server` is not installed (with instructions to install it)
     /// or does not come up within a few seconds (with its log).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`RedisServer::start`] with AOF persistence (`appendonly yes`,
+    /// `appendfsync always`): every write acknowledged to a client is in the
+    /// append-only file, and a server restarted with
+    /// [`RedisServer::restart`], even after [`RedisServer::kill`], loads it
+    /// back. Its directory is on tmpfs where there is one (see
+    /// `memory_backed_dir`).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         ensure_redis_server_installed();
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
             let mut server = RedisServer {
                 port,
-                dir: temp_dir(port),
+                dir: if persistent {
+                    memory_backed_dir(port)
+                } else {
+                    temp_dir(port)
+                },
+                persistent,
                 child: None,
             };
             match server.spawn() {
@@ -144,6 +172,64 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open but nothing is
+    /// answered, as with a server stuck in a long command or swapped out.
+    ///
+    /// # Panics
+    /// When the server is not running or the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a [`RedisServer::pause`]d process run again (SIGCONT); it then
+    /// answers everything that was sent to it meanwhile.
+    ///
+    /// # Panics
+    /// As [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("SIG{name} to a redis-server that is not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("running kill -{name} {pid}: {e}"));
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// Sends one command on a connection of its own and returns the reply:
+    /// simple strings, integers and bulk strings as their text, arrays as
+    /// their elements one per line, a nil as an empty string; an error reply
+    /// (or no reply within 5 s) as `Err`.
+    ///
+    /// The connection is a normal client, but `CLIENT KILL` skips the
+    /// connection that sends it, so `command(&["CLIENT", "KILL", "TYPE",
+    /// "normal"])` drops every other client and answers how many.
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        let mut conn = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1))
+            .map_err(|e| format!("connecting to {}: {e}", self.addr()))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        conn.write_all(&request).map_err(|e| e.to_string())?;
+        read_reply(&mut std::io::BufReader::new(conn))
     }
 
     /// Whether the process is running.
@@ -184,7 +270,9 @@ impl RedisServer {
     }
 
     /// Stops the server if it runs, then starts a new one on the same port
-    /// (with an empty data set: nothing is persisted) and waits for `PING`.
+    /// and working directory and waits for `PING`. The data set is empty,
+    /// unless the server is [persistent](RedisServer::start_persistent):
+    /// then it is what the append-only file holds.
     ///
     /// # Panics
     /// When the new server does not come up.
@@ -200,11 +288,13 @@ impl RedisServer {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         let log = self.dir.join("redis.log");
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", appendonly])
+            .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -282,6 +372,43 @@ fn ensure_redis_server_installed() {
     });
 }
 
+/// Reads one RESP reply (see [`RedisServer::command`]).
+fn read_reply(reader: &mut impl std::io::BufRead) -> Result<String, String> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .map_err(|e| format!("reading a reply: {e}"))?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at_checked(1).ok_or("the connection closed")?;
+    let number = || {
+        rest.parse::<i64>()
+            .map_err(|_| format!("bad length in reply {line:?}"))
+    };
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(rest.to_owned()),
+        "$" => {
+            let Ok(len) = usize::try_from(number()?) else {
+                return Ok(String::new());
+            };
+            let mut data = vec![0; len + 2];
+            reader
+                .read_exact(&mut data)
+                .map_err(|e| format!("reading a bulk reply: {e}"))?;
+            data.truncate(len);
+            Ok(String::from_utf8_lossy(&data).into_owned())
+        }
+        "*" => {
+            let count = usize::try_from(number()?).unwrap_or(0);
+            let items = (0..count)
+                .map(|_| read_reply(reader))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items.join("\n"))
+        }
+        _ => Err(format!("unexpected reply {line:?}")),
+    }
+}
+
 /// Whether a Redis answers PING at `addr`.
 fn ping(addr: SocketAddr) -> bool {
     let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -304,6 +431,21 @@ fn temp_dir(port: u16) -> PathBuf {
         "floodgate-redis-{}-{port}-{nanos}",
         std::process::id()
     ))
+}
+
+/// A fresh directory for a persistent server: under `/dev/shm` when there is
+/// one. On a disk that other builds keep busy, one `fsync` of the append-only
+/// file can take seconds and stall the whole server; on tmpfs it is
+/// immediate. A killed process loses nothing either way (what it wrote is in
+/// the page cache): only a power cut tells a disk from tmpfs, and no test
+/// cuts the power.
+fn memory_backed_dir(port: u16) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let dir = temp_dir(port);
+    match dir.file_name() {
+        Some(name) if shm.is_dir() => shm.join(name),
+        _ => dir,
+    }
 }
 
 /// The last lines of a log file, for failure messages.
@@ -330,6 +472,44 @@ mod tests {
         assert!(ping(server.addr()));
         server.stop();
         assert!(!ping(server.addr()));
+    }
+
+    #[test]
+    fn a_persistent_server_keeps_its_data_through_kill_and_restart() {
+        let mut server = RedisServer::start_persistent();
+        assert_eq!(server.command(&["SET", "k", "v"]), Ok("OK".to_owned()));
+        assert_eq!(server.command(&["INCRBY", "n", "42"]), Ok("42".to_owned()));
+        server.kill();
+        server.restart();
+        assert_eq!(server.command(&["GET", "k"]), Ok("v".to_owned()));
+        assert_eq!(server.command(&["GET", "n"]), Ok("42".to_owned()));
+        assert_eq!(server.command(&["GET", "none"]), Ok(String::new()));
+        assert!(server.command(&["NO-SUCH-COMMAND"]).is_err());
+
+        let mut plain = RedisServer::start();
+        assert_eq!(plain.command(&["SET", "k", "v"]), Ok("OK".to_owned()));
+        plain.kill();
+        plain.restart();
+        assert_eq!(plain.command(&["EXISTS", "k"]), Ok("0".to_owned()));
+    }
+
+    #[test]
+    fn a_paused_server_answers_nothing_until_resumed() {
+        let server = RedisServer::start();
+        let pid = server.pid().expect("a running server has a pid");
+        assert!(pid > 0);
+        server.pause();
+        assert!(!ping(server.addr()), "a frozen server answered PING");
+        server.resume();
+        assert!(ping(server.addr()));
+        assert_eq!(
+            server.command(&["RPUSH", "l", "a", "b"]),
+            Ok("2".to_owned())
+        );
+        assert_eq!(
+            server.command(&["LRANGE", "l", "0", "-1"]),
+            Ok("a\nb".to_owned())
+        );
     }
 
     #[test]
