@@ -11,7 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AUTH, Floodgate, Http, RedisServer, Reply, eventually, redis_pid, send_signal};
+use common::{
+    AUTH, Floodgate, Http, RedisServer, Reply, alternating, bounded_get, eventually, redis_pid,
+    send_signal, statuses,
+};
 
 /// The store timeout every instance runs with.
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -29,19 +32,6 @@ fn config(redis: &RedisServer, prefix: &str, on_error: &str) -> String {
     )
 }
 
-/// One gateway request for client `key`, failing the test if it took longer
-/// than the hang bound.
-async fn timed_get(http: &Http, fg: &Floodgate, key: &str) -> Reply {
-    let started = Instant::now();
-    let r = http.get(&fg.url("/api/hello"), &[("x-client", key)]).await;
-    let took = started.elapsed();
-    assert!(
-        took <= HANG_BOUND,
-        "a request waited {took:?} (store timeout {TIMEOUT:?})"
-    );
-    r
-}
-
 /// One decision API call, bounded the same way.
 async fn timed_check(http: &Http, fg: &Floodgate, key: &str) -> Reply {
     let started = Instant::now();
@@ -52,24 +42,6 @@ async fn timed_check(http: &Http, fg: &Floodgate, key: &str) -> Reply {
         "a check waited {took:?} (store timeout {TIMEOUT:?})"
     );
     r
-}
-
-async fn statuses(http: &Http, fg: &Floodgate, key: &str, n: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(timed_get(http, fg, key).await.status);
-    }
-    out
-}
-
-/// Requests for `key` alternating between `a` and `b`.
-async fn alternating(http: &Http, a: &Floodgate, b: &Floodgate, key: &str, n: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let fg = if i % 2 == 0 { a } else { b };
-        out.push(timed_get(http, fg, key).await.status);
-    }
-    out
 }
 
 /// What each mode must do while the store is down; `phase` keeps keys fresh.
@@ -83,7 +55,7 @@ async fn while_down(
 ) {
     let key = format!("{phase}-client");
     assert_eq!(
-        statuses(http, allow, &key, 6).await,
+        statuses(http, allow, &key, 6, HANG_BOUND).await,
         [200; 6],
         "{phase}: on_error = allow admits, past the limit"
     );
@@ -92,7 +64,7 @@ async fn while_down(
     assert_eq!(check.json()["allowed"], true);
 
     for _ in 0..3 {
-        let r = timed_get(http, deny, &key).await;
+        let r = bounded_get(http, deny, &key, HANG_BOUND).await;
         assert_eq!(r.status, 503, "{phase}: on_error = deny: {}", r.text());
         assert!(r.retry_after().is_some());
         r.problem();
@@ -102,7 +74,7 @@ async fn while_down(
     // Each local instance limits on its own.
     for fg in [local_a, local_b] {
         assert_eq!(
-            statuses(http, fg, &key, 5).await,
+            statuses(http, fg, &key, 5, HANG_BOUND).await,
             [200, 200, 200, 429, 429],
             "{phase}: on_error = local keeps limiting"
         );
@@ -166,10 +138,16 @@ async fn on_error_modes_hold_while_redis_is_down_and_shared_limiting_resumes() {
     let http = Http::new();
 
     // Up: limits shared through Redis.
-    assert_eq!(statuses(&http, &allow, "up", 4).await, [200, 200, 200, 429]);
-    assert_eq!(statuses(&http, &deny, "up", 4).await, [200, 200, 200, 429]);
     assert_eq!(
-        alternating(&http, &local_a, &local_b, "up", 6).await,
+        statuses(&http, &allow, "up", 4, HANG_BOUND).await,
+        [200, 200, 200, 429]
+    );
+    assert_eq!(
+        statuses(&http, &deny, "up", 4, HANG_BOUND).await,
+        [200, 200, 200, 429]
+    );
+    assert_eq!(
+        alternating(&http, &local_a, &local_b, "up", 6, HANG_BOUND).await,
         [200, 200, 200, 429, 429, 429]
     );
 
@@ -220,17 +198,17 @@ async fn on_error_modes_hold_while_redis_is_down_and_shared_limiting_resumes() {
         assert!(fg.log().contains("store reachable again"), "{}", fg.log());
     }
     assert_eq!(
-        statuses(&http, &allow, "back", 4).await,
+        statuses(&http, &allow, "back", 4, HANG_BOUND).await,
         [200, 200, 200, 429],
         "allow limits again"
     );
     assert_eq!(
-        statuses(&http, &deny, "back", 4).await,
+        statuses(&http, &deny, "back", 4, HANG_BOUND).await,
         [200, 200, 200, 429],
         "deny answers again instead of 503"
     );
     assert_eq!(
-        alternating(&http, &local_a, &local_b, "back", 6).await,
+        alternating(&http, &local_a, &local_b, "back", 6, HANG_BOUND).await,
         [200, 200, 200, 429, 429, 429],
         "the two local instances share one limit again"
     );

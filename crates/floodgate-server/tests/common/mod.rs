@@ -1,7 +1,7 @@
 //! Support for the server's integration tests: the real `floodgate` binary on
 //! free ports, a small real upstream, an HTTP client, a raw HTTP/1.1
-//! connection for bytes no client library would send, and Redis process
-//! control.
+//! connection for bytes no client library would send, Redis process
+//! control, and a steady load of many clients that records every request.
 //!
 //! Every `Floodgate` writes its stderr to a log file; when it is dropped the
 //! log is checked for "panicked" (a panic anywhere in the server fails the
@@ -89,31 +89,51 @@ impl Floodgate {
     /// [`Floodgate::start`] with the main listener on `host` (`127.0.0.1`
     /// or `[::1]`).
     pub fn start_on(host: &str, config: &str, env: &[(&str, &str)]) -> Self {
-        let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
-        let admin = free_addr();
-        let dir = tempdir::Dir::new("server");
-        let config_path = dir.path().join("floodgate.toml");
-        std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
-        let args = [
-            "serve".into(),
-            "--config".into(),
-            config_path.clone().into(),
-        ];
-        Self::spawn(&args, addr, admin, dir, config_path, env)
+        Self::on_free_ports(|| {
+            let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
+            let admin = free_addr();
+            let dir = tempdir::Dir::new("server");
+            let config_path = dir.path().join("floodgate.toml");
+            std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
+            let args = [
+                "serve".into(),
+                "--config".into(),
+                config_path.clone().into(),
+            ];
+            Self::spawn(&args, addr, admin, dir, config_path, env)
+        })
     }
 
     /// `floodgate serve --listen <free address>` without a config: the
     /// built-in demo, its admin listener moved by `FLOODGATE_ADMIN_LISTEN`.
     pub fn start_demo() -> Self {
-        let (addr, admin) = (free_addr(), free_addr());
-        let dir = tempdir::Dir::new("demo");
-        let config_path = dir.path().join("none.toml");
-        let args = ["serve".into(), "--listen".into(), addr.to_string().into()];
-        let admin_text = admin.to_string();
-        let env = [("FLOODGATE_ADMIN_LISTEN", admin_text.as_str())];
-        Self::spawn(&args, addr, admin, dir, config_path, &env)
+        Self::on_free_ports(|| {
+            let (addr, admin) = (free_addr(), free_addr());
+            let dir = tempdir::Dir::new("demo");
+            let config_path = dir.path().join("none.toml");
+            let args = ["serve".into(), "--listen".into(), addr.to_string().into()];
+            let admin_text = admin.to_string();
+            let env = [("FLOODGATE_ADMIN_LISTEN", admin_text.as_str())];
+            Self::spawn(&args, addr, admin, dir, config_path, &env)
+        })
     }
 
+    /// Runs `start` (which picks free ports) again, up to five times, while
+    /// the process exits because another process took a port between
+    /// [`free_port`] and the bind.
+    fn on_free_ports(start: impl Fn() -> Result<Self, String>) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match start() {
+                Ok(fg) => return fg,
+                Err(log) if log.contains("Address already in use") => last = log,
+                Err(log) => panic!("floodgate exited early:\n{log}"),
+            }
+        }
+        panic!("floodgate found no free port in five tries:\n{last}");
+    }
+
+    /// Starts the binary; `Err` with its log when it exits before listening.
     fn spawn(
         args: &[std::ffi::OsString],
         addr: SocketAddr,
@@ -121,7 +141,7 @@ impl Floodgate {
         dir: tempdir::Dir,
         config_path: PathBuf,
         env: &[(&str, &str)],
-    ) -> Self {
+    ) -> Result<Self, String> {
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
@@ -151,8 +171,15 @@ impl Floodgate {
             log_path,
             _dir: dir,
         };
-        fg.wait_ready();
-        fg
+        match fg.wait_ready() {
+            Ok(()) => Ok(fg),
+            Err(e) => {
+                let log = fg.log();
+                // Nothing to check in the log of a process that never served.
+                let _ = std::fs::remove_file(&fg.log_path);
+                Err(format!("{e}\n{log}"))
+            }
+        }
     }
 
     /// [`Floodgate::start`] from async code, without blocking a runtime worker.
@@ -168,14 +195,15 @@ impl Floodgate {
             .unwrap()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until both listeners accept; `Err` when the process exited.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("floodgate exited early: {status}\n{}", self.log());
+                return Err(format!("exit {status}"));
             }
             if TcpStream::connect(self.admin).is_ok() && TcpStream::connect(self.addr).is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -341,6 +369,172 @@ pub async fn avoid_window_boundary(window: Duration, margin: Duration) {
     let left = window.saturating_sub(into);
     if left < margin {
         tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+}
+
+/// A gateway `GET /api/hello` as client `key` (header `x-client`), failing
+/// the test if it took longer than `bound`: whatever the store does, a
+/// request must not hang.
+pub async fn bounded_get(http: &Http, fg: &Floodgate, key: &str, bound: Duration) -> Reply {
+    let started = Instant::now();
+    let r = http.get(&fg.url("/api/hello"), &[("x-client", key)]).await;
+    let took = started.elapsed();
+    assert!(took <= bound, "a request waited {took:?} (bound {bound:?})");
+    r
+}
+
+/// `n` [`bounded_get`]s for `key` on `fg`: their statuses.
+pub async fn statuses(
+    http: &Http,
+    fg: &Floodgate,
+    key: &str,
+    n: usize,
+    bound: Duration,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(bounded_get(http, fg, key, bound).await.status);
+    }
+    out
+}
+
+/// `n` [`bounded_get`]s for `key` alternating between `a` and `b`, starting
+/// with `a`: their statuses. Under a shared limit of L, exactly L are 200.
+pub async fn alternating(
+    http: &Http,
+    a: &Floodgate,
+    b: &Floodgate,
+    key: &str,
+    n: usize,
+    bound: Duration,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let fg = if i % 2 == 0 { a } else { b };
+        out.push(bounded_get(http, fg, key, bound).await.status);
+    }
+    out
+}
+
+/// One request of a [`Load`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The index of the client that sent it, in the order given to
+    /// [`Load::start`].
+    pub client: usize,
+    /// When it was sent, from the start of the load.
+    pub sent: Duration,
+    /// When its answer was complete (or it failed), from the start of the load.
+    pub done: Duration,
+    /// The status; 0 when no answer came: a connection error, or no answer
+    /// within [`Load::REQUEST_LIMIT`].
+    pub status: u16,
+    /// Whether the answer was `application/problem+json`.
+    pub problem: bool,
+    /// Whether the answer carried `Retry-After`.
+    pub retry_after: bool,
+}
+
+impl Sample {
+    pub fn latency(&self) -> Duration {
+        self.done.saturating_sub(self.sent)
+    }
+}
+
+/// A steady gateway load: one task per client, each sending `GET path` with
+/// its own key in a header to its own instance, one request at a time with
+/// a pause between them, until [`Load::stop`]. Every request is recorded.
+pub struct Load {
+    origin: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+/// One client of a [`Load`].
+#[derive(Debug, Clone)]
+pub struct LoadClient {
+    /// The instance it sends to: `http://host:port`.
+    pub base: String,
+    /// The header carrying its identity, and its value.
+    pub header: (String, String),
+}
+
+impl Load {
+    /// How long a request may take before it is recorded as unanswered and
+    /// given up: far beyond any bound a test asserts.
+    pub const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+
+    /// Starts `clients`, each sending `GET path` then pausing `pause`.
+    pub fn start(clients: Vec<LoadClient>, path: &str, pause: Duration) -> Self {
+        let origin = Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = Http::new();
+        let tasks = clients
+            .into_iter()
+            .enumerate()
+            .map(|(client, c)| {
+                let (http, stop) = (http.clone(), stop.clone());
+                let url = format!("{}{path}", c.base);
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let sent = origin.elapsed();
+                        let headers = [(c.header.0.as_str(), c.header.1.as_str())];
+                        let answer = tokio::time::timeout(
+                            Self::REQUEST_LIMIT,
+                            http.send("GET", &url, &headers, None),
+                        )
+                        .await;
+                        let done = origin.elapsed();
+                        let (status, problem, retry_after) = match answer {
+                            Ok(Ok(r)) => (
+                                r.status,
+                                r.header("content-type") == Some("application/problem+json"),
+                                r.retry_after().is_some(),
+                            ),
+                            _ => (0, false, false),
+                        };
+                        samples.push(Sample {
+                            client,
+                            sent,
+                            done,
+                            status,
+                            problem,
+                            retry_after,
+                        });
+                        tokio::time::sleep(pause).await;
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load {
+            origin,
+            stop,
+            tasks,
+        }
+    }
+
+    /// The instant the load started; [`Sample`] times count from it.
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// Now, as a [`Sample`] time.
+    pub fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Stops every client after its request in flight; every request made,
+    /// ordered by the time its answer came.
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in self.tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort_by_key(|s| s.done);
+        all
     }
 }
 
