@@ -624,8 +624,10 @@ impl Store for RedisStore {
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {
-        let mut call = ScriptCall::new(&scripts::BLOCK_LIST, 1, 1);
-        call.key(self.inner.keys.registry()).arg(self.now_arg());
+        let mut call = ScriptCall::new(&scripts::BLOCK_LIST, 1, 2);
+        call.key(self.inner.keys.registry())
+            .arg(self.now_arg())
+            .arg(self.inner.margin_ms);
         let reply: Vec<String> = self.invoke(self.deadline(), "blocks", &call).await?;
         let mut blocks = Vec::with_capacity(reply.len() / 2);
         for pair in reply.chunks(2) {

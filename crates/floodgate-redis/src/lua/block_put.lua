@@ -12,18 +12,15 @@
 --   ARGV[4]  until (µs); "" for now + ARGV[5]
 --   ARGV[5]  ttl (µs), used when ARGV[4] is ""
 --   ARGV[6]  reason
--- Returns until (µs). A block that has already ended replaces the field's
--- block by removing it (as MemoryStore does by overwriting it).
+-- Returns until (µs). A block that has already ended is recorded too, as
+-- MemoryStore keeps it: unlisted, and dropped by the next listing (after a
+-- clock step back it is in force again in both stores).
 
 local now = read_now(ARGV[1])
 local margin_ms = tonumber(ARGV[2])
 local until_us = tonumber(ARGV[4])
 if ARGV[4] == '' then
   until_us = now + tonumber(ARGV[5])
-end
-if until_us <= now then
-  redis.call('HDEL', KEYS[1], ARGV[3])
-  return until_us
 end
 redis.call('HSET', KEYS[1], ARGV[3], int(until_us) .. ':' .. ARGV[6])
 local want = ttl_ms(until_us, now, margin_ms)
