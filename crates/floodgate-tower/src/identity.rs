@@ -140,6 +140,11 @@ impl ClientIpConfig {
             // anybody honest wrote: ignore the whole header.
             let value = value.to_str().ok()?;
             if *name == FORWARDED {
+                // A quote left open would swallow the elements after it,
+                // those the proxies appended: the line cannot be read.
+                if !quotes_closed(value) {
+                    return None;
+                }
                 for element in split_unquoted(value, b',') {
                     if element.trim().is_empty() {
                         continue;
@@ -227,6 +232,21 @@ fn unquote(value: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// Whether every double-quoted string in `s` ends before `s` does.
+fn quotes_closed(s: &str) -> bool {
+    let mut quoted = false;
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' if quoted && bytes.next().is_none() => return false,
+            b'\\' if quoted => {}
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// Splits `s` at `sep` bytes that are outside double-quoted strings.
@@ -517,6 +537,31 @@ mod tests {
         let c = config(&["0.0.0.0/0"]);
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(c.client_ip(None, &h), None);
+    }
+
+    #[test]
+    fn an_open_quote_in_forwarded_cannot_choose_the_client() {
+        // The client sent `for=6.6.6.6;x="`; the proxy appended its element.
+        // Read naively, the open quote swallows the proxy's element and the
+        // client's chosen address counts. The line is unreadable instead:
+        // the peer (the proxy) counts.
+        let config = ClientIpConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            header: ForwardedHeader::Forwarded,
+            ..ClientIpConfig::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_static("for=6.6.6.6;x=\", for=203.0.113.9"),
+        );
+        let peer = "10.0.0.1".parse().unwrap();
+        assert_eq!(config.client_ip(Some(peer), &headers), Some(peer));
+        assert!(quotes_closed(
+            r#"for="[2001:db8::1]:80";x="a\"b", for=1.2.3.4"#
+        ));
+        assert!(!quotes_closed(r#"for="1.2.3.4\"#));
+        assert!(!quotes_closed(r#"x=""#));
     }
 
     #[test]
