@@ -85,10 +85,10 @@ fn config(redis: &RedisServer, prefix: &str, on_error: &str) -> String {
     )
 }
 
-/// Runs blocking work (starting, killing, restarting Redis) off the
-/// runtime's worker threads, so the load keeps its pace meanwhile.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
+/// Runs blocking work (starting, killing, restarting Redis) without holding
+/// up the load's tasks on this worker thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 /// An admin API call that needs the store, repeated for up to 5 s while it
@@ -250,6 +250,86 @@ impl Rig {
             self.deny.log(),
             self.local.log()
         );
+    }
+}
+
+/// What a test saw under load: every request and probe, and the figures
+/// every test reports.
+struct Run {
+    samples: Vec<Sample>,
+    probes: Vec<Probe>,
+    /// When the fault began, from the load's start.
+    fault: Duration,
+    /// When Redis answered again.
+    back: Duration,
+    /// When the load stopped.
+    end: Duration,
+    tally: Tally,
+    deny: Recovery,
+    local: Recovery,
+    /// Fresh clients it took to see the shared limit afterwards.
+    attempts: usize,
+}
+
+impl Run {
+    /// A whole outage: the deny instance must have failed at least once (or
+    /// the test injected nothing), and both must have recovered in time.
+    fn assert_noticed_and_recovered(&self, what: &str) {
+        assert_ne!(
+            self.deny,
+            Recovery::Unaffected,
+            "{what}: the deny instance never noticed the fault"
+        );
+        assert_recovered(what, self.deny, self.local);
+    }
+
+    /// The figures every test prints, for its `chaos: <fault>` line.
+    fn figures(&self) -> String {
+        format!(
+            "requests={} deny_503={} max_latency_fault_ms={} max_latency_ms={} deny_gap_ms={} \
+             deny_recovery_ms={} local_recovery_ms={} shared_check_attempts={}",
+            self.tally.requests,
+            self.tally.deny_503,
+            ms(self.tally.max_latency_in_fault),
+            ms(self.tally.max_latency),
+            ms(longest_gap(&deny_series(&self.samples))),
+            self.deny.ms(),
+            self.local.ms(),
+            self.attempts,
+        )
+    }
+}
+
+impl Rig {
+    /// Runs the load and the probes for 1 s, then `inject`, which makes the
+    /// fault and returns (when it began, when Redis answered again), both
+    /// from the load's clock; then 2 s more. Checks every answer (see
+    /// [`tally`]), then the shared limit (see
+    /// [`Rig::assert_shared_limit_and_alive`]).
+    async fn run(&mut self, inject: impl AsyncFnOnce(&Load) -> (Duration, Duration)) -> Run {
+        let load = self.load();
+        let probes = self.probes(load.origin());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (fault, back) = inject(&load).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let end = load.now();
+        let probes = probes.stop().await;
+        let samples = load.stop().await;
+        let tally = tally(&samples, &probes, fault..back + RECOVERY_BOUND);
+        let deny = recovery(&deny_series(&samples), fault, back, fault..end);
+        let local = recovery(&local_series(&probes), fault, back, fault..end);
+        let attempts = self.assert_shared_limit_and_alive().await;
+        Run {
+            samples,
+            probes,
+            fault,
+            back,
+            end,
+            tally,
+            deny,
+            local,
+            attempts,
+        }
     }
 }
 
@@ -547,45 +627,30 @@ fn assert_recovered(what: &str, deny: Recovery, local: Recovery) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_kill_9_and_restart_during_load() {
-    let mut redis = blocking(RedisServer::start).await;
+    let mut redis = blocking(RedisServer::start);
     let mut rig = Rig::start(&redis).await;
     rig.ban().await;
-    let load = rig.load();
-    let probes = rig.probes(load.origin());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let fault = load.now();
-    redis = blocking(move || {
-        redis.kill();
-        redis
-    })
-    .await;
-    let killed = load.now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis = blocking(move || {
-        redis.restart();
-        redis
-    })
-    .await;
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let end = load.now();
-    let probes = probes.stop().await;
-    let samples = load.stop().await;
-
-    let t = tally(&samples, &probes, fault..back + RECOVERY_BOUND);
-    let deny = recovery(&deny_series(&samples), fault, back, fault..end);
-    let local = recovery(&local_series(&probes), fault, back, fault..end);
-    let attempts = rig.assert_shared_limit_and_alive().await;
+    let mut killed = Duration::ZERO;
+    let run = rig
+        .run(async |load| {
+            let fault = load.now();
+            blocking(|| redis.kill());
+            killed = load.now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| redis.restart());
+            (fault, load.now())
+        })
+        .await;
     // Redis came back empty: it counts what was admitted after the kill,
     // that is, every admitted request sent after it (one sent before and
     // answered after may have been decided by the old Redis).
-    let admitted_after = samples
+    let admitted_after = run
+        .samples
         .iter()
         .filter(|s| s.client < CLIENTS && s.status == 200 && s.sent >= killed)
         .count() as u64;
     let counted = rig.deny_counted().await;
-    let (lost, extra) = counts(counted, admitted_after, t.deny_503);
+    let (lost, extra) = counts(counted, admitted_after, run.tally.deny_503);
     // Not asserted, reported: a Redis without persistence comes back without
     // the block, and each instance's next block sync drops its copy.
     let mut kept = 0;
@@ -593,113 +658,75 @@ async fn redis_kill_9_and_restart_during_load() {
         kept += usize::from(rig.banned_on(fg).await);
     }
     eprintln!(
-        "chaos: kill9 down_ms={} requests={} deny_503={} max_latency_fault_ms={} max_latency_ms={} \
-         deny_gap_ms={} deny_recovery_ms={} local_recovery_ms={} lost_since_restart={lost} \
-         extra_counted={extra} forgotten_by_restart={} \
-         blocks_kept_on_instances={kept}/2 shared_check_attempts={attempts}",
-        ms(back - fault),
-        t.requests,
-        t.deny_503,
-        ms(t.max_latency_in_fault),
-        ms(t.max_latency),
-        ms(longest_gap(&deny_series(&samples))),
-        deny.ms(),
-        local.ms(),
-        t.deny_admitted - admitted_after,
+        "chaos: kill9 down_ms={} {} lost_since_restart={lost} extra_counted={extra} \
+         forgotten_by_restart={} blocks_kept_on_instances={kept}/2",
+        ms(run.back - run.fault),
+        run.figures(),
+        run.tally.deny_admitted - admitted_after,
     );
-    assert_ne!(
-        deny,
-        Recovery::Unaffected,
-        "the deny instance never noticed the kill"
-    );
-    assert_recovered("kill -9", deny, local);
-    drop(redis);
+    run.assert_noticed_and_recovered("kill -9");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_for_2s_during_load() {
-    let redis = blocking(RedisServer::start).await;
+    let redis = blocking(RedisServer::start);
     let mut rig = Rig::start(&redis).await;
-    let load = rig.load();
-    let probes = rig.probes(load.origin());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let fault = load.now();
-    redis.pause();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.resume();
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let end = load.now();
-    let probes = probes.stop().await;
-    let samples = load.stop().await;
-
-    let t = tally(&samples, &probes, fault..back + RECOVERY_BOUND);
-    let deny = recovery(&deny_series(&samples), fault, back, fault..end);
-    let local = recovery(&local_series(&probes), fault, back, fault..end);
-    let attempts = rig.assert_shared_limit_and_alive().await;
+    let run = rig
+        .run(async |load| {
+            let fault = load.now();
+            redis.pause();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            redis.resume();
+            (fault, load.now())
+        })
+        .await;
     let counted = rig.deny_counted().await;
-    let (lost, extra) = counts(counted, t.deny_admitted, t.deny_503);
+    let (lost, extra) = counts(counted, run.tally.deny_admitted, run.tally.deny_503);
     eprintln!(
-        "chaos: sigstop frozen_ms={} requests={} deny_503={} max_latency_fault_ms={} \
-         max_latency_ms={} deny_gap_ms={} deny_recovery_ms={} local_recovery_ms={} lost={lost} \
-         extra_counted={extra} shared_check_attempts={attempts}",
-        ms(back - fault),
-        t.requests,
-        t.deny_503,
-        ms(t.max_latency_in_fault),
-        ms(t.max_latency),
-        ms(longest_gap(&deny_series(&samples))),
-        deny.ms(),
-        local.ms(),
+        "chaos: sigstop frozen_ms={} {} lost={lost} extra_counted={extra}",
+        ms(run.back - run.fault),
+        run.figures(),
     );
-    assert_ne!(
-        deny,
-        Recovery::Unaffected,
-        "the deny instance never noticed the freeze"
-    );
-    assert_recovered("SIGSTOP", deny, local);
+    run.assert_noticed_and_recovered("SIGSTOP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_client_kill_repeatedly_during_load() {
-    let redis = blocking(RedisServer::start).await;
+    let redis = blocking(RedisServer::start);
     let mut rig = Rig::start(&redis).await;
-    let load = rig.load();
-    let probes = rig.probes(load.origin());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
     let mut kills = Vec::new();
-    for _ in 0..4 {
-        let at = load.now();
-        let dropped: u64 = redis
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
-            .unwrap()
-            .parse()
-            .unwrap();
-        kills.push((at, dropped));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let end = load.now();
-    let probes = probes.stop().await;
-    let samples = load.stop().await;
+    let run = rig
+        .run(async |load| {
+            for i in 0..4 {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let at = load.now();
+                let dropped: u64 = redis
+                    .command(&["CLIENT", "KILL", "TYPE", "normal"])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                kills.push((at, dropped));
+            }
+            (kills[0].0, kills[kills.len() - 1].0)
+        })
+        .await;
 
-    let (first, last) = (kills[0].0, kills[kills.len() - 1].0);
-    let t = tally(&samples, &probes, first..last + RECOVERY_BOUND);
-    let (deny_s, local_s) = (deny_series(&samples), local_series(&probes));
+    // Each kill is its own fault, from its time to the next kill's.
+    let (deny_s, local_s) = (deny_series(&run.samples), local_series(&run.probes));
     let (mut deny_each, mut local_each) = (Vec::new(), Vec::new());
     for (i, &(at, dropped)) in kills.iter().enumerate() {
         // Each floodgate holds one connection, and both are busy.
         assert!(dropped >= 2, "CLIENT KILL dropped {dropped} connections");
-        let until = kills.get(i + 1).map_or(end, |k| k.0);
+        let until = kills.get(i + 1).map_or(run.end, |k| k.0);
         let deny = recovery(&deny_s, at, at, at..until);
         let local = recovery(&local_s, at, at, at..until);
         assert!(
             local.within(RECOVERY_BOUND),
             "CLIENT KILL #{i} at {at:?}: the local instance did not decide from Redis again \
              within {RECOVERY_BOUND:?}; probes until the next kill:\n{}",
-            probes
+            run.probes
                 .iter()
                 .filter(|p| (at..until).contains(&p.at))
                 .map(|p| format!(
@@ -713,20 +740,15 @@ async fn redis_client_kill_repeatedly_during_load() {
         deny_each.push(deny.ms());
         local_each.push(local.ms());
     }
-    let attempts = rig.assert_shared_limit_and_alive().await;
     let counted = rig.deny_counted().await;
-    let (lost, extra) = counts(counted, t.deny_admitted, t.deny_503);
+    let (lost, extra) = counts(counted, run.tally.deny_admitted, run.tally.deny_503);
+    // The run's own recovery figures span the kills; print each kill's.
     eprintln!(
-        "chaos: client_kill kills={} dropped={:?} requests={} deny_503={} max_latency_fault_ms={} \
-         max_latency_ms={} deny_gap_ms={} deny_recovery_ms={} local_recovery_ms={} lost={lost} \
-         extra_counted={extra} shared_check_attempts={attempts}",
+        "chaos: client_kill kills={} dropped={:?} {} per_kill_deny_recovery_ms={} \
+         per_kill_local_recovery_ms={} lost={lost} extra_counted={extra}",
         kills.len(),
         kills.iter().map(|k| k.1).collect::<Vec<_>>(),
-        t.requests,
-        t.deny_503,
-        ms(t.max_latency_in_fault),
-        ms(t.max_latency),
-        ms(longest_gap(&deny_s)),
+        run.figures(),
         deny_each.join(","),
         local_each.join(","),
     );
@@ -734,39 +756,21 @@ async fn redis_client_kill_repeatedly_during_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_aof_restarted_during_load_keeps_blocks_and_counters() {
-    let mut redis = blocking(RedisServer::start_persistent).await;
+    let mut redis = blocking(RedisServer::start_persistent);
     let mut rig = Rig::start(&redis).await;
-    let http = rig.http.clone();
     rig.ban().await;
-
-    let load = rig.load();
-    let probes = rig.probes(load.origin());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let fault = load.now();
-    redis = blocking(move || {
-        redis.kill();
-        redis
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis = blocking(move || {
-        redis.restart();
-        redis
-    })
-    .await;
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let end = load.now();
-    let probes = probes.stop().await;
-    let samples = load.stop().await;
-
-    let t = tally(&samples, &probes, fault..back + RECOVERY_BOUND);
-    let deny = recovery(&deny_series(&samples), fault, back, fault..end);
-    let local = recovery(&local_series(&probes), fault, back, fault..end);
-    let attempts = rig.assert_shared_limit_and_alive().await;
+    let run = rig
+        .run(async |load| {
+            let fault = load.now();
+            blocking(|| redis.kill());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| redis.restart());
+            (fault, load.now())
+        })
+        .await;
     // Every request admitted before the kill is still counted.
     let counted = rig.deny_counted().await;
-    let (lost, extra) = counts(counted, t.deny_admitted, t.deny_503);
+    let (lost, extra) = counts(counted, run.tally.deny_admitted, run.tally.deny_503);
 
     // The block came back from the AOF: both instances have synced their
     // block caches from the restarted Redis several times by now (a sync
@@ -775,7 +779,7 @@ async fn redis_with_aof_restarted_during_load_keeps_blocks_and_counters() {
     let third = Floodgate::launch(config(&redis, &rig.prefix, "deny")).await;
     for fg in [&rig.deny, &rig.local, &third] {
         assert!(rig.banned_on(fg).await, "the block was lost on {}", fg.addr);
-        let listed = admin(&http, "GET", &fg.admin_url("/admin/blocks"), None).await;
+        let listed = admin(&rig.http, "GET", &fg.admin_url("/admin/blocks"), None).await;
         assert_eq!(listed.status, 200, "{}", listed.text());
         assert!(
             listed.text().contains(&rig.ban_target()),
@@ -784,22 +788,10 @@ async fn redis_with_aof_restarted_during_load_keeps_blocks_and_counters() {
         );
     }
     eprintln!(
-        "chaos: aof_restart down_ms={} requests={} deny_503={} max_latency_fault_ms={} \
-         max_latency_ms={} deny_gap_ms={} deny_recovery_ms={} local_recovery_ms={} lost={lost} \
-         extra_counted={extra} counted={counted} blocks_kept=1/1 shared_check_attempts={attempts}",
-        ms(back - fault),
-        t.requests,
-        t.deny_503,
-        ms(t.max_latency_in_fault),
-        ms(t.max_latency),
-        ms(longest_gap(&deny_series(&samples))),
-        deny.ms(),
-        local.ms(),
+        "chaos: aof_restart down_ms={} {} lost={lost} extra_counted={extra} counted={counted} \
+         blocks_kept=1/1",
+        ms(run.back - run.fault),
+        run.figures(),
     );
-    assert_ne!(
-        deny,
-        Recovery::Unaffected,
-        "the deny instance never noticed the kill"
-    );
-    assert_recovered("AOF restart", deny, local);
+    run.assert_noticed_and_recovered("AOF restart");
 }
