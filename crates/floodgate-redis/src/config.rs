@@ -506,8 +506,8 @@ pub enum ConfigError {
     NoRuntime,
 }
 
-/// `url` with any password replaced by `***`, for error messages.
-pub(crate) fn redact(url: &str) -> String {
+/// `url` with any password replaced by `***`, for logs and error messages.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

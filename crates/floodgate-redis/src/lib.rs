@@ -63,6 +63,6 @@ mod store;
 
 pub use config::{
     ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL_MARGIN,
-    RedisConfig, TimeSource, TlsItem, TlsOptions, Topology, check_url,
+    RedisConfig, TimeSource, TlsItem, TlsOptions, Topology, check_url, redact,
 };
 pub use store::RedisStore;

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::config::{Backend, Overrides, Settings};
+use crate::config::{Backend, Overrides, RedisLayout, Settings};
 use crate::duration::format_duration;
 
 /// Loads the config (or the built-in demo), binds, and serves until SIGTERM
@@ -99,7 +99,15 @@ pub fn summary(s: &Settings) -> String {
     let backend = match &s.store.backend {
         Backend::Memory => format!("memory (max_keys {})", s.store.max_keys),
         Backend::Redis { urls } => {
-            format!("redis {} (prefix {:?})", urls.join(", "), s.store.prefix)
+            let urls: Vec<String> = urls.iter().map(|u| floodgate_redis::redact(u)).collect();
+            let layout = match &s.store.redis_layout {
+                RedisLayout::Standalone => "redis".to_owned(),
+                RedisLayout::Cluster => "redis cluster, seeds".to_owned(),
+                RedisLayout::Sentinel { master, .. } => {
+                    format!("redis primary {master:?} named by sentinels")
+                }
+            };
+            format!("{layout} {} (prefix {:?})", urls.join(", "), s.store.prefix)
         }
     };
     out.push_str(&format!(

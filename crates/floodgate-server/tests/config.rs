@@ -213,3 +213,24 @@ fn unreadable_files_and_broken_toml_are_refused_without_a_panic() {
     assert!(stderr.contains("cannot be read"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_summary_names_the_redis_layout_and_never_prints_a_password() {
+    let cases = [
+        (
+            "url = \"redis://app:s3cret@127.0.0.1:6379/0\"",
+            "redis redis://app:***@127.0.0.1:6379/0",
+        ),
+        (
+            "urls = [\"redis://app:s3cret@127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]",
+            "redis cluster, seeds redis://app:***@127.0.0.1:7000, redis://127.0.0.1:7001",
+        ),
+    ];
+    for (servers, expected) in cases {
+        let config = format!("[store]\nbackend = \"redis\"\n{servers}\n");
+        let (code, stdout, stderr) = check_config(&config);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+        assert!(!stdout.contains("s3cret"), "password printed:\n{stdout}");
+    }
+}
