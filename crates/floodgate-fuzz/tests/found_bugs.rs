@@ -44,12 +44,14 @@ fn an_unterminated_quote_in_forwarded_cannot_choose_the_client() {
 
 /// Found by the lua target (memory and Redis disagree). Once the clock
 /// steps back (an NTP correction; Redis' own clock can step too), a block
-/// that had ended is in force again. The memory store lists it and lifts
-/// it. Redis dropped it from its registry when a listing found it ended, so
-/// it neither lists nor lifts it, while the penalty's own key goes on
-/// refusing the client: `DELETE /admin/blocks/<key>` answers 404 and the
-/// client stays refused. (A manual block of zero TTL is the same story:
-/// Redis never registers it, memory keeps it.)
+/// that had ended is in force again, and the memory store has kept every
+/// trace of it where Redis has dropped some. Here: a listing after the
+/// penalty ended pruned it from Redis' registry, so Redis neither lists nor
+/// lifts it while its penalty key goes on refusing the client
+/// (`DELETE /admin/blocks/<key>` answers 404, the client stays refused);
+/// memory lists it and lifts it. The same family: Redis zeroes an ended
+/// penalty's key on removal and never registers a zero-TTL manual block,
+/// and memory then enforces or lists what Redis does not.
 #[test]
 #[ignore = "floodgate-redis / floodgate-core: an ended block revives after a clock step back, listed and liftable in memory only"]
 fn an_ended_block_revived_by_a_clock_step_back_is_listed_and_lifted_alike() {
