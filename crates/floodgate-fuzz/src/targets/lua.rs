@@ -135,10 +135,12 @@ pub struct LuaTarget {
 /// trace of it where Redis has dropped some: its registry entry (pruned by a
 /// listing after it ended, or never written for a zero TTL), or its penalty
 /// key (zeroed by a removal after it ended). So memory lists, lifts or
-/// enforces it where Redis does not (and a penalty Redis still enforces but
-/// no longer lists cannot be lifted). The rest of such a case is not
-/// compared. Reproducer: `tests/found_bugs.rs`.
-pub const REVIVED_AFTER_STEP_BACK: &str = "after the clock steps back, an ended block is in force again in memory, not (or not listed) in Redis";
+/// enforces it where Redis does not, or Redis starts a fresh penalty of
+/// another length where memory finds the old one (and a penalty Redis still
+/// enforces but no longer lists cannot be lifted). Only a case that stepped
+/// back may differ so, and only in outcomes about blocks; the rest of such a
+/// case is not compared. Reproducer: `tests/found_bugs.rs`.
+pub const REVIVED_AFTER_STEP_BACK: &str = "after the clock steps back, the stores disagree on a block that had ended (memory kept it, Redis dropped part of it)";
 
 impl fmt::Debug for LuaTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -247,21 +249,22 @@ impl FuzzTarget for LuaTarget {
     }
 }
 
-/// Whether two outcomes differ only by blocks the memory store holds in
-/// force and Redis does not: [`REVIVED_AFTER_STEP_BACK`].
+/// Whether two outcomes differ only in blocks, as [`REVIVED_AFTER_STEP_BACK`]
+/// makes them.
 fn revived_in_memory(memory: &Outcome, redis: &Outcome) -> bool {
     match (memory, redis) {
-        (Outcome::Blocks(m), Outcome::Blocks(r)) => {
-            m.len() > r.len() && r.iter().all(|b| m.contains(b))
+        (Outcome::Blocks(_), Outcome::Blocks(_)) | (Outcome::Removed(_), Outcome::Removed(_)) => {
+            true
         }
-        (Outcome::Removed(true), Outcome::Removed(false)) => true,
+        // A block one store revived and the other not, or replaced by a
+        // fresh penalty of another length.
         (Outcome::Decisions(Ok(m)), Outcome::Decisions(Ok(r))) => {
             m.len() == r.len()
                 && m.iter()
                     .zip(r)
-                    .all(|(m, r)| m == r || (m.blocked && !r.blocked))
+                    .all(|(m, r)| m == r || m.blocked || r.blocked)
         }
-        (Outcome::Peek(m), Outcome::Peek(r)) => m.blocked && !r.blocked,
+        (Outcome::Peek(m), Outcome::Peek(r)) => m.blocked || r.blocked,
         _ => false,
     }
 }
