@@ -1,7 +1,5 @@
-//! Reproducers of bugs the fuzz targets found in code this crate does not
-//! own. Each is ignored until its fix lands, then guards it (drop the
-//! `ignore`, and the matching allowance in the target); run the open ones
-//! with `cargo test -p floodgate-fuzz --test found_bugs -- --ignored`.
+//! Reproducers of bugs the fuzz targets found, each fixed: every test here
+//! guards its fix.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,7 +21,6 @@ fn ip(s: &str) -> IpAddr {
 /// 6.6.6.6. It may fall back to the proxy (an unreadable header), never
 /// believe the client.
 #[test]
-#[ignore = "floodgate-tower identity.rs: an unterminated quote in Forwarded lets a client choose its address"]
 fn an_unterminated_quote_in_forwarded_cannot_choose_the_client() {
     let config = ClientIpConfig {
         trusted_proxies: vec!["10.0.0.0/8".parse().expect("a network")],
@@ -53,7 +50,6 @@ fn an_unterminated_quote_in_forwarded_cannot_choose_the_client() {
 /// penalty's key on removal and never registers a zero-TTL manual block,
 /// and memory then enforces or lists what Redis does not.
 #[test]
-#[ignore = "floodgate-redis / floodgate-core: an ended block revives after a clock step back, listed and liftable in memory only"]
 fn an_ended_block_revived_by_a_clock_step_back_is_listed_and_lifted_alike() {
     use floodgate_core::{Algorithm, Check, Policy, Store};
     use floodgate_redis::{RedisConfig, RedisStore};
