@@ -66,3 +66,28 @@ pub use config::{
     RedisConfig, TimeSource, TlsItem, TlsOptions, Topology, check_url, redact,
 };
 pub use store::RedisStore;
+
+/// Every Redis command a [`RedisStore`] runs, directly or from its Lua
+/// scripts (which run with the caller's permissions), in `ACL SETUSER`
+/// spelling. A least-privilege ACL user needs these on its prefix's keys
+/// (`~<prefix>:*`); add `select` for a non-zero database and
+/// `cluster|slots` on a Redis Cluster.
+pub const ACL_COMMANDS: &[&str] = &[
+    "ping",
+    "evalsha",
+    "script|load",
+    "del",
+    "hdel",
+    "set",
+    "get",
+    "mget",
+    "llen",
+    "lindex",
+    "ltrim",
+    "rpush",
+    "pexpire",
+    "pttl",
+    "hset",
+    "hgetall",
+    "time",
+];

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{AUTH, Floodgate, Http, unique_prefix};
-use floodgate_testkit::topology::{RedisCluster, SentinelSet, TlsRedis};
+use floodgate_testkit::topology::{self, RedisCluster, SentinelSet, TlsRedis};
 
 /// `[server]`, `[admin]` and a `[store]` with `store` lines, then the rules.
 fn config(store: &str, rules: &str) -> String {
@@ -181,35 +181,17 @@ async fn instances_on_sentinel_answer_through_a_failover_then_share_limits_again
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_over_rediss_as_an_acl_user() {
     // Only floodgate's keys and the commands it runs (see docs/DEPLOY.md).
-    let acl = [
-        "--user",
+    let acl = topology::acl_user(
         "floodgate",
-        "on",
-        ">s3cret",
-        "resetkeys",
-        "~fgtest:*",
-        "resetchannels",
-        "-@all",
-        "+ping",
-        "+evalsha",
-        "+script|load",
-        "+del",
-        "+hdel",
-        "+set",
-        "+get",
-        "+llen",
-        "+lindex",
-        "+ltrim",
-        "+rpush",
-        "+pexpire",
-        "+pttl",
-        "+hset",
-        "+hgetall",
-        "+time",
-    ];
-    let tls = tokio::task::spawn_blocking(move || TlsRedis::start(&acl))
-        .await
-        .unwrap();
+        "s3cret",
+        "fgtest:*",
+        floodgate_redis::ACL_COMMANDS,
+    );
+    let tls = tokio::task::spawn_blocking(move || {
+        TlsRedis::start(&acl.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
     let store = format!(
         "prefix = \"{}\"\ntimeout = \"1s\"\non_error = \"deny\"\n\
          tls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}",

@@ -490,6 +490,24 @@ impl SentinelSet {
     }
 }
 
+/// redis-server arguments creating ACL user `name` with `password`, allowed
+/// keys matching `keys` and exactly `commands` (ACL SETUSER spelling, e.g.
+/// `floodgate_redis::ACL_COMMANDS`), nothing else.
+pub fn acl_user(name: &str, password: &str, keys: &str, commands: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--user".to_owned(),
+        name.to_owned(),
+        "on".to_owned(),
+        format!(">{password}"),
+        "resetkeys".to_owned(),
+        format!("~{keys}"),
+        "resetchannels".to_owned(),
+        "-@all".to_owned(),
+    ];
+    args.extend(commands.iter().map(|c| format!("+{c}")));
+    args
+}
+
 /// A `redis-server` serving TLS only (`--port 0 --tls-port <port>`), with a
 /// CA, a server certificate for 127.0.0.1 and localhost, and a client
 /// certificate made at start with the `openssl` command. Clients must

@@ -7,40 +7,28 @@ use std::time::Duration;
 
 use floodgate_core::{Algorithm, Check, Error, Policy, Store, StoreErrorKind};
 use floodgate_redis::{ConfigError, RedisConfig, RedisStore, TlsItem, TlsOptions};
-use floodgate_testkit::topology::TlsRedis;
+use floodgate_testkit::topology::{self, TlsRedis};
 use floodgate_testkit::unique_prefix;
 
 use crate::support::{MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory};
 
 /// The ACL user floodgate's tests log in as: its keys (`fgtest:*`, as
-/// floodgate's would be `floodgate:*`) and the commands its scripts and
-/// calls use, nothing else (docs/DEPLOY.md gives the same rule).
-const ACL_USER: &[&str] = &[
-    "--user",
-    "floodgate",
-    "on",
-    ">s3cret",
-    "resetkeys",
-    "~fgtest:*",
-    "resetchannels",
-    "-@all",
-    "+ping",
-    "+evalsha",
-    "+script|load",
-    "+del",
-    "+hdel",
-    "+set",
-    "+get",
-    "+llen",
-    "+lindex",
-    "+ltrim",
-    "+rpush",
-    "+pexpire",
-    "+pttl",
-    "+hset",
-    "+hgetall",
-    "+time",
-];
+/// floodgate's would be `floodgate:*`) and [`floodgate_redis::ACL_COMMANDS`],
+/// nothing else (docs/DEPLOY.md gives the same rule).
+fn acl_user() -> Vec<String> {
+    topology::acl_user(
+        "floodgate",
+        "s3cret",
+        "fgtest:*",
+        floodgate_redis::ACL_COMMANDS,
+    )
+}
+
+/// A TLS server with [`acl_user`].
+fn start_tls() -> TlsRedis {
+    let acl = acl_user();
+    TlsRedis::start(&acl.iter().map(String::as_str).collect::<Vec<_>>())
+}
 
 fn certificates(tls: &TlsRedis) -> TlsOptions {
     TlsOptions::from_files(
@@ -72,7 +60,7 @@ fn store_error_kind(e: Error) -> StoreErrorKind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_client_certificate_as_a_least_privilege_acl_user() {
-    let tls = TlsRedis::start(ACL_USER);
+    let tls = start_tls();
     let url = tls.url_as("floodgate", "s3cret");
     let prefix = unique_prefix("tls-basics");
     let mut n = 0;
@@ -123,7 +111,7 @@ async fn tls_with_a_client_certificate_as_a_least_privilege_acl_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_refusals_fail_fast_and_typed() {
-    let tls = TlsRedis::start(ACL_USER);
+    let tls = start_tls();
     let policy = Policy::new(Algorithm::FixedWindow, 5, Duration::from_secs(60)).unwrap();
     let check = Check::new("tls", &policy, "ip:192.0.2.1", 1);
     let attempt = async |config: RedisConfig| {
