@@ -89,30 +89,6 @@ TOML
     fi
 }
 
-declare -A port admin_port pid
-# start_floodgate NAME: an instance on free ports; sets port[NAME] and
-# admin_port[NAME].
-start_floodgate() {
-    if ! retry_start try_start_floodgate "$1"; then
-        echo "bench: floodgate ($1) did not start; its log:" >&2
-        cat "$BENCH_TMP/$1.log" >&2
-        exit 1
-    fi
-}
-
-try_start_floodgate() {
-    local name=$1 listen admin
-    listen=$(free_port)
-    admin=$(free_port)
-    config "$name" "$listen" "$admin" >"$BENCH_TMP/$name.toml"
-    FLOODGATE_LOG=warn bench_spawn "$BENCH_TMP/$name.log" \
-        "$bin" serve --config "$BENCH_TMP/$name.toml"
-    wait_until 10 curl -sf "http://127.0.0.1:$admin/healthz" || return 1
-    port[$name]=$listen
-    admin_port[$name]=$admin
-    pid[$name]=$BENCH_LAST_PID
-}
-
 # ms VALUE: a wrk duration (us, ms, s) in milliseconds.
 ms() {
     awk -v v="$1" 'BEGIN {
@@ -236,8 +212,6 @@ mean() {
 }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", b ? 100 * a / b : 0 }'; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-# verdict AWK-CONDITION: met or MISSED.
-verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
 
 declare -A mrps mp50 mp99 mcpu mrcpu mwcpu
 for run in "${runs[@]}"; do

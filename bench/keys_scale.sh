@@ -103,29 +103,6 @@ TOML
     fi
 }
 
-declare -A port admin_port pid
-# start_floodgate NAME: an instance on free ports.
-start_floodgate() {
-    if ! retry_start try_start_floodgate "$1"; then
-        echo "bench: floodgate ($1) did not start; its log:" >&2
-        cat "$BENCH_TMP/$1.log" >&2
-        exit 1
-    fi
-}
-
-try_start_floodgate() {
-    local name=$1 listen admin
-    listen=$(free_port)
-    admin=$(free_port)
-    config "$name" "$listen" "$admin" >"$BENCH_TMP/$name.toml"
-    FLOODGATE_LOG=warn bench_spawn "$BENCH_TMP/$name.log" \
-        "$bin" serve --config "$BENCH_TMP/$name.toml"
-    wait_until 10 curl -sf "http://127.0.0.1:$admin/healthz" || return 1
-    port[$name]=$listen
-    admin_port[$name]=$admin
-    pid[$name]=$BENCH_LAST_PID
-}
-
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 decisions() {
     curl -sf "http://127.0.0.1:${admin_port[$1]}/metrics" |
@@ -133,7 +110,6 @@ decisions() {
 }
 redis_field() { redis-cli -p "$REDIS_PORT" INFO "$1" | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2 }'; }
 dbsize() { redis-cli -p "$REDIS_PORT" DBSIZE | tr -d '\r'; }
-verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
 failures=0
 expect() { # expect LABEL AWK-CONDITION
     local v

@@ -109,3 +109,32 @@ redis_ping() {
 machine_load() {
     echo "$(cut -d' ' -f1 /proc/loadavg) (1-min load average) on $(nproc) CPUs"
 }
+
+# Floodgate instances. The calling script defines `config NAME LISTEN ADMIN`
+# (prints the instance's TOML) and sets $bin to the binary.
+declare -A port admin_port pid
+# start_floodgate NAME: an instance on free ports; sets port[NAME],
+# admin_port[NAME] and pid[NAME].
+start_floodgate() {
+    if ! retry_start try_start_floodgate "$1"; then
+        echo "bench: floodgate ($1) did not start; its log:" >&2
+        cat "$BENCH_TMP/$1.log" >&2
+        exit 1
+    fi
+}
+
+try_start_floodgate() {
+    local name=$1 listen admin
+    listen=$(free_port)
+    admin=$(free_port)
+    config "$name" "$listen" "$admin" >"$BENCH_TMP/$name.toml"
+    FLOODGATE_LOG=warn bench_spawn "$BENCH_TMP/$name.log" \
+        "$bin" serve --config "$BENCH_TMP/$name.toml"
+    wait_until 10 curl -sf "http://127.0.0.1:$admin/healthz" || return 1
+    port[$name]=$listen
+    admin_port[$name]=$admin
+    pid[$name]=$BENCH_LAST_PID
+}
+
+# verdict CONDITION: "met" when the awk condition holds, else "MISSED".
+verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
