@@ -140,9 +140,11 @@ impl ClientIpConfig {
             // anybody honest wrote: ignore the whole header.
             let value = value.to_str().ok()?;
             if *name == FORWARDED {
-                // A quote left open would swallow the elements after it,
-                // those the proxies appended: the line cannot be read.
-                if !quotes_closed(value) {
+                // Proxies append their elements to the client's line. A
+                // line that does not follow the grammar (a quote left open,
+                // a quoted value with text glued after it) could make the
+                // client's part swallow theirs: such a line cannot be read.
+                if !forwarded_line_is_well_formed(value) {
                     return None;
                 }
                 for element in split_unquoted(value, b',') {
@@ -234,19 +236,64 @@ fn unquote(value: &str) -> Option<String> {
     Some(out)
 }
 
-/// Whether every double-quoted string in `s` ends before `s` does.
-fn quotes_closed(s: &str) -> bool {
-    let mut quoted = false;
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'\\' if quoted && bytes.next().is_none() => return false,
-            b'\\' if quoted => {}
-            b'"' => quoted = !quoted,
-            _ => {}
+/// Whether `line` follows RFC 7239's grammar: elements separated by `,`,
+/// each of `name=value` pairs separated by `;`, every name a token, every
+/// value a token or a quoted string that ends where the pair does. Spaces
+/// and tabs are allowed around the separators, empty elements and pairs are
+/// allowed, and unquoted values may hold `:`, `[` and `]` (ports and IPv6
+/// written without the quotes the RFC asks for).
+fn forwarded_line_is_well_formed(line: &str) -> bool {
+    let b = line.as_bytes();
+    let is_token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    let skip_ows = |mut i: usize| {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ows(0);
+    while i < b.len() {
+        if b[i] == b',' || b[i] == b';' {
+            i = skip_ows(i + 1);
+            continue;
+        }
+        // name
+        let start = i;
+        while i < b.len() && is_token(b[i]) {
+            i += 1;
+        }
+        if i == start || i >= b.len() || b[i] != b'=' {
+            return false;
+        }
+        i += 1;
+        // value
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return false,
+                    Some(b'"') => break,
+                    Some(b'\\') => i += 2,
+                    Some(_) => i += 1,
+                }
+            }
+            i += 1;
+        } else {
+            let start = i;
+            while i < b.len() && (is_token(b[i]) || b":[]".contains(&b[i])) {
+                i += 1;
+            }
+            if i == start {
+                return false;
+            }
+        }
+        // what ends the pair
+        i = skip_ows(i);
+        if i < b.len() && b[i] != b',' && b[i] != b';' {
+            return false;
         }
     }
-    !quoted
+    true
 }
 
 /// Splits `s` at `sep` bytes that are outside double-quoted strings.
@@ -557,11 +604,34 @@ mod tests {
         );
         let peer = "10.0.0.1".parse().unwrap();
         assert_eq!(config.client_ip(Some(peer), &headers), Some(peer));
-        assert!(quotes_closed(
-            r#"for="[2001:db8::1]:80";x="a\"b", for=1.2.3.4"#
-        ));
-        assert!(!quotes_closed(r#"for="1.2.3.4\"#));
-        assert!(!quotes_closed(r#"x=""#));
+        // The open quote closed by an escaped quote in the proxy's part.
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_static(r#"for=6.6.6.6;x=", for=203.0.113.9;x="q\"uote""#),
+        );
+        assert_eq!(config.client_ip(Some(peer), &headers), Some(peer));
+        for good in [
+            r#"for="[2001:db8::1]:80";x="a\"b", for=1.2.3.4"#,
+            "for=192.0.2.60;proto=http;by=203.0.113.43",
+            "for=192.0.2.43, for=198.51.100.17 ,for=unknown",
+            "for=192.0.2.7:80 ; proto=https",
+            "for=_hidden,,",
+            "",
+        ] {
+            assert!(forwarded_line_is_well_formed(good), "{good:?}");
+        }
+        for bad in [
+            r#"for="1.2.3.4\"#,
+            r#"x=""#,
+            r#"for="1.2.3.4"x"#,
+            "for 1.2.3.4",
+            "=1.2.3.4",
+            "for=",
+            "for=1.2.3.4 5.6.7.8",
+            "for=\"a\"\"b\"",
+        ] {
+            assert!(!forwarded_line_is_well_formed(bad), "{bad:?}");
+        }
     }
 
     #[test]
