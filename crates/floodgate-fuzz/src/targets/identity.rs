@@ -144,7 +144,7 @@ pub struct IdentityTarget {
 /// proxy's own part holds an escaped quote (`x="q\"uote"`), whose meaning
 /// the open quote flips. Reproducers: `tests/found_bugs.rs`.
 pub const FORWARDED_QUOTE_SPOOF: &str =
-    "Forwarded: an unterminated quote lets a client choose its address";
+    "Forwarded: a quote the client leaves open lets it choose its address";
 
 impl std::fmt::Debug for IdentityTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
