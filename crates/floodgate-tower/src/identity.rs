@@ -143,9 +143,11 @@ impl ClientIpConfig {
                 // Proxies append their elements to the client's line. A
                 // line that does not follow the grammar (a quote left open,
                 // a quoted value with text glued after it) could make the
-                // client's part swallow theirs: such a line cannot be read.
+                // client's part swallow theirs: the whole line is one
+                // unreadable hop. Lines after it are still read.
                 if !forwarded_line_is_well_formed(value) {
-                    return None;
+                    hops.push(None);
+                    continue;
                 }
                 for element in split_unquoted(value, b',') {
                     if element.trim().is_empty() {
