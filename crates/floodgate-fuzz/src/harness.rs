@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::rng::{Rng, input_seed};
 
-/// Set (to anything) in the environment, known bugs fail their inputs like
-/// any other: how to check that a fix is whole.
-pub const STRICT_VAR: &str = "FLOODGATE_FUZZ_STRICT";
-
-/// Whether [`STRICT_VAR`] is set: targets then let no known bug pass.
-pub fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os(STRICT_VAR).is_some())
-}
-
 /// After this many failures a run stops: one bug usually fails thousands of
 /// inputs, and the first few reports say everything.
 pub const MAX_FAILURES: usize = 10;
@@ -48,8 +38,7 @@ pub trait FuzzTarget {
     }
 
     /// How many inputs so far hit a known, reported bug that the target
-    /// lets pass (so a long run still finds the others), by bug. None pass
-    /// under [`strict`].
+    /// lets pass (so a long run still finds the others), by bug.
     fn known_issues(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }

@@ -1,6 +1,7 @@
 //! Reproducers of bugs the fuzz targets found in code this crate does not
-//! own. A fixed one guards its fix; an open one is ignored until its fix
-//! lands: `cargo test -p floodgate-fuzz --test found_bugs -- --ignored`.
+//! own, each fixed: every test here guards its fix. (A bug found and not
+//! yet fixed goes here `#[ignore]`d, its target letting it pass through
+//! `FuzzTarget::known_issues` until the fix lands.)
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }
 
-/// Found by the identity target (its prefix invariant; see
-/// `targets::identity::FORWARDED_QUOTE_SPOOF`). A proxy that appends its
+/// Found by the identity target (its client-prefix invariant), fixed in
+/// 1dc2fcc. A proxy that appends its
 /// element to the client's own `Forwarded` line forwards
 /// `for=6.6.6.6;x="` + `, for=203.0.113.9`: the client's unterminated quote
 /// swallows the proxy's element, and floodgate takes the client's chosen
@@ -129,12 +130,12 @@ fn an_unknown_field_with_an_empty_name_is_named() {
 }
 
 /// Found by the identity target after 1dc2fcc, which made a `Forwarded`
-/// line whose quotes do not close unreadable. The client's open quote can
+/// line whose quotes do not close unreadable; fixed in c9b8f65 (a quoted
+/// value must end its pair). The client's open quote can
 /// still be closed by the proxy's own part when that part holds an escaped
 /// quote: `for=6.6.6.6;x="` + `, for=203.0.113.9;x="q\"uote"` closes, the
 /// comma is read as quoted, and the client's 6.6.6.6 counts.
 #[test]
-#[ignore = "floodgate-tower identity.rs: a client's open quote closed by an escaped quote in the proxy's part still chooses the address"]
 fn a_quote_left_open_cannot_choose_the_client_when_the_proxy_part_holds_quotes() {
     let config = ClientIpConfig {
         trusted_proxies: vec!["10.0.0.0/8".parse().expect("a network")],
@@ -153,12 +154,12 @@ fn a_quote_left_open_cannot_choose_the_client_when_the_proxy_part_holds_quotes()
     );
 }
 
-/// Found by the lua target after a91e3b9. Removing a penalty that has
-/// already ended: Redis deletes its registry entry and zeroes its key,
-/// memory leaves it (it zeroes only a penalty in force). After a clock step
+/// Found by the lua target after a91e3b9, fixed in c9b8f65 (Redis leaves
+/// an ended penalty as memory does). Removing a penalty that had already
+/// ended: Redis deleted its registry entry and zeroed its key, memory left
+/// it (it zeroes only a penalty in force). After a clock step
 /// back into the penalty, memory enforces (and lists) it, Redis does not.
 #[test]
-#[ignore = "floodgate-core memory.rs / floodgate-redis: removing an ended penalty forgets it in Redis only"]
 fn a_penalty_removed_after_it_ended_stays_removed_alike_after_a_step_back() {
     use floodgate_core::{Algorithm, Check, Policy, Store};
     use floodgate_redis::{RedisConfig, RedisStore};

@@ -41,7 +41,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::harness::{FuzzTarget, clip, strict};
+use crate::harness::{FuzzTarget, clip};
 use crate::mutate::{hex, mutate};
 use crate::rng::Rng;
 
@@ -130,21 +130,7 @@ pub struct IdentityInput {
 /// The identity and key-forming target.
 pub struct IdentityTarget {
     runtime: tokio::runtime::Runtime,
-    /// Inputs where a client's unterminated quote in `Forwarded` chose its
-    /// identity (see [`FORWARDED_QUOTE_SPOOF`]).
-    quote_spoofs: u64,
 }
-
-/// Known bug, reported and not fixed here (identity.rs belongs to
-/// floodgate-tower): behind a proxy that appends its element to the
-/// client's own `Forwarded` line, a client's quote left open can make the
-/// proxy's element part of the client's, whose first `for=` then counts.
-/// 1dc2fcc made a line whose quotes do not close unreadable, which stops
-/// `for=6.6.6.6;x="` + `, for=203.0.113.9`; the line still closes when the
-/// proxy's own part holds an escaped quote (`x="q\"uote"`), whose meaning
-/// the open quote flips. Reproducers: `tests/found_bugs.rs`.
-pub const FORWARDED_QUOTE_SPOOF: &str =
-    "Forwarded: a quote the client leaves open lets it choose its address";
 
 impl std::fmt::Debug for IdentityTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,7 +149,6 @@ impl IdentityTarget {
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime"),
-            quote_spoofs: 0,
         }
     }
 }
@@ -195,9 +180,7 @@ impl FuzzTarget for IdentityTarget {
         let peer_ip = input.peer.map(|p| p.ip());
         let client = config.client_ip(peer_ip, &headers);
         check_client(&config, input, &headers, client);
-        if check_prefixes(&config, input, client) {
-            self.quote_spoofs += 1;
-        }
+        check_prefixes(&config, input, client);
         // Out-of-range prefixes (the limiter refuses them) must not panic.
         if let Some(ip) = client {
             for prefix in [0, 129, 255] {
@@ -210,10 +193,6 @@ impl FuzzTarget for IdentityTarget {
         }
         let keys = self.runtime.block_on(keys_formed(&config, input, &headers));
         check_keys(&config, input, &headers, client, &keys);
-    }
-
-    fn known_issues(&self) -> Vec<(&'static str, u64)> {
-        vec![(FORWARDED_QUOTE_SPOOF, self.quote_spoofs)]
     }
 
     fn describe(&self, input: &IdentityInput) -> String {
@@ -320,18 +299,19 @@ fn check_client(
 }
 
 /// What a client writes in front of the chain must not choose its identity.
-/// Returns whether the input hit [`FORWARDED_QUOTE_SPOOF`].
-fn check_prefixes(config: &ClientIpConfig, input: &IdentityInput, client: Option<IpAddr>) -> bool {
+/// (This found a client's open quote in `Forwarded` swallowing its proxy's
+/// element, fixed in 1dc2fcc and c9b8f65.)
+fn check_prefixes(config: &ClientIpConfig, input: &IdentityInput, client: Option<IpAddr>) {
     let (Some(peer), Some(client)) = (input.peer, client) else {
-        return false;
+        return;
     };
     let peer = peer.ip().to_canonical();
     if client == peer || config.is_trusted(client) {
-        return false;
+        return;
     }
     let headers = header_map(&input.headers);
     let Some(name) = consulted(config.header, &headers) else {
-        return false;
+        return;
     };
     let prefix = &input.client_prefix;
     // A separate, earlier line of plain ASCII without quotes: ignored.
@@ -358,17 +338,12 @@ fn check_prefixes(config: &ClientIpConfig, input: &IdentityInput, client: Option
         value.extend_from_slice(&first.1);
         first.1 = value;
         let again = config.client_ip(Some(peer), &header_map(&lines));
-        if again != Some(client) && again != Some(peer) {
-            if name == FORWARDED && prefix.contains(&b'"') && !strict() {
-                return true;
-            }
-            panic!(
-                "a client prefix {:?} on the {name} line made the client {again:?} (was {client}, peer {peer})",
-                String::from_utf8_lossy(prefix)
-            );
-        }
+        assert!(
+            again == Some(client) || again == Some(peer),
+            "a client prefix {:?} on the {name} line made the client {again:?} (was {client}, peer {peer})",
+            String::from_utf8_lossy(prefix)
+        );
     }
-    false
 }
 
 /// Records the keys of every check and admits everything.

@@ -17,9 +17,9 @@
 //! - no panic and no Redis or script error: the only errors are the
 //!   documented validation errors, identical from both stores;
 //! - Redis and memory agree on every outcome: whole decisions, peeks,
-//!   resets, blocks and listings (but for one known, reported bug,
-//!   [`REVIVED_AFTER_STEP_BACK`], which ends the comparison of its case
-//!   unless `FLOODGATE_FUZZ_STRICT` is set).
+//!   resets, blocks and listings. (This found the stores disagreeing on
+//!   blocks that had ended once the clock stepped back, fixed in a91e3b9
+//!   and c9b8f65.)
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use floodgate_core::{
 use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::RedisServer;
 
-use crate::harness::{FuzzTarget, clip, strict};
+use crate::harness::{FuzzTarget, clip};
 use crate::rng::Rng;
 
 /// The key prefix of the fuzzer's Redis (it owns the whole server).
@@ -126,23 +126,7 @@ pub struct LuaTarget {
     clock: ManualClock,
     redis: RedisStore,
     admin: redis::aio::MultiplexedConnection,
-    /// Cases that hit [`REVIVED_AFTER_STEP_BACK`].
-    revived: u64,
 }
-
-/// Known bug, reported and not fixed here (the stores belong to
-/// floodgate-core and floodgate-redis): once the clock steps back, a block
-/// that had ended is in force again, and the stores must agree on it. Since
-/// a91e3b9 Redis keeps an ended block's registry entry (listings and
-/// zero-TTL blocks agree), but `remove_block` on a block that has already
-/// ended still forgets it in Redis (registry entry deleted, penalty key
-/// zeroed) while memory keeps it (it zeroes only a penalty in force), so
-/// after the step back memory lists, lifts or enforces it and Redis does
-/// not, or starts a fresh penalty of another length. Only a case that
-/// stepped back may differ so, and only in outcomes about blocks; the rest
-/// of such a case is not compared. Reproducer: `tests/found_bugs.rs`.
-pub const REVIVED_AFTER_STEP_BACK: &str =
-    "a block removed after it ended comes back after a clock step back in memory, not in Redis";
 
 impl fmt::Debug for LuaTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -186,7 +170,6 @@ impl LuaTarget {
             clock,
             redis,
             admin,
-            revived: 0,
         }
     }
 }
@@ -212,7 +195,7 @@ impl FuzzTarget for LuaTarget {
         let clock = self.clock.clone();
         let redis = self.redis.clone();
         let mut admin = self.admin.clone();
-        let revived = self.runtime.block_on(async move {
+        self.runtime.block_on(async move {
             redis::cmd("FLUSHDB")
                 .query_async::<()>(&mut admin)
                 .await
@@ -220,30 +203,14 @@ impl FuzzTarget for LuaTarget {
             let memory = MemoryStore::with_clock(1_000_000, Arc::new(clock.clone()));
             let m = run(&memory, &clock, case).await;
             let r = run(&redis, &clock, case).await;
-            let step_back = case.ops.iter().position(|op| matches!(op, Op::StepBack(_)));
             for (i, (m, r)) in m.iter().zip(&r).enumerate() {
-                if m != r
-                    && step_back.is_some_and(|s| s < i)
-                    && revived_in_memory(m, r)
-                    && !strict()
-                {
-                    return true;
-                }
                 assert_eq!(
                     m, r,
                     "operation {i} ({:?}) differs: memory left, redis right",
                     case.ops[i]
                 );
             }
-            false
         });
-        if revived {
-            self.revived += 1;
-        }
-    }
-
-    fn known_issues(&self) -> Vec<(&'static str, u64)> {
-        vec![(REVIVED_AFTER_STEP_BACK, self.revived)]
     }
 
     fn describe(&self, case: &LuaCase) -> String {
@@ -252,26 +219,6 @@ impl FuzzTarget for LuaTarget {
 
     fn weight(&self, case: &LuaCase) -> u64 {
         case.ops.len() as u64
-    }
-}
-
-/// Whether two outcomes differ only in blocks, as [`REVIVED_AFTER_STEP_BACK`]
-/// makes them.
-fn revived_in_memory(memory: &Outcome, redis: &Outcome) -> bool {
-    match (memory, redis) {
-        (Outcome::Blocks(_), Outcome::Blocks(_)) | (Outcome::Removed(_), Outcome::Removed(_)) => {
-            true
-        }
-        // A block one store revived and the other not, or replaced by a
-        // fresh penalty of another length.
-        (Outcome::Decisions(Ok(m)), Outcome::Decisions(Ok(r))) => {
-            m.len() == r.len()
-                && m.iter()
-                    .zip(r)
-                    .all(|(m, r)| m == r || m.blocked || r.blocked)
-        }
-        (Outcome::Peek(m), Outcome::Peek(r)) => m.blocked || r.blocked,
-        _ => false,
     }
 }
 
