@@ -36,12 +36,6 @@ pub trait FuzzTarget {
     fn weight(&self, _input: &Self::Input) -> u64 {
         1
     }
-
-    /// How many inputs so far hit a known, reported bug that the target
-    /// lets pass (so a long run still finds the others), by bug.
-    fn known_issues(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
-    }
 }
 
 /// One input the target failed on.
@@ -81,8 +75,6 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
-    /// Inputs that hit a known, reported bug, by bug (not failures).
-    pub known: Vec<(&'static str, u64)>,
 }
 
 impl Report {
@@ -114,7 +106,6 @@ pub fn fuzz<T: FuzzTarget>(target: &mut T, iterations: u64, seed: u64) -> Report
         cases: 0,
         failures: Vec::new(),
         elapsed: Duration::ZERO,
-        known: Vec::new(),
     };
     while report.iterations < iterations && report.failures.len() < MAX_FAILURES {
         let input_seed = input_seed(seed, report.cases);
@@ -129,7 +120,6 @@ pub fn fuzz<T: FuzzTarget>(target: &mut T, iterations: u64, seed: u64) -> Report
         }
     }
     report.elapsed = start.elapsed();
-    report.known = target.known_issues();
     report
 }
 

@@ -127,16 +127,10 @@ pub fn run(target: Target, iterations: u64, seed: u64) {
 }
 
 /// Runs the one input of `input_seed` (from a failure report) again: its
-/// weight and the known bugs it hit, or the failure.
-pub fn replay(target: Target, input_seed: u64) -> Result<(u64, Vec<&'static str>), Failure> {
-    fn one<T: FuzzTarget>(mut t: T, seed: u64) -> Result<(u64, Vec<&'static str>), Failure> {
-        let weight = run_one(&mut t, seed)?;
-        let known = t
-            .known_issues()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(bug, _)| bug);
-        Ok((weight, known.collect()))
+/// weight, or the failure.
+pub fn replay(target: Target, input_seed: u64) -> Result<u64, Failure> {
+    fn one<T: FuzzTarget>(mut t: T, seed: u64) -> Result<u64, Failure> {
+        run_one(&mut t, seed)
     }
     match target {
         Target::Config => one(targets::config::ConfigTarget, input_seed),

@@ -1,7 +1,5 @@
 //! Reproducers of bugs the fuzz targets found in code this crate does not
-//! own, each fixed: every test here guards its fix. (A bug found and not
-//! yet fixed goes here `#[ignore]`d, its target letting it pass through
-//! `FuzzTarget::known_issues` until the fix lands.)
+//! own, each fixed: every test here guards its fix.
 
 use std::net::IpAddr;
 use std::sync::Arc;
