@@ -64,20 +64,66 @@ impl Node {
         Node { port, dir, child }
     }
 
-    /// A plain data node: no persistence, loopback only, plus `extra`.
-    fn data(port: u16, extra: &[&str]) -> Node {
-        let mut args = os_args(&[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
-        args.extend(os_args(extra));
-        Node::spawn(port, temp_dir(port), &args)
+    /// Starts a node on a free port and waits until `up` holds. `make` gives
+    /// the working directory and arguments for a port. A free port can be
+    /// taken (by another test's server, or as the local port of any outgoing
+    /// connection) between being picked and being bound; when the process
+    /// exits before it is up, another port is tried, up to 5 in all.
+    fn launch(
+        what: &str,
+        make: impl Fn(u16) -> (PathBuf, Vec<OsString>),
+        mut up: impl FnMut(&Node) -> bool,
+    ) -> Node {
+        let mut logs = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let (dir, args) = make(port);
+            let mut node = Node::spawn(port, dir, &args);
+            let deadline = Instant::now() + SETUP_DEADLINE;
+            loop {
+                if up(&node) {
+                    return node;
+                }
+                if !matches!(node.child.try_wait(), Ok(None)) {
+                    logs.push(format!("port {port}:\n{}", node.log_tail()));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{what} on port {port} did not come up; log:\n{}",
+                        node.log_tail()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!(
+            "{what} exited before coming up on 5 ports; logs:\n{}",
+            logs.join("\n---\n")
+        );
+    }
+
+    /// Launches a plain data node (no persistence, loopback only, plus
+    /// `extra(port)`) and waits until it answers `PING`.
+    fn data(what: &str, extra: impl Fn(u16) -> Vec<String>) -> Node {
+        Node::launch(
+            what,
+            |port| {
+                let mut args = os_args(&[
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                args.extend(extra(port).into_iter().map(OsString::from));
+                (temp_dir(port), args)
+            },
+            |n| ping(n.addr()),
+        )
     }
 
     fn addr(&self) -> SocketAddr {
@@ -114,6 +160,32 @@ impl Drop for Node {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `redis-server` arguments for a TLS-only node on `port` using the
+/// certificates in `certs`, plus `extra`.
+fn tls_args(port: u16, certs: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut args = os_args(&["--port", "0", "--tls-port", &port.to_string()]);
+    args.extend(os_args(&[
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-auth-clients",
+        "yes",
+    ]));
+    for (flag, file) in [
+        ("--tls-cert-file", "server.crt"),
+        ("--tls-key-file", "server.key"),
+        ("--tls-ca-cert-file", "ca.crt"),
+    ] {
+        args.push(flag.into());
+        args.push(certs.join(file).into_os_string());
+    }
+    args.extend(os_args(extra));
+    args
 }
 
 fn os_args(args: &[&str]) -> Vec<OsString> {
@@ -166,28 +238,25 @@ impl RedisCluster {
     /// When the cluster does not form within 30 s (with the node logs).
     pub fn start(primaries: usize) -> Self {
         assert!(primaries >= 3, "a Redis Cluster needs at least 3 primaries");
-        let mut nodes: Vec<Node> = (0..primaries)
+        let nodes: Vec<Node> = (0..primaries)
             .map(|_| {
-                let port = free_port();
-                let bus = free_port();
-                Node::data(
-                    port,
-                    &[
+                Node::data("cluster node", |_| {
+                    let bus = free_port().to_string();
+                    [
                         "--cluster-enabled",
                         "yes",
                         "--cluster-port",
-                        &bus.to_string(),
+                        &bus,
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
-                    ],
-                )
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                })
             })
             .collect();
-        for node in &mut nodes {
-            node.wait("cluster node", |n| ping(n.addr()));
-        }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -333,35 +402,39 @@ impl SentinelSet {
     /// # Panics
     /// When the set does not come up within 30 s (with the logs).
     pub fn start() -> Self {
-        let primary_port = free_port();
-        let mut primary = Node::data(primary_port, &[]);
-        primary.wait("primary", |n| ping(n.addr()));
-        let replica_port = free_port();
-        let mut replica = Node::data(
-            replica_port,
-            &["--replicaof", "127.0.0.1", &primary_port.to_string()],
-        );
-        replica.wait("replica", |n| {
-            ping(n.addr())
-                && cli(n.port, &["info", "replication"]).contains("master_link_status:up")
+        let primary = Node::data("primary", |_| Vec::new());
+        let primary_port = primary.port;
+        let mut replica = Node::data("replica", |_| {
+            ["--replicaof", "127.0.0.1", &primary_port.to_string()]
+                .map(String::from)
+                .to_vec()
         });
+        replica.wait("replica", |n| {
+            cli(n.port, &["info", "replication"]).contains("master_link_status:up")
+        });
+        let replica_port = replica.port;
         let mut sentinels: Vec<Node> = (0..3)
             .map(|_| {
-                let port = free_port();
-                let dir = temp_dir(port);
-                std::fs::create_dir_all(&dir)
-                    .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-                let conf = dir.join("sentinel.conf");
-                let text = format!(
-                    "port {port}\nbind 127.0.0.1\n\
-                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
-                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
-                     sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
-                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
-                );
-                std::fs::write(&conf, text)
-                    .unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
-                Node::spawn(port, dir, &[conf.into_os_string(), "--sentinel".into()])
+                Node::launch(
+                    "sentinel",
+                    |port| {
+                        let dir = temp_dir(port);
+                        std::fs::create_dir_all(&dir)
+                            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+                        let conf = dir.join("sentinel.conf");
+                        let text = format!(
+                            "port {port}\nbind 127.0.0.1\n\
+                             sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                             sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                             sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                             sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+                        );
+                        std::fs::write(&conf, text)
+                            .unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
+                        (dir, vec![conf.into_os_string(), "--sentinel".into()])
+                    },
+                    |n| ping(n.addr()),
+                )
             })
             .collect();
         for s in &mut sentinels {
@@ -516,7 +589,7 @@ pub fn acl_user(name: &str, password: &str, keys: &str, commands: &[&str]) -> Ve
 #[derive(Debug)]
 pub struct TlsRedis {
     node: Node,
-    /// Where the certificates are; inside the node's directory.
+    /// Where the certificates are: a directory of their own, removed on drop.
     certs: PathBuf,
 }
 
@@ -528,36 +601,17 @@ impl TlsRedis {
     /// # Panics
     /// When `openssl` is missing or fails, or the server does not come up.
     pub fn start(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = temp_dir(port);
-        let certs = dir.join("certs");
+        // The certificates live outside the node's directory, which a retry
+        // on another port replaces.
+        let certs = temp_dir(0).join("certs");
         std::fs::create_dir_all(&certs)
             .unwrap_or_else(|e| panic!("creating {}: {e}", certs.display()));
         make_certificates(&certs);
-        let mut args = os_args(&["--port", "0", "--tls-port", &port.to_string()]);
-        args.extend(os_args(&[
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--tls-auth-clients",
-            "yes",
-        ]));
-        for (flag, file) in [
-            ("--tls-cert-file", "server.crt"),
-            ("--tls-key-file", "server.key"),
-            ("--tls-ca-cert-file", "ca.crt"),
-        ] {
-            args.push(flag.into());
-            args.push(certs.join(file).into_os_string());
-        }
-        args.extend(os_args(extra));
-        let mut node = Node::spawn(port, dir, &args);
-        node.wait("TLS redis-server", |n| {
-            tls_cli(n.port, &certs, &["ping"]).is_ok_and(|out| out.trim() == "PONG")
-        });
+        let node = Node::launch(
+            "TLS redis-server",
+            |port| (temp_dir(port), tls_args(port, &certs, extra)),
+            |n| tls_cli(n.port, &certs, &["ping"]).is_ok_and(|out| out.trim() == "PONG"),
+        );
         TlsRedis { node, certs }
     }
 
@@ -597,6 +651,14 @@ impl TlsRedis {
     /// When redis-cli fails or answers an error.
     pub fn cli(&self, args: &[&str]) -> String {
         tls_cli(self.node.port, &self.certs, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        if let Some(dir) = self.certs.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
