@@ -196,8 +196,10 @@ impl Floodgate {
     }
 
     /// Waits until both listeners accept; `Err` when the process exited.
+    /// The deadline is generous: a CI machine's two cores can be busy with
+    /// a dozen other processes while a test binary starts several instances.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exit {status}"));
@@ -207,8 +209,20 @@ impl Floodgate {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let proc_dir = format!("/proc/{}", self.child.id());
+        let state = std::fs::read_to_string(format!("{proc_dir}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let wchan = std::fs::read_to_string(format!("{proc_dir}/wchan")).unwrap_or_default();
         panic!(
-            "floodgate did not start listening within 20s\n{}",
+            "floodgate did not start listening on {} and {} within 60s ({state}, waiting in {wchan:?})\n{}",
+            self.addr,
+            self.admin,
             self.log()
         );
     }
