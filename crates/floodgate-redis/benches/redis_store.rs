@@ -20,7 +20,7 @@
 //!
 //! `-- --print-argv` prints, per algorithm, the ARGV of `check.lua` this
 //! bench sends after ARGV[1] (time: empty, Redis' clock): the TTL margin,
-//! then the policy, cost and shadow flag of its one check. bench/redis.sh
+//! one batch of one check, its policy and the check. bench/redis.sh
 //! hands them to redis-benchmark so both send the same command.
 //!
 //! The store's timeout is 1 s instead of the default 50 ms, so that a
@@ -77,10 +77,12 @@ fn admitting(algorithm: Algorithm) -> Policy {
 }
 
 /// ARGV[2..] of `check.lua` (see the script's header) for one enforcing
-/// check of cost 1 on a store with the default TTL margin.
+/// check of cost 1 on a store with the default TTL margin: the margin, one
+/// batch of one check ("1"), one policy and its seven fields, then the
+/// check (policy 1, cost 1).
 fn check_argv(policy: &Policy) -> String {
     format!(
-        "{} {} {} {} {} {} {} 1 0",
+        "{} 1 1 {} {} {} {} {} {} 0 1 1",
         DEFAULT_TTL_MARGIN.as_millis(),
         policy.algorithm().name(),
         policy.limit(),

@@ -18,6 +18,7 @@
 //! connection) never strands the batches that share its call.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::scripts::{self, ScriptCall};
+use crate::store::{self, CheckArg};
 
 /// Calls of `check.lua` on their way at once, per store. Two keep Redis
 /// busy while the previous call's reply travels back and is handed out.
@@ -223,22 +225,33 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
     let checks: usize = jobs.iter().map(|j| j.checks.len()).sum();
     let deadline = jobs.iter().map(|j| j.deadline).max();
     let Some(deadline) = deadline else { return };
-    let mut call = ScriptCall::new(&scripts::CHECK, 2 * checks, 3 + 8 * checks);
+    let mut call = ScriptCall::new(
+        &scripts::CHECK,
+        2 * checks,
+        store::CHECK_FIXED_ARGS + 2 * checks,
+    );
     for c in jobs.iter().flat_map(|j| &j.checks) {
         call.key(c.state_key.as_str()).key(c.block_key.as_str());
     }
-    let sizes = jobs
-        .iter()
-        .map(|j| j.checks.len().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    call.arg(runner.now_arg())
-        .arg(runner.margin_ms())
-        .arg(sizes);
-    for c in jobs.iter().flat_map(|j| &j.checks) {
-        crate::store::push_policy(&mut call, &c.policy, true);
-        call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
+    let mut sizes = String::with_capacity(2 * jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        if i > 0 {
+            sizes.push(',');
+        }
+        let _ = write!(sizes, "{}", job.checks.len());
     }
+    call.arg(runner.now_arg()).arg(runner.margin_ms());
+    let args: Vec<CheckArg<'_>> = jobs
+        .iter()
+        .flat_map(|j| &j.checks)
+        .map(|c| CheckArg {
+            policy: &c.policy,
+            penalties: true,
+            shadow: c.shadow,
+            cost: c.cost,
+        })
+        .collect();
+    store::push_checks(&mut call, &sizes, &args);
     match runner.run(call, deadline).await {
         Ok(reply) if reply.len() == checks * FIELDS => {
             let mut rest = reply.as_slice();

@@ -1,12 +1,12 @@
 //! [`RedisStore`]: floodgate's [`Store`] on a shared Redis.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use floodgate_core::{
-    Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError, StoreErrorKind,
-    Timestamp, micros_of, validate_checks,
+    Algorithm, Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError,
+    StoreErrorKind, Timestamp, micros_of, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
@@ -253,7 +253,7 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let guarded = mode != Mode::Commit;
         let n = group.len() + usize::from(guarded);
-        let mut call = ScriptCall::new(&scripts::CHECK, 2 * n, 2 + 8 * n);
+        let mut call = ScriptCall::new(&scripts::CHECK, 2 * n, CHECK_FIXED_ARGS + 2 * n);
         // One buffer for every key name: the command copies each in.
         let mut name = String::new();
         for &i in group {
@@ -270,23 +270,28 @@ impl RedisStore {
             call.key(name.as_str()).key(name.as_str());
         }
         call.arg(self.now_arg()).arg(self.inner.margin_ms);
-        for &i in group {
-            let c = &checks[i];
-            push_policy(&mut call, c.policy, mode != Mode::DryRun);
-            call.arg(c.cost).arg(if c.shadow { "1" } else { "0" });
-        }
+        let mut args: Vec<CheckArg<'_>> = group
+            .iter()
+            .map(|&i| {
+                let c = &checks[i];
+                CheckArg {
+                    policy: c.policy,
+                    penalties: mode != Mode::DryRun,
+                    shadow: c.shadow,
+                    cost: c.cost,
+                }
+            })
+            .collect();
         if guarded {
-            // fixed_window, limit 1, 1 s, burst 1, 1 s per unit, no block_for;
-            // cost 2, enforcing.
-            call.arg("fixed_window")
-                .arg(1)
-                .arg(1_000_000)
-                .arg(1)
-                .arg(1_000_000)
-                .arg(0)
-                .arg(2)
-                .arg("0");
+            // Cost 2 of a limit of 1, enforcing, no block_for.
+            args.push(CheckArg {
+                policy: &GUARD_POLICY,
+                penalties: false,
+                shadow: false,
+                cost: 2,
+            });
         }
+        push_checks(&mut call, "", &args);
         let what = match mode {
             Mode::Commit => "check",
             Mode::PenaltiesOnly => "check (penalties only)",
@@ -435,8 +440,69 @@ fn penalty_reason(rule: &str) -> String {
     format!("over the limit of rule {rule}")
 }
 
-/// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads;
-/// its `block_for` as 0 unless `penalties`.
+/// The policy of the never-fitting check a dry or penalties-only run adds:
+/// fixed_window, limit 1 per second.
+static GUARD_POLICY: LazyLock<Policy> = LazyLock::new(|| {
+    Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(1))
+        .expect("1 per second is a valid policy")
+});
+
+/// Arguments of `check.lua` before the per-policy and per-check ones: now,
+/// margin, batch sizes, number of policies.
+pub(crate) const CHECK_FIXED_ARGS: usize = 4;
+
+/// One check of a `check.lua` call, as its arguments describe it.
+pub(crate) struct CheckArg<'a> {
+    pub(crate) policy: &'a Policy,
+    /// Whether the policy's `block_for` is sent (else 0: no penalty starts).
+    pub(crate) penalties: bool,
+    pub(crate) shadow: bool,
+    pub(crate) cost: u64,
+}
+
+/// Appends ARGV[3..] of `check.lua` (see its header): `sizes`, each distinct
+/// policy once (with its `block_for` and shadow flag), then each check's
+/// policy number and cost. Every check of a gateway's rule shares its
+/// policy, so a call carrying many requests' checks sends it once, and Redis
+/// parses it once.
+pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
+    // (policy, block_for_us, shadow) in order of first use; a call holds a
+    // handful at most, one per rule.
+    let mut distinct: Vec<(&Policy, u64, bool)> = Vec::new();
+    let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
+    for c in checks {
+        let block_for = if c.penalties {
+            c.policy.block_for_us().unwrap_or(0)
+        } else {
+            0
+        };
+        let entry = (c.policy, block_for, c.shadow);
+        let at = match distinct.iter().position(|d| *d == entry) {
+            Some(at) => at,
+            None => {
+                distinct.push(entry);
+                distinct.len() - 1
+            }
+        };
+        numbers.push(at + 1);
+    }
+    call.arg(sizes).arg(distinct.len());
+    for (policy, block_for, shadow) in distinct {
+        call.arg(policy.algorithm().name())
+            .arg(policy.limit())
+            .arg(policy.window_us())
+            .arg(policy.burst())
+            .arg(policy.emission_interval_us())
+            .arg(block_for)
+            .arg(if shadow { "1" } else { "0" });
+    }
+    for (number, c) in numbers.into_iter().zip(checks) {
+        call.arg(number).arg(c.cost);
+    }
+}
+
+/// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads
+/// (`peek.lua`'s); its `block_for` as 0 unless `penalties`.
 pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
     let block_for = if penalties {
         policy.block_for_us().unwrap_or(0)

@@ -9,11 +9,13 @@
 -- ARGV:
 --   ARGV[1]     now (µs since the epoch), or "" to use Redis' TIME
 --   ARGV[2]     TTL margin (ms) added to every key's expiry
---   ARGV[3]     optional: the number of checks in each batch, comma-separated
---               ("2,1,3"); absent, every check forms one batch
---   then 8 per check:
---     algorithm, limit, window_us, burst, emission_us, block_for_us (0: none),
---     cost, shadow ("1" or "0")
+--   ARGV[3]     the number of checks in each batch, comma-separated ("2,1,3"),
+--               or "" when every check forms one batch
+--   ARGV[4]     P, the number of policies
+--   then 7 per policy (each distinct one once, however many checks use it):
+--     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
+--     none), shadow ("1" or "0")
+--   then 2 per check: its policy's number (1..P), cost
 -- Returns a flat array of 6 integers per check:
 --   allowed (1/0), remaining, reset_after_us, retry_after_us (-1 when
 --   allowed), blocked (1/0), block_until_us (a penalty block this call
@@ -31,11 +33,23 @@
 local now = read_now(ARGV[1])
 local margin_ms = tonumber(ARGV[2])
 local n = #KEYS / 2
-local sizes, at
-if #KEYS % 2 == 0 and #ARGV == 2 + 8 * n then
-  sizes, at = { n }, 3
-elseif #KEYS % 2 == 0 and #ARGV == 3 + 8 * n then
-  sizes, at = {}, 4
+local np = tonumber(ARGV[4])
+if #KEYS % 2 ~= 0 or not np or np < 0 or np % 1 ~= 0 or #ARGV ~= 4 + 7 * np + 2 * n then
+  error('floodgate: check.lua needs 2 keys and 2 arguments per check and 7 per policy')
+end
+
+-- The policies by the number checks name them with ("1".."P").
+local policies = {}
+for j = 1, np do
+  local at = 5 + 7 * (j - 1)
+  local p = read_policy(at)
+  p.shadow = ARGV[at + 6] == '1'
+  policies[tostring(j)] = p
+end
+
+local sizes = { n }
+if ARGV[3] ~= '' then
+  sizes = {}
   local total = 0
   for size in string.gmatch(ARGV[3], '[^,]+') do
     local k = tonumber(size)
@@ -48,29 +62,26 @@ elseif #KEYS % 2 == 0 and #ARGV == 3 + 8 * n then
   if total ~= n then
     error('floodgate: check.lua batch sizes add up to ' .. total .. ', not ' .. n)
   end
-else
-  error('floodgate: check.lua needs 2 keys and 8 arguments per check')
 end
 
--- The string values this call has read or written, by key: false for a key
--- that holds none (absent, or a sliding log's list); nil when not read yet.
--- Later batches read what earlier ones wrote without asking Redis again.
+-- The string values of the keys as this call has left them: false for a key
+-- that holds none (absent, or a sliding log's list). Read with one MGET per
+-- (up to) 512 keys before any check; later batches then read what earlier
+-- ones wrote.
 local values = {}
-
--- Reads a check's two keys with one MGET, unless known already.
-local function read_pair(state_key, block_key)
-  if values[state_key] == nil or values[block_key] == nil then
-    local v = redis.call('MGET', state_key, block_key)
-    if values[state_key] == nil then
-      values[state_key] = v[1]
-    end
-    if values[block_key] == nil then
-      values[block_key] = v[2]
+local reply = {}
+for first = 1, #KEYS, 512 do
+  local last = min(first + 511, #KEYS)
+  local got = redis.call('MGET', unpack(KEYS, first, last))
+  for i = first, last do
+    local key = KEYS[i]
+    if values[key] == nil then
+      values[key] = got[i - first + 1]
     end
   end
 end
 
--- The counting state of a check's key as this call has left it.
+-- The counting state (a, b, c) of a check's key as this call has left it.
 local function state_of(key, p)
   if p.algorithm == 'sliding_log' then
     return load_state(key, p)
@@ -78,51 +89,79 @@ local function state_of(key, p)
   return decode_state(values[key], p)
 end
 
-local reply = {}
-local done = 0
-for _, size in ipairs(sizes) do
-  local batch = {}
-  local admit = true
-  for j = 1, size do
-    local i = done + j
-    local c = {
-      state_key = KEYS[2 * i - 1],
-      block_key = KEYS[2 * i],
-      policy = read_policy(at),
-      cost = tonumber(ARGV[at + 6]),
-      shadow = ARGV[at + 7] == '1',
-    }
-    at = at + 8
-    local p = c.policy
-    read_pair(c.state_key, c.block_key)
-    local until_us = tonumber(values[c.block_key]) or 0
-    c.eval = evaluate(state_of(c.state_key, p), until_us, p, now, c.cost, c.shadow)
-    if not (c.shadow or c.eval.allowed) then
-      admit = false
-    end
-    batch[j] = c
+-- Decides the check at ARGV[at] and KEYS[2i-1], KEYS[2i]; its decision goes
+-- to the reply, at the place of check i. Returns whether it lets its batch
+-- be admitted, its policy and cost, and the end of the penalty block it
+-- starts (0: none), which the caller writes with start_block.
+local function decide_check(i, at)
+  local p = policies[ARGV[at]]
+  local cost = num(ARGV[at + 1])
+  if not p or not cost then
+    error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
   end
+  local block_key = KEYS[2 * i]
+  local allowed, remaining, reset, retry, blocked, block_until =
+    evaluate(num(values[block_key]) or 0, p, now, cost, p.shadow, state_of(KEYS[2 * i - 1], p))
+  local base = 6 * (i - 1)
+  reply[base + 1] = allowed and 1 or 0
+  reply[base + 2] = remaining
+  reply[base + 3] = reset
+  reply[base + 4] = retry or -1
+  reply[base + 5] = blocked and 1 or 0
+  reply[base + 6] = block_until
+  return allowed or p.shadow, p, cost, block_until
+end
 
-  for j, c in ipairs(batch) do
-    local d = c.eval
-    -- KeyState::apply, on the state as it is now (a check earlier in the
-    -- batch may have committed to the same key).
-    if admit and d.allowed then
-      values[c.state_key] = commit(c.state_key, state_of(c.state_key, c.policy), c.policy, now, c.cost, margin_ms)
+-- Starts the penalty block of check i, ending at `until_us`.
+local function start_block(i, until_us)
+  local key, v = KEYS[2 * i], int(until_us)
+  redis.call('SET', key, v, 'PX', int(ttl_ms(until_us, now, margin_ms)))
+  values[key] = v
+end
+
+-- KeyState::apply for check i, on the state as it is now (a check earlier in
+-- its batch may have committed to the same key).
+local function commit_check(i, p, cost)
+  local key = KEYS[2 * i - 1]
+  values[key] = commit(key, p, now, cost, margin_ms, state_of(key, p))
+end
+
+local at = 5 + 7 * np
+local done = 0
+-- The policies, costs and penalty ends of the batch being decided, by place
+-- in the batch.
+local batch_policy, batch_cost, batch_block = {}, {}, {}
+for _, size in ipairs(sizes) do
+  if size == 1 then
+    local i = done + 1
+    local admitted, p, cost, block_until = decide_check(i, at)
+    if admitted and reply[6 * i - 5] == 1 then
+      commit_check(i, p, cost)
     end
-    if d.block_until > 0 then
-      local v = int(d.block_until)
-      redis.call('SET', c.block_key, v, 'PX', int(ttl_ms(d.block_until, now, margin_ms)))
-      values[c.block_key] = v
+    if block_until > 0 then
+      start_block(i, block_until)
     end
-    local base = 6 * (done + j - 1)
-    reply[base + 1] = d.allowed and 1 or 0
-    reply[base + 2] = d.remaining
-    reply[base + 3] = d.reset
-    reply[base + 4] = d.retry or -1
-    reply[base + 5] = d.blocked and 1 or 0
-    reply[base + 6] = d.block_until
+  else
+    -- Every check is decided on the state as it was before the batch; costs
+    -- are committed only when every non-shadow check admits; penalties
+    -- start either way.
+    local admit = true
+    for j = 1, size do
+      local admitted, p, cost, block_until = decide_check(done + j, at + 2 * (j - 1))
+      admit = admit and admitted
+      batch_policy[j], batch_cost[j], batch_block[j] = p, cost, block_until
+    end
+    for j = 1, size do
+      local i = done + j
+      if admit and reply[6 * i - 5] == 1 then
+        commit_check(i, batch_policy[j], batch_cost[j])
+      end
+      if batch_block[j] > 0 then
+        start_block(i, batch_block[j])
+      end
+    end
   end
+  at = at + 2 * size
   done = done + size
 end
 return reply

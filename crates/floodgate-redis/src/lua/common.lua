@@ -4,9 +4,37 @@
 -- integers, all held in Lua numbers (doubles) and exact below 2^53, which
 -- floodgate-core's Policy guarantees.
 
--- Decimal text of an integer: tostring() would print 16-digit times as 1.7e+15.
+-- Lua's math functions as locals: a global lookup and a table index fewer
+-- per use, in code that runs for every check.
+local floor, ceil, fmod, min, max = math.floor, math.ceil, math.fmod, math.min, math.max
+
+-- Decimal text of an integer: tostring() would print 16-digit times as
+-- 1.7e+15. '%d' formats a C long, exact for every integer floodgate stores,
+-- and costs a third of '%.0f'. Memoised for the call: the checks of one call
+-- mostly write the same window starts, TTLs and small counts.
+local texts = {}
 local function int(n)
-  return string.format('%.0f', n)
+  local t = texts[n]
+  if t == nil then
+    t = string.format('%d', n)
+    texts[n] = t
+  end
+  return t
+end
+
+-- tonumber(s), memoised for the call: Lua parses with the C library's
+-- strtod, which costs as much as a Redis command; a call's checks mostly
+-- read the same policy fields, window starts and small counts.
+local numbers = {}
+local function num(s)
+  local v = numbers[s]
+  if v == nil then
+    v = tonumber(s)
+    if v ~= nil then
+      numbers[s] = v
+    end
+  end
+  return v
 end
 
 -- u64::saturating_sub
@@ -30,5 +58,5 @@ end
 -- Milliseconds a key must live for a state that stops mattering at
 -- `expires_at`: rounded up, plus the configured margin, at least 1.
 local function ttl_ms(expires_at, now, margin_ms)
-  return math.max(math.ceil(sat_sub(expires_at, now) / 1000) + margin_ms, 1)
+  return max(ceil(sat_sub(expires_at, now) / 1000) + margin_ms, 1)
 end

@@ -23,10 +23,17 @@
 -- A state of another algorithm than the policy's (a reload changed the rule)
 -- counts as empty and is replaced on the next commit.
 -- Penalty key: string <blocked_until>.
+--
+-- A decoded state travels as three values `a, b, c` (no table: the checks of
+-- a call would each allocate one), `a == nil` meaning none:
+--   fixed_window    start, count
+--   sliding_window  start, previous, current
+--   token_bucket    tat
+--   sliding_log     number of entries, the list's key
 
 -- Integer division, exact for operands below 2^53.
 local function floor_div(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   if q * b > a then
     q = q - 1
   elseif (q + 1) * b <= a then
@@ -39,11 +46,11 @@ end
 local function read_policy(at)
   local p = {
     algorithm = ARGV[at],
-    limit = tonumber(ARGV[at + 1]),
-    window = tonumber(ARGV[at + 2]),
-    burst = tonumber(ARGV[at + 3]),
-    emission = tonumber(ARGV[at + 4]),
-    block_for = tonumber(ARGV[at + 5]),
+    limit = num(ARGV[at + 1]),
+    window = num(ARGV[at + 2]),
+    burst = num(ARGV[at + 3]),
+    emission = num(ARGV[at + 4]),
+    block_for = num(ARGV[at + 5]),
   }
   if not (p.limit and p.window and p.burst and p.emission and p.block_for) then
     error('floodgate: malformed policy arguments at ARGV[' .. at .. ']')
@@ -51,8 +58,8 @@ local function read_policy(at)
   return p
 end
 
--- The counting state a string value `v` encodes for policy `p` (not
--- sliding_log); nil when `v` is not a string (absent: false) or encodes
+-- The counting state (a, b, c) a string value `v` encodes for policy `p`
+-- (not sliding_log); nil when `v` is not a string (absent: false) or encodes
 -- another algorithm's state.
 local function decode_state(v, p)
   if type(v) ~= 'string' then
@@ -61,31 +68,31 @@ local function decode_state(v, p)
   if p.algorithm == 'fixed_window' then
     local start, count = string.match(v, '^f(%d+):(%d+)$')
     if start then
-      return { start = tonumber(start), count = tonumber(count) }
+      return num(start), num(count)
     end
   elseif p.algorithm == 'sliding_window' then
     local start, previous, current = string.match(v, '^s(%d+):(%d+):(%d+)$')
     if start then
-      return { start = tonumber(start), previous = tonumber(previous), current = tonumber(current) }
+      return num(start), num(previous), num(current)
     end
   elseif p.algorithm == 'token_bucket' then
     local tat = string.match(v, '^t(%d+)$')
     if tat then
-      return { tat = tonumber(tat) }
+      return num(tat)
     end
   end
   return nil
 end
 
--- The counting state of `key` for policy `p`; nil when there is none or it
--- belongs to another algorithm.
+-- The counting state (a, b, c) of `key` for policy `p`; nil when there is
+-- none or it belongs to another algorithm.
 local function load_state(key, p)
   if p.algorithm == 'sliding_log' then
     local n = redis.pcall('LLEN', key)
     if type(n) ~= 'number' then
       return nil -- WRONGTYPE: a string of another algorithm
     end
-    return { key = key, n = n }
+    return n, key
   end
   -- A sliding log's list answers WRONGTYPE, an error table: no state.
   return decode_state(redis.pcall('GET', key), p)
@@ -93,16 +100,16 @@ end
 
 -- fixed_window.rs -----------------------------------------------------------
 
-local function fixed_window_current(s, p, now)
-  local start = now - math.fmod(now, p.window)
-  if s and s.start >= start then
-    return s.start, s.count
+local function fixed_window_current(p, now, a, b)
+  local start = now - fmod(now, p.window)
+  if a and a >= start then
+    return a, b
   end
   return start, 0
 end
 
-local function fixed_window_decide(s, p, now, cost)
-  local start, count = fixed_window_current(s, p, now)
+local function fixed_window_decide(p, now, cost, a, b)
+  local start, count = fixed_window_current(p, now, a, b)
   local reset_after = sat_sub(start + p.window, now)
   local allowed = count + cost <= p.limit
   local used = count
@@ -118,22 +125,22 @@ end
 
 -- sliding_window.rs ---------------------------------------------------------
 
-local function sliding_window_roll(s, p, now)
+local function sliding_window_roll(p, now, a, b, c)
   local w = p.window
-  local start = now - math.fmod(now, w)
-  if s then
-    if s.start >= start then
-      return s.start, s.previous, s.current
-    elseif s.start + w == start then
-      return start, s.current, 0
+  local start = now - fmod(now, w)
+  if a then
+    if a >= start then
+      return a, b, c
+    elseif a + w == start then
+      return start, c, 0
     end
   end
   return start, 0, 0
 end
 
 local function weighted(previous, w, elapsed)
-  local weight = (w - math.min(elapsed, w)) / w
-  return math.floor(previous * weight)
+  local weight = (w - min(elapsed, w)) / w
+  return floor(previous * weight)
 end
 
 local function decay_point(previous, w, budget)
@@ -141,16 +148,16 @@ local function decay_point(previous, w, budget)
     return 0
   end
   local point = w - (budget + 1) * w / previous
-  local c = math.ceil(point)
+  local c = ceil(point)
   if c < 0 then
     c = 0 -- Rust's `as u64` saturates
   end
-  return math.min(c + 1, w)
+  return min(c + 1, w)
 end
 
-local function sliding_window_decide(s, p, now, cost)
+local function sliding_window_decide(p, now, cost, a, b, c)
   local w, limit = p.window, p.limit
-  local start, previous, current = sliding_window_roll(s, p, now)
+  local start, previous, current = sliding_window_roll(p, now, a, b, c)
   local elapsed = sat_sub(now, start)
   local count = weighted(previous, w, elapsed) + current
   local allowed = count + cost <= limit
@@ -175,7 +182,7 @@ local function sliding_window_decide(s, p, now, cost)
   else
     retry_after = to_boundary + decay_point(current, w, limit - cost)
   end
-  return allowed, sat_sub(limit, used), reset_after, math.max(retry_after, 1)
+  return allowed, sat_sub(limit, used), reset_after, max(retry_after, 1)
 end
 
 -- sliding_log.rs ------------------------------------------------------------
@@ -185,7 +192,7 @@ end
 local function log_first_live(key, n, w, now)
   local lo, hi = 0, n
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
+    local mid = floor((lo + hi) / 2)
     if tonumber(redis.call('LINDEX', key, mid)) + w <= now then
       lo = mid + 1
     else
@@ -195,16 +202,13 @@ local function log_first_live(key, n, w, now)
   return lo
 end
 
-local function sliding_log_decide(s, p, now, cost)
+local function sliding_log_decide(p, now, cost, n, key)
   local w, limit = p.window, p.limit
-  local n = 0
-  if s then
-    n = s.n
-  end
+  n = n or 0
   local first, back = 0, nil
   if n > 0 then
-    first = log_first_live(s.key, n, w, now)
-    back = tonumber(redis.call('LINDEX', s.key, -1))
+    first = log_first_live(key, n, w, now)
+    back = tonumber(redis.call('LINDEX', key, -1))
   end
   local count = n - first
   local allowed = count + cost <= limit
@@ -212,13 +216,13 @@ local function sliding_log_decide(s, p, now, cost)
   if allowed then
     local newest = 0
     if back then
-      newest = math.max(back, now)
+      newest = max(back, now)
     end
-    used, reset_after, retry_after = count + cost, math.max(newest, now) + w - now, 0
+    used, reset_after, retry_after = count + cost, max(newest, now) + w - now, 0
   else
     -- The (count + cost - limit)-th live entry must expire first.
     local k = count + cost - limit
-    local t = tonumber(redis.call('LINDEX', s.key, first + k - 1))
+    local t = tonumber(redis.call('LINDEX', key, first + k - 1))
     used, reset_after, retry_after = count, sat_sub(back + w, now), sat_sub(t + w, now)
   end
   if used == 0 then
@@ -229,12 +233,12 @@ end
 
 -- gcra.rs -------------------------------------------------------------------
 
-local function token_bucket_decide(s, p, now, cost)
+local function token_bucket_decide(p, now, cost, a)
   local t = p.emission
   local tau = t * p.burst
   local tat = now
-  if s then
-    tat = math.max(s.tat, now)
+  if a then
+    tat = max(a, now)
   end
   local new_tat = tat + t * cost
   local allow_at = sat_sub(new_tat, tau)
@@ -249,40 +253,54 @@ end
 
 -- algorithm/mod.rs ----------------------------------------------------------
 
--- LimitState::decide: allowed, remaining, reset_after, retry_after (µs; the
--- last one only means something when refused).
-local function decide(s, p, now, cost)
-  if p.algorithm == 'fixed_window' then
-    return fixed_window_decide(s, p, now, cost)
-  elseif p.algorithm == 'sliding_window' then
-    return sliding_window_decide(s, p, now, cost)
-  elseif p.algorithm == 'sliding_log' then
-    return sliding_log_decide(s, p, now, cost)
-  elseif p.algorithm == 'token_bucket' then
-    return token_bucket_decide(s, p, now, cost)
+-- LimitState::decide on state (a, b, c): allowed, remaining, reset_after,
+-- retry_after (µs; the last one only means something when refused).
+local function decide(p, now, cost, a, b, c)
+  local algorithm = p.algorithm
+  if algorithm == 'sliding_window' then
+    return sliding_window_decide(p, now, cost, a, b, c)
+  elseif algorithm == 'fixed_window' then
+    return fixed_window_decide(p, now, cost, a, b)
+  elseif algorithm == 'token_bucket' then
+    return token_bucket_decide(p, now, cost, a)
+  elseif algorithm == 'sliding_log' then
+    return sliding_log_decide(p, now, cost, a, b)
   end
   error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
 end
 
--- LimitState::commit on state `s` (as `key` holds it now), then a TTL at the
--- state's expires_at (plus margin), in the same script call: no key ever
--- lives without a TTL. Returns the string now stored at `key`, or false for
--- a sliding log (a list).
-local function commit(key, s, p, now, cost, margin_ms)
+-- LimitState::commit on state (a, b, c) (as `key` holds it now), then a TTL
+-- at the state's expires_at (plus margin), in the same script call: no key
+-- ever lives without a TTL. Returns the string now stored at `key`, or false
+-- for a sliding log (a list).
+--
+-- A window state's expiry depends only on its window's start: when the key
+-- already holds a state of the same start, it already has that expiry, and
+-- the write keeps it (KEEPTTL), which costs Redis a fifth less than setting
+-- it again.
+local function commit(key, p, now, cost, margin_ms, a, b, c)
   if p.algorithm == 'fixed_window' then
-    local start, count = fixed_window_current(s, p, now)
+    local start, count = fixed_window_current(p, now, a, b)
     local v = 'f' .. int(start) .. ':' .. int(count + cost)
-    redis.call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
+    if start == a then
+      redis.call('SET', key, v, 'KEEPTTL')
+    else
+      redis.call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
+    end
     return v
   elseif p.algorithm == 'sliding_window' then
-    local start, previous, current = sliding_window_roll(s, p, now)
+    local start, previous, current = sliding_window_roll(p, now, a, b, c)
     local v = 's' .. int(start) .. ':' .. int(previous) .. ':' .. int(current + cost)
-    redis.call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
+    if start == a then
+      redis.call('SET', key, v, 'KEEPTTL')
+    else
+      redis.call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
+    end
     return v
   elseif p.algorithm == 'token_bucket' then
     local tat = now
-    if s then
-      tat = math.max(s.tat, now)
+    if a then
+      tat = max(a, now)
     end
     tat = tat + p.emission * cost
     local v = 't' .. int(tat)
@@ -290,26 +308,26 @@ local function commit(key, s, p, now, cost, margin_ms)
     return v
   elseif p.algorithm == 'sliding_log' then
     local back = nil
-    if s == nil then
+    if a == nil then
       redis.call('DEL', key) -- a string of another algorithm
-    elseif s.n > 0 then
-      local first = log_first_live(key, s.n, p.window, now)
+    elseif a > 0 then
+      local first = log_first_live(key, a, p.window, now)
       if first > 0 then
         redis.call('LTRIM', key, first, -1)
       end
-      if first < s.n then
+      if first < a then
         back = tonumber(redis.call('LINDEX', key, -1))
       end
     end
     -- Never let the log go backwards in time (see sliding_log.rs).
     local stamp = now
     if back then
-      stamp = math.max(back, now)
+      stamp = max(back, now)
     end
     local text = int(stamp)
     local left = cost
     while left > 0 do
-      local chunk = math.min(left, 1000)
+      local chunk = min(left, 1000)
       local batch = {}
       for i = 1, chunk do
         batch[i] = text
@@ -332,14 +350,14 @@ local function blocked_until(block_key)
   return 0
 end
 
--- KeyState::evaluate: the decision for `cost` at `now` on counting state `s`
--- under a penalty block ending at `until_us`, as a table
---   { allowed, remaining, reset, retry (µs; nil when allowed), blocked,
---     block_until (a penalty block this check starts, else 0) }.
+-- KeyState::evaluate: the decision for `cost` at `now` on counting state
+-- (a, b, c) under a penalty block ending at `until_us`:
+--   allowed, remaining, reset, retry (µs; nil when allowed), blocked,
+--   block_until (a penalty block this check starts, else 0)
 -- Under a block the refusal's retry and reset also wait for the counter, so
 -- a client is not sent back early only to be refused and blocked anew.
-local function evaluate(s, until_us, p, now, cost, shadow)
-  local allowed, remaining, reset, retry = decide(s, p, now, cost)
+local function evaluate(until_us, p, now, cost, shadow, a, b, c)
+  local allowed, remaining, reset, retry = decide(p, now, cost, a, b, c)
   if allowed then
     retry = nil -- only a refusal has one
   end
@@ -347,25 +365,13 @@ local function evaluate(s, until_us, p, now, cost, shadow)
     local left = until_us - now
     local counter_reset = reset
     if allowed then
-      local _, _, reset_if_nothing_taken = decide(s, p, now, 0)
+      local _, _, reset_if_nothing_taken = decide(p, now, 0, a, b, c)
       counter_reset = reset_if_nothing_taken
     end
-    return {
-      allowed = false,
-      remaining = 0,
-      reset = math.max(left, counter_reset),
-      retry = math.max(left, retry or 0),
-      blocked = true,
-      block_until = 0,
-    }
+    return false, 0, max(left, counter_reset), max(left, retry or 0), true, 0
   end
-  local d = { allowed = allowed, remaining = remaining, reset = reset, retry = retry, blocked = false, block_until = 0 }
   if p.block_for > 0 and not allowed and not shadow then
-    d.remaining = 0
-    d.retry = math.max(retry, p.block_for)
-    d.reset = math.max(reset, p.block_for)
-    d.blocked = true
-    d.block_until = now + p.block_for
+    return false, 0, max(reset, p.block_for), max(retry, p.block_for), true, now + p.block_for
   end
-  return d
+  return allowed, remaining, reset, retry, false, 0
 end

@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use floodgate_core::{Algorithm, Check, Policy, Store};
+use floodgate_core::{Algorithm, Check, Policy, Store, Timestamp};
+use floodgate_redis::RedisStore;
 use floodgate_testkit::{shared_redis_url, unique_prefix};
 
-use crate::support::{keys_under, raw_connection, redis_on_server_time};
+use crate::support::{
+    MANUAL_CLOCK_TTL_MARGIN, START_US, clock_config, keys_under, manual_clock, raw_connection,
+    redis_on_server_time,
+};
 
 #[tokio::test]
 async fn every_key_written_has_a_ttl() {
@@ -109,4 +113,71 @@ async fn the_registry_outlives_its_latest_block() {
         ttl > 3_590_000,
         "registry PTTL {ttl} ms, latest block ends in 3600 s"
     );
+}
+
+/// A window state's expiry follows its window: a later write in the same
+/// window keeps the expiry the first one set, and the first write in a new
+/// window sets that window's expiry, not the old one's.
+#[tokio::test]
+async fn window_states_expire_with_the_window_they_hold() {
+    let url = shared_redis_url();
+    let conn = raw_connection(&url).await;
+    let w = 1_000_000_000u64; // 1000 s, in µs
+    let margin_ms = MANUAL_CLOCK_TTL_MARGIN.as_millis() as i64;
+    for (algorithm, windows_kept) in [(Algorithm::FixedWindow, 1), (Algorithm::SlidingWindow, 2)] {
+        let prefix = unique_prefix("window-ttl");
+        let clock = manual_clock();
+        let store = RedisStore::new(clock_config(&url, &prefix, &clock)).unwrap();
+        let policy = Policy::new(algorithm, 100, Duration::from_micros(w)).unwrap();
+        let start = START_US - START_US % w;
+        // A check at `at`, then the state key's PTTL.
+        let check_and_pttl = |at: u64| {
+            clock.set(Timestamp::from_micros(at));
+            let store = &store;
+            let policy = &policy;
+            let prefix = &prefix;
+            let conn = conn.clone();
+            async move {
+                let mut conn = conn;
+                store
+                    .check(&[Check::new("r", policy, "ip:192.0.2.1", 1)])
+                    .await
+                    .unwrap();
+                let keys = keys_under(&mut conn, prefix).await;
+                let key = keys.iter().find(|k| k.ends_with(":state")).unwrap();
+                let pttl: i64 = redis::cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                pttl
+            }
+        };
+        // Expected PTTL (ms) for a write at `at` into the window starting
+        // at `window`.
+        let expected =
+            |window: u64, at: u64| ((window + windows_kept * w - at) / 1000) as i64 + margin_ms;
+        let first = start + w / 10;
+        let pttl = check_and_pttl(first).await;
+        let want = expected(start, first);
+        assert!(
+            (want - 2_000..=want).contains(&pttl),
+            "{algorithm:?}: first write: PTTL {pttl}, want about {want}"
+        );
+        // Later in the same window: the expiry stays put.
+        let pttl = check_and_pttl(start + w / 2).await;
+        assert!(
+            (want - 2_000..=want).contains(&pttl),
+            "{algorithm:?}: same window: PTTL {pttl}, want about {want}"
+        );
+        // Late in the next window: that window's expiry, well below the old
+        // one's.
+        let late = start + w + 9 * w / 10;
+        let pttl = check_and_pttl(late).await;
+        let want = expected(start + w, late);
+        assert!(
+            (want - 2_000..=want).contains(&pttl),
+            "{algorithm:?}: next window: PTTL {pttl}, want about {want}"
+        );
+    }
 }
