@@ -91,8 +91,9 @@ end
 
 -- Decides the check at ARGV[at] and KEYS[2i-1], KEYS[2i]; its decision goes
 -- to the reply, at the place of check i. Returns whether it lets its batch
--- be admitted, its policy and cost, and the end of the penalty block it
--- starts (0: none), which the caller writes with start_block.
+-- be admitted, its policy and cost, the end of the penalty block it starts
+-- (0: none), which the caller writes with start_block, and the state (a, b,
+-- c) it decided on.
 local function decide_check(i, at)
   local p = policies[ARGV[at]]
   local cost = num(ARGV[at + 1])
@@ -100,8 +101,9 @@ local function decide_check(i, at)
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
   end
   local block_key = KEYS[2 * i]
+  local a, b, c = state_of(KEYS[2 * i - 1], p)
   local allowed, remaining, reset, retry, blocked, block_until =
-    evaluate(num(values[block_key]) or 0, p, now, cost, p.shadow, state_of(KEYS[2 * i - 1], p))
+    evaluate(num(values[block_key]) or 0, p, now, cost, p.shadow, a, b, c)
   local base = 6 * (i - 1)
   reply[base + 1] = allowed and 1 or 0
   reply[base + 2] = remaining
@@ -109,7 +111,7 @@ local function decide_check(i, at)
   reply[base + 4] = retry or -1
   reply[base + 5] = blocked and 1 or 0
   reply[base + 6] = block_until
-  return allowed or p.shadow, p, cost, block_until
+  return allowed or p.shadow, p, cost, block_until, a, b, c
 end
 
 -- Starts the penalty block of check i, ending at `until_us`.
@@ -119,11 +121,10 @@ local function start_block(i, until_us)
   values[key] = v
 end
 
--- KeyState::apply for check i, on the state as it is now (a check earlier in
--- its batch may have committed to the same key).
-local function commit_check(i, p, cost)
+-- KeyState::apply for check i on state (a, b, c).
+local function commit_check(i, p, cost, a, b, c)
   local key = KEYS[2 * i - 1]
-  values[key] = commit(key, p, now, cost, margin_ms, state_of(key, p))
+  values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
 end
 
 local at = 5 + 7 * np
@@ -134,9 +135,9 @@ local batch_policy, batch_cost, batch_block = {}, {}, {}
 for _, size in ipairs(sizes) do
   if size == 1 then
     local i = done + 1
-    local admitted, p, cost, block_until = decide_check(i, at)
+    local admitted, p, cost, block_until, a, b, c = decide_check(i, at)
     if admitted and reply[6 * i - 5] == 1 then
-      commit_check(i, p, cost)
+      commit_check(i, p, cost, a, b, c)
     end
     if block_until > 0 then
       start_block(i, block_until)
@@ -154,7 +155,10 @@ for _, size in ipairs(sizes) do
     for j = 1, size do
       local i = done + j
       if admit and reply[6 * i - 5] == 1 then
-        commit_check(i, batch_policy[j], batch_cost[j])
+        -- On the state as it is now: a check earlier in the batch may have
+        -- committed to the same key.
+        local p = batch_policy[j]
+        commit_check(i, p, batch_cost[j], state_of(KEYS[2 * i - 1], p))
       end
       if batch_block[j] > 0 then
         start_block(i, batch_block[j])
