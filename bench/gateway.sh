@@ -29,7 +29,10 @@
 # CPU tells what limiting costs floodgate itself, whoever else ran.
 #
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds per
-# measured run, default 10); BENCH_ROUNDS (default 2).
+# measured run, default 10); BENCH_ROUNDS (default 2). On a machine whose
+# speed drifts from one minute to the next, more and shorter rounds
+# (BENCH_ROUNDS=6 BENCH_DURATION=5) and the median of the per-round ratios,
+# printed after the means, say more than the means do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -248,8 +251,22 @@ ratio() {
         echo -n "$(pct "${rps[$1#$r]}" "${rps[$2#$r]}") "
     done
 }
+# median_ratio RUN BASE: the median over rounds of RUN's throughput over
+# BASE's in the same round. Each round's runs follow each other within a
+# minute, so a median of per-round ratios shrugs off a round the machine
+# slowed down in, where the mean of req/s over rounds does not.
+median_ratio() {
+    local r
+    for r in $(seq "$rounds"); do
+        awk -v a="${rps[$1#$r]}" -v b="${rps[$2#$r]}" 'BEGIN { printf "%.4f\n", b ? a / b : 0 }'
+    done | sort -n | awk '{ v[NR] = $1 } END {
+        m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.1f%%", 100 * m }'
+}
 echo "per round: memory/none $(ratio memory none)| redis/none $(ratio redis none)|"
 echo "           abuse-memory/memory $(ratio abuse-memory memory)| abuse-redis/memory $(ratio abuse-redis memory)"
+echo "median of the rounds: memory/none $(median_ratio memory none) | redis/none $(median_ratio redis none) |"
+echo "           abuse-memory/memory $(median_ratio abuse-memory memory) | abuse-redis/memory $(median_ratio abuse-redis memory)"
 echo
 add_mem=$(minus "${mp99[memory]}" "${mp99[none]}")
 add_redis=$(minus "${mp99[redis]}" "${mp99[none]}")

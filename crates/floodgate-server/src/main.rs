@@ -15,6 +15,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use floodgate_server::config::{self, Overrides};
 
+/// mimalloc instead of the C library's allocator. Requests allocate and free
+/// small buffers on every worker thread, and a request waiting on the store
+/// frees on another thread than it allocated on; glibc's malloc then takes
+/// its slow paths (consolidation, arena locks). Measured with
+/// bench/gateway.sh: see docs/PERFORMANCE.md, "Allocator".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "floodgate",
