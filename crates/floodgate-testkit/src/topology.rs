@@ -109,16 +109,8 @@ impl Node {
         Node::launch(
             what,
             |port| {
-                let mut args = os_args(&[
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]);
+                let mut args = os_args(&["--port", &port.to_string()]);
+                args.extend(os_args(&LOOPBACK_NO_PERSISTENCE));
                 args.extend(extra(port).into_iter().map(OsString::from));
                 (temp_dir(port), args)
             },
@@ -166,16 +158,8 @@ impl Drop for Node {
 /// certificates in `certs`, plus `extra`.
 fn tls_args(port: u16, certs: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut args = os_args(&["--port", "0", "--tls-port", &port.to_string()]);
-    args.extend(os_args(&[
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-auth-clients",
-        "yes",
-    ]));
+    args.extend(os_args(&LOOPBACK_NO_PERSISTENCE));
+    args.extend(os_args(&["--tls-auth-clients", "yes"]));
     for (flag, file) in [
         ("--tls-cert-file", "server.crt"),
         ("--tls-key-file", "server.key"),
@@ -187,6 +171,10 @@ fn tls_args(port: u16, certs: &Path, extra: &[&str]) -> Vec<OsString> {
     args.extend(os_args(extra));
     args
 }
+
+/// Every node listens on loopback only and keeps nothing on disk.
+const LOOPBACK_NO_PERSISTENCE: [&str; 6] =
+    ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
 
 fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
