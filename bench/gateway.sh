@@ -18,8 +18,11 @@
 # memory and the Redis instance, in which a client blocked through the admin
 # API sends 9 of every 10 requests (403 from the local block cache, no
 # store call). Two rounds, so a drifting machine load hits every run alike;
-# ratios are given per round too. Then one connection for 3 s against each
-# instance, for latency without queueing.
+# ratios are given per round too. Then the paced runs: the same 64
+# connections, each pausing BENCH_PACE_MS (default 10) after every answer,
+# so the load stays below saturation and p99 is the requests' own latency,
+# not a queue's (at saturation, 64 connections over fewer req/s is a longer
+# queue by arithmetic). Last, one connection for 3 s against each instance.
 #
 # Targets: memory >= 85% of none, redis >= 60% of none, p99 added by
 # limiting < 1 ms, abuse >= memory. wrk shares the machine's CPUs with
@@ -29,7 +32,8 @@
 # CPU tells what limiting costs floodgate itself, whoever else ran.
 #
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds per
-# measured run, default 10); BENCH_ROUNDS (default 2). On a machine whose
+# measured run, default 10); BENCH_ROUNDS (default 2); BENCH_PACE_MS
+# (default 10). On a machine whose
 # speed drifts from one minute to the next, more and shorter rounds
 # (BENCH_ROUNDS=6 BENCH_DURATION=5) and the median of the per-round ratios,
 # printed after the means, say more than the means do.
@@ -200,6 +204,18 @@ for round in $(seq "$rounds"); do
         requests[$run]=$((${requests[$run]:-0} + $(awk '/requests in/ { print $1 }' "$BENCH_TMP/wrk-$run#$round.txt")))
     done
 done
+# Paced: every connection pauses after each answer, so the load stays at
+# about 64 * 1000 / (pace + latency) req/s, below what any instance serves
+# at saturation; the latency is then the request's own, not a queue's.
+pace_ms=${BENCH_PACE_MS:-10}
+echo "== paced: 64 connections, each pausing ${pace_ms} ms after every answer"
+export BENCH_PACE_MS=$pace_ms
+for round in $(seq "$rounds"); do
+    for name in "${names[@]}"; do
+        load "$name~$round" "$name" 2 64 "$duration"
+    done
+done
+unset BENCH_PACE_MS
 echo "== one connection, 3 s each (latency without queueing)"
 for name in "${names[@]}"; do
     load "$name@1" "$name" 1 1 3
@@ -263,6 +279,21 @@ median_ratio() {
         m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
         printf "%.1f%%", 100 * m }'
 }
+# median_of FIGURE RUN SEP: the median over rounds of FIGURE for RUN, its
+# labels RUN<SEP><round>.
+median_of() {
+    local -n figure=$1
+    local r
+    for r in $(seq "$rounds"); do echo "${figure[$2$3$r]}"; done | sort -g |
+        awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+echo "paced (64 connections, ${pace_ms} ms pause), medians over rounds:"
+for name in "${names[@]}"; do
+    printf '   %-8s %7.0f req/s  p50 %6.3f ms  p99 %7.3f ms  p99 added %7.3f ms\n' "$name" \
+        "$(median_of rps "$name" "~")" "$(median_of p50 "$name" "~")" "$(median_of p99 "$name" "~")" \
+        "$(minus "$(median_of p99 "$name" "~")" "$(median_of p99 none "~")")"
+done
+echo
 echo "per round: memory/none $(ratio memory none)| redis/none $(ratio redis none)|"
 echo "           abuse-memory/memory $(ratio abuse-memory memory)| abuse-redis/memory $(ratio abuse-redis memory)"
 echo "median of the rounds: memory/none $(median_ratio memory none) | redis/none $(median_ratio redis none) |"

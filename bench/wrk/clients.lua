@@ -7,7 +7,9 @@
 -- CLIENTS distinct addresses 10.0.x.y take turns. With BLOCKED_IP, 9 of
 -- every 10 requests come from BLOCKED_IP instead (the abuse run).
 -- Requests are formatted once in init(), so wrk spends no time per request
--- building them.
+-- building them. With BENCH_PACE_MS set in the environment, each connection
+-- pauses that many milliseconds after every answer: a steady load below
+-- saturation, for latency without queueing.
 
 local requests = {}
 local next_request = 0
@@ -24,6 +26,13 @@ function init(args)
         requests[#requests + 1] = wrk.format("GET", path, { ["X-Forwarded-For"] = blocked })
       end
     end
+  end
+end
+
+local pace = tonumber(os.getenv("BENCH_PACE_MS") or "")
+if pace then
+  function delay()
+    return pace
   end
 end
 
