@@ -5,12 +5,56 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate_core::{ManualClock, MemoryStore, Timestamp};
+use floodgate_core::{Algorithm, Check, ManualClock, MemoryStore, Policy, Store, Timestamp};
+use floodgate_redis::{RedisConfig, RedisStore};
+use floodgate_testkit::RedisServer;
 use floodgate_tower::{ClientIpConfig, ForwardedHeader};
 use http::{HeaderMap, HeaderValue};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
+}
+
+/// Where the penalty reproducers' clock starts.
+const START: Timestamp = Timestamp::from_micros(1_700_000_000_000_000);
+
+/// What the penalty reproducers share: a runtime, a redis-server of their
+/// own, a manual clock at [`START`], and a policy of 1 per minute with a
+/// 1 s penalty.
+struct PenaltyRig {
+    runtime: tokio::runtime::Runtime,
+    server: RedisServer,
+    clock: ManualClock,
+    policy: Policy,
+}
+
+impl PenaltyRig {
+    fn start() -> Self {
+        PenaltyRig {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+            server: RedisServer::start(),
+            clock: ManualClock::new(START),
+            policy: Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(60))
+                .and_then(|p| p.with_block_for(Duration::from_secs(1)))
+                .expect("a policy"),
+        }
+    }
+
+    /// A memory store and a Redis store, both on the rig's clock.
+    async fn stores(&self) -> (MemoryStore, RedisStore) {
+        let memory = MemoryStore::with_clock(1_000, Arc::new(self.clock.clone()));
+        let redis = RedisStore::connect(
+            RedisConfig::new(self.server.url())
+                .with_clock(Arc::new(self.clock.clone()))
+                .with_ttl_margin(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("redis answers");
+        (memory, redis)
+    }
 }
 
 /// Found by the identity target (its client-prefix invariant), fixed in
@@ -51,31 +95,12 @@ fn an_unterminated_quote_in_forwarded_cannot_choose_the_client() {
 /// and memory then enforces or lists what Redis does not.
 #[test]
 fn an_ended_block_revived_by_a_clock_step_back_is_listed_and_lifted_alike() {
-    use floodgate_core::{Algorithm, Check, Policy, Store};
-    use floodgate_redis::{RedisConfig, RedisStore};
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let server = floodgate_testkit::RedisServer::start();
-    runtime.block_on(async {
-        let start = Timestamp::from_micros(1_700_000_000_000_000);
-        let clock = ManualClock::new(start);
-        let memory = MemoryStore::with_clock(1_000, Arc::new(clock.clone()));
-        let redis = RedisStore::connect(
-            RedisConfig::new(server.url())
-                .with_clock(Arc::new(clock.clone()))
-                .with_ttl_margin(Duration::from_secs(3600)),
-        )
-        .await
-        .expect("redis answers");
-        let policy = Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(60))
-            .and_then(|p| p.with_block_for(Duration::from_secs(1)))
-            .expect("a policy");
-        let check = Check::new("login", &policy, "ip:192.0.2.1", 1);
-        let m = steps(&memory, &clock, start, &check).await;
-        let r = steps(&redis, &clock, start, &check).await;
+    let rig = PenaltyRig::start();
+    rig.runtime.block_on(async {
+        let (memory, redis) = rig.stores().await;
+        let check = Check::new("login", &rig.policy, "ip:192.0.2.1", 1);
+        let m = steps(&memory, &rig.clock, START, &check).await;
+        let r = steps(&redis, &rig.clock, START, &check).await;
         assert_eq!(
             m, r,
             "(listed, lifted, still blocked): memory left, redis right"
@@ -159,31 +184,12 @@ fn a_quote_left_open_cannot_choose_the_client_when_the_proxy_part_holds_quotes()
 /// back into the penalty, memory enforces (and lists) it, Redis does not.
 #[test]
 fn a_penalty_removed_after_it_ended_stays_removed_alike_after_a_step_back() {
-    use floodgate_core::{Algorithm, Check, Policy, Store};
-    use floodgate_redis::{RedisConfig, RedisStore};
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let server = floodgate_testkit::RedisServer::start();
-    runtime.block_on(async {
-        let start = Timestamp::from_micros(1_700_000_000_000_000);
-        let clock = ManualClock::new(start);
-        let memory = MemoryStore::with_clock(1_000, Arc::new(clock.clone()));
-        let redis = RedisStore::connect(
-            RedisConfig::new(server.url())
-                .with_clock(Arc::new(clock.clone()))
-                .with_ttl_margin(Duration::from_secs(3600)),
-        )
-        .await
-        .expect("redis answers");
-        let policy = Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(60))
-            .and_then(|p| p.with_block_for(Duration::from_secs(1)))
-            .expect("a policy");
-        let check = Check::new("login", &policy, "ip:192.0.2.1", 1);
-        let m = steps(&memory, &clock, start, &check).await;
-        let r = steps(&redis, &clock, start, &check).await;
+    let rig = PenaltyRig::start();
+    rig.runtime.block_on(async {
+        let (memory, redis) = rig.stores().await;
+        let check = Check::new("login", &rig.policy, "ip:192.0.2.1", 1);
+        let m = steps(&memory, &rig.clock, START, &check).await;
+        let r = steps(&redis, &rig.clock, START, &check).await;
         assert_eq!(
             m, r,
             "(lifted, blocked after the step back): memory left, redis right"
