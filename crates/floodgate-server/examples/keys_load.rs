@@ -144,6 +144,30 @@ where
     Ok(sender)
 }
 
+/// Sends `request` on `sender` once it is ready: the status and the whole
+/// body.
+async fn fetch<B>(
+    sender: &mut http1::SendRequest<B>,
+    request: http::Request<B>,
+) -> Result<(u16, Bytes), String>
+where
+    B: hyper::body::Body + 'static,
+{
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// Checks keys until none are left, on one connection (re-opened after a
 /// failure).
 async fn checker(args: Arc<Args>, tally: Arc<Tally>) {
@@ -175,20 +199,7 @@ async fn checker(args: Arc<Args>, tally: Arc<Tally>) {
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let Some(s) = sender.as_mut() else { continue };
-        let outcome = async {
-            s.ready().await.map_err(|e| e.to_string())?;
-            let response = s.send_request(request).await.map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        }
-        .await;
-        match outcome {
+        match fetch(s, request).await {
             Ok((200, body)) if contains(&body, b"\"allowed\":true") => {
                 tally.allowed.fetch_add(1, Ordering::Relaxed);
             }
@@ -232,18 +243,7 @@ async fn verify(args: &Args, admin: SocketAddr) -> Result<(u64, u64), String> {
         .header("authorization", format!("Bearer {}", args.token))
         .body(Empty::new())
         .unwrap();
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, body) = fetch(&mut sender, request).await?;
         if status != 200 {
             return Err(format!(
                 "GET counters of {}{n}: {status} {}",

@@ -405,11 +405,7 @@ pub async fn statuses(
     n: usize,
     bound: Duration,
 ) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(bounded_get(http, fg, key, bound).await.status);
-    }
-    out
+    alternating(http, fg, fg, key, n, bound).await
 }
 
 /// `n` [`bounded_get`]s for `key` alternating between `a` and `b`, starting
