@@ -15,11 +15,18 @@
 --   emission   token_bucket: µs per cost unit (window / limit, rounded up)
 --   block_for  penalty block length (µs), 0 for none
 --
--- State encodings (one key per (rule, key)):
---   fixed_window    string  f<window_start>:<count>
---   sliding_window  string  s<window_start>:<previous>:<current>
---   token_bucket    string  t<tat>
+-- State encodings (one key per (rule, key)): a tag byte, then the state's
+-- numbers as little-endian doubles (Redis' `struct` library), exact for
+-- every integer floodgate stores (below 2^53). Read without parsing text:
+-- unpacking costs Lua a fraction of matching and converting decimal text,
+-- which made a sixth of Redis' work per check.
+--   fixed_window    string  'F' window_start count           (17 bytes)
+--   sliding_window  string  'S' window_start previous current (25 bytes)
+--   token_bucket    string  'T' tat                           (9 bytes)
 --   sliding_log     list    one timestamp per admitted cost unit, oldest first
+-- The decimal text states of earlier versions (f<start>:<count>,
+-- s<start>:<previous>:<current>, t<tat>) are still read, and replaced by the
+-- packed form on their next commit.
 -- A state of another algorithm than the policy's (a reload changed the rule)
 -- counts as empty and is replaced on the next commit.
 -- Penalty key: string <blocked_until>.
@@ -30,6 +37,10 @@
 --   sliding_window  start, previous, current
 --   token_bucket    tat
 --   sliding_log     number of entries, the list's key
+
+-- The tag bytes of the packed states: 'F', 'S', 'T'.
+local TAG_FIXED, TAG_SLIDING, TAG_TOKEN = 70, 83, 84
+local byte, pack_struct, unpack_struct = string.byte, struct.pack, struct.unpack
 
 -- Integer division, exact for operands below 2^53.
 local function floor_div(a, b)
@@ -65,17 +76,30 @@ local function decode_state(v, p)
   if type(v) ~= 'string' then
     return nil
   end
-  if p.algorithm == 'fixed_window' then
-    local start, count = string.match(v, '^f(%d+):(%d+)$')
-    if start then
-      return num(start), num(count)
+  local tag, len = byte(v), #v
+  if p.algorithm == 'sliding_window' then
+    if tag == TAG_SLIDING and len == 25 then
+      local _, start, previous, current = unpack_struct('<Bddd', v)
+      return start, previous, current
     end
-  elseif p.algorithm == 'sliding_window' then
     local start, previous, current = string.match(v, '^s(%d+):(%d+):(%d+)$')
     if start then
       return num(start), num(previous), num(current)
     end
+  elseif p.algorithm == 'fixed_window' then
+    if tag == TAG_FIXED and len == 17 then
+      local _, start, count = unpack_struct('<Bdd', v)
+      return start, count
+    end
+    local start, count = string.match(v, '^f(%d+):(%d+)$')
+    if start then
+      return num(start), num(count)
+    end
   elseif p.algorithm == 'token_bucket' then
+    if tag == TAG_TOKEN and len == 9 then
+      local _, tat = unpack_struct('<Bd', v)
+      return tat
+    end
     local tat = string.match(v, '^t(%d+)$')
     if tat then
       return num(tat)
@@ -281,7 +305,7 @@ end
 local function commit(key, p, now, cost, margin_ms, a, b, c)
   if p.algorithm == 'fixed_window' then
     local start, count = fixed_window_current(p, now, a, b)
-    local v = 'f' .. int(start) .. ':' .. int(count + cost)
+    local v = pack_struct('<Bdd', TAG_FIXED, start, count + cost)
     if start == a then
       redis.call('SET', key, v, 'KEEPTTL')
     else
@@ -290,7 +314,7 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
     return v
   elseif p.algorithm == 'sliding_window' then
     local start, previous, current = sliding_window_roll(p, now, a, b, c)
-    local v = 's' .. int(start) .. ':' .. int(previous) .. ':' .. int(current + cost)
+    local v = pack_struct('<Bddd', TAG_SLIDING, start, previous, current + cost)
     if start == a then
       redis.call('SET', key, v, 'KEEPTTL')
     else
@@ -303,7 +327,7 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
       tat = max(a, now)
     end
     tat = tat + p.emission * cost
-    local v = 't' .. int(tat)
+    local v = pack_struct('<Bd', TAG_TOKEN, tat)
     redis.call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
     return v
   elseif p.algorithm == 'sliding_log' then

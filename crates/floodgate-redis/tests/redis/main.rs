@@ -12,6 +12,7 @@ mod blocks;
 mod cluster;
 mod coalesce;
 mod conformance;
+mod encoding;
 mod exact;
 mod expiry;
 mod faults;
