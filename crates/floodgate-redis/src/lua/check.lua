@@ -72,7 +72,7 @@ local values = {}
 local reply = {}
 for first = 1, #KEYS, 512 do
   local last = min(first + 511, #KEYS)
-  local got = redis.call('MGET', unpack(KEYS, first, last))
+  local got = call('MGET', unpack(KEYS, first, last))
   for i = first, last do
     local key = KEYS[i]
     if values[key] == nil then
@@ -117,7 +117,7 @@ end
 -- Starts the penalty block of check i, ending at `until_us`.
 local function start_block(i, until_us)
   local key, v = KEYS[2 * i], int(until_us)
-  redis.call('SET', key, v, 'PX', int(ttl_ms(until_us, now, margin_ms)))
+  call('SET', key, v, 'PX', int(ttl_ms(until_us, now, margin_ms)))
   values[key] = v
 end
 

@@ -4,6 +4,11 @@
 -- integers, all held in Lua numbers (doubles) and exact below 2^53, which
 -- floodgate-core's Policy guarantees.
 
+-- The call's KEYS and ARGV, and redis.call, as locals: each use of a global
+-- is a table lookup, and a call with many checks uses them hundreds of
+-- times.
+local KEYS, ARGV, call = KEYS, ARGV, redis.call
+
 -- Lua's math functions as locals: a global lookup and a table index fewer
 -- per use, in code that runs for every check.
 local floor, ceil, fmod, min, max = math.floor, math.ceil, math.fmod, math.min, math.max

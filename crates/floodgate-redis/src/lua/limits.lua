@@ -179,34 +179,55 @@ local function decay_point(previous, w, budget)
   return min(c + 1, w)
 end
 
+-- sliding_window_roll, sat_sub and weighted are written out inline here: a
+-- Lua function call costs more than the arithmetic it wraps, and this runs
+-- for every check of the most used algorithm.
 local function sliding_window_decide(p, now, cost, a, b, c)
   local w, limit = p.window, p.limit
-  local start, previous, current = sliding_window_roll(p, now, a, b, c)
-  local elapsed = sat_sub(now, start)
-  local count = weighted(previous, w, elapsed) + current
+  local start, previous, current = now - fmod(now, w), 0, 0
+  if a then
+    if a >= start then
+      start, previous, current = a, b, c
+    elseif a + w == start then
+      previous = c
+    end
+  end
+  local elapsed = 0
+  if now > start then
+    elapsed = min(now - start, w)
+  end
+  local count = floor(previous * ((w - elapsed) / w)) + current
   local allowed = count + cost <= limit
   local used, cur = count, current
   if allowed then
     used, cur = count + cost, current + cost
   end
-  local to_boundary = sat_sub(start + w, now)
+  local to_boundary = 0
+  if start + w > now then
+    to_boundary = start + w - now
+  end
   local reset_after = 0
   if cur > 0 then
     reset_after = to_boundary + w
   elseif previous > 0 then
     reset_after = to_boundary
   end
-  local retry_after = 0
+  local remaining = 0
+  if limit > used then
+    remaining = limit - used
+  end
   if allowed then
-    retry_after = 0
-  elseif current + cost <= limit then
+    return true, remaining, reset_after, 1
+  end
+  local retry_after
+  if current + cost <= limit then
     -- From the window's start, not from `now`: after the clock stepped
     -- back, `now` can lie before the window's start, where nothing decays.
     retry_after = sat_sub(start + decay_point(previous, w, limit - current - cost), now)
   else
     retry_after = to_boundary + decay_point(current, w, limit - cost)
   end
-  return allowed, sat_sub(limit, used), reset_after, max(retry_after, 1)
+  return false, remaining, reset_after, max(retry_after, 1)
 end
 
 -- sliding_log.rs ------------------------------------------------------------
@@ -307,18 +328,18 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
     local start, count = fixed_window_current(p, now, a, b)
     local v = pack_struct('<Bdd', TAG_FIXED, start, count + cost)
     if start == a then
-      redis.call('SET', key, v, 'KEEPTTL')
+      call('SET', key, v, 'KEEPTTL')
     else
-      redis.call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
+      call('SET', key, v, 'PX', int(ttl_ms(start + p.window, now, margin_ms)))
     end
     return v
   elseif p.algorithm == 'sliding_window' then
     local start, previous, current = sliding_window_roll(p, now, a, b, c)
     local v = pack_struct('<Bddd', TAG_SLIDING, start, previous, current + cost)
     if start == a then
-      redis.call('SET', key, v, 'KEEPTTL')
+      call('SET', key, v, 'KEEPTTL')
     else
-      redis.call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
+      call('SET', key, v, 'PX', int(ttl_ms(start + 2 * p.window, now, margin_ms)))
     end
     return v
   elseif p.algorithm == 'token_bucket' then
@@ -328,7 +349,7 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
     end
     tat = tat + p.emission * cost
     local v = pack_struct('<Bd', TAG_TOKEN, tat)
-    redis.call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
+    call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
     return v
   elseif p.algorithm == 'sliding_log' then
     local back = nil
