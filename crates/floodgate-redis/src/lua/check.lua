@@ -9,8 +9,10 @@
 -- ARGV:
 --   ARGV[1]     now (µs since the epoch), or "" to use Redis' TIME
 --   ARGV[2]     TTL margin (ms) added to every key's expiry
---   ARGV[3]     the number of checks in each batch, comma-separated ("2,1,3"),
---               or "" when every check forms one batch
+--   ARGV[3]     the number of checks in each batch, comma-separated ("2,1,3");
+--               "*" when every check is a batch of its own (a call of many
+--               one-rule requests: nothing to parse); "" when every check
+--               forms one batch
 --   ARGV[4]     P, the number of policies
 --   then 7 per policy (each distinct one once, however many checks use it):
 --     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
@@ -48,7 +50,11 @@ for j = 1, np do
 end
 
 local sizes = { n }
-if ARGV[3] ~= '' then
+if ARGV[3] == '*' then
+  for k = 1, n do
+    sizes[k] = 1
+  end
+elseif ARGV[3] ~= '' then
   sizes = {}
   local total = 0
   for size in string.gmatch(ARGV[3], '[^,]+') do

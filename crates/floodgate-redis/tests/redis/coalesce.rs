@@ -74,15 +74,18 @@ async fn check_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     calls
 }
 
-/// Runs `requests` (rule, key, cost) checks concurrently on `store` while
-/// Redis is paused; returns each one's decision, in order, and the number of
-/// script calls they took.
+/// One request's batch: (rule, key, cost) per check.
+type Batch = Vec<(&'static str, String, u64)>;
+
+/// Runs `requests` (each a batch) concurrently on `store` while Redis is
+/// paused; returns each one's decisions, in order, and the number of script
+/// calls they took.
 async fn paused_burst(
     redis: &RedisServer,
     store: &RedisStore,
     policy: &Policy,
-    requests: Vec<(&'static str, String, u64)>,
-) -> (Vec<Decision>, u64) {
+    requests: Vec<Batch>,
+) -> (Vec<Vec<Decision>>, u64) {
     let mut conn = raw_connection(&redis.url()).await;
     // Load the script first, so the burst measures decisions only.
     let warm = Check::new("warm-up", policy, "warm-up", 1);
@@ -97,12 +100,15 @@ async fn paused_burst(
         .unwrap();
     let policy = Arc::new(policy.clone());
     let mut tasks = Vec::new();
-    for (rule, key, cost) in requests {
+    for batch in requests {
         let store = store.clone();
         let policy = Arc::clone(&policy);
         tasks.push(tokio::spawn(async move {
-            let check = Check::new(rule, &policy, &key, cost);
-            store.check(&[check]).await.unwrap().remove(0)
+            let checks: Vec<Check<'_>> = batch
+                .iter()
+                .map(|(rule, key, cost)| Check::new(rule, &policy, key, *cost))
+                .collect();
+            store.check(&checks).await.unwrap()
         }));
     }
     let mut decisions = Vec::new();
@@ -128,9 +134,10 @@ async fn concurrent_checks_of_one_key_share_calls_and_admit_exactly_the_limit() 
         let store = store_on(&redis, &format!("coalesce-{algorithm}"));
         let policy = Policy::new(algorithm, 20, Duration::from_secs(60)).unwrap();
         let requests = (0..REQUESTS)
-            .map(|_| ("hot", "ip:203.0.113.9".to_owned(), 1))
+            .map(|_| vec![("hot", "ip:203.0.113.9".to_owned(), 1)])
             .collect();
         let (decisions, calls) = paused_burst(&redis, &store, &policy, requests).await;
+        let decisions: Vec<Decision> = decisions.into_iter().flatten().collect();
         let admitted = decisions.iter().filter(|d| d.allowed).count();
         assert_eq!(admitted, 20, "{algorithm}: one key, limit 20");
         // In order of admission the remaining counts 19, 18, ... 0 each
@@ -163,16 +170,19 @@ async fn shared_calls_decide_exactly_as_one_call_per_batch() {
     // reach Redis in either order: they use keys nothing else uses. The rest
     // queue behind them, in order, on three keys, with costs 1 to 4, so keys
     // run over their limit and into penalty blocks in the middle of a call.
-    let mut requests: Vec<(&'static str, String, u64)> = vec![
-        ("mixed", "ip:192.0.2.1".to_owned(), 1),
-        ("mixed", "ip:192.0.2.2".to_owned(), 1),
+    // Every fifth request checks a second rule too (a batch of two, among
+    // batches of one).
+    let mut requests: Vec<Batch> = vec![
+        vec![("mixed", "ip:192.0.2.1".to_owned(), 1)],
+        vec![("mixed", "ip:192.0.2.2".to_owned(), 1)],
     ];
     requests.extend((0..REQUESTS - 2).map(|i| {
-        (
-            "mixed",
-            format!("ip:198.51.100.{}", i % 3),
-            1 + (i % 4) as u64,
-        )
+        let key = format!("ip:198.51.100.{}", i % 3);
+        let mut batch = vec![("mixed", key.clone(), 1 + (i % 4) as u64)];
+        if i % 5 == 0 {
+            batch.push(("second", key, 1));
+        }
+        batch
     }));
     let (decisions, calls) = paused_burst(&redis, &store, &policy, requests.clone()).await;
     assert!(
@@ -183,19 +193,21 @@ async fn shared_calls_decide_exactly_as_one_call_per_batch() {
     // The same requests one by one on a memory store, at the same time.
     let clock = manual_clock();
     let memory = memory_on_clock(&clock);
-    for (i, (rule, key, cost)) in requests.iter().enumerate() {
-        let expected = memory
-            .check(&[Check::new(rule, &policy, key, *cost)])
-            .await
-            .unwrap()
-            .remove(0);
-        assert_eq!(decisions[i], expected, "request {i}: {key} cost {cost}");
+    for (i, batch) in requests.iter().enumerate() {
+        let checks: Vec<Check<'_>> = batch
+            .iter()
+            .map(|(rule, key, cost)| Check::new(rule, &policy, key, *cost))
+            .collect();
+        let expected = memory.check(&checks).await.unwrap();
+        assert_eq!(decisions[i], expected, "request {i}: {batch:?}");
     }
+    let all: Vec<&Decision> = decisions.iter().flatten().collect();
+    assert!(all.iter().any(|d| d.blocked), "no penalty was reached");
+    assert!(all.iter().filter(|d| d.allowed).count() > 3);
     assert!(
-        decisions.iter().any(|d| d.blocked),
-        "no penalty was reached"
+        decisions.iter().any(|ds| ds.len() == 2 && ds[1].allowed),
+        "no batch of two was admitted"
     );
-    assert!(decisions.iter().filter(|d| d.allowed).count() > 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
