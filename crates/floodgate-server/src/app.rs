@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +26,7 @@ use crate::config::{self, Overrides, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store::AnyStore;
-use crate::{admin, api, demo_api, listen};
+use crate::{admin, api, demo_api, listen, serve};
 
 /// Everything the handlers of one instance share.
 pub struct AppState {
@@ -110,6 +109,11 @@ impl AppState {
             .store(new.admin.token.clone().map(Arc::new));
         if old.server.listen != new.server.listen || old.admin.listen != new.admin.listen {
             tracing::warn!("listen addresses changed in the config: they apply after a restart");
+        }
+        if old.server.header_timeout != new.server.header_timeout {
+            tracing::warn!(
+                "server.header_timeout changed in the config: it applies after a restart"
+            );
         }
         if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {
             tracing::warn!("store settings changed in the config: they apply after a restart");
@@ -227,16 +231,20 @@ pub async fn run(
     let gateway_stop = Stop::new();
     let admin_stop = Stop::new();
 
-    let gateway = axum::serve(
+    let header_timeout = state.settings.load().server.header_timeout;
+    let gateway = tokio::spawn(serve::serve(
         listeners.main,
-        gateway_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(gateway_stop.signalled());
-    let gateway = tokio::spawn(async move { gateway.await });
+        gateway_router(state.clone()),
+        header_timeout,
+        gateway_stop.signalled(),
+    ));
     let admin = listeners.admin.map(|l| {
-        let server = axum::serve(l, admin::router(state.clone()))
-            .with_graceful_shutdown(admin_stop.signalled());
-        tokio::spawn(async move { server.await })
+        tokio::spawn(serve::serve(
+            l,
+            admin::router(state.clone()),
+            header_timeout,
+            admin_stop.signalled(),
+        ))
     });
     let sync = tokio::spawn({
         let state = state.clone();

@@ -52,6 +52,7 @@ struct RawServer {
     ipv6_prefix: Option<u8>,
     drain_timeout: Option<String>,
     upstream_timeout: Option<String>,
+    header_timeout: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -163,6 +164,9 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// How long the upstream may take to answer.
     pub upstream_timeout: Duration,
+    /// How long a client may take to send a request's head (see
+    /// [`crate::serve`]); slower connections are closed.
+    pub header_timeout: Duration,
 }
 
 /// Which store holds the counters.
@@ -467,6 +471,7 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "ipv6_prefix",
             "drain_timeout",
             "upstream_timeout",
+            "header_timeout",
         ],
     );
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!());
@@ -526,6 +531,11 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "server.upstream_timeout",
             raw.upstream_timeout.as_deref(),
             Duration::from_secs(30),
+        ),
+        header_timeout: p.duration(
+            "server.header_timeout",
+            raw.header_timeout.as_deref(),
+            Duration::from_secs(10),
         ),
     }
 }

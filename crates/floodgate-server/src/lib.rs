@@ -18,6 +18,7 @@ pub mod duration;
 pub mod listen;
 pub mod metrics;
 pub mod proxy;
+pub mod serve;
 pub mod store;
 pub mod supervisor;
 

@@ -353,3 +353,96 @@ async fn ten_thousand_distinct_keys_keep_memory_bounded() {
     );
     still_serves(&http, &fg).await;
 }
+
+/// How long after `started` the server closed `conn` (a read returning end
+/// of stream or an error), waiting at most `within`; `None` if still open.
+async fn closed_after(
+    conn: &mut tokio::net::TcpStream,
+    started: std::time::Instant,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            // A 408 or other answer before the close: keep reading.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slowloris: a connection that sends nothing, one that trickles its
+/// request head a byte at a time, and one that stops inside the HTTP/2
+/// preface are each closed once `header_timeout` has passed; the process
+/// keeps serving, and a client that sends its head at once is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off_at_the_header_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let upstream = Upstream::start().await;
+    let config = config(&upstream.url()).replacen("[store]", "header_timeout = \"1s\"\n[store]", 1);
+    let fg = Floodgate::launch(config).await;
+    let http = Http::new();
+    let bound = Duration::from_secs(1);
+    let slack = Duration::from_secs(3);
+
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(fg.addr).await.unwrap();
+    let mut preface = TcpStream::connect(fg.addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // The request line at once (the protocol is known), then one byte of a
+    // header every 100 ms for 4 s.
+    let mut trickle = TcpStream::connect(fg.addr).await.unwrap();
+    trickle
+        .write_all(b"GET /api/trickle HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickler = tokio::spawn(async move {
+        for byte in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        trickle
+    });
+    for (name, conn) in [("silent", &mut silent), ("preface", &mut preface)] {
+        let closed = closed_after(conn, started, bound + slack).await;
+        let closed =
+            closed.unwrap_or_else(|| panic!("{name}: still open after {:?}", bound + slack));
+        assert!(
+            closed >= bound,
+            "{name}: closed after {closed:?}, before the bound"
+        );
+    }
+    // The bound is 1 s from the connection's start.
+    let mut trickle = trickler.await.unwrap();
+    let closed = closed_after(&mut trickle, started, slack).await;
+    let closed = closed.unwrap_or_else(|| panic!("trickle: still open"));
+    assert!(
+        closed < bound + slack,
+        "trickle: closed only after {closed:?}"
+    );
+
+    // A head sent at once is answered.
+    let mut prompt = TcpStream::connect(fg.addr).await.unwrap();
+    prompt
+        .write_all(b"GET /still/alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut prompt, &mut reply)
+        .await
+        .unwrap();
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    still_serves(&http, &fg).await;
+}
