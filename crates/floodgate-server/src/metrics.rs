@@ -4,6 +4,8 @@
 //! Label sets stay bounded: rules come from the config, outcomes are a fixed
 //! set, and no client key ever becomes a label.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use floodgate_tower::{Observer, Outcome, StoreCall};
@@ -31,10 +33,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+/// The decision counters looked up so far, by rule name, then outcome.
+type DecisionCounters = HashMap<Box<str>, HashMap<&'static str, Counter>>;
+
 /// Every metric floodgate exports.
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// Handles on `decisions`' counters (each shares its count with the
+    /// family's): a decision then costs a read lock and two lookups by
+    /// `&str`, where the family's own lookup needs an owned label set, a
+    /// `String` per decision.
+    decision_counters: RwLock<DecisionCounters>,
     store_latency: Family<CallLabels, Histogram, fn() -> Histogram>,
     store_errors: Family<CallLabels, Counter>,
     active_blocks: Gauge,
@@ -106,6 +116,7 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            decision_counters: RwLock::default(),
             store_latency,
             store_errors,
             active_blocks,
@@ -135,12 +146,32 @@ impl Metrics {
 
 impl Observer for Metrics {
     fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
-        self.decisions
+        let rule = rule.unwrap_or("");
+        let outcome = outcome.as_str();
+        {
+            let known = self
+                .decision_counters
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(counter) = known.get(rule).and_then(|by| by.get(outcome)) {
+                counter.inc();
+                return;
+            }
+        }
+        let counter = self
+            .decisions
             .get_or_create(&DecisionLabels {
-                rule: rule.unwrap_or("").to_owned(),
-                outcome: outcome.as_str(),
+                rule: rule.to_owned(),
+                outcome,
             })
-            .inc();
+            .clone();
+        counter.inc();
+        self.decision_counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(rule.into())
+            .or_default()
+            .insert(outcome, counter);
     }
 
     fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
@@ -178,5 +209,29 @@ mod tests {
                 .render()
                 .contains("floodgate_store_errors_total{call=\"check\"} 1")
         );
+    }
+
+    #[test]
+    fn decisions_count_per_rule_and_outcome_from_every_thread() {
+        let metrics = Metrics::new();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..250 {
+                        metrics.on_decision(Some("api"), Outcome::Allowed);
+                        metrics.on_decision(None, Outcome::Denied);
+                    }
+                    metrics.on_decision(Some("api"), Outcome::Limited);
+                });
+            }
+        });
+        let text = metrics.render();
+        for line in [
+            "floodgate_decisions_total{rule=\"api\",outcome=\"allowed\"} 1000",
+            "floodgate_decisions_total{rule=\"api\",outcome=\"limited\"} 4",
+            "floodgate_decisions_total{rule=\"\",outcome=\"denied\"} 1000",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }
