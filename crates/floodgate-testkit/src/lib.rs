@@ -422,15 +422,22 @@ fn ping(addr: SocketAddr) -> bool {
     conn.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
+/// A path under the system temp directory that no other call returns, in
+/// this process or in any other running one: the process id and a
+/// per-process counter make it unique (a port number does not: the kernel
+/// may hand the same free port to two threads one after the other).
+pub fn unique_temp_path(label: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "floodgate-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// A fresh directory for one server.
 fn temp_dir(port: u16) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    std::env::temp_dir().join(format!(
-        "floodgate-redis-{}-{port}-{nanos}",
-        std::process::id()
-    ))
+    unique_temp_path(&format!("redis-{port}"))
 }
 
 /// A fresh directory for a persistent server: under `/dev/shm` when there is

@@ -53,11 +53,7 @@ pub mod tempdir {
 
     impl Dir {
         pub fn new(label: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "floodgate-test-{label}-{}-{}",
-                std::process::id(),
-                super::free_port()
-            ));
+            let path = floodgate_testkit::unique_temp_path(&format!("test-{label}"));
             std::fs::create_dir_all(&path).unwrap();
             Dir(path)
         }
