@@ -31,9 +31,17 @@
 # and wrk used per request, and how idle the machine stayed: per-request
 # CPU tells what limiting costs floodgate itself, whoever else ran.
 #
+# Two figures tell what the machine itself allows: the latency of a bare
+# Redis round trip (redis-benchmark PING, one connection), under any store
+# call's; and the redis/none ceiling, the ratio the Redis runs would reach
+# if floodgate's Redis path cost it no more CPU than its no-rule path, with
+# redis-server and wrk using the CPU they did.
+#
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds per
 # measured run, default 10); BENCH_ROUNDS (default 2); BENCH_PACE_MS
-# (default 10). On a machine whose
+# (default 10); BENCH_FLOODGATE_CPUS and BENCH_LOAD_CPUS (CPU lists for
+# taskset, as "0-1" and "2-3": floodgate on the first, wrk and Redis on the
+# second; unset, the kernel places them). On a machine whose
 # speed drifts from one minute to the next, more and shorter rounds
 # (BENCH_ROUNDS=6 BENCH_DURATION=5) and the median of the per-round ratios,
 # printed after the means, say more than the means do.
@@ -45,6 +53,10 @@ need wrk wrk
 need curl curl
 need redis-server redis-server
 need redis-cli redis-tools
+need redis-benchmark redis-tools
+if [[ -n ${BENCH_FLOODGATE_CPUS:-}${BENCH_LOAD_CPUS:-} ]]; then
+    need taskset util-linux
+fi
 need cargo "cargo (https://rustup.rs)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -124,8 +136,9 @@ load() {
     r0=$(ticks "$REDIS_PID")
     m0=$(machine_ticks)
     local TIMEFORMAT='%U %S'
-    { time wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s bench/wrk/clients.lua \
-        "http://127.0.0.1:${port[$name]}$path" -- "$clients" ${6:-} >"$out"; } 2>"$out.time"
+    { time ${BENCH_LOAD_CPUS:+taskset -c "$BENCH_LOAD_CPUS"} wrk -t"$threads" -c"$conns" \
+        -d"${secs}s" --latency -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
+        -- "$clients" ${6:-} >"$out"; } 2>"$out.time"
     m1=$(machine_ticks)
     requests=$(awk '/requests in/ { print $1 }' "$out")
     cpu[$label]=$(per_request "$(($(ticks "${pid[$name]}") - fg0))" "$requests")
@@ -195,8 +208,8 @@ for round in $(seq "$rounds"); do
     for run in "${runs[@]}"; do
         name=$(instance "$run")
         # shellcheck disable=SC2046 # no blocked client: no argument
-        wrk -t2 -c64 -d2s -s bench/wrk/clients.lua "http://127.0.0.1:${port[$name]}$path" \
-            -- "$clients" $(abuser "$run") >/dev/null
+        ${BENCH_LOAD_CPUS:+taskset -c "$BENCH_LOAD_CPUS"} wrk -t2 -c64 -d2s -s bench/wrk/clients.lua \
+            "http://127.0.0.1:${port[$name]}$path" -- "$clients" $(abuser "$run") >/dev/null
         before=$(check_calls "$name")
         # shellcheck disable=SC2046
         load "$run#$round" "$name" 2 64 "$duration" $(abuser "$run")
@@ -220,6 +233,12 @@ echo "== one connection, 3 s each (latency without queueing)"
 for name in "${names[@]}"; do
     load "$name@1" "$name" 1 1 3
 done
+# The floor under any store call's latency on this machine: a bare Redis
+# round trip, one connection, nothing else running.
+echo "== Redis round trip: redis-benchmark PING, one connection, 10000 requests"
+read -r rtt_p50 rtt_p99 < <(${BENCH_LOAD_CPUS:+taskset -c "$BENCH_LOAD_CPUS"} \
+    redis-benchmark -p "$REDIS_PORT" -c 1 -n 10000 -t ping_mbulk 2>&1 | tr '\r' '\n' |
+    awk '/latency summary/ { getline; getline; print $3, $5 }') || true
 echo "== machine: $(machine_load) at the end"
 
 # The mean over rounds of a figure.
@@ -254,6 +273,7 @@ for run in "${runs[@]}"; do
 done
 echo "(fg, redis, wrk µs: CPU time each used per request; 1-conn p99: ms, one"
 echo " connection for 3 s, no queueing)"
+echo "Redis round trip (PING, one connection): p50 ${rtt_p50:-?} ms, p99 ${rtt_p99:-?} ms"
 for run in abuse-memory abuse-redis; do
     refused=0
     for r in $(seq "$rounds"); do refused=$((refused + ${non2xx[$run#$r]})); done
@@ -293,6 +313,29 @@ for name in "${names[@]}"; do
         "$(median_of rps "$name" "~")" "$(median_of p50 "$name" "~")" "$(median_of p99 "$name" "~")" \
         "$(minus "$(median_of p99 "$name" "~")" "$(median_of p99 none "~")")"
 done
+echo
+# The ceiling that the machine puts on redis/none: the ratio if floodgate's
+# Redis path cost it no more CPU per request than its no-rule path, with
+# redis-server and wrk using what they did in the Redis runs. Every CPU
+# the machine has runs floodgate, wrk and Redis alike, so throughput is
+# the busy CPU time over the CPU time per request. First with the machine
+# as busy as in the no-rule runs, then as idle as in the Redis runs. Not
+# when pinned: then floodgate does not share its CPUs.
+mean_idle() {
+    local r
+    for r in $(seq "$rounds"); do echo "${idle[$1#$r]%\%}"; done | awk '{ s += $1 } END { printf "%.3f", s / NR }'
+}
+if [[ -z ${BENCH_FLOODGATE_CPUS:-}${BENCH_LOAD_CPUS:-} ]]; then
+    ceiling=$(awk -v fg="${mcpu[none]}" -v rn="${mrcpu[none]}" -v wn="${mwcpu[none]}" \
+        -v rr="${mrcpu[redis]}" -v wr="${mwcpu[redis]}" \
+        -v idle_n="$(mean_idle none)" -v idle_r="$(mean_idle redis)" 'BEGIN {
+            t_none = fg + rn + wn; t_best = fg + rr + wr
+            printf "%.1f%% (%.1f%% at the Redis runs'"'"' idle time)", 100 * t_none / t_best,
+                100 * t_none / t_best * (100 - idle_r) / (100 - idle_n) }')
+    echo "redis/none ceiling on this machine: $ceiling: the ratio if floodgate's"
+    echo "   Redis path cost it no more CPU than its no-rule path, redis-server and wrk"
+    printf "   costing what they did (%.1f and %.1f µs per request)\n" "${mrcpu[redis]}" "${mwcpu[redis]}"
+fi
 echo
 echo "per round: memory/none $(ratio memory none)| redis/none $(ratio redis none)|"
 echo "           abuse-memory/memory $(ratio abuse-memory memory)| abuse-redis/memory $(ratio abuse-redis memory)"

@@ -25,6 +25,13 @@ bench_cleanup() {
     [[ -n $BENCH_TMP ]] && rm -rf "$BENCH_TMP"
 }
 
+# CPU pinning: BENCH_FLOODGATE_CPUS pins floodgate, BENCH_LOAD_CPUS the load
+# generator and redis-server, each to the CPUs listed (taskset's syntax,
+# "2,3" or "2-3"); unset, the kernel places them. On a machine with cores
+# to spare, floodgate then has its own. A command is pinned by putting
+# ${BENCH_LOAD_CPUS:+taskset -c "$BENCH_LOAD_CPUS"} before it (taskset
+# execs it: the pid stays the command's).
+
 # need TOOL PACKAGE: stop with install instructions when TOOL is missing.
 need() {
     if ! command -v "$1" >/dev/null 2>&1; then
@@ -94,7 +101,7 @@ start_redis() {
 try_start_redis() {
     local port
     port=$(free_port)
-    bench_spawn "$BENCH_TMP/redis-$port.log" redis-server --bind 127.0.0.1 \
+    bench_spawn "$BENCH_TMP/redis-$port.log" ${BENCH_LOAD_CPUS:+taskset -c "$BENCH_LOAD_CPUS"} redis-server --bind 127.0.0.1 \
         --port "$port" --save "" --appendonly no --dir "$BENCH_TMP"
     wait_until 5 redis_ping "$port" || return 1
     REDIS_PORT=$port
@@ -129,7 +136,7 @@ try_start_floodgate() {
     admin=$(free_port)
     config "$name" "$listen" "$admin" >"$BENCH_TMP/$name.toml"
     FLOODGATE_LOG=warn bench_spawn "$BENCH_TMP/$name.log" \
-        "$bin" serve --config "$BENCH_TMP/$name.toml"
+        ${BENCH_FLOODGATE_CPUS:+taskset -c "$BENCH_FLOODGATE_CPUS"} "$bin" serve --config "$BENCH_TMP/$name.toml"
     wait_until 10 curl -sf "http://127.0.0.1:$admin/healthz" || return 1
     port[$name]=$listen
     admin_port[$name]=$admin
