@@ -110,9 +110,11 @@ impl AppState {
         if old.server.listen != new.server.listen || old.admin.listen != new.admin.listen {
             tracing::warn!("listen addresses changed in the config: they apply after a restart");
         }
-        if old.server.header_timeout != new.server.header_timeout {
+        if old.server.header_timeout != new.server.header_timeout
+            || old.server.idle_timeout != new.server.idle_timeout
+        {
             tracing::warn!(
-                "server.header_timeout changed in the config: it applies after a restart"
+                "server.header_timeout or idle_timeout changed in the config: they apply after a restart"
             );
         }
         if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {
@@ -231,18 +233,24 @@ pub async fn run(
     let gateway_stop = Stop::new();
     let admin_stop = Stop::new();
 
-    let header_timeout = state.settings.load().server.header_timeout;
+    let timeouts = {
+        let settings = state.settings.load();
+        serve::Timeouts {
+            header: settings.server.header_timeout,
+            idle: settings.server.idle_timeout,
+        }
+    };
     let gateway = tokio::spawn(serve::serve(
         listeners.main,
         gateway_router(state.clone()),
-        header_timeout,
+        timeouts,
         gateway_stop.signalled(),
     ));
     let admin = listeners.admin.map(|l| {
         tokio::spawn(serve::serve(
             l,
             admin::router(state.clone()),
-            header_timeout,
+            timeouts,
             admin_stop.signalled(),
         ))
     });

@@ -25,6 +25,11 @@ use crate::duration::parse_duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where the admin listener binds unless told otherwise.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// How long an idle connection stays open by default: longer than the 60 s
+/// a proxy in front keeps its idle upstream connections (nginx's
+/// `keepalive_timeout` for upstreams), so the proxy, which knows when it is
+/// about to reuse one, is the side that closes them.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 type Unknown = BTreeMap<String, toml::Value>;
 
@@ -53,6 +58,7 @@ struct RawServer {
     drain_timeout: Option<String>,
     upstream_timeout: Option<String>,
     header_timeout: Option<String>,
+    idle_timeout: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -167,6 +173,9 @@ pub struct ServerSettings {
     /// How long a client may take to send a request's head (see
     /// [`crate::serve`]); slower connections are closed.
     pub header_timeout: Duration,
+    /// How long a connection may stay open with no bytes either way and no
+    /// request in flight (see [`crate::serve`]).
+    pub idle_timeout: Duration,
 }
 
 /// Which store holds the counters.
@@ -472,6 +481,7 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "drain_timeout",
             "upstream_timeout",
             "header_timeout",
+            "idle_timeout",
         ],
     );
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!());
@@ -536,6 +546,11 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "server.header_timeout",
             raw.header_timeout.as_deref(),
             Duration::from_secs(10),
+        ),
+        idle_timeout: p.duration(
+            "server.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
         ),
     }
 }

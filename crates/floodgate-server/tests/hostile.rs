@@ -361,17 +361,135 @@ async fn closed_after(
     started: std::time::Instant,
     within: std::time::Duration,
 ) -> Option<std::time::Duration> {
+    read_to_close(conn, started, within).await.1
+}
+
+/// Everything `conn` receives until the peer closes it, and when (since
+/// `started`) it did; `None` when still open after `within`.
+async fn read_to_close(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    started: std::time::Instant,
+    within: std::time::Duration,
+) -> (Vec<u8>, Option<std::time::Duration>) {
     use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
-            // A 408 or other answer before the close: keep reading.
-            Ok(Ok(_)) => {}
+            Err(_) => return (received, None),
+            Ok(Ok(0) | Err(_)) => return (received, Some(started.elapsed())),
+            // An answer (or a 408) before the close: keep reading.
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// `idle_timeout` closes a kept-alive connection once it has been quiet
+/// that long with no request in flight, and `header_timeout` (shorter) does
+/// not; a request waiting longer for its upstream, and an answer streamed
+/// with longer pauses, go through whole. On a kept-alive connection, a
+/// later request's head trickled a byte at a time is cut at the header
+/// timeout from its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let upstream = Upstream::start().await;
+    let config = config(&upstream.url()).replacen(
+        "[store]",
+        "header_timeout = \"1s\"\nidle_timeout = \"2s\"\n[store]",
+        1,
+    );
+    let fg = Floodgate::launch(config).await;
+    let http = Http::new();
+    let (header, idle) = (Duration::from_secs(1), Duration::from_secs(2));
+    let slack = Duration::from_secs(3);
+
+    let mut requests = Vec::new();
+    for path in ["/api/quick", "/slow?ms=3000", "/drip?chunks=2&ms=2500"] {
+        let mut conn = TcpStream::connect(fg.addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        requests.push((path, conn, Instant::now()));
+    }
+    let waits: Vec<_> = requests
+        .into_iter()
+        .map(|(path, mut conn, started)| {
+            tokio::spawn(async move {
+                let (received, closed) =
+                    read_to_close(&mut conn, started, Duration::from_secs(15)).await;
+                (
+                    path,
+                    String::from_utf8_lossy(&received).into_owned(),
+                    closed,
+                )
+            })
+        })
+        .collect();
+
+    // One request answered, then the next one's head trickled.
+    let (mut reader, mut writer) = TcpStream::connect(fg.addr).await.unwrap().into_split();
+    writer
+        .write_all(b"GET /api/first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trickle_started = Instant::now();
+    let trickler = tokio::spawn(async move {
+        for byte in b"GET /api/second HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let trickle = tokio::spawn(async move {
+        let (received, closed) = read_to_close(&mut reader, trickle_started, slack).await;
+        (String::from_utf8_lossy(&received).into_owned(), closed)
+    });
+
+    for wait in waits {
+        let (path, received, closed) = wait.await.unwrap();
+        let closed = closed.unwrap_or_else(|| panic!("{path}: still open after 15 s"));
+        assert!(received.starts_with("HTTP/1.1 200"), "{path}: {received}");
+        // The whole answer, then the close: at least the idle timeout after
+        // the answer's last byte, and not much later.
+        let (least, whole) = match path {
+            "/api/quick" => (idle, received.contains("\"uri\":\"/api/quick\"")),
+            "/slow?ms=3000" => (
+                Duration::from_millis(3000) + idle,
+                received.ends_with("slow done"),
+            ),
+            // Two chunks, then the last, empty one.
+            _ => (
+                Duration::from_millis(5000) + idle,
+                received.matches("\r\ndrip\n\r\n").count() == 2
+                    && received.ends_with("\r\n0\r\n\r\n"),
+            ),
+        };
+        assert!(whole, "{path}: not the whole answer: {received}");
+        assert!(
+            closed >= least && closed < least + slack,
+            "{path}: closed after {closed:?}, expected from {least:?} to {:?}",
+            least + slack
+        );
+    }
+
+    let (received, closed) = trickle.await.unwrap();
+    trickler.await.unwrap();
+    let closed = closed.unwrap_or_else(|| panic!("trickle: still open: {received}"));
+    assert_eq!(received.matches("HTTP/1.1 ").count(), 1, "{received}");
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    // The trickle lasts over 5 s: the connection was cut while it went on,
+    // at the header timeout from the head's first byte.
+    assert!(
+        closed >= header && closed < header + slack,
+        "trickle: closed after {closed:?}"
+    );
+    still_serves(&http, &fg).await;
 }
 
 /// Slowloris: a connection that sends nothing, one that trickles its

@@ -887,6 +887,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A small real upstream: echoes method, uri, headers and body as JSON (with
 /// an `x-upstream: echo` response header), `/slow?ms=N` answers after N ms,
+/// `/drip?chunks=N&ms=M` streams N lines `drip`, each after a pause of M ms,
 /// `/status/<code>` answers with that status.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -915,6 +916,26 @@ impl Upstream {
                     tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(500)))
                         .await;
                     "slow done"
+                }),
+            )
+            .route(
+                "/drip",
+                any(|Query(q): Query<HashMap<String, u64>>| async move {
+                    let (mut tx, body) = http_body_util::channel::Channel::<
+                        AxBytes,
+                        std::convert::Infallible,
+                    >::new(1);
+                    let chunks = q.get("chunks").copied().unwrap_or(3);
+                    let pause = Duration::from_millis(q.get("ms").copied().unwrap_or(500));
+                    tokio::spawn(async move {
+                        for _ in 0..chunks {
+                            tokio::time::sleep(pause).await;
+                            if tx.send_data(AxBytes::from_static(b"drip\n")).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    axum::body::Body::new(body)
                 }),
             )
             .route(
