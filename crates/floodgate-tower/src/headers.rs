@@ -15,11 +15,11 @@
 //! always whole and rounded up, so a client that waits as told is never
 //! early; `w` and `Retry-After` are at least 1.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
+use crate::text::push_decimal;
 use crate::verdict::RuleDecision;
 
 /// `RateLimit-Policy`.
@@ -43,13 +43,10 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 pub fn policy_value(d: &RuleDecision) -> String {
     let mut out = String::with_capacity(d.rule.len() + 32);
     push_sf_string(&mut out, &d.rule);
-    // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        ";q={};w={}",
-        d.decision.limit,
-        ceil_secs(d.window).max(1)
-    );
+    out.push_str(";q=");
+    push_decimal(&mut out, d.decision.limit);
+    out.push_str(";w=");
+    push_decimal(&mut out, ceil_secs(d.window).max(1));
     out
 }
 
@@ -61,7 +58,10 @@ pub fn ratelimit_value(d: &RuleDecision) -> String {
     };
     let mut out = String::with_capacity(d.rule.len() + 32);
     push_sf_string(&mut out, &d.rule);
-    let _ = write!(out, ";r={};t={t}", d.decision.remaining);
+    out.push_str(";r=");
+    push_decimal(&mut out, d.decision.remaining);
+    out.push_str(";t=");
+    push_decimal(&mut out, t);
     out
 }
 

@@ -74,6 +74,7 @@ pub mod response;
 pub mod rule;
 pub mod target;
 mod target_set;
+mod text;
 mod verdict;
 
 pub use identity::{ClientIpConfig, ForwardedHeader};

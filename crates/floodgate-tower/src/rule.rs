@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use floodgate_core::Policy;
@@ -16,6 +17,7 @@ use http::{HeaderMap, Method};
 
 use crate::digest::{hex, sha256};
 use crate::target::Target;
+use crate::text::push_ipv4;
 
 /// A key part longer than this many bytes is replaced by its hash, so a
 /// client cannot grow the store's keys with huge headers or paths.
@@ -204,7 +206,15 @@ pub(crate) struct RequestInfo<'a> {
 
 fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str>> {
     let text = match part {
-        KeyPart::Ip => request.client?.to_string(),
+        KeyPart::Ip => match request.client? {
+            Target::Ip(IpAddr::V4(ip)) => {
+                let mut text = String::with_capacity(18);
+                text.push_str("ip:");
+                push_ipv4(&mut text, *ip);
+                text
+            }
+            other => other.to_string(),
+        },
         KeyPart::Header(name) => {
             let mut values = request.headers.get_all(name).iter();
             let first = values.next()?;
@@ -224,7 +234,10 @@ fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str
         KeyPart::Method => format!("method:{}", request.method),
         KeyPart::Global => return Some(Cow::Borrowed("global")),
     };
-    Some(bounded_key(&text).into_owned().into())
+    if text.len() > MAX_KEY_PART_LEN {
+        return Some(Cow::Owned(hashed(text.as_bytes())));
+    }
+    Some(Cow::Owned(text))
 }
 
 /// `key` itself, or `sha256:<hex>` of it when it is longer than
