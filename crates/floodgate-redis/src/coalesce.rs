@@ -36,7 +36,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Checks one call carries at most (a single larger batch still goes, alone).
 pub(crate) const MAX_CHECKS_PER_CALL: usize = 128;
 
-/// Integers per check in a `check.lua` reply.
+/// Integers per check in a `check.lua` reply, once unpacked.
 const FIELDS: usize = 6;
 
 /// What a coalesced call needs from the store that runs it.
@@ -125,7 +125,8 @@ impl Coalescer {
     }
 
     /// Decides `checks` (a validated, non-empty batch) in a call shared with
-    /// whatever other batches are waiting; the six reply integers per check.
+    /// whatever other batches are waiting; six integers per check, unpacked
+    /// from the reply.
     /// Fails with a timeout at `deadline`.
     pub(crate) async fn check<R: Runner>(
         self: &Arc<Self>,

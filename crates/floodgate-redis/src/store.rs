@@ -297,9 +297,13 @@ impl RedisStore {
             Mode::PenaltiesOnly => "check (penalties only)",
             Mode::DryRun => "check (dry run)",
         };
-        let reply: Vec<i64> = self.invoke(deadline, what, &call).await?;
+        let packed: Vec<u8> = self.invoke(deadline, what, &call).await?;
+        let reply = unpack_check_reply(what, &packed)?;
         if reply.len() != n * DECISION_FIELDS {
-            return Err(bad_reply(what, format!("{} integers", reply.len())));
+            return Err(bad_reply(
+                what,
+                format!("{} decisions for {n} checks", reply.len() / DECISION_FIELDS),
+            ));
         }
         self.decisions(deadline, checks, group, &reply).await
     }
@@ -527,8 +531,55 @@ impl Runner for RedisStore {
     }
 
     async fn run(&self, call: ScriptCall, deadline: Instant) -> Result<Vec<i64>, Error> {
-        self.invoke(deadline, "check", &call).await
+        let packed: Vec<u8> = self.invoke(deadline, "check", &call).await?;
+        unpack_check_reply("check", &packed)
     }
+}
+
+/// Bytes per check in a `check.lua` reply: a flags byte and four doubles.
+const PACKED_DECISION_LEN: usize = 33;
+
+/// The six integers per check (as `peek.lua` returns them) from the packed
+/// reply of `check.lua` (see the script's header). Redis turns a Lua number
+/// into an integer by truncation; so does this.
+fn unpack_check_reply(what: &str, packed: &[u8]) -> Result<Vec<i64>, Error> {
+    if !packed.len().is_multiple_of(PACKED_DECISION_LEN) {
+        return Err(bad_reply(
+            what,
+            format!("{} bytes of packed decisions", packed.len()),
+        ));
+    }
+    let mut fields = Vec::with_capacity(packed.len() / PACKED_DECISION_LEN * DECISION_FIELDS);
+    for decision in packed.chunks_exact(PACKED_DECISION_LEN) {
+        let (&flags, doubles) = decision
+            .split_first()
+            .ok_or_else(|| bad_reply(what, "an empty decision"))?;
+        if flags > 3 {
+            return Err(bad_reply(what, format!("decision flags {flags}")));
+        }
+        let mut numbers = [0i64; 4];
+        for (n, bytes) in numbers.iter_mut().zip(doubles.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(bytes);
+            let v = f64::from_le_bytes(le);
+            if !v.is_finite() {
+                return Err(bad_reply(what, format!("a decision field of {v}")));
+            }
+            // Truncation toward zero, as Redis converts Lua numbers;
+            // microseconds and quota units stay far below 2^53.
+            *n = v as i64;
+        }
+        let [remaining, reset, retry, block_until] = numbers;
+        fields.extend_from_slice(&[
+            i64::from(flags & 1),
+            remaining,
+            reset,
+            retry,
+            i64::from(flags >> 1),
+            block_until,
+        ]);
+    }
+    Ok(fields)
 }
 
 /// A decision from the six integers a script returns for one check.
@@ -726,6 +777,65 @@ impl Store for RedisStore {
             Ok(())
         } else {
             Err(bad_reply("ping", pong))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One packed decision as `check.lua` writes it.
+    fn packed(flags: u8, numbers: [f64; 4]) -> Vec<u8> {
+        let mut out = vec![flags];
+        for n in numbers {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn packed_decisions_read_as_six_integers_each() {
+        let mut reply = packed(1, [41.75, 16_500_000.0, -1.0, 0.0]);
+        reply.extend(packed(2, [0.0, 60_000_000.0, 2_100_000.0, 1.8e15]));
+        let fields = unpack_check_reply("check", &reply).expect("well-formed");
+        assert_eq!(
+            fields,
+            [
+                1,
+                41,
+                16_500_000,
+                -1,
+                0,
+                0,
+                0,
+                0,
+                60_000_000,
+                2_100_000,
+                1,
+                1_800_000_000_000_000
+            ]
+        );
+        assert_eq!(unpack_check_reply("check", &[]).expect("no checks"), []);
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        let good = packed(1, [1.0, 2.0, -1.0, 0.0]);
+        for (bad, why) in [
+            (good[..32].to_vec(), "bytes of packed decisions"),
+            (
+                [good.clone(), vec![0]].concat(),
+                "bytes of packed decisions",
+            ),
+            (packed(4, [1.0, 2.0, -1.0, 0.0]), "decision flags 4"),
+            (packed(1, [f64::NAN, 2.0, -1.0, 0.0]), "NaN"),
+            (packed(1, [1.0, f64::INFINITY, -1.0, 0.0]), "inf"),
+        ] {
+            let error = unpack_check_reply("check", &bad)
+                .expect_err(why)
+                .to_string();
+            assert!(error.contains(why), "{error}");
         }
     }
 }
