@@ -69,44 +69,12 @@ path=/api/hello
 
 bench_init
 
-echo "== building floodgate (release)"
-cargo build -q --release -p floodgate-server
-bin=$CARGO_TARGET_DIR/release/floodgate
+build_floodgate
 
 start_redis
 
-# config NAME LISTEN ADMIN: the config of instance NAME.
-config() {
-    local name=$1 listen=$2 admin=$3
-    cat <<TOML
-[server]
-listen = "127.0.0.1:$listen"
-trusted_proxies = ["127.0.0.1/32"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-token = "$token"
-
-[store]
-TOML
-    if [[ $name == redis ]]; then
-        echo "backend = \"redis\""
-        echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
-    else
-        echo "backend = \"memory\""
-    fi
-    if [[ $name != none ]]; then
-        cat <<TOML
-
-[[rule]]
-name = "bench"
-key = "ip"
-algorithm = "sliding_window"
-limit = 1000000000
-window = "1m"
-TOML
-    fi
-}
+# The instances' config: gateway_config (bench/lib.sh), with an admin token.
+config() { gateway_config "$@"; }
 
 # ms VALUE: a wrk duration (us, ms, s) in milliseconds.
 ms() {

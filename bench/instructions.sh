@@ -41,27 +41,13 @@ path=/api/hello
 
 bench_init
 
-echo "== building floodgate (release)"
-cargo build -q --release -p floodgate-server
-bin=$CARGO_TARGET_DIR/release/floodgate
+build_floodgate
 
 start_redis
 
-# config NAME LISTEN ADMIN: the config of set-up NAME.
-config() {
-    local name=$1 listen=$2 admin=$3
-    printf '[server]\nlisten = "127.0.0.1:%s"\ntrusted_proxies = ["127.0.0.1/32"]\n' "$listen"
-    printf '[admin]\nlisten = "127.0.0.1:%s"\n[store]\n' "$admin"
-    if [[ $name == redis ]]; then
-        printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT"
-    else
-        printf 'backend = "memory"\n'
-    fi
-    if [[ $name != none ]]; then
-        printf '[[rule]]\nname = "bench"\nkey = "ip"\nalgorithm = "sliding_window"\n'
-        printf 'limit = 1000000000\nwindow = "1m"\n'
-    fi
-}
+# The set-ups' config: gateway_config (bench/lib.sh), no admin token.
+token=
+config() { gateway_config "$@"; }
 
 # try_start_counted NAME: floodgate under callgrind on free ports; sets
 # port[NAME] and pid[NAME] (valgrind's pid, which callgrind_control takes).

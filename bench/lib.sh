@@ -117,6 +117,54 @@ machine_load() {
     echo "$(cut -d' ' -f1 /proc/loadavg) (1-min load average) on $(nproc) CPUs"
 }
 
+# build_floodgate: builds the release binary (into $CARGO_TARGET_DIR) and
+# sets $bin to it.
+build_floodgate() {
+    echo "== building floodgate (release)"
+    cargo build -q --release -p floodgate-server
+    bin=$CARGO_TARGET_DIR/release/floodgate
+}
+
+# gateway_config NAME LISTEN ADMIN: the config of the gateway benchmarks'
+# set-up NAME: "none" (no rules), "memory" (one sliding_window rule keyed by
+# ip, a limit no run reaches, on the memory store) or "redis" (the same rule
+# on the redis-server at $REDIS_PORT); the admin token is $token, if any.
+gateway_config() {
+    local name=$1 listen=$2 admin=$3
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$listen"
+trusted_proxies = ["127.0.0.1/32"]
+
+[admin]
+listen = "127.0.0.1:$admin"
+TOML
+    if [[ -n ${token:-} ]]; then
+        echo "token = \"$token\""
+    fi
+    cat <<TOML
+
+[store]
+TOML
+    if [[ $name == redis ]]; then
+        echo "backend = \"redis\""
+        echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+    else
+        echo "backend = \"memory\""
+    fi
+    if [[ $name != none ]]; then
+        cat <<TOML
+
+[[rule]]
+name = "bench"
+key = "ip"
+algorithm = "sliding_window"
+limit = 1000000000
+window = "1m"
+TOML
+    fi
+}
+
 # Floodgate instances. The calling script defines `config NAME LISTEN ADMIN`
 # (prints the instance's TOML) and sets $bin to the binary.
 declare -A port admin_port pid
