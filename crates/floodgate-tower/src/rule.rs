@@ -234,20 +234,19 @@ fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str
         KeyPart::Method => format!("method:{}", request.method),
         KeyPart::Global => return Some(Cow::Borrowed("global")),
     };
-    if text.len() > MAX_KEY_PART_LEN {
-        return Some(Cow::Owned(hashed(text.as_bytes())));
-    }
-    Some(Cow::Owned(text))
+    Some(bounded_key(text))
 }
 
-/// `key` itself, or `sha256:<hex>` of it when it is longer than
-/// [`MAX_KEY_PART_LEN`] bytes. Applied to every key part, and to the keys of
-/// the decision API, so stored keys stay small whatever a client sends.
-pub fn bounded_key(key: &str) -> Cow<'_, str> {
+/// `key` itself (borrowed or owned, as given: never copied), or
+/// `sha256:<hex>` of it when it is longer than [`MAX_KEY_PART_LEN`] bytes.
+/// Applied to every key part, and to the keys of the decision API, so stored
+/// keys stay small whatever a client sends.
+pub fn bounded_key<'a>(key: impl Into<Cow<'a, str>>) -> Cow<'a, str> {
+    let key = key.into();
     if key.len() > MAX_KEY_PART_LEN {
         Cow::Owned(hashed(key.as_bytes()))
     } else {
-        Cow::Borrowed(key)
+        key
     }
 }
 
