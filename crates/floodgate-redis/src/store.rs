@@ -217,6 +217,18 @@ impl RedisStore {
         self.bounded(deadline, what, call.invoke(&mut conn)).await
     }
 
+    /// Runs a `check.lua` call: six integers per check, unpacked from its
+    /// reply.
+    async fn invoke_check(
+        &self,
+        deadline: Instant,
+        what: &str,
+        call: &ScriptCall,
+    ) -> Result<Vec<i64>, Error> {
+        let packed: Vec<u8> = self.invoke(deadline, what, call).await?;
+        unpack_check_reply(what, &packed)
+    }
+
     /// Lists a penalty block that `check.lua` started, as MemoryStore does,
     /// so `blocks()` shows it with the rule as source. Best effort: the
     /// penalty itself is already in force (its key was written by the
@@ -297,8 +309,7 @@ impl RedisStore {
             Mode::PenaltiesOnly => "check (penalties only)",
             Mode::DryRun => "check (dry run)",
         };
-        let packed: Vec<u8> = self.invoke(deadline, what, &call).await?;
-        let reply = unpack_check_reply(what, &packed)?;
+        let reply = self.invoke_check(deadline, what, &call).await?;
         if reply.len() != n * DECISION_FIELDS {
             return Err(bad_reply(
                 what,
@@ -531,8 +542,7 @@ impl Runner for RedisStore {
     }
 
     async fn run(&self, call: ScriptCall, deadline: Instant) -> Result<Vec<i64>, Error> {
-        let packed: Vec<u8> = self.invoke(deadline, "check", &call).await?;
-        unpack_check_reply("check", &packed)
+        self.invoke_check(deadline, "check", &call).await
     }
 }
 
@@ -543,25 +553,21 @@ const PACKED_DECISION_LEN: usize = 33;
 /// reply of `check.lua` (see the script's header). Redis turns a Lua number
 /// into an integer by truncation; so does this.
 fn unpack_check_reply(what: &str, packed: &[u8]) -> Result<Vec<i64>, Error> {
-    if !packed.len().is_multiple_of(PACKED_DECISION_LEN) {
+    let (decisions, rest) = packed.as_chunks::<PACKED_DECISION_LEN>();
+    if !rest.is_empty() {
         return Err(bad_reply(
             what,
             format!("{} bytes of packed decisions", packed.len()),
         ));
     }
-    let mut fields = Vec::with_capacity(packed.len() / PACKED_DECISION_LEN * DECISION_FIELDS);
-    for decision in packed.chunks_exact(PACKED_DECISION_LEN) {
-        let (&flags, doubles) = decision
-            .split_first()
-            .ok_or_else(|| bad_reply(what, "an empty decision"))?;
-        if flags > 3 {
+    let mut fields = Vec::with_capacity(decisions.len() * DECISION_FIELDS);
+    for [flags, doubles @ ..] in decisions {
+        if *flags > 3 {
             return Err(bad_reply(what, format!("decision flags {flags}")));
         }
         let mut numbers = [0i64; 4];
-        for (n, bytes) in numbers.iter_mut().zip(doubles.chunks_exact(8)) {
-            let mut le = [0u8; 8];
-            le.copy_from_slice(bytes);
-            let v = f64::from_le_bytes(le);
+        for (n, bytes) in numbers.iter_mut().zip(doubles.as_chunks::<8>().0) {
+            let v = f64::from_le_bytes(*bytes);
             if !v.is_finite() {
                 return Err(bad_reply(what, format!("a decision field of {v}")));
             }
