@@ -41,13 +41,10 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 
 /// The `RateLimit-Policy` item for `d`'s rule, e.g. `"api";q=100;w=60`.
 pub fn policy_value(d: &RuleDecision) -> String {
-    let mut out = String::with_capacity(d.rule.len() + 32);
-    push_sf_string(&mut out, &d.rule);
-    out.push_str(";q=");
-    push_decimal(&mut out, d.decision.limit);
-    out.push_str(";w=");
-    push_decimal(&mut out, ceil_secs(d.window).max(1));
-    out
+    sf_item(
+        &d.rule,
+        [("q", d.decision.limit), ("w", ceil_secs(d.window).max(1))],
+    )
 }
 
 /// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
@@ -56,12 +53,20 @@ pub fn ratelimit_value(d: &RuleDecision) -> String {
         Some(wait) if !d.decision.allowed => retry_after_secs(wait),
         _ => ceil_secs(d.decision.reset_after),
     };
-    let mut out = String::with_capacity(d.rule.len() + 32);
-    push_sf_string(&mut out, &d.rule);
-    out.push_str(";r=");
-    push_decimal(&mut out, d.decision.remaining);
-    out.push_str(";t=");
-    push_decimal(&mut out, t);
+    sf_item(&d.rule, [("r", d.decision.remaining), ("t", t)])
+}
+
+/// A Structured Field item: `rule` as a String with two Integer parameters,
+/// e.g. `"api";r=42;t=17`, in one buffer.
+fn sf_item(rule: &str, params: [(&str, u64); 2]) -> String {
+    let mut out = String::with_capacity(rule.len() + 32);
+    push_sf_string(&mut out, rule);
+    for (name, value) in params {
+        out.push(';');
+        out.push_str(name);
+        out.push('=');
+        push_decimal(&mut out, value);
+    }
     out
 }
 
