@@ -241,7 +241,7 @@ impl Watched {
 
     /// Notes bytes just read: the protocol once known, and the start of an
     /// HTTP/1 request head when none was pending or in flight.
-    fn received(&mut self, bytes: &[u8]) {
+    fn note_read(&mut self, bytes: &[u8]) {
         let now = Instant::now();
         self.last_io = now;
         if self.received < PROTOCOL_KNOWN_AFTER {
@@ -266,6 +266,14 @@ impl Watched {
         if due < self.timer.deadline() {
             self.timer.as_mut().reset(due);
         }
+    }
+
+    /// Notes a write's progress; hands the write's result back.
+    fn note_written(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.last_io = Instant::now();
+        }
+        written
     }
 
     /// Why the connection is to be closed, once a bound has passed; until
@@ -307,7 +315,7 @@ impl AsyncRead for Watched {
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         match &read {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.received(&buf.filled()[before..]);
+                this.note_read(&buf.filled()[before..]);
             }
             Poll::Pending => {
                 if let Some(why) = this.expired(cx) {
@@ -328,10 +336,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_io = Instant::now();
-        }
-        written
+        this.note_written(written)
     }
 
     fn poll_write_vectored(
@@ -341,10 +346,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_io = Instant::now();
-        }
-        written
+        this.note_written(written)
     }
 
     fn is_write_vectored(&self) -> bool {
