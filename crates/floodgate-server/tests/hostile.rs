@@ -385,6 +385,18 @@ async fn read_to_close(
     }
 }
 
+/// Writes `bytes` one at a time, 100 ms apart, until done or the peer has
+/// closed.
+async fn trickle_out(conn: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    for byte in bytes {
+        if conn.write_all(std::slice::from_ref(byte)).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// `idle_timeout` closes a kept-alive connection once it has been quiet
 /// that long with no request in flight, and `header_timeout` (shorter) does
 /// not; a request waiting longer for its upstream, and an answer streamed
@@ -439,12 +451,11 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let trickle_started = Instant::now();
     let trickler = tokio::spawn(async move {
-        for byte in b"GET /api/second HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
-            if writer.write_all(&[*byte]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        trickle_out(
+            &mut writer,
+            b"GET /api/second HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa",
+        )
+        .await;
     });
     let trickle = tokio::spawn(async move {
         let (received, closed) = read_to_close(&mut reader, trickle_started, slack).await;
@@ -521,12 +532,7 @@ async fn slow_request_heads_are_cut_off_at_the_header_timeout() {
         .await
         .unwrap();
     let trickler = tokio::spawn(async move {
-        for byte in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-            if trickle.write_all(&[*byte]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        trickle_out(&mut trickle, b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await;
         trickle
     });
     for (name, conn) in [("silent", &mut silent), ("preface", &mut preface)] {
