@@ -103,14 +103,19 @@ fn push_hash_tag(out: &mut String, key: &str) {
         out.push('%');
         return;
     }
-    for c in key.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
+    // Runs of plain characters are copied whole; the three escaped ones are
+    // ASCII, so every split falls on a character boundary.
+    let mut rest = key;
+    while let Some(at) = rest.find(['%', '{', '}']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'%' => "%25",
+            b'{' => "%7B",
+            _ => "%7D",
+        });
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
@@ -153,6 +158,20 @@ mod tests {
             let mut guard = String::new();
             keys.write_guard(&mut guard, key);
             assert_eq!(slot_input(&guard), tag);
+        }
+    }
+
+    #[test]
+    fn hash_tags_escape_each_special_character_in_place() {
+        for (key, tag) in [
+            ("ip:192.0.2.1", "ip:192.0.2.1"),
+            ("%", "%25"),
+            ("{}", "%7B%7D"),
+            ("é{x}%ü", "é%7Bx%7D%25ü"),
+            ("}}a{{", "%7D%7Da%7B%7B"),
+            ("header:k:%7B", "header:k:%257B"),
+        ] {
+            assert_eq!(hash_tag(key), tag, "key {key:?}");
         }
     }
 
