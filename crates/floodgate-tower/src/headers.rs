@@ -39,28 +39,30 @@ pub fn retry_after_secs(d: Duration) -> u64 {
     ceil_secs(d).max(1)
 }
 
-/// The `RateLimit-Policy` item for `d`'s rule, e.g. `"api";q=100;w=60`.
-pub fn policy_value(d: &RuleDecision) -> String {
-    sf_item(
-        &d.rule,
-        [("q", d.decision.limit), ("w", ceil_secs(d.window).max(1))],
-    )
+/// The `RateLimit-Policy` item of a rule named `quoted` (a Structured Field
+/// String, see [`sf_string`]) with `limit` units per `window`, e.g.
+/// `"api";q=100;w=60`.
+pub(crate) fn policy_item(quoted: &str, limit: u64, window: Duration) -> HeaderValue {
+    let value = sf_item(quoted, [("q", limit), ("w", ceil_secs(window).max(1))]);
+    // Printable ASCII only (`sf_string` drops the rest): always a valid value.
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
 pub fn ratelimit_value(d: &RuleDecision) -> String {
-    let t = match d.decision.retry_after {
-        Some(wait) if !d.decision.allowed => retry_after_secs(wait),
-        _ => ceil_secs(d.decision.reset_after),
+    let decision = d.decision();
+    let t = match decision.retry_after {
+        Some(wait) if !decision.allowed => retry_after_secs(wait),
+        _ => ceil_secs(decision.reset_after),
     };
-    sf_item(&d.rule, [("r", d.decision.remaining), ("t", t)])
+    sf_item(d.quoted_rule(), [("r", decision.remaining), ("t", t)])
 }
 
-/// A Structured Field item: `rule` as a String with two Integer parameters,
-/// e.g. `"api";r=42;t=17`, in one buffer.
-fn sf_item(rule: &str, params: [(&str, u64); 2]) -> String {
-    let mut out = String::with_capacity(rule.len() + 32);
-    push_sf_string(&mut out, rule);
+/// A Structured Field item: a String already quoted, with two Integer
+/// parameters, e.g. `"api";r=42;t=17`, in one buffer.
+fn sf_item(quoted: &str, params: [(&str, u64); 2]) -> String {
+    let mut out = String::with_capacity(quoted.len() + 32);
+    out.push_str(quoted);
     for (name, value) in params {
         out.push(';');
         out.push_str(name);
@@ -73,13 +75,9 @@ fn sf_item(rule: &str, params: [(&str, u64); 2]) -> String {
 /// Adds `RateLimit-Policy` and `RateLimit` for `d` to `headers` (appended,
 /// so an upstream's own RateLimit items are kept).
 pub fn insert_rate_limit_headers(headers: &mut HeaderMap, d: &RuleDecision) {
-    for (name, value) in [
-        (RATELIMIT_POLICY, policy_value(d)),
-        (RATELIMIT, ratelimit_value(d)),
-    ] {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.append(name, value);
-        }
+    headers.append(RATELIMIT_POLICY, d.policy_item().clone());
+    if let Ok(value) = HeaderValue::try_from(ratelimit_value(d)) {
+        headers.append(RATELIMIT, value);
     }
 }
 
@@ -88,11 +86,11 @@ pub fn insert_retry_after(headers: &mut HeaderMap, d: Duration) {
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
 }
 
-/// Appends `s` as a Structured Field String (RFC 9651 §3.3.3): quoted, `"`
-/// and `\` escaped, characters outside printable ASCII dropped (rule names
-/// are validated, so only a programming error could bring one). Every value
-/// is built in one buffer: these headers go out with every admitted request.
-fn push_sf_string(out: &mut String, s: &str) {
+/// `s` as a Structured Field String (RFC 9651 §3.3.3): quoted, `"` and `\`
+/// escaped, characters outside printable ASCII dropped (rule names are
+/// validated, so only a programming error could bring one).
+pub(crate) fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars().filter(|c| matches!(c, ' '..='~')) {
         if c == '"' || c == '\\' {
@@ -101,6 +99,7 @@ fn push_sf_string(out: &mut String, s: &str) {
         out.push(c);
     }
     out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -109,11 +108,7 @@ mod tests {
     use floodgate_core::Decision;
 
     fn rd(rule: &str, window: Duration, decision: Decision) -> RuleDecision {
-        RuleDecision {
-            rule: rule.into(),
-            window,
-            decision,
-        }
+        RuleDecision::new(rule, window, decision)
     }
 
     fn decision(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
@@ -144,7 +139,7 @@ mod tests {
             Duration::from_secs(60),
             decision(true, 42, 16_500, None),
         );
-        assert_eq!(policy_value(&allowed), r#""api";q=100;w=60"#);
+        assert_eq!(allowed.policy_item(), r#""api";q=100;w=60"#);
         assert_eq!(ratelimit_value(&allowed), r#""api";r=42;t=17"#);
         let refused = rd(
             "api",
@@ -152,7 +147,7 @@ mod tests {
             decision(false, 0, 60_000, Some(2_100)),
         );
         assert_eq!(
-            policy_value(&refused),
+            refused.policy_item(),
             r#""api";q=100;w=1"#,
             "sub-second windows round up"
         );
@@ -179,7 +174,7 @@ mod tests {
             decision(false, 0, 10_000, Some(9_000)),
         );
         insert_rate_limit_headers(&mut headers, &d);
-        insert_retry_after(&mut headers, d.decision.retry_after.unwrap_or_default());
+        insert_retry_after(&mut headers, d.decision().retry_after.unwrap_or_default());
         let ratelimit: Vec<_> = headers.get_all(RATELIMIT).iter().collect();
         assert_eq!(ratelimit.len(), 2);
         assert_eq!(ratelimit[1], r#""api";r=0;t=9"#);

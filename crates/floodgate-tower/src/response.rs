@@ -101,17 +101,18 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
     let response = match verdict {
         Verdict::Allow(_) => return None,
         Verdict::Limited(d) => {
-            let wait = d.decision.retry_after.unwrap_or(d.decision.reset_after);
-            let detail = if d.decision.blocked {
+            let decision = d.decision();
+            let wait = decision.retry_after.unwrap_or(decision.reset_after);
+            let detail = if decision.blocked {
                 format!(
                     "blocked by rule {:?} for going over its limit; retry in {} s",
-                    &*d.rule,
+                    d.rule(),
                     retry_after_secs(wait)
                 )
             } else {
                 format!(
                     "over the limit of rule {:?}; retry in {} s",
-                    &*d.rule,
+                    d.rule(),
                     retry_after_secs(wait)
                 )
             };
@@ -120,7 +121,7 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
                 problem_type: Cow::Borrowed(QUOTA_EXCEEDED),
                 title: Cow::Borrowed("Quota Exceeded"),
                 detail,
-                violated_policies: vec![d.rule.to_string()],
+                violated_policies: vec![d.rule().to_owned()],
             }
             .into_response();
             let headers = response.headers_mut();
@@ -182,10 +183,10 @@ mod tests {
 
     #[test]
     fn limited_is_a_429_naming_the_rule() {
-        let verdict = Verdict::Limited(RuleDecision {
-            rule: "api".into(),
-            window: Duration::from_secs(60),
-            decision: Decision {
+        let verdict = Verdict::Limited(RuleDecision::new(
+            "api",
+            Duration::from_secs(60),
+            Decision {
                 allowed: false,
                 limit: 100,
                 remaining: 0,
@@ -193,7 +194,7 @@ mod tests {
                 retry_after: Some(Duration::from_millis(16_200)),
                 blocked: false,
             },
-        });
+        ));
         let response = verdict_response(&verdict).unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);

@@ -4,19 +4,88 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::Decision;
+use http::HeaderValue;
+
+use crate::headers;
 
 use crate::target::Target;
+
+/// A rule as its RateLimit fields name it: what stays the same from one
+/// request to the next, written once per rule.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RuleLabel {
+    name: Arc<str>,
+    window: Duration,
+    /// The name as a Structured Field String, e.g. `"api"`.
+    quoted: Box<str>,
+    /// The `RateLimit-Policy` item, e.g. `"api";q=100;w=60`.
+    policy: HeaderValue,
+}
+
+impl RuleLabel {
+    /// The label of rule `name`, `limit` units per `window`.
+    pub(crate) fn new(name: Arc<str>, limit: u64, window: Duration) -> Self {
+        let quoted = headers::sf_string(&name);
+        let policy = headers::policy_item(&quoted, limit, window);
+        RuleLabel {
+            name,
+            window,
+            quoted: quoted.into(),
+            policy,
+        }
+    }
+}
 
 /// One rule's decision about one request, with what the RateLimit headers
 /// need to describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDecision {
+    label: Arc<RuleLabel>,
+    decision: Decision,
+}
+
+impl RuleDecision {
+    /// `decision` of the rule `rule`, whose window is `window` (for
+    /// `RateLimit-Policy`'s `w`; its quota `q` is `decision.limit`).
+    pub fn new(rule: &str, window: Duration, decision: Decision) -> Self {
+        RuleDecision {
+            label: Arc::new(RuleLabel::new(rule.into(), decision.limit, window)),
+            decision,
+        }
+    }
+
+    /// `decision` of the rule `label` names (its limit as `decision.limit`).
+    pub(crate) fn labelled(label: &Arc<RuleLabel>, decision: Decision) -> Self {
+        RuleDecision {
+            label: Arc::clone(label),
+            decision,
+        }
+    }
+
     /// The rule's name.
-    pub rule: Arc<str>,
-    /// The rule's window (for `RateLimit-Policy`'s `w`).
-    pub window: Duration,
+    pub fn rule(&self) -> &str {
+        &self.label.name
+    }
+
+    /// The rule's window.
+    pub fn window(&self) -> Duration {
+        self.label.window
+    }
+
     /// What the rule decided.
-    pub decision: Decision,
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The rule's name as a Structured Field String.
+    pub(crate) fn quoted_rule(&self) -> &str {
+        &self.label.quoted
+    }
+
+    /// The rule's `RateLimit-Policy` item.
+    pub fn policy_item(&self) -> &HeaderValue {
+        &self.label.policy
+    }
 }
 
 /// What the limiter decided about a request.

@@ -28,7 +28,7 @@ use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
 use crate::rule::{RequestInfo, Rule, bounded_key};
 use crate::target::Target;
 use crate::target_set::TargetSet;
-use crate::verdict::{ForbiddenReason, RuleDecision, Verdict};
+use crate::verdict::{ForbiddenReason, RuleDecision, RuleLabel, Verdict};
 
 /// How often the server should call [`Limiter::sync_blocks`]: blocks and
 /// unblocks made on another instance then apply here within a second.
@@ -63,6 +63,8 @@ pub enum CheckError {
 struct CompiledRule {
     name: Arc<str>,
     rule: Rule,
+    /// Its name and policy as the RateLimit fields give them.
+    label: Arc<RuleLabel>,
 }
 
 /// A validated configuration, ready to be consulted on every request.
@@ -81,9 +83,15 @@ impl Snapshot {
             rules: config
                 .rules
                 .iter()
-                .map(|r| CompiledRule {
-                    name: r.name.as_str().into(),
-                    rule: r.clone(),
+                .map(|r| {
+                    let name: Arc<str> = r.name.as_str().into();
+                    let label =
+                        RuleLabel::new(Arc::clone(&name), r.policy.limit(), r.policy.window());
+                    CompiledRule {
+                        name,
+                        rule: r.clone(),
+                        label: Arc::new(label),
+                    }
                 })
                 .collect(),
             allow: TargetSet::from_targets(&config.access.allow, ()),
@@ -275,7 +283,10 @@ impl<S: Store> Limiter<S> {
         for (rule, key) in keyed.iter().filter(|(r, _)| !r.rule.shadow) {
             if let Some(left) = self.shared.blocks.penalty(&rule.name, key, now) {
                 self.observe(Some(&rule.name), Outcome::Blocked);
-                return Verdict::Limited(penalty_decision(rule, left));
+                return Verdict::Limited(RuleDecision::labelled(
+                    &rule.label,
+                    penalty_decision(rule, left),
+                ));
             }
         }
 
@@ -334,7 +345,7 @@ impl<S: Store> Limiter<S> {
             && let Some(left) = self.shared.blocks.penalty(&compiled.name, &key, now)
         {
             self.observe(Some(&compiled.name), Outcome::Blocked);
-            return Ok(penalty_decision(compiled, left).decision);
+            return Ok(penalty_decision(compiled, left));
         }
         let check = check_of(compiled, &key, cost);
         match self
@@ -520,11 +531,7 @@ impl<S: Store> Limiter<S> {
                 tightest = Some(i);
             }
         }
-        let pick = |i: usize| RuleDecision {
-            rule: Arc::clone(&keyed[i].0.name),
-            window: keyed[i].0.rule.policy.window(),
-            decision: decisions[i],
-        };
+        let pick = |i: usize| RuleDecision::labelled(&keyed[i].0.label, decisions[i]);
         match refusal {
             Some(i) => {
                 tracing::debug!(rule = %keyed[i].0.name, key = %keyed[i].1, "request limited");
@@ -571,17 +578,13 @@ fn check_of<'a>(rule: &'a CompiledRule, key: &'a str, cost: u64) -> Check<'a> {
 }
 
 /// The refusal of a request under a cached penalty block lasting `left`.
-fn penalty_decision(rule: &CompiledRule, left: Duration) -> RuleDecision {
-    RuleDecision {
-        rule: Arc::clone(&rule.name),
-        window: rule.rule.policy.window(),
-        decision: Decision {
-            allowed: false,
-            limit: rule.rule.policy.limit(),
-            remaining: 0,
-            reset_after: left,
-            retry_after: Some(left),
-            blocked: true,
-        },
+fn penalty_decision(rule: &CompiledRule, left: Duration) -> Decision {
+    Decision {
+        allowed: false,
+        limit: rule.rule.policy.limit(),
+        remaining: 0,
+        reset_after: left,
+        retry_after: Some(left),
+        blocked: true,
     }
 }
