@@ -129,4 +129,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The longest any call of this store waits before it returns, when the
+    /// store bounds its own calls (failing with a timeout [`Error::Store`]
+    /// once that long has passed); `None`, the default, when it does not.
+    ///
+    /// A caller that would bound each call by at least this long can leave
+    /// the bounding to the store and spare a timer per call.
+    fn call_timeout(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -143,10 +143,14 @@ fn suggests_failover(e: &RedisError) -> bool {
 }
 
 /// The reconnection settings every single-server connection uses.
+///
+/// No response timeout: every call of the store already runs against a
+/// deadline of its own (`RedisStore::bounded`), and a second timer per
+/// command would only repeat it, at a cost on every request.
 fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.timeout))
+        .set_response_timeout(None)
         .set_min_delay(RECONNECT_MIN_DELAY)
         .set_max_delay(RECONNECT_MAX_DELAY)
 }

@@ -660,6 +660,12 @@ impl Store for RedisStore {
         }
     }
 
+    /// [`RedisConfig::timeout`]: every call, cluster and Sentinel
+    /// look-ups included, runs against one deadline that far away.
+    fn call_timeout(&self) -> Option<Duration> {
+        Some(self.inner.config.timeout)
+    }
+
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         let keys = &self.inner.keys;
         let mut call = ScriptCall::new(&scripts::PEEK, 2, 8);

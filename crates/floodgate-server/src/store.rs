@@ -94,4 +94,11 @@ impl Store for AnyStore {
     async fn ping(&self) -> Result<(), Error> {
         dispatch!(self, s => s.ping())
     }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        match self {
+            AnyStore::Memory(s) => s.call_timeout(),
+            AnyStore::Redis(s) => s.call_timeout(),
+        }
+    }
 }

@@ -231,6 +231,37 @@ async fn a_hanging_store_is_cut_at_the_timeout() {
     }
 }
 
+/// A store that bounds its own calls is left to do so when its bound is
+/// within the limiter's timeout, and is still cut at the limiter's timeout
+/// when its own is longer.
+#[tokio::test(start_paused = true)]
+async fn a_store_bounding_its_own_calls_is_cut_at_the_shorter_timeout() {
+    for (own, expected_wait) in [
+        (Duration::from_millis(30), Duration::from_millis(30)),
+        (Duration::from_millis(400), Duration::from_millis(50)),
+    ] {
+        let clock = clock();
+        let store = FlakyStore::new(memory_store(&clock)).with_own_timeout(own);
+        let limiter = limiter(
+            failing_config(OnError::Deny, 5),
+            store.clone(),
+            &clock,
+            Recorder::new(),
+        );
+        let app = app(limiter.clone());
+        store.set(Mode::Hanging);
+        let started = tokio::time::Instant::now();
+        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+        assert_eq!(
+            started.elapsed(),
+            expected_wait,
+            "store's own timeout {own:?}"
+        );
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!limiter.store_healthy());
+    }
+}
+
 #[tokio::test]
 async fn check_key_follows_on_error_allow() {
     let Harness { store, limiter, .. } = harness(OnError::Allow, 5);

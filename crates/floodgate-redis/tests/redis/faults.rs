@@ -165,6 +165,67 @@ async fn a_store_made_while_redis_is_down_works_once_it_is_up() {
     assert!(until_checks_succeed(&store, &policy).await.unwrap());
 }
 
+/// A frozen Redis (SIGSTOP) keeps its connections open and answers nothing:
+/// only the store's own deadline ends a call. It says so through
+/// `call_timeout`, which callers such as the tower limiter rely on instead
+/// of a timer of their own.
+#[tokio::test]
+async fn a_frozen_redis_times_every_call_out_within_the_store_timeout() {
+    let server = RedisServer::start();
+    let store = store_for(&server, TIMEOUT);
+    assert_eq!(store.call_timeout(), Some(TIMEOUT));
+    let policy = policy();
+    assert!(until_checks_succeed(&store, &policy).await.unwrap());
+
+    server.pause();
+    let timed_out = |what: &str, started: Instant, result: Result<(), Error>| {
+        let took = started.elapsed();
+        match result {
+            Err(Error::Store(e)) => assert!(e.is_timeout(), "{what}: {e} is not a timeout"),
+            other => panic!("{what} with Redis frozen returned {other:?}"),
+        }
+        assert!(
+            took >= TIMEOUT && took < TIMEOUT + SLACK,
+            "{what} took {took:?} with Redis frozen; the timeout is {TIMEOUT:?}"
+        );
+    };
+    // Two rounds: the second meets a connection with unanswered calls on it.
+    for round in 0..2 {
+        let started = Instant::now();
+        let result = one_check(&store, &policy).await.map(drop);
+        timed_out(&format!("check #{round}"), started, result);
+        let started = Instant::now();
+        let result = store.peek("faults", &policy, "k").await.map(drop);
+        timed_out("peek", started, result);
+        let started = Instant::now();
+        let result = store.reset("faults", "k").await.map(drop);
+        timed_out("reset", started, result);
+        let started = Instant::now();
+        let result = store
+            .add_block("ip:192.0.2.9", Duration::from_secs(60), "test")
+            .await
+            .map(drop);
+        timed_out("add_block", started, result);
+        let started = Instant::now();
+        let result = store.remove_block("ip:192.0.2.9").await.map(drop);
+        timed_out("remove_block", started, result);
+        let started = Instant::now();
+        let result = store.blocks().await.map(drop);
+        timed_out("blocks", started, result);
+        let started = Instant::now();
+        timed_out("ping", started, store.ping().await);
+    }
+    // Several concurrent checks share calls: each still ends by its deadline.
+    let started = Instant::now();
+    let checks = (0..8).map(|_| one_check(&store, &policy));
+    for result in futures_util::future::join_all(checks).await {
+        timed_out("concurrent check", started, result.map(drop));
+    }
+
+    server.resume();
+    assert!(until_checks_succeed(&store, &policy).await.unwrap());
+}
+
 #[test]
 fn a_store_needs_a_tokio_runtime() {
     // Outside a runtime the connection could not run: an error, not a panic.

@@ -486,9 +486,19 @@ impl<S: Store> Limiter<S> {
     ) -> Result<T, Error> {
         let timeout = self.shared.snapshot.load().config.timeout;
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Store(StoreError::timeout(timeout))),
+        let result = if self
+            .shared
+            .store
+            .call_timeout()
+            .is_some_and(|own| own <= timeout)
+        {
+            // The store gives up in time by itself: no second timer.
+            fut.await
+        } else {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Store(StoreError::timeout(timeout))),
+            }
         };
         let failure = match &result {
             Err(Error::Store(e)) => Some(e),

@@ -177,6 +177,8 @@ pub struct FlakyStore {
     pub inner: MemoryStore,
     mode: Arc<AtomicU8>,
     pub calls: Arc<AtomicUsize>,
+    /// What `call_timeout` says: when set, a hanging call gives up after it.
+    own_timeout: Option<Duration>,
 }
 
 impl FlakyStore {
@@ -185,7 +187,14 @@ impl FlakyStore {
             inner,
             mode: Arc::new(AtomicU8::new(Mode::Up as u8)),
             calls: Arc::new(AtomicUsize::new(0)),
+            own_timeout: None,
         }
+    }
+
+    /// A store that bounds its own calls by `timeout`, and says so.
+    pub fn with_own_timeout(mut self, timeout: Duration) -> Self {
+        self.own_timeout = Some(timeout);
+        self
     }
 
     pub fn set(&self, mode: Mode) {
@@ -204,7 +213,13 @@ impl FlakyStore {
                 StoreErrorKind::ConnectionDropped,
                 "connection refused (test)",
             ))),
-            _ => std::future::pending().await,
+            _ => match self.own_timeout {
+                Some(timeout) => {
+                    tokio::time::sleep(timeout).await;
+                    Err(Error::Store(StoreError::timeout(timeout)))
+                }
+                None => std::future::pending().await,
+            },
         }
     }
 }
@@ -242,5 +257,9 @@ impl Store for FlakyStore {
 
     async fn ping(&self) -> Result<(), Error> {
         self.gate().await
+    }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        self.own_timeout
     }
 }
