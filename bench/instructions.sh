@@ -22,7 +22,8 @@
 # per-call work spread over fewer requests, an upper bound.
 #
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds
-# counted per set-up, default 8).
+# counted per set-up, default 8); BENCH_KEEP_DUMPS=DIR keeps each set-up's
+# callgrind dump there as DIR/NAME.cg (for callgrind_annotate or kcachegrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -90,6 +91,10 @@ for name in none memory redis; do
     if grep -q 'Non-2xx' "$BENCH_TMP/wrk-$name.txt"; then
         echo "bench: floodgate ($name) refused requests: not a clean run" >&2
         exit 1
+    fi
+    if [[ -n ${BENCH_KEEP_DUMPS:-} ]]; then
+        mkdir -p "$BENCH_KEEP_DUMPS"
+        cp "$(ls -t "$BENCH_TMP/$name.cg".* | head -1)" "$BENCH_KEEP_DUMPS/$name.cg"
     fi
     per_request[$name]=$(awk -v t="$(dumped_instructions "$name")" -v n="${requests_seen[$name]}" \
         'BEGIN { printf "%d", t / n }')
