@@ -106,7 +106,7 @@ fn push_hash_tag(out: &mut String, key: &str) {
     // Runs of plain characters are copied whole; the three escaped ones are
     // ASCII, so every split falls on a character boundary.
     let mut rest = key;
-    while let Some(at) = rest.find(['%', '{', '}']) {
+    while let Some(at) = rest.bytes().position(|b| matches!(b, b'%' | b'{' | b'}')) {
         out.push_str(&rest[..at]);
         out.push_str(match rest.as_bytes()[at] {
             b'%' => "%25",
