@@ -33,8 +33,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
-/// The decision counters looked up so far, by rule name, then outcome.
-type DecisionCounters = HashMap<Box<str>, HashMap<&'static str, Counter>>;
+/// The decision counters looked up so far, by rule name, then outcome (in
+/// the order of `Outcome::ALL`).
+type DecisionCounters = HashMap<Box<str>, [Option<Counter>; Outcome::ALL.len()]>;
+
+/// The latency histogram and the error counter of one kind of store call.
+struct CallMetrics {
+    latency: Histogram,
+    errors: Counter,
+}
 
 /// Every metric floodgate exports.
 pub struct Metrics {
@@ -45,8 +52,9 @@ pub struct Metrics {
     /// `&str`, where the family's own lookup needs an owned label set, a
     /// `String` per decision.
     decision_counters: RwLock<DecisionCounters>,
-    store_latency: Family<CallLabels, Histogram, fn() -> Histogram>,
-    store_errors: Family<CallLabels, Counter>,
+    /// Handles on the store call families' series, by kind of call (in the
+    /// order of `StoreCall::ALL`): no lookup per call.
+    calls: [CallMetrics; StoreCall::ALL.len()],
     active_blocks: Gauge,
     store_up: Gauge,
 }
@@ -85,17 +93,15 @@ impl Metrics {
         let store_errors = Family::<CallLabels, Counter>::default();
         // Every kind of call starts at zero, so the series exist (and alert
         // rules on their rate work) before the first error.
-        for call in [
-            StoreCall::Check,
-            StoreCall::Blocks,
-            StoreCall::AddBlock,
-            StoreCall::RemoveBlock,
-            StoreCall::Ping,
-        ] {
-            let _ = store_errors.get_or_create(&CallLabels {
+        let calls = StoreCall::ALL.map(|call| {
+            let labels = CallLabels {
                 call: call.as_str(),
-            });
-        }
+            };
+            CallMetrics {
+                latency: store_latency.get_or_create(&labels).clone(),
+                errors: store_errors.get_or_create(&labels).clone(),
+            }
+        });
         registry.register(
             "store_errors",
             "Store calls that failed or timed out",
@@ -117,8 +123,7 @@ impl Metrics {
             registry,
             decisions,
             decision_counters: RwLock::default(),
-            store_latency,
-            store_errors,
+            calls,
             active_blocks,
             store_up,
         }
@@ -147,13 +152,12 @@ impl Metrics {
 impl Observer for Metrics {
     fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
         let rule = rule.unwrap_or("");
-        let outcome = outcome.as_str();
         {
             let known = self
                 .decision_counters
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(counter) = known.get(rule).and_then(|by| by.get(outcome)) {
+            if let Some(Some(counter)) = known.get(rule).map(|by| &by[outcome.index()]) {
                 counter.inc();
                 return;
             }
@@ -162,7 +166,7 @@ impl Observer for Metrics {
             .decisions
             .get_or_create(&DecisionLabels {
                 rule: rule.to_owned(),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .clone();
         counter.inc();
@@ -170,19 +174,14 @@ impl Observer for Metrics {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(rule.into())
-            .or_default()
-            .insert(outcome, counter);
+            .or_default()[outcome.index()] = Some(counter);
     }
 
     fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
-        let labels = CallLabels {
-            call: call.as_str(),
-        };
-        self.store_latency
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
+        let metrics = &self.calls[call.index()];
+        metrics.latency.observe(latency.as_secs_f64());
         if !ok {
-            self.store_errors.get_or_create(&labels).inc();
+            metrics.errors.inc();
         }
     }
 
@@ -204,11 +203,18 @@ mod tests {
             "{text}"
         );
         metrics.on_store_call(StoreCall::Check, Duration::from_millis(1), false);
-        assert!(
-            metrics
-                .render()
-                .contains("floodgate_store_errors_total{call=\"check\"} 1")
-        );
+        metrics.on_store_call(StoreCall::Ping, Duration::from_millis(1), true);
+        metrics.on_store_call(StoreCall::Ping, Duration::from_secs(1), true);
+        let text = metrics.render();
+        for line in [
+            "floodgate_store_errors_total{call=\"check\"} 1",
+            "floodgate_store_errors_total{call=\"ping\"} 0",
+            "floodgate_store_call_duration_seconds_count{call=\"check\"} 1",
+            "floodgate_store_call_duration_seconds_count{call=\"ping\"} 2",
+            "floodgate_store_call_duration_seconds_sum{call=\"ping\"} 1.001",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

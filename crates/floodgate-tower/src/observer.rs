@@ -25,6 +25,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Allowed,
+        Outcome::Limited,
+        Outcome::ShadowLimited,
+        Outcome::Blocked,
+        Outcome::Denied,
+        Outcome::Bypassed,
+        Outcome::Error,
+    ];
+
+    /// The place of this outcome in [`Outcome::ALL`], for tables indexed by
+    /// outcome.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// A label: `allowed`, `limited`, `shadow_limited`, `blocked`, `denied`,
     /// `bypassed` or `error`.
     pub const fn as_str(self) -> &'static str {
@@ -56,6 +73,21 @@ pub enum StoreCall {
 }
 
 impl StoreCall {
+    /// Every kind of call, in the order of [`StoreCall::index`].
+    pub const ALL: [StoreCall; 5] = [
+        StoreCall::Check,
+        StoreCall::Blocks,
+        StoreCall::AddBlock,
+        StoreCall::RemoveBlock,
+        StoreCall::Ping,
+    ];
+
+    /// The place of this kind in [`StoreCall::ALL`], for tables indexed by
+    /// kind of call.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// A label: `check`, `blocks`, `add_block`, `remove_block` or `ping`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -95,3 +127,18 @@ pub trait Observer: Send + Sync + 'static {
 pub struct NoopObserver;
 
 impl Observer for NoopObserver {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_places_in_all() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome.index(), i, "{outcome:?}");
+        }
+        for (i, call) in StoreCall::ALL.into_iter().enumerate() {
+            assert_eq!(call.index(), i, "{call:?}");
+        }
+    }
+}
