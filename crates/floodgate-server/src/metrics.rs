@@ -157,7 +157,7 @@ impl Observer for Metrics {
                 .decision_counters
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(Some(counter)) = known.get(rule).map(|by| &by[outcome.index()]) {
+            if let Some(Some(counter)) = known.get(rule).and_then(|by| by.get(outcome.index())) {
                 counter.inc();
                 return;
             }
@@ -170,15 +170,22 @@ impl Observer for Metrics {
             })
             .clone();
         counter.inc();
-        self.decision_counters
+        if let Some(slot) = self
+            .decision_counters
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(rule.into())
-            .or_default()[outcome.index()] = Some(counter);
+            .or_default()
+            .get_mut(outcome.index())
+        {
+            *slot = Some(counter);
+        }
     }
 
     fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
-        let metrics = &self.calls[call.index()];
+        let Some(metrics) = self.calls.get(call.index()) else {
+            return;
+        };
         metrics.latency.observe(latency.as_secs_f64());
         if !ok {
             metrics.errors.inc();

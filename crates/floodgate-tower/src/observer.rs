@@ -133,6 +133,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_lists_every_variant() {
+        // A variant added to either enum makes one of these matches
+        // non-exhaustive: add it to its `ALL` as well.
+        for outcome in Outcome::ALL {
+            match outcome {
+                Outcome::Allowed
+                | Outcome::Limited
+                | Outcome::ShadowLimited
+                | Outcome::Blocked
+                | Outcome::Denied
+                | Outcome::Bypassed
+                | Outcome::Error => {}
+            }
+        }
+        for call in StoreCall::ALL {
+            match call {
+                StoreCall::Check
+                | StoreCall::Blocks
+                | StoreCall::AddBlock
+                | StoreCall::RemoveBlock
+                | StoreCall::Ping => {}
+            }
+        }
+    }
+
+    #[test]
     fn indices_are_places_in_all() {
         for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
             assert_eq!(outcome.index(), i, "{outcome:?}");
