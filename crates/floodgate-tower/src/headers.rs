@@ -42,10 +42,11 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 /// The `RateLimit-Policy` item of a rule named `quoted` (a Structured Field
 /// String, see [`sf_string`]) with `limit` units per `window`, e.g.
 /// `"api";q=100;w=60`.
-pub(crate) fn policy_item(quoted: &str, limit: u64, window: Duration) -> HeaderValue {
+/// `None` if it were not a valid header value, which printable ASCII (all
+/// that `sf_string` keeps) always is.
+pub(crate) fn policy_item(quoted: &str, limit: u64, window: Duration) -> Option<HeaderValue> {
     let value = sf_item(quoted, [("q", limit), ("w", ceil_secs(window).max(1))]);
-    // Printable ASCII only (`sf_string` drops the rest): always a valid value.
-    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::try_from(value).ok()
 }
 
 /// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
@@ -75,7 +76,9 @@ fn sf_item(quoted: &str, params: [(&str, u64); 2]) -> String {
 /// Adds `RateLimit-Policy` and `RateLimit` for `d` to `headers` (appended,
 /// so an upstream's own RateLimit items are kept).
 pub fn insert_rate_limit_headers(headers: &mut HeaderMap, d: &RuleDecision) {
-    headers.append(RATELIMIT_POLICY, d.policy_item().clone());
+    if let Some(policy) = d.policy_item() {
+        headers.append(RATELIMIT_POLICY, policy.clone());
+    }
     if let Ok(value) = HeaderValue::try_from(ratelimit_value(d)) {
         headers.append(RATELIMIT, value);
     }
@@ -139,7 +142,10 @@ mod tests {
             Duration::from_secs(60),
             decision(true, 42, 16_500, None),
         );
-        assert_eq!(allowed.policy_item(), r#""api";q=100;w=60"#);
+        assert_eq!(
+            allowed.policy_item().expect("a valid item"),
+            r#""api";q=100;w=60"#
+        );
         assert_eq!(ratelimit_value(&allowed), r#""api";r=42;t=17"#);
         let refused = rd(
             "api",
@@ -147,7 +153,7 @@ mod tests {
             decision(false, 0, 60_000, Some(2_100)),
         );
         assert_eq!(
-            refused.policy_item(),
+            refused.policy_item().expect("a valid item"),
             r#""api";q=100;w=1"#,
             "sub-second windows round up"
         );

@@ -19,7 +19,7 @@ pub(crate) struct RuleLabel {
     /// The name as a Structured Field String, e.g. `"api"`.
     quoted: Box<str>,
     /// The `RateLimit-Policy` item, e.g. `"api";q=100;w=60`.
-    policy: HeaderValue,
+    policy: Option<HeaderValue>,
 }
 
 impl RuleLabel {
@@ -82,9 +82,10 @@ impl RuleDecision {
         &self.label.quoted
     }
 
-    /// The rule's `RateLimit-Policy` item.
-    pub fn policy_item(&self) -> &HeaderValue {
-        &self.label.policy
+    /// The rule's `RateLimit-Policy` item, e.g. `"api";q=100;w=60`
+    /// (always there: `None` only if it could not be a header value).
+    pub fn policy_item(&self) -> Option<&HeaderValue> {
+        self.label.policy.as_ref()
     }
 }
 
