@@ -181,6 +181,12 @@ impl RedisStore {
         what: &str,
         request: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, Error> {
+        if Instant::now() >= deadline {
+            // Earlier steps of the call used up its time (a penalty listed
+            // after a slow check): nobody waits for this request's answer,
+            // so it is not sent.
+            return Err(Error::Store(StoreError::timeout(self.inner.config.timeout)));
+        }
         match tokio::time::timeout_at(deadline, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
