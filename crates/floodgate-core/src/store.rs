@@ -130,12 +130,15 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The longest any call of this store waits before it returns, when the
-    /// store bounds its own calls (failing with a timeout [`Error::Store`]
-    /// once that long has passed); `None`, the default, when it does not.
+    /// The longest any call of this store can take, when the store bounds
+    /// its own calls (a call that would take longer fails with a timeout
+    /// [`Error::Store`]); `Some(Duration::ZERO)` for a store that never
+    /// waits; `None`, the default, when calls are not bounded.
     ///
     /// A caller that would bound each call by at least this long can leave
-    /// the bounding to the store and spare a timer per call.
+    /// the bounding to the store and spare a timer per call. A store that
+    /// wraps another and adds waits of its own must not pass the inner
+    /// store's bound on.
     fn call_timeout(&self) -> Option<Duration> {
         None
     }

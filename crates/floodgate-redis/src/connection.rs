@@ -142,11 +142,14 @@ fn suggests_failover(e: &RedisError) -> bool {
         )
 }
 
-/// The reconnection settings every single-server connection uses.
+/// The reconnection settings every single-server connection uses
+/// (standalone, and the primary Sentinels name).
 ///
 /// No response timeout: every call of the store already runs against a
 /// deadline of its own (`RedisStore::bounded`), and a second timer per
-/// command would only repeat it, at a cost on every request.
+/// command would only repeat it, at a cost on every request. The cluster
+/// connection keeps its own: the cluster client bases its per-node retries
+/// and failure handling on it.
 fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))

@@ -262,6 +262,28 @@ async fn a_store_bounding_its_own_calls_is_cut_at_the_shorter_timeout() {
     }
 }
 
+/// The limiter sets no timer of its own for a store whose bound is within
+/// its timeout: a store that claims 30 ms and takes 80 ms is waited for.
+#[tokio::test(start_paused = true)]
+async fn a_store_bounding_its_own_calls_is_left_to_do_so() {
+    let clock = clock();
+    let store = FlakyStore::new(memory_store(&clock))
+        .with_own_timeout(Duration::from_millis(30))
+        .giving_up_after(Duration::from_millis(80));
+    let limiter = limiter(
+        failing_config(OnError::Deny, 5),
+        store.clone(),
+        &clock,
+        Recorder::new(),
+    );
+    let app = app(limiter);
+    store.set(Mode::Hanging);
+    let started = tokio::time::Instant::now();
+    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(80));
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn check_key_follows_on_error_allow() {
     let Harness { store, limiter, .. } = harness(OnError::Allow, 5);

@@ -177,8 +177,10 @@ pub struct FlakyStore {
     pub inner: MemoryStore,
     mode: Arc<AtomicU8>,
     pub calls: Arc<AtomicUsize>,
-    /// What `call_timeout` says: when set, a hanging call gives up after it.
+    /// What `call_timeout` says: when set, a hanging call gives up after it
+    /// (or after `actual_timeout`, when that is set too).
     own_timeout: Option<Duration>,
+    actual_timeout: Option<Duration>,
 }
 
 impl FlakyStore {
@@ -188,12 +190,20 @@ impl FlakyStore {
             mode: Arc::new(AtomicU8::new(Mode::Up as u8)),
             calls: Arc::new(AtomicUsize::new(0)),
             own_timeout: None,
+            actual_timeout: None,
         }
     }
 
     /// A store that bounds its own calls by `timeout`, and says so.
     pub fn with_own_timeout(mut self, timeout: Duration) -> Self {
         self.own_timeout = Some(timeout);
+        self
+    }
+
+    /// A store that says it bounds its calls as `with_own_timeout` but
+    /// gives up only after `actual`: shows who does the bounding.
+    pub fn giving_up_after(mut self, actual: Duration) -> Self {
+        self.actual_timeout = Some(actual);
         self
     }
 
@@ -213,7 +223,7 @@ impl FlakyStore {
                 StoreErrorKind::ConnectionDropped,
                 "connection refused (test)",
             ))),
-            _ => match self.own_timeout {
+            _ => match self.actual_timeout.or(self.own_timeout) {
                 Some(timeout) => {
                     tokio::time::sleep(timeout).await;
                     Err(Error::Store(StoreError::timeout(timeout)))
