@@ -23,7 +23,8 @@
 #
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_DURATION (seconds
 # counted per set-up, default 8); BENCH_KEEP_DUMPS=DIR keeps each set-up's
-# callgrind dump there as DIR/NAME.cg (for callgrind_annotate or kcachegrind).
+# callgrind dump there as DIR/NAME.cg (for callgrind_annotate or kcachegrind;
+# a relative DIR is taken from the repository's root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -65,11 +66,14 @@ try_start_counted() {
     pid[$name]=$BENCH_LAST_PID
 }
 
-# The instructions of the dump callgrind_control -d wrote last for NAME.
+# The dump callgrind_control -d wrote last for NAME.
+latest_dump() {
+    ls -t "$BENCH_TMP/$1.cg".* | head -1
+}
+
+# The instructions of that dump.
 dumped_instructions() {
-    local file
-    file=$(ls -t "$BENCH_TMP/$1.cg".* | head -1)
-    awk '/^(summary|totals):/ { print $2; exit }' "$file"
+    awk '/^(summary|totals):/ { print $2; exit }' "$(latest_dump "$1")"
 }
 
 declare -A per_request requests_seen
@@ -94,7 +98,7 @@ for name in none memory redis; do
     fi
     if [[ -n ${BENCH_KEEP_DUMPS:-} ]]; then
         mkdir -p "$BENCH_KEEP_DUMPS"
-        cp "$(ls -t "$BENCH_TMP/$name.cg".* | head -1)" "$BENCH_KEEP_DUMPS/$name.cg"
+        cp "$(latest_dump "$name")" "$BENCH_KEEP_DUMPS/$name.cg"
     fi
     per_request[$name]=$(awk -v t="$(dumped_instructions "$name")" -v n="${requests_seen[$name]}" \
         'BEGIN { printf "%d", t / n }')
