@@ -35,8 +35,17 @@ struct Harness {
 }
 
 fn harness(on_error: OnError, limit: u64) -> Harness {
+    harness_with(on_error, limit, |store| store)
+}
+
+/// [`harness`] on the store `build` makes of the usual one.
+fn harness_with(
+    on_error: OnError,
+    limit: u64,
+    build: impl FnOnce(FlakyStore) -> FlakyStore,
+) -> Harness {
     let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock));
+    let store = build(FlakyStore::new(memory_store(&clock)));
     let recorder = Recorder::new();
     let limiter = limiter(
         failing_config(on_error, limit),
@@ -231,6 +240,15 @@ async fn a_hanging_store_is_cut_at_the_timeout() {
     }
 }
 
+/// How long one request waits with the harness' store hanging, and what
+/// it is answered.
+async fn one_request_while_hanging(h: &Harness) -> (Duration, StatusCode) {
+    h.store.set(Mode::Hanging);
+    let started = tokio::time::Instant::now();
+    let reply = send(&h.app, get_from("/api/items", "192.0.2.7")).await;
+    (started.elapsed(), reply.status)
+}
+
 /// A store that bounds its own calls is left to do so when its bound is
 /// within the limiter's timeout, and is still cut at the limiter's timeout
 /// when its own is longer.
@@ -240,25 +258,11 @@ async fn a_store_bounding_its_own_calls_is_cut_at_the_shorter_timeout() {
         (Duration::from_millis(30), Duration::from_millis(30)),
         (Duration::from_millis(400), Duration::from_millis(50)),
     ] {
-        let clock = clock();
-        let store = FlakyStore::new(memory_store(&clock)).with_own_timeout(own);
-        let limiter = limiter(
-            failing_config(OnError::Deny, 5),
-            store.clone(),
-            &clock,
-            Recorder::new(),
-        );
-        let app = app(limiter.clone());
-        store.set(Mode::Hanging);
-        let started = tokio::time::Instant::now();
-        let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
-        assert_eq!(
-            started.elapsed(),
-            expected_wait,
-            "store's own timeout {own:?}"
-        );
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(!limiter.store_healthy());
+        let h = harness_with(OnError::Deny, 5, |store| store.with_own_timeout(own));
+        let (waited, status) = one_request_while_hanging(&h).await;
+        assert_eq!(waited, expected_wait, "store's own timeout {own:?}");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!h.limiter.store_healthy());
     }
 }
 
@@ -266,22 +270,14 @@ async fn a_store_bounding_its_own_calls_is_cut_at_the_shorter_timeout() {
 /// its timeout: a store that claims 30 ms and takes 80 ms is waited for.
 #[tokio::test(start_paused = true)]
 async fn a_store_bounding_its_own_calls_is_left_to_do_so() {
-    let clock = clock();
-    let store = FlakyStore::new(memory_store(&clock))
-        .with_own_timeout(Duration::from_millis(30))
-        .giving_up_after(Duration::from_millis(80));
-    let limiter = limiter(
-        failing_config(OnError::Deny, 5),
-        store.clone(),
-        &clock,
-        Recorder::new(),
-    );
-    let app = app(limiter);
-    store.set(Mode::Hanging);
-    let started = tokio::time::Instant::now();
-    let reply = send(&app, get_from("/api/items", "192.0.2.7")).await;
-    assert_eq!(started.elapsed(), Duration::from_millis(80));
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let h = harness_with(OnError::Deny, 5, |store| {
+        store
+            .with_own_timeout(Duration::from_millis(30))
+            .giving_up_after(Duration::from_millis(80))
+    });
+    let (waited, status) = one_request_while_hanging(&h).await;
+    assert_eq!(waited, Duration::from_millis(80));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]
