@@ -14,7 +14,7 @@ use crate::target::Target;
 /// request to the next, written once per rule.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RuleLabel {
-    name: Arc<str>,
+    name: Box<str>,
     window: Duration,
     /// The name as a Structured Field String, e.g. `"api"`.
     quoted: Box<str>,
@@ -23,12 +23,17 @@ pub(crate) struct RuleLabel {
 }
 
 impl RuleLabel {
+    /// The rule's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The label of rule `name`, `limit` units per `window`.
-    pub(crate) fn new(name: Arc<str>, limit: u64, window: Duration) -> Self {
-        let quoted = headers::sf_string(&name);
+    pub(crate) fn new(name: &str, limit: u64, window: Duration) -> Self {
+        let quoted = headers::sf_string(name);
         let policy = headers::policy_item(&quoted, limit, window);
         RuleLabel {
-            name,
+            name: name.into(),
             window,
             quoted: quoted.into(),
             policy,
@@ -49,7 +54,7 @@ impl RuleDecision {
     /// `RateLimit-Policy`'s `w`; its quota `q` is `decision.limit`).
     pub fn new(rule: &str, window: Duration, decision: Decision) -> Self {
         RuleDecision {
-            label: Arc::new(RuleLabel::new(rule.into(), decision.limit, window)),
+            label: Arc::new(RuleLabel::new(rule, decision.limit, window)),
             decision,
         }
     }
@@ -64,7 +69,7 @@ impl RuleDecision {
 
     /// The rule's name.
     pub fn rule(&self) -> &str {
-        &self.label.name
+        self.label.name()
     }
 
     /// The rule's window.

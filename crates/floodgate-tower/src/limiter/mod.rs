@@ -61,10 +61,15 @@ pub enum CheckError {
 /// A rule with its name shared cheaply with verdicts.
 #[derive(Debug)]
 struct CompiledRule {
-    name: Arc<str>,
     rule: Rule,
     /// Its name and policy as the RateLimit fields give them.
     label: Arc<RuleLabel>,
+}
+
+impl CompiledRule {
+    fn name(&self) -> &str {
+        self.label.name()
+    }
 }
 
 /// A validated configuration, ready to be consulted on every request.
@@ -83,15 +88,9 @@ impl Snapshot {
             rules: config
                 .rules
                 .iter()
-                .map(|r| {
-                    let name: Arc<str> = r.name.as_str().into();
-                    let label =
-                        RuleLabel::new(Arc::clone(&name), r.policy.limit(), r.policy.window());
-                    CompiledRule {
-                        name,
-                        rule: r.clone(),
-                        label: Arc::new(label),
-                    }
+                .map(|r| CompiledRule {
+                    rule: r.clone(),
+                    label: Arc::new(RuleLabel::new(&r.name, r.policy.limit(), r.policy.window())),
                 })
                 .collect(),
             allow: TargetSet::from_targets(&config.access.allow, ()),
@@ -281,8 +280,8 @@ impl<S: Store> Limiter<S> {
             return Verdict::Allow(None);
         }
         for (rule, key) in keyed.iter().filter(|(r, _)| !r.rule.shadow) {
-            if let Some(left) = self.shared.blocks.penalty(&rule.name, key, now) {
-                self.observe(Some(&rule.name), Outcome::Blocked);
+            if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
+                self.observe(Some(rule.name()), Outcome::Blocked);
                 return Verdict::Limited(RuleDecision::labelled(
                     &rule.label,
                     penalty_decision(rule, left),
@@ -298,7 +297,7 @@ impl<S: Store> Limiter<S> {
             Some(decisions) => self.conclude(&keyed, &decisions),
             None => {
                 for (rule, _) in &keyed {
-                    self.observe(Some(&rule.name), Outcome::Error);
+                    self.observe(Some(rule.name()), Outcome::Error);
                 }
                 match snapshot.config.on_error {
                     OnError::Allow => Verdict::Allow(None),
@@ -326,7 +325,7 @@ impl<S: Store> Limiter<S> {
         let compiled = snapshot
             .rules
             .iter()
-            .find(|r| &*r.name == rule)
+            .find(|r| r.name() == rule)
             .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
         let policy = &compiled.rule.policy;
         if cost == 0 {
@@ -342,9 +341,9 @@ impl<S: Store> Limiter<S> {
         let key = bounded_key(key);
         let now = self.shared.clock.now();
         if !compiled.rule.shadow
-            && let Some(left) = self.shared.blocks.penalty(&compiled.name, &key, now)
+            && let Some(left) = self.shared.blocks.penalty(compiled.name(), &key, now)
         {
-            self.observe(Some(&compiled.name), Outcome::Blocked);
+            self.observe(Some(compiled.name()), Outcome::Blocked);
             return Ok(penalty_decision(compiled, left));
         }
         let check = check_of(compiled, &key, cost);
@@ -362,7 +361,7 @@ impl<S: Store> Limiter<S> {
                 Ok(decision)
             }
             None => {
-                self.observe(Some(&compiled.name), Outcome::Error);
+                self.observe(Some(compiled.name()), Outcome::Error);
                 match snapshot.config.on_error {
                     OnError::Allow => Ok(Decision {
                         allowed: true,
@@ -544,7 +543,7 @@ impl<S: Store> Limiter<S> {
         let pick = |i: usize| RuleDecision::labelled(&keyed[i].0.label, decisions[i]);
         match refusal {
             Some(i) => {
-                tracing::debug!(rule = %keyed[i].0.name, key = %keyed[i].1, "request limited");
+                tracing::debug!(rule = keyed[i].0.name(), key = %keyed[i].1, "request limited");
                 Verdict::Limited(pick(i))
             }
             None => Verdict::Allow(tightest.map(pick)),
@@ -557,20 +556,25 @@ impl<S: Store> Limiter<S> {
         let outcome = if d.allowed {
             Outcome::Allowed
         } else if rule.rule.shadow {
-            tracing::info!(rule = %rule.name, key, remaining = d.remaining, "shadow rule would refuse");
+            tracing::info!(
+                rule = rule.name(),
+                key,
+                remaining = d.remaining,
+                "shadow rule would refuse"
+            );
             Outcome::ShadowLimited
         } else if d.blocked {
             if let Some(left) = d.retry_after {
                 let now = self.shared.clock.now();
                 self.shared
                     .blocks
-                    .add_penalty(&rule.name, key, now.saturating_add(left), now);
+                    .add_penalty(rule.name(), key, now.saturating_add(left), now);
             }
             Outcome::Blocked
         } else {
             Outcome::Limited
         };
-        self.observe(Some(&rule.name), outcome);
+        self.observe(Some(rule.name()), outcome);
     }
 
     fn observe(&self, rule: Option<&str>, outcome: Outcome) {
@@ -579,7 +583,7 @@ impl<S: Store> Limiter<S> {
 }
 
 fn check_of<'a>(rule: &'a CompiledRule, key: &'a str, cost: u64) -> Check<'a> {
-    let check = Check::new(&rule.name, &rule.rule.policy, key, cost);
+    let check = Check::new(rule.name(), &rule.rule.policy, key, cost);
     if rule.rule.shadow {
         check.shadow()
     } else {
