@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::scripts::{self, ScriptCall};
-use crate::store::{self, CheckArg};
+use crate::store::{self, CheckArg, DECISION_FIELDS};
 
 /// Calls of `check.lua` on their way at once, per store. Two keep Redis
 /// busy while the previous call's reply travels back and is handed out.
@@ -35,9 +35,6 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 /// Checks one call carries at most (a single larger batch still goes, alone).
 pub(crate) const MAX_CHECKS_PER_CALL: usize = 128;
-
-/// Integers per check in a `check.lua` reply, once unpacked.
-const FIELDS: usize = 6;
 
 /// What a coalesced call needs from the store that runs it.
 pub(crate) trait Runner: Clone + Send + Sync + 'static {
@@ -260,10 +257,10 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
         .collect();
     store::push_checks(&mut call, &sizes, &args);
     match runner.run(call, deadline).await {
-        Ok(reply) if reply.len() == checks * FIELDS => {
+        Ok(reply) if reply.len() == checks * DECISION_FIELDS => {
             let mut rest = reply.as_slice();
             for job in jobs {
-                let (mine, tail) = rest.split_at(job.checks.len() * FIELDS);
+                let (mine, tail) = rest.split_at(job.checks.len() * DECISION_FIELDS);
                 rest = tail;
                 let _ = job.reply.send(Ok(mine.to_vec()));
             }

@@ -19,8 +19,9 @@ use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, ScriptCall};
 
-/// Integers per check in a `check.lua` or `peek.lua` reply.
-const DECISION_FIELDS: usize = 6;
+/// Integers per check in a `peek.lua` reply, and in a `check.lua` reply
+/// once unpacked.
+pub(crate) const DECISION_FIELDS: usize = 6;
 
 /// The longest manual block accepted (about 142 years): keeps `now + ttl`
 /// exact in Lua's doubles. Longer TTLs are shortened to it.
