@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 use floodgate_core::Policy;
@@ -17,7 +16,6 @@ use http::{HeaderMap, Method};
 
 use crate::digest::{hex, sha256};
 use crate::target::Target;
-use crate::text::push_ipv4;
 
 /// A key part longer than this many bytes is replaced by its hash, so a
 /// client cannot grow the store's keys with huge headers or paths.
@@ -206,15 +204,11 @@ pub(crate) struct RequestInfo<'a> {
 
 fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str>> {
     let text = match part {
-        KeyPart::Ip => match request.client? {
-            Target::Ip(IpAddr::V4(ip)) => {
-                let mut text = String::with_capacity(18);
-                text.push_str("ip:");
-                push_ipv4(&mut text, *ip);
-                text
-            }
-            other => other.to_string(),
-        },
+        KeyPart::Ip => {
+            let mut text = String::with_capacity(18);
+            request.client?.push_to(&mut text);
+            text
+        }
         KeyPart::Header(name) => {
             let mut values = request.headers.get_all(name).iter();
             let first = values.next()?;

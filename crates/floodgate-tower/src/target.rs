@@ -5,13 +5,15 @@
 //! blocks, logs and the admin API. [`Target`]'s `Display` writes what its
 //! `FromStr` reads.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use http::HeaderMap;
 use http::header::HeaderName;
 use ipnet::IpNet;
+
+use crate::text::push_ipv4;
 
 /// A client, or a set of clients, named in configuration, a block or a log.
 ///
@@ -97,6 +99,24 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Appends what `Display` writes. An IPv4 address, the identity of
+    /// most clients, skips `core::fmt`: this runs for every keyed request
+    /// and every refusal.
+    pub(crate) fn push_to(&self, out: &mut String) {
+        match self {
+            Target::Ip(IpAddr::V4(ip)) => {
+                out.push_str("ip:");
+                push_ipv4(out, *ip);
+            }
+            // Writing to a String cannot fail.
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -172,6 +192,23 @@ mod tests {
             let t: Target = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
             assert_eq!(t.to_string().parse::<Target>().unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn push_to_appends_what_display_writes() {
+        for s in [
+            "ip:192.0.2.7",
+            "ip:0.0.0.0",
+            "ip:255.255.255.255",
+            "ip:2001:db8::1",
+            "ip:203.0.113.0/24",
+            "header:x-api-key:leaked",
+        ] {
+            let t: Target = s.parse().unwrap();
+            let mut out = String::from(">");
+            t.push_to(&mut out);
+            assert_eq!(out, format!(">{t}"));
         }
     }
 
