@@ -16,6 +16,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::headers::{insert_rate_limit_headers, insert_retry_after, retry_after_secs};
+use crate::target::Target;
+use crate::text::push_decimal;
 use crate::verdict::{ForbiddenReason, Verdict};
 
 /// `application/problem+json`.
@@ -23,6 +25,15 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// The problem type of a 429 (draft-ietf-httpapi-ratelimit-headers-11 §5.1).
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The title of a 429's `quota-exceeded` problem.
+const QUOTA_EXCEEDED_TITLE: &str = "Quota Exceeded";
+
+/// The title of an `about:blank` problem: the status phrase (RFC 9457
+/// §4.2.1).
+fn status_title(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
+}
 
 /// A problem details object (RFC 9457).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +56,7 @@ impl Problem {
         Problem {
             status,
             problem_type: Cow::Borrowed("about:blank"),
-            title: Cow::Borrowed(status.canonical_reason().unwrap_or("Error")),
+            title: Cow::Borrowed(status_title(status)),
             detail: detail.into(),
             violated_policies: Vec::new(),
         }
@@ -53,41 +64,141 @@ impl Problem {
 
     /// The JSON body.
     pub fn to_json(&self) -> String {
-        let body = ProblemBody {
-            detail: &self.detail,
-            status: self.status.as_u16(),
-            title: &self.title,
-            problem_type: &self.problem_type,
-            violated_policies: &self.violated_policies,
-        };
-        serde_json::to_string(&body).unwrap_or_default()
+        let mut json = ProblemJson::new();
+        json.detail(&self.detail);
+        json.finish(
+            self.status,
+            &self.title,
+            &self.problem_type,
+            self.violated_policies.iter().map(String::as_str),
+        )
     }
 
     /// The response: status, `Content-Type: application/problem+json`,
     /// `Cache-Control: no-store`, the JSON body.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(self.to_json())));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        problem_response(self.status, self.to_json())
     }
 }
 
-/// [`Problem`] as serialized: borrowed, so that a refusal (which may be most
-/// requests under attack) costs one allocation for its body rather than a
-/// map of owned JSON values. Members in alphabetical order, the order
-/// floodgate has always sent them in.
-#[derive(serde::Serialize)]
-struct ProblemBody<'a> {
-    detail: &'a str,
-    status: u16,
-    title: &'a str,
-    #[serde(rename = "type")]
-    problem_type: &'a str,
-    #[serde(rename = "violated-policies", skip_serializing_if = "<[_]>::is_empty")]
-    violated_policies: &'a [String],
+/// A problem response of `status` with the JSON body `json`.
+fn problem_response(status: StatusCode, json: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(json)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A problem's JSON body, written into one buffer without serde or
+/// `core::fmt`: under attack, refusals can be most of what an instance
+/// answers. The detail is written first, in pieces; the other members
+/// follow in [`finish`](Self::finish). Members in alphabetical order, the
+/// order floodgate has always sent them in; strings escaped as serde_json
+/// escapes them.
+struct ProblemJson {
+    out: String,
+}
+
+impl ProblemJson {
+    fn new() -> Self {
+        let mut out = String::with_capacity(256);
+        out.push_str(r#"{"detail":""#);
+        ProblemJson { out }
+    }
+
+    /// Appends `text` to the detail.
+    fn detail(&mut self, text: &str) -> &mut Self {
+        push_json_escaped(&mut self.out, text);
+        self
+    }
+
+    /// Appends `n` in decimal to the detail.
+    fn detail_number(&mut self, n: u64) -> &mut Self {
+        push_decimal(&mut self.out, n);
+        self
+    }
+
+    /// Appends the name of `target` to the detail.
+    fn detail_target(&mut self, target: &Target) -> &mut Self {
+        match target {
+            // A header value may hold what JSON escapes.
+            Target::Header { .. } => push_json_escaped(&mut self.out, &target.to_string()),
+            // Digits, hex digits, `.`, `:`, `/`: nothing to escape.
+            _ => target.push_to(&mut self.out),
+        }
+        self
+    }
+
+    /// The body: the detail written so far, then `status`, `title`, `type`
+    /// and, unless there are none, `violated-policies`.
+    fn finish<'a>(
+        mut self,
+        status: StatusCode,
+        title: &str,
+        problem_type: &str,
+        violated_policies: impl IntoIterator<Item = &'a str>,
+    ) -> String {
+        let out = &mut self.out;
+        out.push_str(r#"","status":"#);
+        push_decimal(out, u64::from(status.as_u16()));
+        out.push_str(r#","title":""#);
+        push_json_escaped(out, title);
+        out.push_str(r#"","type":""#);
+        push_json_escaped(out, problem_type);
+        out.push('"');
+        let mut open = false;
+        for name in violated_policies {
+            out.push_str(if open {
+                r#",""#
+            } else {
+                r#","violated-policies":[""#
+            });
+            open = true;
+            push_json_escaped(out, name);
+            out.push('"');
+        }
+        if open {
+            out.push(']');
+        }
+        out.push('}');
+        self.out
+    }
+}
+
+/// Appends `text` as the inside of a JSON string, escaped as serde_json
+/// escapes it: `"` and `\` with a backslash, the control characters
+/// U+0000 to U+001F as `\b`, `\t`, `\n`, `\f`, `\r` or `\u00xx`, all
+/// else as it is.
+fn push_json_escaped(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Runs that need no escape are copied whole; every escaped character is
+    // ASCII, so each split falls on a character boundary.
+    let mut rest = text;
+    while let Some(at) = rest
+        .bytes()
+        .position(|b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        out.push_str(&rest[..at]);
+        let b = rest.as_bytes()[at];
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 /// The limiter's own answer to a refused request; `None` when the request
@@ -103,38 +214,45 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
         Verdict::Limited(d) => {
             let decision = d.decision();
             let wait = decision.retry_after.unwrap_or(decision.reset_after);
-            let detail = if decision.blocked {
-                format!(
-                    "blocked by rule {:?} for going over its limit; retry in {} s",
-                    d.rule(),
-                    retry_after_secs(wait)
-                )
+            // The rule's name quoted as in the RateLimit fields.
+            let mut json = ProblemJson::new();
+            json.detail(if decision.blocked {
+                "blocked by rule "
             } else {
-                format!(
-                    "over the limit of rule {:?}; retry in {} s",
-                    d.rule(),
-                    retry_after_secs(wait)
-                )
-            };
-            let mut response = Problem {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                problem_type: Cow::Borrowed(QUOTA_EXCEEDED),
-                title: Cow::Borrowed("Quota Exceeded"),
-                detail,
-                violated_policies: vec![d.rule().to_owned()],
+                "over the limit of rule "
+            })
+            .detail(d.quoted_rule());
+            if decision.blocked {
+                json.detail(" for going over its limit");
             }
-            .into_response();
+            json.detail("; retry in ")
+                .detail_number(retry_after_secs(wait))
+                .detail(" s");
+            let body = json.finish(
+                StatusCode::TOO_MANY_REQUESTS,
+                QUOTA_EXCEEDED_TITLE,
+                QUOTA_EXCEEDED,
+                [d.rule()],
+            );
+            let mut response = problem_response(StatusCode::TOO_MANY_REQUESTS, body);
             let headers = response.headers_mut();
             insert_retry_after(headers, wait);
             insert_rate_limit_headers(headers, d);
             response
         }
         Verdict::Forbidden { reason } => {
-            let detail = match reason {
-                ForbiddenReason::DenyList { target } => format!("{target} is on the deny list"),
-                ForbiddenReason::Blocked { target } => format!("{target} is blocked"),
+            let mut json = ProblemJson::new();
+            match reason {
+                ForbiddenReason::DenyList { target } => {
+                    json.detail_target(target).detail(" is on the deny list")
+                }
+                ForbiddenReason::Blocked { target } => {
+                    json.detail_target(target).detail(" is blocked")
+                }
             };
-            Problem::new(StatusCode::FORBIDDEN, detail).into_response()
+            let status = StatusCode::FORBIDDEN;
+            let body = json.finish(status, status_title(status), "about:blank", []);
+            problem_response(status, body)
         }
         Verdict::Unavailable => {
             let mut response = Problem::new(
@@ -208,7 +326,95 @@ mod tests {
         assert_eq!(body["type"], QUOTA_EXCEEDED);
         assert_eq!(body["status"], 429);
         assert_eq!(body["violated-policies"], serde_json::json!(["api"]));
-        assert!(body["detail"].as_str().unwrap().contains("\"api\""));
+        assert_eq!(
+            body["detail"],
+            "over the limit of rule \"api\"; retry in 17 s"
+        );
+    }
+
+    /// The members as serde_json writes them, in the same order.
+    #[derive(serde::Serialize)]
+    struct SerdeProblem<'a> {
+        detail: &'a str,
+        status: u16,
+        title: &'a str,
+        #[serde(rename = "type")]
+        problem_type: &'a str,
+        #[serde(rename = "violated-policies", skip_serializing_if = "<[_]>::is_empty")]
+        violated_policies: &'a [String],
+    }
+
+    #[test]
+    fn bodies_are_what_serde_json_writes() {
+        // Every character JSON escapes, and some it does not.
+        let mut every_ascii = String::new();
+        for c in 0u8..=0x7f {
+            every_ascii.push(char::from(c));
+        }
+        let texts = [
+            "",
+            "plain",
+            "say \"hi\"",
+            r"back\slash\",
+            "tab\tnew\nline\rret\u{8}bs\u{c}ff",
+            "\u{0}\u{1}\u{1f}\u{7f}",
+            "naïve ☃ 𝄞",
+            &every_ascii,
+        ];
+        for (i, detail) in texts.iter().enumerate() {
+            let violated: Vec<String> = texts[..i].iter().map(|t| (*t).to_owned()).collect();
+            let problem = Problem {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                problem_type: Cow::Owned(texts[texts.len() - 1 - i].to_owned()),
+                title: Cow::Owned(texts[(i + 3) % texts.len()].to_owned()),
+                detail: (*detail).to_owned(),
+                violated_policies: violated.clone(),
+            };
+            let expected = serde_json::to_string(&SerdeProblem {
+                detail,
+                status: 429,
+                title: &problem.title,
+                problem_type: &problem.problem_type,
+                violated_policies: &violated,
+            })
+            .unwrap();
+            assert_eq!(problem.to_json(), expected, "text {i}");
+        }
+    }
+
+    #[test]
+    fn a_header_target_is_escaped_in_the_detail() {
+        let verdict = Verdict::Forbidden {
+            reason: ForbiddenReason::DenyList {
+                target: "header:x-api-key:a\"b\\c".parse().unwrap(),
+            },
+        };
+        let body = body_json(verdict_response(&verdict).unwrap());
+        assert_eq!(
+            body["detail"],
+            "header:x-api-key:a\"b\\c is on the deny list"
+        );
+    }
+
+    #[test]
+    fn a_penalty_block_says_so() {
+        let verdict = Verdict::Limited(RuleDecision::new(
+            "login",
+            Duration::from_secs(60),
+            Decision {
+                allowed: false,
+                limit: 5,
+                remaining: 0,
+                reset_after: Duration::from_secs(60),
+                retry_after: Some(Duration::from_millis(299_001)),
+                blocked: true,
+            },
+        ));
+        let body = body_json(verdict_response(&verdict).unwrap());
+        assert_eq!(
+            body["detail"],
+            "blocked by rule \"login\" for going over its limit; retry in 300 s"
+        );
     }
 
     #[test]
