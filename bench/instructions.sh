@@ -105,7 +105,7 @@ for name in none memory redis; do
     kill "${pid[$name]}"
     wait "${pid[$name]}" 2>/dev/null || true
     calls=$(redis-cli -p "$REDIS_PORT" INFO commandstats |
-        awk -F'[:=,]' '/^cmdstat_evalsha:/ { print $3 }')
+        awk -F'[:=,]' '/^cmdstat_fcall:/ { print $3 }')
     printf '   %-8s %8d requests  %8d instructions per request' "$name" \
         "${requests_seen[$name]}" "${per_request[$name]}"
     if [[ -n $calls ]]; then

@@ -5,13 +5,14 @@
 #
 # Starts a redis-server of its own on a free loopback port. For each
 # algorithm: the ceiling, redis-benchmark running the very script RedisStore
-# runs (check.lua, loaded with SCRIPT LOAD) as `EVALSHA` with the same KEYS
-# and ARGV the store sends, 256 connections, 16 pipelined commands each,
+# runs (check.lua's function library, loaded with FUNCTION LOAD) as `FCALL`
+# with the same KEYS and ARGV the store sends, 256 connections, 16 pipelined
+# commands each,
 # random keys; then the criterion bench (crates/floodgate-redis/benches/
 # redis_store.rs: RedisStore decisions/s at 1, 64 and 256 tasks); then the
 # ceiling again. Prints decisions/s at 256 tasks as a share of the higher of
-# the two ceilings (target: at least 70%), and Redis' own time per EVALSHA
-# in both (INFO commandstats), which shows whether both did the same work.
+# the two ceilings (target: at least 70%), and Redis' own time per FCALL in
+# both (INFO commandstats), which shows whether both did the same work.
 # Ends with bytes per key in Redis (benches/redis_bytes_per_key.rs).
 #
 # Environment: CARGO_TARGET_DIR as for cargo; BENCH_TIME (criterion
@@ -42,9 +43,15 @@ start_redis
 port=$REDIS_PORT
 rcli() { redis-cli -p "$port" "$@"; }
 lua=crates/floodgate-redis/src/lua
-# The store's script is these three files in this order (src/scripts.rs),
-# byte for byte (so not through "$(...)", which drops the final newline).
-sha=$(cat "$lua/common.lua" "$lua/limits.lua" "$lua/check.lua" | rcli -x SCRIPT LOAD)
+# The store's library is these three files in this order, byte for byte,
+# between the lines src/scripts.rs puts around them (LuaScript::new); only
+# its name differs.
+function=floodgate_check_bench
+{
+    printf '#!lua name=%s\n' "$function"
+    cat "$lua/common.lua" "$lua/limits.lua" "$lua/check.lua"
+    printf "\nredis.register_function('%s', function(keys, argv)\n  enter(keys, argv)\n  return main()\nend)\n" "$function"
+} | rcli -x FUNCTION LOAD REPLACE >/dev/null
 
 # ARGV[2..] per algorithm, as the bench sends them.
 declare -A argv
@@ -52,20 +59,20 @@ while read -r algorithm rest; do
     argv[$algorithm]=$rest
 done < <(cargo bench -q -p floodgate-redis --bench redis_store -- --print-argv)
 
-# Redis' own microseconds per EVALSHA since the last CONFIG RESETSTAT.
+# Redis' own microseconds per FCALL since the last CONFIG RESETSTAT.
 server_usec() {
     rcli INFO commandstats | tr -d '\r' |
-        sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'
+        sed -n 's/^cmdstat_fcall:.*usec_per_call=\([0-9.]*\).*/\1/p'
 }
 
-# ceiling ALGORITHM KEYSPACE: redis-benchmark's EVALSHA/s into CEILING,
+# ceiling ALGORITHM KEYSPACE: redis-benchmark's FCALL/s into CEILING,
 # Redis' time per call into CEILING_USEC.
 ceiling() {
     local algorithm=$1 keys=$2 rps
     rcli CONFIG RESETSTAT >/dev/null
     # shellcheck disable=SC2086 # the ARGV words are meant to split
     rps=$(redis-benchmark -p "$port" -c 256 -P 16 -n "$requests" -r "$keys" --csv \
-        EVALSHA "$sha" 2 'fgbench:{ip:__rand_int__}:bench:state' \
+        FCALL "$function" 2 'fgbench:{ip:__rand_int__}:bench:state' \
         'fgbench:{ip:__rand_int__}:bench:block' "" ${argv[$algorithm]} |
         tail -n 1 | cut -d, -f2 | tr -d '"')
     CEILING=${rps%.*}
@@ -79,7 +86,7 @@ criterion_rate() {
     jq -r '1e9 / .mean.point_estimate | floor' "$estimates"
 }
 
-echo "== redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port; script $sha"
+echo "== redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port"
 echo "== machine: $(machine_load) at the start"
 declare -A before after usec_rb usec_fg
 for algorithm in fixed_window sliding_window sliding_log token_bucket; do
@@ -87,7 +94,7 @@ for algorithm in fixed_window sliding_window sliding_log token_bucket; do
     ceiling "$algorithm" "$keyspace"
     before[$algorithm]=$CEILING
     usec_rb[$algorithm]=$CEILING_USEC
-    echo "   redis-benchmark -c 256 -P 16: ${before[$algorithm]} EVALSHA/s"
+    echo "   redis-benchmark -c 256 -P 16: ${before[$algorithm]} FCALL/s"
     echo "== $algorithm: RedisStore (criterion)"
     rcli CONFIG RESETSTAT >/dev/null
     if ! FLOODGATE_BENCH_REDIS_URL="redis://127.0.0.1:$port/0" \
@@ -101,7 +108,7 @@ for algorithm in fixed_window sliding_window sliding_log token_bucket; do
     usec_fg[$algorithm]=$(server_usec)
     ceiling "$algorithm" "$keyspace"
     after[$algorithm]=$CEILING
-    echo "   redis-benchmark -c 256 -P 16 again: ${after[$algorithm]} EVALSHA/s"
+    echo "   redis-benchmark -c 256 -P 16 again: ${after[$algorithm]} FCALL/s"
 done
 echo "== token_bucket, one hot key: ceiling"
 ceiling token_bucket 1

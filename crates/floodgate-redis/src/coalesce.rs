@@ -26,7 +26,7 @@ use floodgate_core::{Error, Policy, StoreError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::scripts::{self, ScriptCall};
+use crate::scripts::{self, Dialect, ScriptCall};
 use crate::store::{self, CheckArg, DECISION_FIELDS};
 
 /// Calls of `check.lua` on their way at once, per store. Two keep Redis
@@ -42,6 +42,8 @@ pub(crate) trait Runner: Clone + Send + Sync + 'static {
     fn now_arg(&self) -> String;
     /// ARGV[2]: the TTL margin in ms.
     fn margin_ms(&self) -> u64;
+    /// How to call the script.
+    fn dialect(&self) -> Dialect;
     /// Runs `call` within `deadline`.
     fn run(
         &self,
@@ -225,6 +227,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
     let Some(deadline) = deadline else { return };
     let mut call = ScriptCall::new(
         &scripts::CHECK,
+        runner.dialect(),
         2 * checks,
         store::CHECK_FIXED_ARGS + 2 * checks,
     );

@@ -72,8 +72,14 @@ pub use store::RedisStore;
 /// spelling. A least-privilege ACL user needs these on its prefix's keys
 /// (`~<prefix>:*`); add `select` for a non-zero database and
 /// `cluster|slots` on a Redis Cluster.
+///
+/// Scripts are called with `fcall` (loaded with `function|load`) on Redis 7
+/// and later, and with `evalsha` (loaded with `script|load`) where functions
+/// cannot run: a user without the first two gets the second two.
 pub const ACL_COMMANDS: &[&str] = &[
     "ping",
+    "fcall",
+    "function|load",
     "evalsha",
     "script|load",
     "del",

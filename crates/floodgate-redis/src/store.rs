@@ -17,7 +17,7 @@ use crate::config::{ConfigError, RedisConfig, TimeSource};
 use crate::connection::{Conn, Link};
 use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
-use crate::scripts::{self, ScriptCall};
+use crate::scripts::{self, Dialect, DialectSwitch, LuaScript, ScriptCall};
 
 /// Integers per check in a `peek.lua` reply, and in a `check.lua` reply
 /// once unpacked.
@@ -66,6 +66,8 @@ struct Inner {
     /// Shares script calls between concurrent checks: `config.coalesce`,
     /// not on a cluster (a call's keys must share one slot there).
     coalescer: Option<Arc<Coalescer>>,
+    /// `FCALL` or `EVALSHA`: see `scripts`.
+    dialect: DialectSwitch,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -118,6 +120,7 @@ impl RedisStore {
                 config,
                 margin_ms,
                 coalescer,
+                dialect: DialectSwitch::default(),
             }),
         })
     }
@@ -213,6 +216,12 @@ impl RedisStore {
             .await
     }
 
+    /// A call of `script` in the store's dialect, with `keys` keys and
+    /// `args` arguments.
+    fn script_call(&self, script: &'static LuaScript, keys: usize, args: usize) -> ScriptCall {
+        ScriptCall::new(script, self.inner.dialect.get(), keys, args)
+    }
+
     /// Invokes a script within `deadline`.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
@@ -221,7 +230,8 @@ impl RedisStore {
         call: &ScriptCall,
     ) -> Result<T, Error> {
         let mut conn = self.conn(deadline).await?;
-        self.bounded(deadline, what, call.invoke(&mut conn)).await
+        self.bounded(deadline, what, call.invoke(&mut conn, &self.inner.dialect))
+            .await
     }
 
     /// Runs a `check.lua` call: six integers per check, unpacked from its
@@ -241,7 +251,7 @@ impl RedisStore {
     /// penalty itself is already in force (its key was written by the
     /// decision), only its listing can be missed if Redis fails now.
     async fn register_penalty(&self, deadline: Instant, check: &Check<'_>, until: u64) {
-        let mut put = ScriptCall::new(&scripts::BLOCK_PUT, 1, 6);
+        let mut put = self.script_call(&scripts::BLOCK_PUT, 1, 6);
         put.key(self.inner.keys.registry())
             .arg(self.now_arg())
             .arg(self.inner.margin_ms)
@@ -272,7 +282,7 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let guarded = mode != Mode::Commit;
         let n = group.len() + usize::from(guarded);
-        let mut call = ScriptCall::new(&scripts::CHECK, 2 * n, CHECK_FIXED_ARGS + 2 * n);
+        let mut call = self.script_call(&scripts::CHECK, 2 * n, CHECK_FIXED_ARGS + 2 * n);
         // One buffer for every key name: the command copies each in.
         let mut name = String::new();
         for &i in group {
@@ -548,6 +558,10 @@ impl Runner for RedisStore {
         self.inner.margin_ms
     }
 
+    fn dialect(&self) -> Dialect {
+        self.inner.dialect.get()
+    }
+
     async fn run(&self, call: ScriptCall, deadline: Instant) -> Result<Vec<i64>, Error> {
         self.invoke_check(deadline, "check", &call).await
     }
@@ -675,7 +689,7 @@ impl Store for RedisStore {
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         let keys = &self.inner.keys;
-        let mut call = ScriptCall::new(&scripts::PEEK, 2, 8);
+        let mut call = self.script_call(&scripts::PEEK, 2, 8);
         call.key(keys.state(rule, key))
             .key(keys.block(rule, key))
             .arg(self.now_arg())
@@ -702,7 +716,7 @@ impl Store for RedisStore {
     }
 
     async fn add_block(&self, target: &str, ttl: Duration, reason: &str) -> Result<Block, Error> {
-        let mut call = ScriptCall::new(&scripts::BLOCK_PUT, 1, 6);
+        let mut call = self.script_call(&scripts::BLOCK_PUT, 1, 6);
         call.key(self.inner.keys.registry())
             .arg(self.now_arg())
             .arg(self.inner.margin_ms)
@@ -722,7 +736,7 @@ impl Store for RedisStore {
     async fn remove_block(&self, target: &str) -> Result<bool, Error> {
         let deadline = self.deadline();
         let keys = &self.inner.keys;
-        let mut call = ScriptCall::new(&scripts::BLOCK_REMOVE, 1, 2);
+        let mut call = self.script_call(&scripts::BLOCK_REMOVE, 1, 2);
         call.key(keys.registry()).arg(self.now_arg()).arg(target);
         let reply: Vec<String> = self.invoke(deadline, "remove_block", &call).await?;
         let Some((lifted, sources)) = reply.split_first() else {
@@ -760,7 +774,7 @@ impl Store for RedisStore {
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {
-        let mut call = ScriptCall::new(&scripts::BLOCK_LIST, 1, 2);
+        let mut call = self.script_call(&scripts::BLOCK_LIST, 1, 2);
         call.key(self.inner.keys.registry())
             .arg(self.now_arg())
             .arg(self.inner.margin_ms);

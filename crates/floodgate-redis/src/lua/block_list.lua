@@ -16,20 +16,22 @@
 -- penalty is in force again. Its entry therefore stays (unlisted) as long
 -- as that key can: until its end plus the margin.
 
-local now = read_now(ARGV[1])
-local margin_us = tonumber(ARGV[2]) * 1000
-local all = redis.call('HGETALL', KEYS[1])
-local live = {}
-for i = 1, #all, 2 do
-  local until_us = value_until(all[i + 1])
-  if until_us > now then
-    live[#live + 1] = all[i]
-    live[#live + 1] = all[i + 1]
-  else
-    local _, source = split_field(all[i])
-    if source == 'manual' or until_us + margin_us <= now then
-      redis.call('HDEL', KEYS[1], all[i])
+local function main()
+  local now = read_now(ARGV[1])
+  local margin_us = tonumber(ARGV[2]) * 1000
+  local all = redis.call('HGETALL', KEYS[1])
+  local live = {}
+  for i = 1, #all, 2 do
+    local until_us = value_until(all[i + 1])
+    if until_us > now then
+      live[#live + 1] = all[i]
+      live[#live + 1] = all[i + 1]
+    else
+      local _, source = split_field(all[i])
+      if source == 'manual' or until_us + margin_us <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+      end
     end
   end
+  return live
 end
-return live

@@ -16,15 +16,17 @@
 -- MemoryStore keeps it: unlisted, and dropped by the next listing (after a
 -- clock step back it is in force again in both stores).
 
-local now = read_now(ARGV[1])
-local margin_ms = tonumber(ARGV[2])
-local until_us = tonumber(ARGV[4])
-if ARGV[4] == '' then
-  until_us = now + tonumber(ARGV[5])
+local function main()
+  local now = read_now(ARGV[1])
+  local margin_ms = tonumber(ARGV[2])
+  local until_us = tonumber(ARGV[4])
+  if ARGV[4] == '' then
+    until_us = now + tonumber(ARGV[5])
+  end
+  redis.call('HSET', KEYS[1], ARGV[3], int(until_us) .. ':' .. ARGV[6])
+  local want = ttl_ms(until_us, now, margin_ms)
+  if redis.call('PTTL', KEYS[1]) < want then
+    redis.call('PEXPIRE', KEYS[1], int(want))
+  end
+  return until_us
 end
-redis.call('HSET', KEYS[1], ARGV[3], int(until_us) .. ':' .. ARGV[6])
-local want = ttl_ms(until_us, now, margin_ms)
-if redis.call('PTTL', KEYS[1]) < want then
-  redis.call('PEXPIRE', KEYS[1], int(want))
-end
-return until_us

@@ -17,23 +17,25 @@
 -- it is (unlisted): after a clock step back it is in force again in both
 -- stores.
 
-local now = read_now(ARGV[1])
-local target = ARGV[2]
-local all = redis.call('HGETALL', KEYS[1])
-local reply = { '0' }
-for i = 1, #all, 2 do
-  local t, source = split_field(all[i])
-  if t == target then
-    local in_force = value_until(all[i + 1]) > now
-    if in_force then
-      reply[1] = '1'
-    end
-    if source == 'manual' then
-      redis.call('HDEL', KEYS[1], all[i])
-    elseif in_force then
-      redis.call('HDEL', KEYS[1], all[i])
-      reply[#reply + 1] = source
+local function main()
+  local now = read_now(ARGV[1])
+  local target = ARGV[2]
+  local all = redis.call('HGETALL', KEYS[1])
+  local reply = { '0' }
+  for i = 1, #all, 2 do
+    local t, source = split_field(all[i])
+    if t == target then
+      local in_force = value_until(all[i + 1]) > now
+      if in_force then
+        reply[1] = '1'
+      end
+      if source == 'manual' then
+        redis.call('HDEL', KEYS[1], all[i])
+      elseif in_force then
+        redis.call('HDEL', KEYS[1], all[i])
+        reply[#reply + 1] = source
+      end
     end
   end
+  return reply
 end
-return reply

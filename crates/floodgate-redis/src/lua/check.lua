@@ -34,61 +34,12 @@
 -- non-shadow check admits; a non-shadow refusal on a rule with block_for
 -- starts its penalty block whether or not the batch is admitted.
 
-local now = read_now(ARGV[1])
-local margin_ms = tonumber(ARGV[2])
-local n = #KEYS / 2
-local np = tonumber(ARGV[4])
-if #KEYS % 2 ~= 0 or not np or np < 0 or np % 1 ~= 0 or #ARGV ~= 4 + 7 * np + 2 * n then
-  error('floodgate: check.lua needs 2 keys and 2 arguments per check and 7 per policy')
-end
-
--- The policies by the number checks name them with ("1".."P").
-local policies = {}
-for j = 1, np do
-  local at = 5 + 7 * (j - 1)
-  local p = read_policy(at)
-  p.shadow = ARGV[at + 6] == '1'
-  policies[tostring(j)] = p
-end
-
-local sizes = { n }
-if ARGV[3] == '*' then
-  for k = 1, n do
-    sizes[k] = 1
-  end
-elseif ARGV[3] ~= '' then
-  sizes = {}
-  local total = 0
-  for size in string.gmatch(ARGV[3], '[^,]+') do
-    local k = tonumber(size)
-    if not k or k < 1 or k % 1 ~= 0 then
-      error('floodgate: check.lua batch sizes must be positive integers, got ' .. ARGV[3])
-    end
-    sizes[#sizes + 1] = k
-    total = total + k
-  end
-  if total ~= n then
-    error('floodgate: check.lua batch sizes add up to ' .. total .. ', not ' .. n)
-  end
-end
-
--- The string values of the keys as this call has left them: false for a key
--- that holds none (absent, or a sliding log's list). Read with one MGET per
--- (up to) 512 keys before any check; later batches then read what earlier
--- ones wrote.
-local values = {}
--- The packed decision of each check, and whether it was admitted.
-local reply, admitted_check = {}, {}
-for first = 1, #KEYS, 512 do
-  local last = min(first + 511, #KEYS)
-  local got = call('MGET', unpack(KEYS, first, last))
-  for i = first, last do
-    local key = KEYS[i]
-    if values[key] == nil then
-      values[key] = got[i - first + 1]
-    end
-  end
-end
+-- The call's state, set by `main` for the helpers below, dropped at its end.
+-- `values`: the string values of the keys as this call has left them, false
+-- for a key that holds none (absent, or a sliding log's list). `reply`: the
+-- packed decision of each check; `admitted_check`: whether it was admitted.
+-- `policies`: by the number checks name them with ("1".."P").
+local now, margin_ms, values, reply, admitted_check, policies
 
 -- The counting state (a, b, c) of a check's key as this call has left it.
 local function state_of(key, p)
@@ -132,45 +83,105 @@ local function commit_check(i, p, cost, a, b, c)
   values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
 end
 
-local at = 5 + 7 * np
-local done = 0
--- The policies, costs and penalty ends of the batch being decided, by place
--- in the batch.
-local batch_policy, batch_cost, batch_block = {}, {}, {}
-for _, size in ipairs(sizes) do
-  if size == 1 then
-    local i = done + 1
-    local admitted, p, cost, block_until, a, b, c = decide_check(i, at)
-    if admitted and admitted_check[i] then
-      commit_check(i, p, cost, a, b, c)
+-- The batch sizes ARGV[3] gives, for n checks in all.
+local function batch_sizes(n)
+  local sizes = { n }
+  if ARGV[3] == '*' then
+    for k = 1, n do
+      sizes[k] = 1
     end
-    if block_until > 0 then
-      start_block(i, block_until)
-    end
-  else
-    -- Every check is decided on the state as it was before the batch; costs
-    -- are committed only when every non-shadow check admits; penalties
-    -- start either way.
-    local admit = true
-    for j = 1, size do
-      local admitted, p, cost, block_until = decide_check(done + j, at + 2 * (j - 1))
-      admit = admit and admitted
-      batch_policy[j], batch_cost[j], batch_block[j] = p, cost, block_until
-    end
-    for j = 1, size do
-      local i = done + j
-      if admit and admitted_check[i] then
-        -- On the state as it is now: a check earlier in the batch may have
-        -- committed to the same key.
-        local p = batch_policy[j]
-        commit_check(i, p, batch_cost[j], state_of(KEYS[2 * i - 1], p))
+  elseif ARGV[3] ~= '' then
+    sizes = {}
+    local total = 0
+    for size in string.gmatch(ARGV[3], '[^,]+') do
+      local k = tonumber(size)
+      if not k or k < 1 or k % 1 ~= 0 then
+        error('floodgate: check.lua batch sizes must be positive integers, got ' .. ARGV[3])
       end
-      if batch_block[j] > 0 then
-        start_block(i, batch_block[j])
+      sizes[#sizes + 1] = k
+      total = total + k
+    end
+    if total ~= n then
+      error('floodgate: check.lua batch sizes add up to ' .. total .. ', not ' .. n)
+    end
+  end
+  return sizes
+end
+
+local function main()
+  now = read_now(ARGV[1])
+  margin_ms = tonumber(ARGV[2])
+  local n = #KEYS / 2
+  local np = tonumber(ARGV[4])
+  if #KEYS % 2 ~= 0 or not np or np < 0 or np % 1 ~= 0 or #ARGV ~= 4 + 7 * np + 2 * n then
+    error('floodgate: check.lua needs 2 keys and 2 arguments per check and 7 per policy')
+  end
+
+  policies = {}
+  for j = 1, np do
+    local at = 5 + 7 * (j - 1)
+    local p = read_policy(at)
+    p.shadow = ARGV[at + 6] == '1'
+    policies[tostring(j)] = p
+  end
+  local sizes = batch_sizes(n)
+
+  -- Every key read with one MGET per (up to) 512 keys before any check;
+  -- later batches then read what earlier ones wrote.
+  values, reply, admitted_check = {}, {}, {}
+  for first = 1, #KEYS, 512 do
+    local last = min(first + 511, #KEYS)
+    local got = call('MGET', unpack(KEYS, first, last))
+    for i = first, last do
+      local key = KEYS[i]
+      if values[key] == nil then
+        values[key] = got[i - first + 1]
       end
     end
   end
-  at = at + 2 * size
-  done = done + size
+
+  local at = 5 + 7 * np
+  local done = 0
+  -- The policies, costs and penalty ends of the batch being decided, by
+  -- place in the batch.
+  local batch_policy, batch_cost, batch_block = {}, {}, {}
+  for _, size in ipairs(sizes) do
+    if size == 1 then
+      local i = done + 1
+      local admitted, p, cost, block_until, a, b, c = decide_check(i, at)
+      if admitted and admitted_check[i] then
+        commit_check(i, p, cost, a, b, c)
+      end
+      if block_until > 0 then
+        start_block(i, block_until)
+      end
+    else
+      -- Every check is decided on the state as it was before the batch;
+      -- costs are committed only when every non-shadow check admits;
+      -- penalties start either way.
+      local admit = true
+      for j = 1, size do
+        local admitted, p, cost, block_until = decide_check(done + j, at + 2 * (j - 1))
+        admit = admit and admitted
+        batch_policy[j], batch_cost[j], batch_block[j] = p, cost, block_until
+      end
+      for j = 1, size do
+        local i = done + j
+        if admit and admitted_check[i] then
+          -- On the state as it is now: a check earlier in the batch may
+          -- have committed to the same key.
+          local p = batch_policy[j]
+          commit_check(i, p, batch_cost[j], state_of(KEYS[2 * i - 1], p))
+        end
+        if batch_block[j] > 0 then
+          start_block(i, batch_block[j])
+        end
+      end
+    end
+    at = at + 2 * size
+    done = done + size
+  end
+  local packed = table.concat(reply)
+  values, reply, admitted_check, policies = nil, nil, nil, nil
+  return packed
 end
-return table.concat(reply)

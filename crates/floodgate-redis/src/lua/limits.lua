@@ -40,7 +40,6 @@
 
 -- The tag bytes of the packed states: 'F', 'S', 'T'.
 local TAG_FIXED, TAG_SLIDING, TAG_TOKEN = 70, 83, 84
-local byte, pack_struct, unpack_struct = string.byte, struct.pack, struct.unpack
 
 -- Integer division, exact for operands below 2^53.
 local function floor_div(a, b)

@@ -15,26 +15,28 @@
 --   retry_after_us (-1 for none; when nothing is left, when one unit fits
 --   again), blocked (1/0), 0
 
-local now = read_now(ARGV[1])
-local p = read_policy(3)
-local a, b, c = load_state(KEYS[1], p)
-local until_us = blocked_until(KEYS[2])
-if until_us > now then
-  -- What a one-unit shadow check would be told.
-  local _, _, reset, retry = evaluate(until_us, p, now, 1, true, a, b, c)
-  return { 0, 0, reset, retry, 1, 0 }
-end
-local allowed, remaining, reset, retry = decide(p, now, 0, a, b, c)
-if allowed then
-  retry = -1
-end
-if remaining == 0 then
-  -- Nothing left: say so, and when a single unit fits again.
-  local one_allowed, _, _, one_retry = decide(p, now, 1, a, b, c)
-  allowed = false
-  retry = one_retry
-  if one_allowed then
+local function main()
+  local now = read_now(ARGV[1])
+  local p = read_policy(3)
+  local a, b, c = load_state(KEYS[1], p)
+  local until_us = blocked_until(KEYS[2])
+  if until_us > now then
+    -- What a one-unit shadow check would be told.
+    local _, _, reset, retry = evaluate(until_us, p, now, 1, true, a, b, c)
+    return { 0, 0, reset, retry, 1, 0 }
+  end
+  local allowed, remaining, reset, retry = decide(p, now, 0, a, b, c)
+  if allowed then
     retry = -1
   end
+  if remaining == 0 then
+    -- Nothing left: say so, and when a single unit fits again.
+    local one_allowed, _, _, one_retry = decide(p, now, 1, a, b, c)
+    allowed = false
+    retry = one_retry
+    if one_allowed then
+      retry = -1
+    end
+  end
+  return { allowed and 1 or 0, remaining, reset, retry, 0, 0 }
 end
-return { allowed and 1 or 0, remaining, reset, retry, 0, 0 }

@@ -42,8 +42,9 @@ async fn record_commands(conn: &mut redis::aio::MultiplexedConnection) {
         .unwrap();
 }
 
-/// `check.lua` calls recorded since [`record_commands`]: the `EVALSHA`s
-/// with an even number of keys (two per check; the block scripts take one).
+/// `check.lua` calls recorded since [`record_commands`]: the `FCALL`s of its
+/// function (`EVALSHA`s where functions do not run) with an even number of
+/// keys (two per check; the block scripts take one).
 async fn check_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
@@ -63,11 +64,16 @@ async fn check_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
             redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             _ => String::new(),
         };
-        let is_evalsha = argv
-            .first()
-            .is_some_and(|v| text(v).eq_ignore_ascii_case("evalsha"));
+        let command = argv.first().map(text).unwrap_or_default();
+        let is_check = match command.to_ascii_lowercase().as_str() {
+            "fcall" => argv
+                .get(1)
+                .is_some_and(|v| text(v).starts_with("floodgate_check_")),
+            "evalsha" => true,
+            _ => false,
+        };
         let keys: u64 = argv.get(2).map_or(0, |v| text(v).parse().unwrap_or(0));
-        if is_evalsha && keys >= 2 && keys.is_multiple_of(2) {
+        if is_check && keys >= 2 && keys.is_multiple_of(2) {
             calls += 1;
         }
     }

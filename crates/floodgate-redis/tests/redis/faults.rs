@@ -1,4 +1,5 @@
-//! Redis faults: a flushed script cache, a killed server, a restarted one.
+//! Redis faults: flushed functions or scripts, a killed server, a restarted
+//! one.
 //! Each test runs its own `redis-server` so it can break it.
 
 use std::time::{Duration, Instant};
@@ -85,31 +86,128 @@ fn assert_fails_fast<T: std::fmt::Debug>(what: &str, started: Instant, result: R
     );
 }
 
+/// How many of floodgate's function libraries the server holds.
+async fn floodgate_libraries(server: &RedisServer) -> usize {
+    let mut conn = raw_connection(&server.url()).await;
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("floodgate_*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    libraries.len()
+}
+
+/// `calls`, `rejected_calls` and `failed_calls` of `command` in INFO
+/// commandstats.
+fn command_stats(server: &RedisServer, command: &str) -> (u64, u64, u64) {
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
+    let Some(line) = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
+    else {
+        return (0, 0, 0);
+    };
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    (
+        field("calls"),
+        field("rejected_calls"),
+        field("failed_calls"),
+    )
+}
+
 #[tokio::test]
-async fn a_flushed_script_cache_is_reloaded() {
+async fn flushed_functions_are_loaded_again() {
     let server = RedisServer::start();
     // Not about latency: a timeout no healthy local Redis misses.
     let store = store_for(&server, Duration::from_secs(5));
     let policy = policy();
     assert!(one_check(&store, &policy).await.unwrap());
-    assert_eq!(cached_scripts(&server).await, 1);
-    let mut conn = raw_connection(&server.url()).await;
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(cached_scripts(&server).await, 0);
+    assert_eq!(floodgate_libraries(&server).await, 1, "check.lua's");
+    assert_eq!(
+        cached_scripts(&server).await,
+        0,
+        "a server that runs functions is not sent EVALSHA"
+    );
+    server.command(&["FUNCTION", "FLUSH"]).unwrap();
+    assert_eq!(floodgate_libraries(&server).await, 0);
 
     assert!(
         one_check(&store, &policy).await.unwrap(),
-        "the first call after SCRIPT FLUSH"
+        "the first call after FUNCTION FLUSH"
+    );
+    assert_eq!(
+        floodgate_libraries(&server).await,
+        1,
+        "check.lua is loaded again"
+    );
+    store.blocks().await.unwrap();
+    assert_eq!(floodgate_libraries(&server).await, 2, "and block_list.lua");
+    assert_eq!(cached_scripts(&server).await, 0);
+}
+
+/// A server that cannot run functions (Redis 6, or, as here, an ACL that
+/// denies them) is sent EVALSHA from the first refusal on, and gets its
+/// scripts again after SCRIPT FLUSH.
+#[tokio::test]
+async fn without_functions_the_scripts_run_by_evalsha() {
+    let server = RedisServer::start();
+    let mut acl = vec![
+        "ACL",
+        "SETUSER",
+        "legacy",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "-@all",
+    ];
+    let commands: Vec<String> = floodgate_redis::ACL_COMMANDS
+        .iter()
+        .filter(|c| !matches!(**c, "fcall" | "function|load"))
+        .map(|c| format!("+{c}"))
+        .collect();
+    acl.extend(commands.iter().map(String::as_str));
+    server.command(&acl).unwrap();
+    let store = RedisStore::new(
+        RedisConfig::new(format!("redis://legacy:pw@127.0.0.1:{}", server.port()))
+            .with_prefix(unique_prefix("legacy"))
+            .with_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let policy = Policy::new(Algorithm::FixedWindow, 2, Duration::from_secs(60)).unwrap();
+    assert!(one_check(&store, &policy).await.unwrap());
+    assert!(one_check(&store, &policy).await.unwrap());
+    assert_eq!(
+        command_stats(&server, "fcall"),
+        (0, 1, 0),
+        "one FCALL refused, then EVALSHA only"
+    );
+    assert_eq!(
+        command_stats(&server, "evalsha"),
+        (3, 0, 1),
+        "NOSCRIPT, then the two checks"
+    );
+    assert_eq!(cached_scripts(&server).await, 1);
+
+    server.command(&["SCRIPT", "FLUSH"]).unwrap();
+    assert!(
+        !one_check(&store, &policy).await.unwrap(),
+        "the first call after SCRIPT FLUSH decides on the counts kept"
     );
     assert_eq!(
         cached_scripts(&server).await,
         1,
         "check.lua is loaded again"
     );
+    assert!(store.blocks().await.unwrap().is_empty());
+    assert_eq!(command_stats(&server, "fcall"), (0, 1, 0));
+    assert_eq!(floodgate_libraries(&server).await, 0);
 }
 
 #[tokio::test]
@@ -140,10 +238,10 @@ async fn a_killed_redis_fails_calls_fast_and_a_restarted_one_serves_again() {
 
     server.restart();
     // The same store object, on the same port: back once it has reconnected
-    // and reloaded its script into the new, empty server.
+    // and loaded its function into the new, empty server.
     assert!(until_checks_succeed(&store, &policy).await.unwrap());
     store.ping().await.unwrap();
-    assert_eq!(cached_scripts(&server).await, 1);
+    assert_eq!(floodgate_libraries(&server).await, 1);
 }
 
 #[tokio::test]

@@ -115,7 +115,8 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
     tokio::time::sleep(Duration::from_millis(300)).await;
     let failover_at = epoch.elapsed();
     // The failover, then how long until the stores' scripts run on the new
-    // primary (which has run none before: replicas get effects, not scripts).
+    // primary (which has run none before: replicas are sent the effects of
+    // function calls, not the calls).
     let (set, failover_took, switched_after) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let took = fail_over(&mut set);
@@ -123,7 +124,7 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
         let deadline = Instant::now() + Duration::from_secs(10);
         while !set
             .cli(new_primary, &["info", "commandstats"])
-            .contains("cmdstat_evalsha:")
+            .contains("cmdstat_fcall:")
         {
             assert!(
                 Instant::now() < deadline,
