@@ -5,7 +5,8 @@
 //! request, with the same arithmetic as floodgate-core's in-memory store.
 //!
 //! - [`RedisStore`] implements [`floodgate_core::Store`]. A batch of checks
-//!   is decided atomically by one `EVALSHA` (reloaded after `NOSCRIPT`) on a
+//!   is decided atomically by one `FCALL` of a function floodgate loads
+//!   itself (`EVALSHA` on servers that cannot run functions) on a
 //!   multiplexed connection that reconnects in the background; the batches
 //!   of concurrent requests share calls (coalescing); every call is bounded
 //!   by a timeout and fails with a typed [`floodgate_core::StoreError`].
@@ -19,7 +20,11 @@
 //!   escaped as a Redis Cluster hash tag, so all keys of one identity share a
 //!   slot) and `<prefix>:blocks` (the block registry). Every key has a TTL.
 //!
-//! Limits: needs Redis 6.0 or later. On a cluster, a batch whose checks
+//! Limits: needs Redis 6.0 or later (7.0 or later for functions). Each
+//! floodgate version loads libraries named after its scripts' hashes
+//! (`floodgate_check_<sha1>`), so versions sharing a Redis during a rolling
+//! upgrade each call their own; old versions' libraries stay until
+//! `FUNCTION DELETE`. On a cluster, a batch whose checks
 //! name different client keys spans several slots and cannot be one atomic
 //! script: it is decided per client key in a way that never over-admits but
 //! may over-count under races (see [`RedisStore`]'s `check`). Behind

@@ -30,7 +30,8 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 /// A [`Store`] on Redis, shared by every floodgate instance that uses the same
 /// Redis and prefix. Cheap to clone; clones share one connection.
 ///
-/// - Each [`Store::check`] is one `EVALSHA` of `check.lua`, which decides
+/// - Each [`Store::check`] is one `FCALL` of `check.lua` (see the crate's
+///   docs for `EVALSHA`), which decides
 ///   and records the whole batch atomically with the same arithmetic as
 ///   floodgate-core, so N instances admit exactly what one would (on a
 ///   Redis Cluster, a batch naming several client keys is the exception:
