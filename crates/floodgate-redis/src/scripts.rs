@@ -125,10 +125,13 @@ fn function_missing(e: &RedisError) -> bool {
 
 /// Whether `e` says the server cannot, or may not, run functions: a server
 /// older than Redis 7 (or one that only speaks part of its protocol), or an
-/// ACL that denies `FCALL` or `FUNCTION`.
+/// ACL that denies `FCALL` or `FUNCTION LOAD`. Not a command the function
+/// ran being denied: that call may have written, and must not run again.
 fn functions_unavailable(e: &RedisError) -> bool {
     match e.kind() {
-        ErrorKind::Server(ServerErrorKind::NoPerm) => true,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => e.detail().is_some_and(|d| {
+            d.contains("run the 'fcall' command") || d.contains("run the 'function|load' command")
+        }),
         ErrorKind::Server(ServerErrorKind::ResponseError) => e.detail().is_some_and(|d| {
             d.starts_with("unknown command") || d.starts_with("unknown subcommand")
         }),
@@ -277,6 +280,7 @@ mod tests {
             "-ERR unknown command 'FCALL', with args beginning with: 'floodgate_check_x' '2' \r\n",
             "-ERR unknown subcommand 'LOAD'. Try FUNCTION HELP.\r\n",
             "-NOPERM User floodgate has no permissions to run the 'fcall' command\r\n",
+            "-NOPERM this user has no permissions to run the 'function|load' command\r\n",
         ] {
             let e = server_error(reply);
             assert!(functions_unavailable(&e), "{reply}");
@@ -286,6 +290,9 @@ mod tests {
             "-ERR user_script:1: Script attempted to access nonexistent global variable\r\n",
             "-NOSCRIPT No matching script. Please use EVAL.\r\n",
             "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            // A command of the function's own denied: it may have written.
+            "-NOPERM User floodgate has no permissions to run the 'set' command script: floodgate_check_x\r\n",
+            "-NOPERM No permissions to access a key\r\n",
         ] {
             let e = server_error(reply);
             assert!(!functions_unavailable(&e), "{reply}");
