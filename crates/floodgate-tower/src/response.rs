@@ -299,20 +299,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn limited_is_a_429_naming_the_rule() {
-        let verdict = Verdict::Limited(RuleDecision::new(
-            "api",
+    /// A refusal by `rule` (`limit` per minute, nothing left), to retry in
+    /// `retry`; under a penalty block if `blocked`.
+    fn refused(rule: &str, limit: u64, retry: Duration, blocked: bool) -> Verdict {
+        Verdict::Limited(RuleDecision::new(
+            rule,
             Duration::from_secs(60),
             Decision {
                 allowed: false,
-                limit: 100,
+                limit,
                 remaining: 0,
                 reset_after: Duration::from_secs(60),
-                retry_after: Some(Duration::from_millis(16_200)),
-                blocked: false,
+                retry_after: Some(retry),
+                blocked,
             },
-        ));
+        ))
+    }
+
+    #[test]
+    fn limited_is_a_429_naming_the_rule() {
+        let verdict = refused("api", 100, Duration::from_millis(16_200), false);
         let response = verdict_response(&verdict).unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);
@@ -398,18 +404,7 @@ mod tests {
 
     #[test]
     fn a_penalty_block_says_so() {
-        let verdict = Verdict::Limited(RuleDecision::new(
-            "login",
-            Duration::from_secs(60),
-            Decision {
-                allowed: false,
-                limit: 5,
-                remaining: 0,
-                reset_after: Duration::from_secs(60),
-                retry_after: Some(Duration::from_millis(299_001)),
-                blocked: true,
-            },
-        ));
+        let verdict = refused("login", 5, Duration::from_millis(299_001), true);
         let body = body_json(verdict_response(&verdict).unwrap());
         assert_eq!(
             body["detail"],
