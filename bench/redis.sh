@@ -50,7 +50,7 @@ function=floodgate_check_bench
 {
     printf '#!lua name=%s\n' "$function"
     cat "$lua/common.lua" "$lua/limits.lua" "$lua/check.lua"
-    printf "\nredis.register_function('%s', function(keys, argv)\n  enter(keys, argv)\n  return main()\nend)\n" "$function"
+    printf "\nredis.register_function{\n  function_name = '%s',\n  callback = function(keys, argv)\n    enter(keys, argv)\n    return main()\n  end,\n  flags = {},\n}\n" "$function"
 } | rcli -x FUNCTION LOAD REPLACE >/dev/null
 
 # ARGV[2..] per algorithm, as the bench sends them.

@@ -27,32 +27,39 @@ use redis::{
     ToRedisArgs,
 };
 
-/// A script made of the named files of `src/lua/`, in order, called `$name`.
+/// A script made of the named files of `src/lua/`, in order, called `$name`,
+/// whose function has the flags `$flags` (a Lua table of strings).
 macro_rules! lua_script {
-    ($name:literal: $($file:literal),+ $(,)?) => {
+    ($name:literal $flags:literal: $($file:literal),+ $(,)?) => {
         LazyLock::new(|| {
-            LuaScript::new($name, concat!($(include_str!(concat!("lua/", $file, ".lua"))),+))
+            LuaScript::new(
+                $name,
+                $flags,
+                concat!($(include_str!(concat!("lua/", $file, ".lua"))),+),
+            )
         })
     };
 }
 
 /// `check.lua`: one atomic call per batch of checks.
-pub(crate) static CHECK: LazyLock<LuaScript> = lua_script!("check": "common", "limits", "check");
+pub(crate) static CHECK: LazyLock<LuaScript> =
+    lua_script!("check" "{}": "common", "limits", "check");
 
 /// `peek.lua`: a check that records nothing.
-pub(crate) static PEEK: LazyLock<LuaScript> = lua_script!("peek": "common", "limits", "peek");
+pub(crate) static PEEK: LazyLock<LuaScript> =
+    lua_script!("peek" "{'no-writes'}": "common", "limits", "peek");
 
 /// `block_put.lua`: records a manual or penalty block in the registry.
 pub(crate) static BLOCK_PUT: LazyLock<LuaScript> =
-    lua_script!("block_put": "common", "registry", "block_put");
+    lua_script!("block_put" "{}": "common", "registry", "block_put");
 
 /// `block_list.lua`: the blocks in force.
 pub(crate) static BLOCK_LIST: LazyLock<LuaScript> =
-    lua_script!("block_list": "common", "registry", "block_list");
+    lua_script!("block_list" "{}": "common", "registry", "block_list");
 
 /// `block_remove.lua`: lifts every block of a target from the registry.
 pub(crate) static BLOCK_REMOVE: LazyLock<LuaScript> =
-    lua_script!("block_remove": "common", "registry", "block_remove");
+    lua_script!("block_remove" "{}": "common", "registry", "block_remove");
 
 /// One script in both of its forms.
 pub(crate) struct LuaScript {
@@ -67,7 +74,12 @@ pub(crate) struct LuaScript {
 }
 
 impl LuaScript {
-    fn new(name: &str, source: &str) -> Self {
+    /// Redis runs a function without the `no-writes` flag only when it
+    /// could write: not over `maxmemory` under `noeviction`, nor while
+    /// writes are stopped (a failed save, too few replicas). An `EVALSHA`
+    /// script would fail only at its first write; `peek`, which never
+    /// writes, is flagged so and runs whatever the server's state.
+    fn new(name: &str, flags: &str, source: &str) -> Self {
         // The globals KEYS and ARGV are taken before common.lua declares
         // locals of the same names.
         let eval = Script::new(&format!(
@@ -75,7 +87,7 @@ impl LuaScript {
         ));
         let function = format!("floodgate_{name}_{}", eval.get_hash());
         let library = format!(
-            "#!lua name={function}\n{source}\nredis.register_function('{function}', function(keys, argv)\n  enter(keys, argv)\n  return main()\nend)\n"
+            "#!lua name={function}\n{source}\nredis.register_function{{\n  function_name = '{function}',\n  callback = function(keys, argv)\n    enter(keys, argv)\n    return main()\n  end,\n  flags = {flags},\n}}\n"
         );
         LuaScript {
             eval,
@@ -315,7 +327,7 @@ mod tests {
         assert!(
             check
                 .library
-                .contains(&format!("redis.register_function('{}'", check.function))
+                .contains(&format!("function_name = '{}'", check.function))
         );
         assert_ne!(CHECK.function, PEEK.function);
     }

@@ -210,6 +210,44 @@ async fn without_functions_the_scripts_run_by_evalsha() {
     assert_eq!(floodgate_libraries(&server).await, 0);
 }
 
+/// Over `maxmemory` under `noeviction` Redis runs no function that could
+/// write: a check fails as a store error (for `on_error` to decide), while
+/// peek, flagged `no-writes`, still answers; with memory back, checks do.
+#[tokio::test]
+async fn over_maxmemory_a_check_fails_and_a_peek_still_answers() {
+    let server = RedisServer::start();
+    let store = store_for(&server, Duration::from_secs(5));
+    // An hour's window: the count cannot reset between check and peek.
+    let policy = Policy::new(Algorithm::FixedWindow, 10, Duration::from_secs(3600)).unwrap();
+    // Both libraries loaded while there is memory to load them.
+    assert!(one_check(&store, &policy).await.unwrap());
+    store.peek("faults", &policy, "ip:192.0.2.3").await.unwrap();
+
+    server
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    server
+        .command(&["CONFIG", "SET", "maxmemory", "1"])
+        .unwrap();
+    match one_check(&store, &policy).await {
+        Err(Error::Store(e)) => {
+            let source = std::error::Error::source(&e).map(ToString::to_string);
+            assert!(
+                source.as_deref().is_some_and(|s| s.contains("OOM")),
+                "{e}: {source:?}"
+            );
+        }
+        other => panic!("a check over maxmemory returned {other:?}"),
+    }
+    let peeked = store.peek("faults", &policy, "ip:192.0.2.3").await.unwrap();
+    assert_eq!(peeked.remaining, 9, "the one check admitted before");
+
+    server
+        .command(&["CONFIG", "SET", "maxmemory", "0"])
+        .unwrap();
+    assert!(one_check(&store, &policy).await.unwrap());
+}
+
 #[tokio::test]
 async fn a_killed_redis_fails_calls_fast_and_a_restarted_one_serves_again() {
     let mut server = RedisServer::start();
