@@ -1,8 +1,8 @@
 //! Redis Cluster: the store on a 3-primary cluster decides like the memory
 //! store, several instances admit exactly the limit of keys spread over
 //! every node, batches spanning slots never over-admit, a slot moved during
-//! load (ASK, TRYAGAIN, then MOVED) changes nothing, and scripts flushed
-//! from a node are loaded again where they run.
+//! load (ASK, TRYAGAIN, then MOVED) changes nothing, and function libraries
+//! flushed from a node are loaded again where they run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,15 +53,17 @@ async fn a_cluster_store_decides_like_memory_and_reloads_flushed_scripts() {
     })
     .await;
 
-    // NOSCRIPT on every node in turn: each call loads the script again
-    // (SCRIPT LOAD goes to every primary) and succeeds.
+    // Every node's functions flushed in turn: the next call there meets
+    // "Function not found", loads the library again (FUNCTION LOAD goes to
+    // every primary) and succeeds.
     let clock = manual_clock();
     let store = cluster_store(&cluster, &prefix, &clock);
     let policy = Policy::new(Algorithm::FixedWindow, 1000, Duration::from_secs(60)).unwrap();
     let keys: Vec<String> = (0..30).map(|i| format!("ip:203.0.113.{i}")).collect();
     let mut seen_nodes = std::collections::HashSet::new();
     for node in 0..3 {
-        cluster.cli(node, &["script", "flush"]);
+        cluster.cli(node, &["function", "flush"]);
+        assert!(!has_check_library(&cluster, node));
         for key in &keys {
             seen_nodes.insert(node_of(&cluster, key));
             let d = store
@@ -70,9 +72,23 @@ async fn a_cluster_store_decides_like_memory_and_reloads_flushed_scripts() {
                 .unwrap();
             assert!(d[0].allowed);
         }
+        assert!(
+            has_check_library(&cluster, node),
+            "check.lua's library is loaded again on node {node}"
+        );
     }
     assert_eq!(seen_nodes.len(), 3, "the keys should cover every node");
     assert!(store.ping().await.is_ok());
+}
+
+/// Whether `node` holds check.lua's function library.
+fn has_check_library(cluster: &RedisCluster, node: usize) -> bool {
+    cluster
+        .cli(
+            node,
+            &["function", "list", "libraryname", "floodgate_check_*"],
+        )
+        .contains("floodgate_check_")
 }
 
 const STORES: usize = 4;
