@@ -4,9 +4,9 @@
 //! `check.lua` decides several batches in one call, one after the other,
 //! each atomically and on the state the batches before it left: the same
 //! decisions as one call per batch. What is shared is the cost of a call —
-//! in Redis, running `EVALSHA`, setting up the script and reading `TIME`
-//! (about a third of Redis' work for a one-check call); here, the command,
-//! the socket writes and reads, and the wake-ups.
+//! in Redis, running `FCALL`, setting up the call's tables and reading
+//! `TIME` (more than half of Redis' work for a one-check call); here, the
+//! command, the socket writes and reads, and the wake-ups.
 //!
 //! While fewer than [`MAX_IN_FLIGHT`] calls are on their way and nothing
 //! waits, a request makes its own call at once, from its own task

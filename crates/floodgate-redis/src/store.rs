@@ -42,8 +42,10 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 ///   decided atomically and in turn — the same decisions, for less work per
 ///   decision in Redis and in this process.
 /// - Calls share one multiplexed connection (pipelined on one socket), which
-///   reconnects in the background after Redis goes away; scripts are reloaded
-///   after `NOSCRIPT` (on a cluster, on every primary). On a cluster each
+///   reconnects in the background after Redis goes away; function libraries
+///   are loaded again after `Function not found` (scripts after `NOSCRIPT`
+///   where functions cannot run), on a cluster on every primary. On a
+///   cluster each
 ///   call goes to the node owning its keys' slot, following MOVED and ASK;
 ///   behind Sentinels, to the primary they name, asked again after a
 ///   failover.
