@@ -5,7 +5,9 @@
 //! [`Limiter::sync_blocks`](super::Limiter::sync_blocks), which replaces the
 //! whole set; so a block or an unblock made on any instance sharing the store
 //! shows here at the next sync. Penalty blocks are also learnt from this
-//! instance's own decisions the moment a rule starts one.
+//! instance's own decisions the moment a rule starts one. A block or an
+//! unblock made through this instance applies here at once, and a sync
+//! whose list was read before it does not undo it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use floodgate_core::{Block, BlockSource, Timestamp};
 use http::HeaderMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::target::Target;
 use crate::target_set::TargetSet;
@@ -48,6 +50,9 @@ pub(crate) struct BlockCache {
     /// Manual blocks: target → end of the block. Swapped whole.
     manual: ArcSwap<TargetSet<Timestamp>>,
     penalties: RwLock<Penalties>,
+    /// Blocks and unblocks made through this instance so far: a sync
+    /// replaces the cache only if none came while it read the store.
+    changes: Mutex<u64>,
 }
 
 impl BlockCache {
@@ -91,15 +96,19 @@ impl BlockCache {
 
     /// Adds a manual block (made through this instance).
     pub(crate) fn add_manual(&self, target: Target, until: Timestamp) {
+        let mut changes = self.changes.lock();
         self.manual.rcu(|set| {
             let mut set = TargetSet::clone(set);
             set.insert(target.clone(), until);
             set
         });
+        *changes += 1;
     }
 
     /// Forgets every block of `target`, manual or penalty.
     pub(crate) fn remove(&self, target: &str) {
+        let mut changes = self.changes.lock();
+        *changes += 1;
         if let Ok(parsed) = target.parse::<Target>() {
             self.manual.rcu(|set| {
                 let mut set = TargetSet::clone(set);
@@ -115,9 +124,33 @@ impl BlockCache {
         penalties.len -= removed;
     }
 
-    /// Replaces everything with the store's view; returns how many manual
-    /// and penalty blocks are now cached.
-    pub(crate) fn replace(&self, blocks: &[Block], now: Timestamp) -> (usize, usize) {
+    /// How many blocks and unblocks were made through this instance so
+    /// far: read it before reading the store's list for
+    /// [`replace`](Self::replace).
+    pub(crate) fn changes(&self) -> u64 {
+        *self.changes.lock()
+    }
+
+    /// How many manual and penalty blocks are cached.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.manual.load().len(), self.penalties.read().len)
+    }
+
+    /// Replaces everything with the store's view, read when
+    /// [`changes`](Self::changes) said `changes`; returns how many manual and
+    /// penalty blocks are now cached. `None`, leaving the cache as it is,
+    /// when a block or an unblock was made through this instance since: the
+    /// list may predate it (the next sync's will not).
+    pub(crate) fn replace(
+        &self,
+        blocks: &[Block],
+        now: Timestamp,
+        changes: u64,
+    ) -> Option<(usize, usize)> {
+        let current = self.changes.lock();
+        if *current != changes {
+            return None;
+        }
         let mut manual = TargetSet::default();
         let mut penalties = Penalties::default();
         for block in blocks.iter().filter(|b| b.until > now) {
@@ -142,7 +175,8 @@ impl BlockCache {
         let counts = (manual.len(), penalties.len);
         self.manual.store(Arc::new(manual));
         *self.penalties.write() = penalties;
-        counts
+        drop(current);
+        Some(counts)
     }
 }
 
@@ -175,7 +209,7 @@ mod tests {
             Some("ip:192.0.2.0/24".parse().unwrap())
         );
         assert_eq!(cache.manual_block(ip, &none, at(10)), None, "expired");
-        cache.replace(&[], at(5));
+        assert!(cache.replace(&[], at(5), cache.changes()).is_some());
         assert_eq!(
             cache.manual_block(ip, &none, at(5)),
             None,
@@ -214,8 +248,10 @@ mod tests {
                 ),
             ],
             at(2),
+            cache.changes(),
         );
-        assert_eq!(counts, (2, 1));
+        assert_eq!(counts, Some((2, 1)));
+        assert_eq!(cache.counts(), (2, 1));
         assert!(
             cache
                 .penalty("api", "ip:203.0.113.1|path:/x", at(2))
@@ -224,6 +260,32 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", "k".parse().unwrap());
         assert!(cache.manual_block(None, &headers, at(2)).is_some());
+    }
+
+    #[test]
+    fn a_sync_read_before_a_local_change_does_not_undo_it() {
+        let cache = BlockCache::default();
+        let ip = Some("192.0.2.7".parse().unwrap());
+        let none = HeaderMap::new();
+        let target: Target = "ip:192.0.2.7".parse().unwrap();
+
+        // The store's list is read, then a block is made here, then the
+        // list (without it) comes back.
+        let read_at = cache.changes();
+        cache.add_manual(target.clone(), at(100));
+        assert_eq!(cache.replace(&[], at(5), read_at), None);
+        assert_eq!(cache.manual_block(ip, &none, at(5)), Some(target.clone()));
+        // The next sync's list has it.
+        let listed = [block("ip:192.0.2.7", at(100), BlockSource::Manual)];
+        assert_eq!(cache.replace(&listed, at(6), cache.changes()), Some((1, 0)));
+
+        // Likewise an unblock: a list read before it does not bring the
+        // block back.
+        let read_at = cache.changes();
+        cache.remove("ip:192.0.2.7");
+        assert_eq!(cache.replace(&listed, at(7), read_at), None);
+        assert_eq!(cache.manual_block(ip, &none, at(7)), None);
+        assert_eq!(cache.replace(&[], at(8), cache.changes()), Some((0, 0)));
     }
 
     #[test]

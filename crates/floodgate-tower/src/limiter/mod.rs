@@ -380,11 +380,19 @@ impl<S: Store> Limiter<S> {
     /// Reads every block from the store into the local cache (manual blocks,
     /// and penalty blocks so that an unblock made elsewhere is seen). Returns
     /// how many blocks are cached. On failure the cache is left as it was.
+    ///
+    /// A block or an unblock made through this instance while the list was
+    /// being read is kept: that sync leaves the cache as it is, and the next
+    /// one, whose list has the change, replaces it.
     pub async fn sync_blocks(&self) -> Result<usize, Error> {
+        let changes = self.shared.blocks.changes();
         let blocks = self
             .store_call(StoreCall::Blocks, self.shared.store.blocks())
             .await?;
-        let (manual, penalties) = self.shared.blocks.replace(&blocks, self.shared.clock.now());
+        let cache = &self.shared.blocks;
+        let (manual, penalties) = cache
+            .replace(&blocks, self.shared.clock.now(), changes)
+            .unwrap_or_else(|| cache.counts());
         Ok(manual + penalties)
     }
 
