@@ -42,16 +42,13 @@ cargo bench -q -p floodgate-redis --no-run 2>&1 | grep -v '^ *Executable' || tru
 start_redis
 port=$REDIS_PORT
 rcli() { redis-cli -p "$port" "$@"; }
-lua=crates/floodgate-redis/src/lua
-# The store's library is these three files in this order, byte for byte,
-# between the lines src/scripts.rs puts around them (LuaScript::new); only
-# its name differs.
-function=floodgate_check_bench
-{
-    printf '#!lua name=%s\n' "$function"
-    cat "$lua/common.lua" "$lua/limits.lua" "$lua/check.lua"
-    printf "\nredis.register_function{\n  function_name = '%s',\n  callback = function(keys, argv)\n    enter(keys, argv)\n    return main()\n  end,\n  flags = {},\n}\n" "$function"
-} | rcli -x FUNCTION LOAD REPLACE >/dev/null
+# The store's own library, byte for byte (floodgate_redis::check_library):
+# the store's calls during the criterion runs find it loaded, so both call
+# the same function.
+cargo bench -q -p floodgate-redis --bench redis_store -- --print-library >"$BENCH_TMP/check.lua"
+function=$(sed -n '1s/^#!lua name=//p' "$BENCH_TMP/check.lua")
+[[ -n $function ]] || { echo "no library name in the printed library" >&2; exit 1; }
+rcli -x FUNCTION LOAD <"$BENCH_TMP/check.lua" >/dev/null
 
 # ARGV[2..] per algorithm, as the bench sends them.
 declare -A argv
@@ -136,7 +133,7 @@ hot=$(criterion_rate redis_token_bucket 256_tasks_hot_key)
 pct=$(awk -v a="$hot" -v b="$hot_before" 'BEGIN { printf "%.0f%%", b ? 100 * a / b : 0 }')
 printf '%-16s %9s %9s %9d %19s %10s\n' "token_bucket hot" "" "" "$hot" "$hot_before" "$pct"
 echo "target: 256 tasks at least 70% of the ceiling"
-echo "scripts cached in Redis: $(rcli INFO memory | tr -d '\r' | sed -n 's/^number_of_cached_scripts://p') (1: the store ran the very script redis-benchmark ran)"
+echo "check.lua libraries in Redis: $(rcli FUNCTION LIST LIBRARYNAME 'floodgate_check_*' | awk 'prev == "library_name" { n++ } { prev = $0 } END { print n + 0 }'), scripts cached: $(rcli INFO memory | tr -d '\r' | sed -n 's/^number_of_cached_scripts://p') (1 and 0: the store called the very function redis-benchmark called)"
 
 echo
 echo "== bytes per key (a private redis-server)"

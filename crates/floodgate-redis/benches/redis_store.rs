@@ -21,7 +21,8 @@
 //! `-- --print-argv` prints, per algorithm, the ARGV of `check.lua` this
 //! bench sends after ARGV[1] (time: empty, Redis' clock): the TTL margin,
 //! one batch of one check, its policy and the check. bench/redis.sh
-//! hands them to redis-benchmark so both send the same command.
+//! hands them to redis-benchmark so both send the same command;
+//! `-- --print-library` prints the function library it calls.
 //!
 //! The store's timeout is 1 s instead of the default 50 ms, so that a
 //! loaded machine does not turn slow checks into failures; every check still
@@ -177,6 +178,10 @@ impl Workload {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--print-library") {
+        print!("{}", floodgate_redis::check_library());
+        return;
+    }
     if std::env::args().any(|a| a == "--print-argv") {
         for a in Algorithm::ALL {
             println!("{} {}", a.name(), check_argv(&admitting(a)));

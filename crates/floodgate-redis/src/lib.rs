@@ -72,6 +72,14 @@ pub use config::{
 };
 pub use store::RedisStore;
 
+/// `check.lua`'s function library, byte for byte as a [`RedisStore`] loads
+/// it (`#!lua name=<its function>` first): for benchmarks that run the
+/// store's own script without a store (bench/redis.sh).
+#[doc(hidden)]
+pub fn check_library() -> &'static str {
+    scripts::check_library()
+}
+
 /// Every Redis command a [`RedisStore`] runs, directly or from its Lua
 /// scripts (which run with the caller's permissions), in `ACL SETUSER`
 /// spelling. A least-privilege ACL user needs these on its prefix's keys

@@ -97,6 +97,11 @@ impl LuaScript {
     }
 }
 
+/// `check.lua`'s function library, as a store loads it.
+pub(crate) fn check_library() -> &'static str {
+    &CHECK.library
+}
+
 /// How a store calls its scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
