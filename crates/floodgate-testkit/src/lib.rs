@@ -201,12 +201,7 @@ impl RedisServer {
         let pid = self
             .pid()
             .unwrap_or_else(|| panic!("SIG{name} to a redis-server that is not running"));
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("running kill -{name} {pid}: {e}"));
-        assert!(status.success(), "kill -{name} {pid} failed");
+        send_signal(pid, name);
     }
 
     /// Sends one command on a connection of its own and returns the reply:
@@ -420,6 +415,19 @@ fn ping(addr: SocketAddr) -> bool {
     }
     let mut buf = [0u8; 7];
     conn.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, ...) to process `pid` with kill(1).
+///
+/// # Panics
+/// When kill cannot run or fails.
+fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("running kill -{name} {pid}: {e}"));
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// A path under the system temp directory that no other call returns, in

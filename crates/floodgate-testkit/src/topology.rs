@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ensure_redis_server_installed, free_port, ping, read_tail, temp_dir};
+use super::{ensure_redis_server_installed, free_port, ping, read_tail, send_signal, temp_dir};
 
 /// How long a set-up may take to come up before the test fails.
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -139,6 +139,17 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Freezes the process (SIGSTOP): its connections stay open and nothing
+    /// is answered. Dropping the node still kills it.
+    fn pause(&self) {
+        send_signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    fn resume(&self) {
+        send_signal(self.child.id(), "CONT");
     }
 
     fn log_tail(&self) -> String {
@@ -300,6 +311,20 @@ impl RedisCluster {
     /// When redis-cli fails or answers an error.
     pub fn cli(&self, node: usize, args: &[&str]) -> String {
         cli(self.nodes[node].port, args)
+    }
+
+    /// Freezes node `node` (SIGSTOP), as a server stuck in a long command or
+    /// swapped out: connections to it stay open and nothing is answered.
+    /// After `--cluster-node-timeout` (2 s) the other nodes count it as
+    /// failed and, with no replica to promote, the cluster refuses every
+    /// command until it is [`RedisCluster::resume`]d.
+    pub fn pause(&self, node: usize) {
+        self.nodes[node].pause();
+    }
+
+    /// Lets a [`RedisCluster::pause`]d node run again (SIGCONT).
+    pub fn resume(&self, node: usize) {
+        self.nodes[node].resume();
     }
 
     /// The hash slot of `key` (`CLUSTER KEYSLOT`).
@@ -514,6 +539,34 @@ impl SentinelSet {
                 let _ = node.child.wait();
             }
         })
+    }
+
+    /// Freezes the primary (SIGSTOP: its connections stay open, nothing is
+    /// answered) and waits until the Sentinels have noticed, promoted the
+    /// replica, and every one of them names it. The old primary stays
+    /// frozen until [`SentinelSet::thaw`]. Returns how long the failover
+    /// took.
+    ///
+    /// # Panics
+    /// When the failover does not complete within 30 s.
+    pub fn freeze_primary(&mut self) -> Duration {
+        self.fail_over_by(|set| {
+            let port = set.primary_port();
+            if let Some(node) = set.data.iter().find(|n| n.port == port) {
+                node.pause();
+            }
+        })
+    }
+
+    /// Lets every data node that [`SentinelSet::freeze_primary`] froze run
+    /// again. An old primary comes back believing it is the primary, until
+    /// the Sentinels make it a replica of the new one.
+    pub fn thaw(&mut self) {
+        for node in &mut self.data {
+            if matches!(node.child.try_wait(), Ok(None)) {
+                node.resume();
+            }
+        }
     }
 
     /// Runs `trigger`, then waits until every Sentinel names the other data

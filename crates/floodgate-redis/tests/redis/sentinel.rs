@@ -1,7 +1,8 @@
 //! Sentinel: the store on a Sentinel-managed primary decides like the
-//! memory store, and through `SENTINEL FAILOVER` under load its calls keep
-//! returning within the timeout (failing during the switch), after which it
-//! limits exactly on the new primary.
+//! memory store, and through a failover under load (`SENTINEL FAILOVER`, a
+//! killed primary, a frozen one) its calls keep returning within the
+//! timeout (failing during the switch), after which it limits exactly on
+//! the new primary.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,21 @@ async fn a_killed_primary_is_replaced_and_limiting_resumes() {
     failover_under_load("kill -9 of the primary", SentinelSet::kill_primary).await;
 }
 
+/// A frozen primary keeps its connections open and answers nothing, so the
+/// stores learn of the failover only through their own timeouts. It is
+/// thawed once the replica has taken over: back, it believes it is the
+/// primary until the Sentinels demote it, and the stores must not return
+/// to it (the exact count on the new primary below would show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_replaced_and_limiting_resumes() {
+    failover_under_load("SIGSTOP of the primary", |set| {
+        let took = set.freeze_primary();
+        set.thaw();
+        took
+    })
+    .await;
+}
+
 /// Two stores under load while `fail_over` replaces the primary: every call
 /// returns within the timeout (failing while there is no primary), calls
 /// succeed again once the Sentinels name the new one, and both stores then
@@ -67,7 +83,7 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
     // failure of the second bound, however loaded the machine.
     const USUAL_SLACK: Duration = Duration::from_millis(50);
     const WORST_SLACK: Duration = Duration::from_secs(1);
-    // The two failover tests measure call times: one at a time.
+    // The failover tests measure call times: one at a time.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut set = SentinelSet::start();
