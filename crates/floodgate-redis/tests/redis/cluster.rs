@@ -1,8 +1,9 @@
 //! Redis Cluster: the store on a 3-primary cluster decides like the memory
 //! store, several instances admit exactly the limit of keys spread over
 //! every node, batches spanning slots never over-admit, a slot moved during
-//! load (ASK, TRYAGAIN, then MOVED) changes nothing, and function libraries
-//! flushed from a node are loaded again where they run.
+//! load (ASK, TRYAGAIN, then MOVED) changes nothing, function libraries
+//! flushed from a node are loaded again where they run, and a frozen node
+//! holds up only the checks of its own keys.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -331,5 +332,151 @@ async fn a_slot_moved_during_load_still_admits_exactly_the_limit() {
             .await
             .unwrap();
         assert!(!d[0].allowed);
+    }
+}
+
+/// One batch of `keys` (a check each) on `store`: whether every check was
+/// admitted, and how long the call took.
+async fn timed_check(
+    store: &RedisStore,
+    policy: &Policy,
+    keys: &[&str],
+) -> (Result<bool, floodgate_core::Error>, Duration) {
+    let checks: Vec<Check<'_>> = keys
+        .iter()
+        .map(|k| Check::new("frozen", policy, k, 1))
+        .collect();
+    let started = Instant::now();
+    let result = store.check(&checks).await;
+    (
+        result.map(|d| d.iter().all(|d| d.allowed)),
+        started.elapsed(),
+    )
+}
+
+/// A frozen node (SIGSTOP) keeps its connections open and answers nothing.
+/// Checks of the keys it owns fail with a timeout, each within the store's
+/// timeout, and so does a batch that has one of them; checks of keys on the
+/// other nodes go on answering at once, not queued behind the frozen node;
+/// once it runs again its keys are decided again.
+///
+/// The node stays frozen for less than the cluster's node timeout (2 s):
+/// after that the other nodes would count it as failed and, with no replica
+/// to promote, refuse every command (Redis' own full-coverage rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    // What a busy 2-core machine adds to a call that fails at its deadline.
+    const SLACK: Duration = Duration::from_millis(800);
+    const FROZEN_FOR: Duration = Duration::from_millis(1200);
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::new(
+        RedisConfig::cluster(cluster.urls())
+            .with_prefix(unique_prefix("cluster-frozen"))
+            .with_timeout(TIMEOUT),
+    )
+    .unwrap();
+    let policy = Policy::new(Algorithm::SlidingWindow, 1_000_000, Duration::from_secs(60)).unwrap();
+    let key_on = |node: usize| {
+        (0..1000)
+            .map(|i| format!("ip:198.51.100.{i}"))
+            .find(|k| node_of(&cluster, k) == node)
+            .unwrap_or_else(|| panic!("no key of the 1000 tried lives on node {node}"))
+    };
+    let frozen_key = key_on(0);
+    let live_keys = [key_on(1), key_on(2)];
+    for key in live_keys.iter().chain([&frozen_key]) {
+        let (result, _) = timed_check(&store, &policy, &[key]).await;
+        assert!(result.unwrap(), "{key} before the freeze");
+    }
+
+    cluster.pause(0);
+    let frozen_at = Instant::now();
+    let frozen_checks = tokio::spawn({
+        let (store, policy) = (store.clone(), policy.clone());
+        let (frozen_key, live_key) = (frozen_key.clone(), live_keys[0].clone());
+        async move {
+            let mut took = Vec::new();
+            while frozen_at.elapsed() + 2 * TIMEOUT < FROZEN_FOR {
+                // The key alone, then a batch spanning a live node and the
+                // frozen one.
+                for keys in [vec![frozen_key.as_str()], vec![&live_key, &frozen_key]] {
+                    let (result, t) = timed_check(&store, &policy, &keys).await;
+                    match result {
+                        Err(floodgate_core::Error::Store(e)) => {
+                            assert!(e.is_timeout(), "{keys:?} with a node frozen: {e}");
+                        }
+                        other => panic!("{keys:?} with a node frozen returned {other:?}"),
+                    }
+                    took.push(t);
+                }
+            }
+            took
+        }
+    });
+    let mut live_took = Vec::new();
+    while frozen_at.elapsed() < FROZEN_FOR {
+        for key in &live_keys {
+            let (result, t) = timed_check(&store, &policy, &[key]).await;
+            let allowed = result.unwrap_or_else(|e| {
+                panic!(
+                    "{key}, on a live node, {:?} into the freeze: {e}",
+                    frozen_at.elapsed()
+                )
+            });
+            assert!(allowed);
+            live_took.push(t);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frozen_took = frozen_checks.await.unwrap();
+    cluster.resume(0);
+
+    let slowest_live = live_took.iter().max().copied().unwrap_or_default();
+    let (fastest_frozen, slowest_frozen) = (
+        frozen_took.iter().min().copied().unwrap_or_default(),
+        frozen_took.iter().max().copied().unwrap_or_default(),
+    );
+    eprintln!(
+        "cluster frozen node: {} checks on live nodes, slowest {} ms; {} calls touching the frozen node, \
+         {}-{} ms (timeout {} ms)",
+        live_took.len(),
+        slowest_live.as_millis(),
+        frozen_took.len(),
+        fastest_frozen.as_millis(),
+        slowest_frozen.as_millis(),
+        TIMEOUT.as_millis()
+    );
+    assert!(
+        frozen_took.len() >= 2,
+        "too few calls on the frozen node to judge"
+    );
+    assert!(
+        fastest_frozen >= TIMEOUT && slowest_frozen < TIMEOUT + SLACK,
+        "calls touching the frozen node took {fastest_frozen:?} to {slowest_frozen:?}; timeout {TIMEOUT:?}"
+    );
+    assert!(
+        live_took.len() >= 20,
+        "too few checks on the live nodes to judge"
+    );
+    assert!(
+        slowest_live < TIMEOUT,
+        "a check on a live node took {slowest_live:?}: held up by the frozen node"
+    );
+
+    // Running again, the node decides its keys.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match timed_check(&store, &policy, &[&frozen_key]).await.0 {
+            Ok(allowed) => {
+                assert!(allowed);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("after the thaw: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{frozen_key} still fails 10 s after its node runs again: {e}"),
+        }
     }
 }
