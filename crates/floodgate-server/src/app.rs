@@ -273,6 +273,7 @@ pub async fn run(
     }
 
     tracing::info!(deadline = ?drain_timeout, "shutting down: draining in-flight requests");
+    crate::notify::stopping();
     state.draining.store(true, Ordering::SeqCst);
     gateway_stop.signal();
     let drained = tokio::time::timeout(drain_timeout, gateway).await;
@@ -338,6 +339,7 @@ async fn reload_on_hangup(state: Arc<AppState>, path: Option<PathBuf>, overrides
             tracing::info!("SIGHUP: running the built-in demo, no config file to re-read");
             continue;
         };
+        crate::notify::reloading();
         match config::load(path, &overrides) {
             Ok(new) => match state.reload(new) {
                 Ok(()) => {
@@ -347,6 +349,7 @@ async fn reload_on_hangup(state: Arc<AppState>, path: Option<PathBuf>, overrides
             },
             Err(e) => tracing::error!("config reload refused, keeping the old config: {e}"),
         }
+        crate::notify::ready("serving");
     }
     std::future::pending().await
 }

@@ -17,6 +17,7 @@ pub mod demo_api;
 pub mod duration;
 pub mod listen;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod serve;
 pub mod store;

@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Overrides, Settings};
-use crate::listen;
+use crate::{listen, notify};
 
 /// What a worker prints on standard output once it serves.
 pub const READY_LINE: &str = "floodgate-worker-ready";
@@ -38,13 +38,16 @@ const CRASH_LIMIT: usize = 5;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Called by a worker once it serves: tells its supervisor, if it has one.
+/// Called by a single process once it serves: a worker tells its
+/// supervisor; a process on its own tells systemd, if systemd started it.
 pub fn announce_ready() {
     if std::env::var_os(WORKER_ENV).is_some() {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{READY_LINE}");
         let _ = out.flush();
+    } else {
+        notify::ready("serving");
     }
 }
 
@@ -167,15 +170,19 @@ impl Supervisor {
             }
         }
         tracing::info!(workers = self.slots.len(), "all workers serving");
+        let serving = format!("serving with {} workers", self.slots.len());
+        notify::ready(&serving);
 
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    notify::reloading();
                     if let Err(e) = self.rolling_restart(&mut events).await {
                         tracing::error!("rolling restart stopped: {e:#}");
                     }
+                    notify::ready(&serving);
                 }
                 Some(event) = events.recv() => {
                     if let Err(e) = self.handle(event).await {
@@ -187,6 +194,7 @@ impl Supervisor {
             }
         }
         tracing::info!("supervisor stopping: draining every worker");
+        notify::stopping();
         self.stop_all().await;
         Ok(())
     }
@@ -205,6 +213,8 @@ impl Supervisor {
         cmd.env(WORKER_ENV, slot.to_string())
             .env(listen::LISTEN_FD_ENV, self.listen_fd.to_string())
             .env_remove(listen::ADMIN_FD_ENV)
+            // Only the supervisor speaks to systemd.
+            .env_remove(notify::SOCKET_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

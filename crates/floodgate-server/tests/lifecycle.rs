@@ -1,11 +1,13 @@
 //! The process side of the real binary: SIGHUP reloads the config without
 //! dropping open connections (and keeps the old config when the new one is
 //! invalid); SIGTERM drains in-flight requests, reports not-ready while it
-//! does, and exits 0.
+//! does, and exits 0; under systemd (`NOTIFY_SOCKET`) each of these is
+//! announced, by the one process systemd started.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use common::{Floodgate, Http, RawConn, RawReply, Upstream};
@@ -202,4 +204,158 @@ async fn the_demo_announces_itself_and_turns_200s_into_429s() {
         .await;
     assert_eq!(forwarded.status, 200);
     assert_eq!(http.get(&fg.admin_url("/healthz"), &[]).await.status, 200);
+}
+
+/// systemd's side of `Type=notify`: the datagram socket floodgate is told of
+/// in `NOTIFY_SOCKET`, either a path or an abstract name.
+struct Systemd {
+    socket: UnixDatagram,
+    /// The value of `NOTIFY_SOCKET`.
+    name: String,
+    _dir: common::tempdir::Dir,
+}
+
+impl Systemd {
+    fn listen(abstract_name: bool) -> Self {
+        let dir = common::tempdir::Dir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let (socket, name) = if abstract_name {
+            use std::os::linux::net::SocketAddrExt;
+            let name = format!("floodgate-test-{}", path.display());
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        } else {
+            (
+                UnixDatagram::bind(&path).unwrap(),
+                path.display().to_string(),
+            )
+        };
+        Systemd {
+            socket,
+            name,
+            _dir: dir,
+        }
+    }
+
+    /// The next message, if one comes within `within`.
+    fn next(&self, within: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// SIGHUP to `fg`: the next message must say `RELOADING=1` with a
+    /// `MONOTONIC_USEC` taken between the signal and its arrival, then
+    /// `READY=1` must follow.
+    fn expect_reload(&self, fg: &Floodgate) {
+        let before = monotonic_usec();
+        fg.signal("HUP");
+        let message = self.expect("RELOADING", fg);
+        let after = monotonic_usec();
+        let stamp: u64 = message
+            .lines()
+            .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {message:?}"));
+        assert!(
+            (before..=after).contains(&stamp),
+            "MONOTONIC_USEC={stamp}, not within {before}..={after}"
+        );
+        self.expect("READY", fg);
+    }
+
+    /// The next message, which must come within 30 s and say `state=1`.
+    fn expect(&self, state: &str, fg: &Floodgate) -> String {
+        let message = self
+            .next(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("systemd was not told {state}=1:\n{}", fg.log()));
+        assert!(
+            message.lines().any(|l| l == format!("{state}=1")),
+            "expected {state}=1, got {message:?}"
+        );
+        message
+    }
+}
+
+/// CLOCK_MONOTONIC in µs, as systemd reads it.
+fn monotonic_usec() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec).unwrap() * 1_000_000 + u64::try_from(now.tv_nsec).unwrap() / 1_000
+}
+
+/// One process: `READY=1` (with its own pid) once it serves; `RELOADING=1`
+/// then `READY=1` around a SIGHUP, the new limit in force by then;
+/// `STOPPING=1` on SIGTERM; nothing else.
+#[test]
+fn systemd_is_told_when_a_process_serves_reloads_and_stops() {
+    let systemd = Systemd::listen(true);
+    let mut fg = Floodgate::start_with(&config(2), &[("NOTIFY_SOCKET", systemd.name.as_str())]);
+    let ready = systemd.expect("READY", &fg);
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={}", fg.pid())),
+        "{ready:?}"
+    );
+    let mut conn = RawConn::connect(fg.addr);
+    let r = get(&mut conn, "a");
+    assert_eq!((r.status, quota(&r)), (200, 2));
+
+    fg.rewrite_config(&config(6));
+    systemd.expect_reload(&fg);
+    let r = get(&mut conn, "a");
+    assert_eq!(
+        (r.status, quota(&r)),
+        (200, 6),
+        "the reload was announced before it applied"
+    );
+
+    fg.signal("TERM");
+    systemd.expect("STOPPING", &fg);
+    assert_eq!(fg.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(systemd.next(Duration::from_millis(200)), None);
+}
+
+/// `--workers 2`: the supervisor alone speaks to systemd: one `READY=1`
+/// with its pid, once both workers serve (not one per worker), and after a
+/// SIGHUP `READY=1` only when every worker was replaced by one on the new
+/// config.
+#[test]
+fn with_workers_only_the_supervisor_tells_systemd() {
+    let systemd = Systemd::listen(false);
+    let mut fg = Floodgate::start_with_args(
+        &config(2),
+        &["--workers", "2"],
+        &[("NOTIFY_SOCKET", systemd.name.as_str())],
+    );
+    let ready = systemd.expect("READY", &fg);
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={}", fg.pid()))
+            && ready.contains("STATUS=serving with 2 workers"),
+        "{ready:?}"
+    );
+    assert!(fg.log().contains("all workers serving"), "{}", fg.log());
+    assert_eq!(
+        systemd.next(Duration::from_millis(500)),
+        None,
+        "a worker spoke to systemd"
+    );
+
+    fg.rewrite_config(&config(6));
+    systemd.expect_reload(&fg);
+    // Every worker now runs the new config: new connections, whichever
+    // worker accepts them, see the new limit.
+    for key in ["b", "c", "d", "e"] {
+        let mut conn = RawConn::connect(fg.addr);
+        let r = get(&mut conn, key);
+        assert_eq!(
+            (r.status, quota(&r)),
+            (200, 6),
+            "the rolling restart was announced before it ended"
+        );
+    }
+
+    fg.signal("TERM");
+    systemd.expect("STOPPING", &fg);
+    assert_eq!(fg.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(systemd.next(Duration::from_millis(200)), None);
 }

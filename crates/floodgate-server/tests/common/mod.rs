@@ -85,17 +85,28 @@ impl Floodgate {
     /// [`Floodgate::start`] with the main listener on `host` (`127.0.0.1`
     /// or `[::1]`).
     pub fn start_on(host: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_serving(host, config, &[], env)
+    }
+
+    /// [`Floodgate::start_with`] with more arguments after `serve --config
+    /// FILE` (`--workers 2`).
+    pub fn start_with_args(config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_serving("127.0.0.1", config, args, env)
+    }
+
+    fn start_serving(host: &str, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         Self::on_free_ports(|| {
             let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
             let admin = free_addr();
             let dir = tempdir::Dir::new("server");
             let config_path = dir.path().join("floodgate.toml");
             std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
-            let args = [
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "serve".into(),
                 "--config".into(),
                 config_path.clone().into(),
             ];
+            args.extend(extra.iter().map(Into::into));
             Self::spawn(&args, addr, admin, dir, config_path, env)
         })
     }
@@ -152,6 +163,7 @@ impl Floodgate {
             .env_remove("FLOODGATE_REDIS_URL")
             .env_remove("FLOODGATE_CONFIG")
             .env_remove("FLOODGATE_ADMIN_LISTEN")
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
