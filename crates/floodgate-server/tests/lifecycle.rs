@@ -265,6 +265,14 @@ impl Systemd {
         self.expect("READY", fg);
     }
 
+    /// SIGTERM to `fg`: `STOPPING=1`, exit 0, and nothing said after.
+    fn expect_stop(&self, fg: &mut Floodgate) {
+        fg.signal("TERM");
+        self.expect("STOPPING", fg);
+        assert_eq!(fg.wait_exit(Duration::from_secs(30)), Some(0));
+        assert_eq!(self.next(Duration::from_millis(200)), None);
+    }
+
     /// The next message, which must come within 30 s and say `state=1`.
     fn expect(&self, state: &str, fg: &Floodgate) -> String {
         let message = self
@@ -309,10 +317,7 @@ fn systemd_is_told_when_a_process_serves_reloads_and_stops() {
         "the reload was announced before it applied"
     );
 
-    fg.signal("TERM");
-    systemd.expect("STOPPING", &fg);
-    assert_eq!(fg.wait_exit(Duration::from_secs(30)), Some(0));
-    assert_eq!(systemd.next(Duration::from_millis(200)), None);
+    systemd.expect_stop(&mut fg);
 }
 
 /// `--workers 2`: the supervisor alone speaks to systemd: one `READY=1`
@@ -354,8 +359,5 @@ fn with_workers_only_the_supervisor_tells_systemd() {
         );
     }
 
-    fg.signal("TERM");
-    systemd.expect("STOPPING", &fg);
-    assert_eq!(fg.wait_exit(Duration::from_secs(30)), Some(0));
-    assert_eq!(systemd.next(Duration::from_millis(200)), None);
+    systemd.expect_stop(&mut fg);
 }
