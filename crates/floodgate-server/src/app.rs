@@ -245,6 +245,7 @@ pub async fn run(
         gateway_router(state.clone()),
         timeouts,
         gateway_stop.signalled(),
+        crate::supervisor::announce_stopped_accepting,
     ));
     let admin = listeners.admin.map(|l| {
         tokio::spawn(serve::serve(
@@ -252,6 +253,7 @@ pub async fn run(
             admin::router(state.clone()),
             timeouts,
             admin_stop.signalled(),
+            || {},
         ))
     });
     let sync = tokio::spawn({
@@ -265,8 +267,9 @@ pub async fn run(
         }
     });
 
+    let hangup = hangups();
     ready();
-    let reload_loop = reload_on_hangup(state.clone(), config_path, overrides);
+    let reload_loop = reload_on_hangup(hangup, state.clone(), config_path, overrides);
     tokio::select! {
         () = shutdown => {}
         () = reload_loop => {}
@@ -326,47 +329,84 @@ async fn block_sync_loop(state: Arc<AppState>) {
     }
 }
 
-/// Re-reads the config on every SIGHUP. Never returns (unless signals
-/// cannot be installed, where it waits forever).
-async fn reload_on_hangup(state: Arc<AppState>, path: Option<PathBuf>, overrides: Overrides) {
+/// SIGHUP's handler, installed before the server says it is ready: from
+/// then on a SIGHUP reloads instead of ending the process.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: config reload disabled");
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: config reload disabled");
+            None
+        }
+    }
+}
+
+/// Re-reads the config on every SIGHUP. Never returns.
+async fn reload_on_hangup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    state: Arc<AppState>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    let Some(mut hangup) = hangup else {
         return std::future::pending().await;
     };
     while hangup.recv().await.is_some() {
-        let Some(path) = &path else {
-            tracing::info!("SIGHUP: running the built-in demo, no config file to re-read");
-            continue;
-        };
+        // Every SIGHUP is a reload to systemd, applied or not: READY=1
+        // always follows.
         crate::notify::reloading();
-        match config::load(path, &overrides) {
-            Ok(new) => match state.reload(new) {
-                Ok(()) => {
-                    tracing::info!(config = %path.display(), rules = state.limiter.config().rules.len(), "config reloaded")
-                }
-                Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
-            },
-            Err(e) => tracing::error!("config reload refused, keeping the old config: {e}"),
-        }
+        reload_from(&state, path.as_deref(), &overrides);
         crate::notify::ready("serving");
     }
     std::future::pending().await
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+/// One SIGHUP's reload: the config at `path` replaces the running one, or
+/// is refused whole.
+fn reload_from(state: &AppState, path: Option<&std::path::Path>, overrides: &Overrides) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: running the built-in demo, no config file to re-read");
+        return;
     };
-    tokio::select! {
-        () = term => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    match config::load(path, overrides) {
+        Ok(new) => match state.reload(new) {
+            Ok(()) => {
+                tracing::info!(config = %path.display(), rules = state.limiter.config().rules.len(), "config reloaded")
+            }
+            Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
+        },
+        Err(e) => tracing::error!("config reload refused, keeping the old config: {e}"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called (inside a Tokio runtime), not when the future is first polled: a
+/// signal that comes before the server starts waiting still drains it.
+pub fn termination() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let term = async {
+            match &mut term {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match &mut int {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = term => tracing::info!("SIGTERM received"),
+            () = int => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -49,6 +49,11 @@ pub fn stopping() {
 /// otherwise ignored: systemd then times the start out, which says more
 /// than a floodgate that refuses to serve.
 fn send(message: &str) {
+    // The supervisor does not pass the socket on; a worker that found it
+    // anyway (an environment set by hand) still keeps quiet.
+    if crate::supervisor::is_worker() {
+        return;
+    }
     let Some(socket) = std::env::var_os(SOCKET_ENV) else {
         return;
     };

@@ -68,13 +68,15 @@ pub struct Timeouts {
 }
 
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting
-/// and waits for the open connections to finish their requests (idle ones
-/// close at once). Every request carries its TCP peer as a [`PeerAddr`].
+/// (and calls `stopped_accepting`) and waits for the open connections to
+/// finish their requests (idle ones close at once). Every request carries
+/// its TCP peer as a [`PeerAddr`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     timeouts: Timeouts,
     stop: impl Future<Output = ()>,
+    stopped_accepting: impl FnOnce(),
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     // Both bounds are `Watched`'s (see above); hyper's HTTP/1 header read
@@ -128,6 +130,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    stopped_accepting();
     graceful.shutdown().await;
 }
 

@@ -9,7 +9,10 @@
 //! drains; SIGTERM or SIGINT drains every worker and exits 0.
 //!
 //! A worker tells the supervisor it serves by printing [`READY_LINE`] on its
-//! standard output (its logs go to standard error).
+//! standard output (its logs go to standard error), and that it no longer
+//! accepts connections, once told to drain, by printing
+//! [`STOPPED_ACCEPTING_LINE`]: a rolling restart replaces the next worker
+//! (or, after the last, tells systemd it is done) only then.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,11 +29,15 @@ use crate::{listen, notify};
 
 /// What a worker prints on standard output once it serves.
 pub const READY_LINE: &str = "floodgate-worker-ready";
+/// What a worker prints once it no longer accepts connections (draining).
+pub const STOPPED_ACCEPTING_LINE: &str = "floodgate-worker-stopped-accepting";
 /// The environment variable that marks a process as a worker (its slot number).
 pub const WORKER_ENV: &str = "FLOODGATE_WORKER";
 
 /// How long a new worker may take to serve.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rolling restart waits for a retired worker to stop accepting.
+const STOP_ACCEPTING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Crashes this close together count towards a crash loop.
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
 /// This many crashes of one slot within `CRASH_WINDOW` is a crash loop.
@@ -41,20 +48,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Called by a single process once it serves: a worker tells its
 /// supervisor; a process on its own tells systemd, if systemd started it.
 pub fn announce_ready() {
-    if std::env::var_os(WORKER_ENV).is_some() {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY_LINE}");
-        let _ = out.flush();
+    if is_worker() {
+        tell_supervisor(READY_LINE);
     } else {
         notify::ready("serving");
     }
+}
+
+/// Called once the gateway no longer accepts connections: a worker tells
+/// its supervisor, which then knows new connections go to the others.
+pub fn announce_stopped_accepting() {
+    if is_worker() {
+        tell_supervisor(STOPPED_ACCEPTING_LINE);
+    }
+}
+
+/// Whether this process is a worker of a supervisor.
+pub fn is_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some()
+}
+
+fn tell_supervisor(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// What happened to a worker.
 #[derive(Debug)]
 enum Event {
     Ready {
+        slot: usize,
+        generation: u64,
+    },
+    StoppedAccepting {
         slot: usize,
         generation: u64,
     },
@@ -157,6 +185,7 @@ impl Supervisor {
         {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(Event::Ready { slot, generation })) => self.mark_ready(slot, generation),
+                Ok(Some(Event::StoppedAccepting { .. })) => {}
                 Ok(Some(Event::Exited { slot, code, .. })) => {
                     self.stop_all().await;
                     anyhow::bail!(
@@ -231,9 +260,12 @@ impl Supervisor {
             if let Some(stdout) = stdout {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if line.trim() == READY_LINE {
-                        let _ = tx.send(Event::Ready { slot, generation });
-                    }
+                    let event = match line.trim() {
+                        READY_LINE => Event::Ready { slot, generation },
+                        STOPPED_ACCEPTING_LINE => Event::StoppedAccepting { slot, generation },
+                        _ => continue,
+                    };
+                    let _ = tx.send(event);
                 }
             }
             let code = wait(&mut child).await;
@@ -265,6 +297,7 @@ impl Supervisor {
     async fn handle(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
             Event::Ready { slot, generation } => self.mark_ready(slot, generation),
+            Event::StoppedAccepting { .. } => {}
             Event::Exited {
                 slot,
                 generation,
@@ -367,11 +400,52 @@ impl Supervisor {
             }
             if let Some(old) = old {
                 terminate(old.pid);
+                let generation = old.generation;
                 self.retiring.push((slot, old));
+                self.until_stopped_accepting(events, slot, generation)
+                    .await?;
             }
         }
         tracing::info!("rolling restart done");
         Ok(())
+    }
+
+    /// Waits until the retired worker `generation` of `slot` no longer
+    /// accepts connections (it says so, or exits), at most
+    /// [`STOP_ACCEPTING_TIMEOUT`]; other events are handled meanwhile. When
+    /// the restart is over, new connections then reach new workers only.
+    async fn until_stopped_accepting(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        slot: usize,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STOP_ACCEPTING_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::StoppedAccepting {
+                    slot: s,
+                    generation: g,
+                })) if s == slot && g == generation => return Ok(()),
+                Ok(Some(Event::Exited {
+                    slot: s,
+                    generation: g,
+                    ..
+                })) if s == slot && g == generation => {
+                    self.forget_retired(s, g);
+                    return Ok(());
+                }
+                Ok(Some(other)) => self.handle(other).await?,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    tracing::warn!(
+                        slot,
+                        "the old worker still accepts connections {STOP_ACCEPTING_TIMEOUT:?} after SIGTERM; going on"
+                    );
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// SIGTERM to every worker; waits for them to drain (SIGKILL after the
