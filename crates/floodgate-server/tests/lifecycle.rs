@@ -221,7 +221,10 @@ impl Systemd {
         let path = dir.path().join("notify.sock");
         let (socket, name) = if abstract_name {
             use std::os::linux::net::SocketAddrExt;
-            let name = format!("floodgate-test-{}", path.display());
+            // Short: an abstract name has at most 107 bytes.
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("floodgate-test-{}-{n}", std::process::id());
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
             (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
         } else {

@@ -212,12 +212,17 @@ fn redis_cli(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// `redis-cli -p <port> <args>` on plain TCP, panicking on failure.
-fn cli(port: u16, args: &[&str]) -> String {
+/// `redis-cli -p <port> <args>` on plain TCP.
+fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let port = port.to_string();
     let mut all = vec!["-p", port.as_str()];
     all.extend_from_slice(args);
-    redis_cli(&all).unwrap_or_else(|e| panic!("{e}"))
+    redis_cli(&all)
+}
+
+/// [`try_cli`], panicking on failure.
+fn cli(port: u16, args: &[&str]) -> String {
+    try_cli(port, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Redis Cluster of primaries without replicas, every slot assigned.
@@ -601,6 +606,12 @@ impl SentinelSet {
     /// `redis-cli -p <port> <args>` on the data node at `port`.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         cli(port, args)
+    }
+
+    /// [`SentinelSet::cli`] that returns the failure (a killed node, an
+    /// error reply) instead of panicking.
+    pub fn try_cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
+        try_cli(port, args)
     }
 }
 

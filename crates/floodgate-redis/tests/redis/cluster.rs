@@ -397,6 +397,8 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
         let (frozen_key, live_key) = (frozen_key.clone(), live_keys[0].clone());
         async move {
             let mut took = Vec::new();
+            // The last call starts early enough to end, on an idle
+            // machine, when the live checks do.
             while frozen_at.elapsed() + 2 * TIMEOUT < FROZEN_FOR {
                 // The key alone, then a batch spanning a live node and the
                 // frozen one.
@@ -429,8 +431,11 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The frozen task's last calls end by their deadlines (the freeze lasts
+    // about FROZEN_FOR, longer only on a stalled machine).
     let frozen_took = frozen_checks.await.unwrap();
     cluster.resume(0);
+    let frozen_for = frozen_at.elapsed();
 
     let slowest_live = live_took.iter().max().copied().unwrap_or_default();
     let (fastest_frozen, slowest_frozen) = (
@@ -438,8 +443,9 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
         frozen_took.iter().max().copied().unwrap_or_default(),
     );
     eprintln!(
-        "cluster frozen node: {} checks on live nodes, slowest {} ms; {} calls touching the frozen node, \
-         {}-{} ms (timeout {} ms)",
+        "cluster frozen node: frozen for {} ms; {} checks on live nodes, slowest {} ms; \
+         {} calls touching the frozen node, {}-{} ms (timeout {} ms)",
+        frozen_for.as_millis(),
         live_took.len(),
         slowest_live.as_millis(),
         frozen_took.len(),
@@ -459,9 +465,13 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
         live_took.len() >= 20,
         "too few checks on the live nodes to judge"
     );
+    // Checks queued behind the frozen node would take about the timeout,
+    // nearly all of them; a stall of the machine delays a few.
+    live_took.sort();
+    let p90 = live_took[live_took.len() * 9 / 10];
     assert!(
-        slowest_live < TIMEOUT,
-        "a check on a live node took {slowest_live:?}: held up by the frozen node"
+        p90 < TIMEOUT / 2 && slowest_live < TIMEOUT + SLACK,
+        "checks on live nodes took up to {slowest_live:?}, 90% within {p90:?}: held up by the frozen node"
     );
 
     // Running again, the node decides its keys.

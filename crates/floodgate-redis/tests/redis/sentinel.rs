@@ -211,6 +211,15 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
         errors.len()
     );
 
+    // From here on no call may reach the old primary (when it still runs:
+    // a replica now, or a thawed primary the Sentinels demoted).
+    let old_calls = || {
+        set.try_cli(old_primary, &["info", "commandstats"])
+            .ok()
+            .map(|stats| fcall_calls(&stats))
+    };
+    let old_calls_before = old_calls();
+
     // Shared limiting on the new primary: both stores, one fresh key,
     // exactly the limit recorded there. A call may still time out on this
     // loaded machine (then it may or may not have been recorded), so what
@@ -267,4 +276,28 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
         set.cli(new_primary, &["llen", &state]).trim(),
         LIMIT.to_string()
     );
+    if let Some(before) = old_calls_before {
+        assert_eq!(
+            old_calls(),
+            Some(before),
+            "a store called the old primary {old_primary} after the failover"
+        );
+    }
+}
+
+/// The `FCALL`s a server was sent, run or rejected (a replica rejects a
+/// function that may write), from its `INFO commandstats`.
+fn fcall_calls(stats: &str) -> u64 {
+    let Some(fields) = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_fcall:"))
+    else {
+        return 0;
+    };
+    fields
+        .split(',')
+        .filter_map(|f| f.split_once('='))
+        .filter(|(name, _)| matches!(*name, "calls" | "rejected_calls"))
+        .filter_map(|(_, n)| n.parse::<u64>().ok())
+        .sum()
 }
