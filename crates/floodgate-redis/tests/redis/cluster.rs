@@ -16,7 +16,7 @@ use floodgate_testkit::topology::RedisCluster;
 use floodgate_testkit::unique_prefix;
 
 use crate::support::{
-    MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory, manual_clock,
+    MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory, manual_clock, until_ok,
 };
 
 /// A store on `cluster` under `prefix`, taking time from `clock`.
@@ -475,18 +475,10 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
     );
 
     // Running again, the node decides its keys.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match timed_check(&store, &policy, &[&frozen_key]).await.0 {
-            Ok(allowed) => {
-                assert!(allowed);
-                break;
-            }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("after the thaw: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{frozen_key} still fails 10 s after its node runs again: {e}"),
-        }
-    }
+    let allowed = until_ok(Duration::from_secs(10), || async {
+        timed_check(&store, &policy, &[&frozen_key]).await.0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{frozen_key} still fails 10 s after its node runs again: {e}"));
+    assert!(allowed);
 }

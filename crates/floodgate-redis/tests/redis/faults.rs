@@ -8,7 +8,7 @@ use floodgate_core::{Algorithm, Check, Error, Policy, Store};
 use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::{RedisServer, unique_prefix};
 
-use crate::support::raw_connection;
+use crate::support::{raw_connection, until_ok};
 
 /// The store timeout where Redis goes down: short, as in production (but not
 /// so short that a loaded test machine misses it while Redis is up).
@@ -40,14 +40,7 @@ async fn one_check(store: &RedisStore, policy: &Policy) -> Result<bool, Error> {
 
 /// Retries `one_check` until it succeeds, for at most 20 s.
 async fn until_checks_succeed(store: &RedisStore, policy: &Policy) -> Result<bool, Error> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match one_check(store, policy).await {
-            Ok(allowed) => return Ok(allowed),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    until_ok(Duration::from_secs(20), || one_check(store, policy)).await
 }
 
 /// How many Lua scripts the server has cached.

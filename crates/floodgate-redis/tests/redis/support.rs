@@ -19,6 +19,25 @@ pub(crate) const RELAXED_TIMEOUT: Duration = Duration::from_secs(5);
 /// does not follow real time (see `TimeSource::Clock`).
 pub(crate) const MANUAL_CLOCK_TTL_MARGIN: Duration = Duration::from_secs(3600);
 
+/// Runs `attempt` until it succeeds, 50 ms apart, for at most `within`: its
+/// first success, or its last error.
+pub(crate) async fn until_ok<T, Fut>(
+    within: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, floodgate_core::Error>
+where
+    Fut: std::future::Future<Output = Result<T, floodgate_core::Error>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A manual clock at [`START_US`].
 pub(crate) fn manual_clock() -> ManualClock {
     ManualClock::new(Timestamp::from_micros(START_US))
