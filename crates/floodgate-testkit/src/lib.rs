@@ -417,11 +417,12 @@ fn ping(addr: SocketAddr) -> bool {
     conn.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
-/// Sends signal `name` (`STOP`, `CONT`, ...) to process `pid` with kill(1).
+/// Sends signal `name` (`STOP`, `CONT`, `HUP`, ...) to process `pid` with
+/// kill(1).
 ///
 /// # Panics
 /// When kill cannot run or fails.
-fn send_signal(pid: u32, name: &str) {
+pub fn send_signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())

@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use floodgate_testkit::{RedisServer, free_port, shared_redis_url, unique_prefix};
+pub use floodgate_testkit::{RedisServer, free_port, send_signal, shared_redis_url, unique_prefix};
 
 /// The admin token every test instance runs with (`FLOODGATE_ADMIN_TOKEN`).
 pub const TOKEN: &str = "test-admin-token";
@@ -333,16 +333,6 @@ impl Drop for Floodgate {
             panic!("floodgate {} panicked:\n{log}", self.addr);
         }
     }
-}
-
-/// `kill -<sig> <pid>`.
-pub fn send_signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 /// The pid of the redis-server at `addr`, from `INFO server`.
