@@ -388,25 +388,20 @@ pub fn termination() -> impl Future<Output = ()> + Send + 'static {
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
     async move {
-        let term = async {
-            match &mut term {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let int = async {
-            match &mut int {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            () = term => tracing::info!("SIGTERM received"),
-            () = int => tracing::info!("SIGINT received"),
+            () = delivery(&mut term) => tracing::info!("SIGTERM received"),
+            () = delivery(&mut int) => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+/// The next delivery of `signal`; never, when its handler could not be
+/// installed.
+async fn delivery(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
