@@ -8,7 +8,7 @@ use floodgate_core::{Algorithm, Check, Error, Policy, Store};
 use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::{RedisServer, unique_prefix};
 
-use crate::support::{raw_connection, until_ok};
+use crate::support::{command_stats_in, raw_connection, until_ok};
 
 /// The store timeout where Redis goes down: short, as in production (but not
 /// so short that a loaded test machine misses it while Redis is up).
@@ -95,23 +95,7 @@ async fn floodgate_libraries(server: &RedisServer) -> usize {
 /// `calls`, `rejected_calls` and `failed_calls` of `command` in INFO
 /// commandstats.
 fn command_stats(server: &RedisServer, command: &str) -> (u64, u64, u64) {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    let Some(line) = info
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
-    else {
-        return (0, 0, 0);
-    };
-    let field = |name: &str| {
-        line.split(',')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    };
-    (
-        field("calls"),
-        field("rejected_calls"),
-        field("failed_calls"),
-    )
+    command_stats_in(&server.command(&["INFO", "commandstats"]).unwrap(), command)
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@ use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::topology::SentinelSet;
 use floodgate_testkit::unique_prefix;
 
-use crate::support::{MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory};
+use crate::support::{
+    MANUAL_CLOCK_TTL_MARGIN, RELAXED_TIMEOUT, assert_basics_like_memory, command_stats_in,
+};
 
 /// The config of a store on `set`'s primary under `prefix`.
 fn sentinel_config(set: &SentinelSet, prefix: &str) -> RedisConfig {
@@ -288,16 +290,6 @@ async fn failover_under_load(what: &str, fail_over: fn(&mut SentinelSet) -> Dura
 /// The `FCALL`s a server was sent, run or rejected (a replica rejects a
 /// function that may write), from its `INFO commandstats`.
 fn fcall_calls(stats: &str) -> u64 {
-    let Some(fields) = stats
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("cmdstat_fcall:"))
-    else {
-        return 0;
-    };
-    fields
-        .split(',')
-        .filter_map(|f| f.split_once('='))
-        .filter(|(name, _)| matches!(*name, "calls" | "rejected_calls"))
-        .filter_map(|(_, n)| n.parse::<u64>().ok())
-        .sum()
+    let (calls, rejected, _) = command_stats_in(stats, "fcall");
+    calls + rejected
 }

@@ -38,6 +38,25 @@ where
     }
 }
 
+/// `calls`, `rejected_calls` and `failed_calls` of `command` in the text of
+/// `INFO commandstats`; zeros when the command never ran.
+pub(crate) fn command_stats_in(info: &str, command: &str) -> (u64, u64, u64) {
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = info.lines().find_map(|l| l.trim().strip_prefix(&prefix)) else {
+        return (0, 0, 0);
+    };
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    (
+        field("calls"),
+        field("rejected_calls"),
+        field("failed_calls"),
+    )
+}
+
 /// A manual clock at [`START_US`].
 pub(crate) fn manual_clock() -> ManualClock {
     ManualClock::new(Timestamp::from_micros(START_US))
