@@ -31,11 +31,11 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 /// Redis and prefix. Cheap to clone; clones share one connection.
 ///
 /// - Each [`Store::check`] is one `FCALL` of `check.lua` (see the crate's
-///   docs for `EVALSHA`), which decides
-///   and records the whole batch atomically with the same arithmetic as
-///   floodgate-core, so N instances admit exactly what one would (on a
-///   Redis Cluster, a batch naming several client keys is the exception:
-///   see [`RedisStore::check`](#method.check)).
+///   docs for `EVALSHA`), which decides and records the whole batch
+///   atomically with the same arithmetic as floodgate-core, so N instances
+///   admit exactly what one would (on a Redis Cluster, a batch naming
+///   several client keys is the exception: see
+///   [`RedisStore::check`](#method.check)).
 /// - Concurrent checks share calls ([`RedisConfig::coalesce`], on by default,
 ///   not on a cluster): while calls are on their way, the batches of
 ///   requests arriving meanwhile go together in the next one, each still
@@ -45,10 +45,9 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 ///   reconnects in the background after Redis goes away; function libraries
 ///   are loaded again after `Function not found` (scripts after `NOSCRIPT`
 ///   where functions cannot run), on a cluster on every primary. On a
-///   cluster each
-///   call goes to the node owning its keys' slot, following MOVED and ASK;
-///   behind Sentinels, to the primary they name, asked again after a
-///   failover.
+///   cluster each call goes to the node owning its keys' slot, following
+///   MOVED and ASK; behind Sentinels, to the primary they name, asked again
+///   after a failover.
 /// - Every call is bounded by [`RedisConfig::timeout`] and fails with a typed
 ///   [`StoreError`]: timeout, connection dropped, script error or other.
 /// - Every key written carries a TTL set in the same script call.

@@ -97,9 +97,7 @@ impl Target {
             _ => ip.is_some_and(|ip| self.contains_ip(ip)),
         }
     }
-}
 
-impl Target {
     /// Appends what `Display` writes. An IPv4 address, the identity of
     /// most clients, skips `core::fmt`: this runs for every keyed request
     /// and every refusal.
