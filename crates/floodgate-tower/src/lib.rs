@@ -15,6 +15,7 @@
 //!   from trusted proxies.
 //! - [`Target`]: `ip:<addr>`, `ip:<cidr>`, `header:<name>:<value>`, the one
 //!   syntax for lists, blocks, logs and the admin API.
+//! - [`path`]: the canonical form of request paths that rules match.
 //!
 //! ```
 //! use std::time::Duration;
@@ -59,6 +60,15 @@
 //! # }
 //! ```
 //!
+//! Rules match the request's [canonical path](path) (escapes of unreserved
+//! characters decoded, dot segments removed, repeated slashes merged), and
+//! the layer hands the inner service the request with that path, so no
+//! spelling reaches it that the rules did not see. A header a rule's key or
+//! an access list reads, sent twice, is a 400. axum's `Router::layer` runs a
+//! layer after routing; to have the router route the canonical path too, put
+//! the layer around the router (`RateLimitLayer::new(limiter).layer(router)`,
+//! served as it is or as a `fallback_service`).
+//!
 //! A server sharing a store between instances also runs
 //! [`Limiter::sync_blocks_until`] so blocks made anywhere apply here within a
 //! second.
@@ -69,6 +79,7 @@ pub mod identity;
 pub mod limiter;
 mod middleware;
 pub mod observer;
+pub mod path;
 mod peer;
 pub mod response;
 pub mod rule;
@@ -84,8 +95,9 @@ pub use limiter::{
 };
 pub use middleware::{RateLimit, RateLimitLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
+pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, verdict_response};
 pub use rule::{KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use target::{Target, TargetError};
-pub use verdict::{ForbiddenReason, RuleDecision, Verdict};
+pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};

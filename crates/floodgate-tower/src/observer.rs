@@ -22,11 +22,14 @@ pub enum Outcome {
     Bypassed,
     /// The store could not decide; `on_error` then applied.
     Error,
+    /// Refused as malformed (400) before any list or rule: a path with no
+    /// canonical form, a key header sent twice.
+    Malformed,
 }
 
 impl Outcome {
     /// Every outcome, in the order of [`Outcome::index`].
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::ShadowLimited,
@@ -34,6 +37,7 @@ impl Outcome {
         Outcome::Denied,
         Outcome::Bypassed,
         Outcome::Error,
+        Outcome::Malformed,
     ];
 
     /// The place of this outcome in [`Outcome::ALL`], for tables indexed by
@@ -43,7 +47,7 @@ impl Outcome {
     }
 
     /// A label: `allowed`, `limited`, `shadow_limited`, `blocked`, `denied`,
-    /// `bypassed` or `error`.
+    /// `bypassed`, `error` or `malformed`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
@@ -53,6 +57,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Bypassed => "bypassed",
             Outcome::Error => "error",
+            Outcome::Malformed => "malformed",
         }
     }
 }
@@ -144,7 +149,8 @@ mod tests {
                 | Outcome::Blocked
                 | Outcome::Denied
                 | Outcome::Bypassed
-                | Outcome::Error => {}
+                | Outcome::Error
+                | Outcome::Malformed => {}
             }
         }
         for call in StoreCall::ALL {

@@ -208,6 +208,7 @@ fn push_json_escaped(out: &mut String, text: &str) {
 ///   `RateLimit`, a `quota-exceeded` problem naming the rule.
 /// - [`Verdict::Forbidden`]: 403, a problem naming the list entry or block.
 /// - [`Verdict::Unavailable`]: 503, `Retry-After: 1`.
+/// - [`Verdict::BadRequest`]: 400, a problem saying what is wrong.
 pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
     let response = match verdict {
         Verdict::Allow(_) => return None,
@@ -253,6 +254,9 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
             let status = StatusCode::FORBIDDEN;
             let body = json.finish(status, status_title(status), "about:blank", []);
             problem_response(status, body)
+        }
+        Verdict::BadRequest(reason) => {
+            Problem::new(StatusCode::BAD_REQUEST, reason.to_string()).into_response()
         }
         Verdict::Unavailable => {
             let mut response = Problem::new(

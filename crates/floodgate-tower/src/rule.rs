@@ -15,6 +15,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
 use crate::digest::{hex, sha256};
+use crate::path::starts_with_prefix;
 use crate::target::Target;
 
 /// A key part longer than this many bytes is replaced by its hash, so a
@@ -139,6 +140,14 @@ impl KeySpec {
         &self.0
     }
 
+    /// The headers this key is formed from.
+    pub(crate) fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.0.iter().filter_map(|part| match part {
+            KeyPart::Header(name) => Some(name),
+            _ => None,
+        })
+    }
+
     /// The key of a request, or `None` when a part cannot be formed.
     pub(crate) fn key(&self, request: &RequestInfo<'_>) -> Option<String> {
         if let [only] = self.0.as_slice() {
@@ -253,20 +262,25 @@ fn hashed(bytes: &[u8]) -> String {
 /// [`RequestMatch::default`] matches every request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMatch {
-    /// The request path starts with this string (`"/api/"`). A plain string
-    /// prefix: `"/api"` also matches `/apiary`.
+    /// The request's [canonical path](crate::path) starts with this string
+    /// (`"/api/"`). A plain string prefix: `"/api"` also matches `/apiary`.
+    /// Case-sensitive, as paths are.
     pub path_prefix: Option<String>,
-    /// The request method is one of these.
+    /// The request method is one of these; `GET` also matches `HEAD`, which
+    /// servers answer as a `GET` without the body.
     pub methods: Option<Vec<Method>>,
 }
 
 impl RequestMatch {
-    /// Whether a request with `method` and `path` is matched.
+    /// Whether a request with `method` and the canonical path `path` is
+    /// matched.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         self.path_prefix
             .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix))
-            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+            .is_none_or(|prefix| starts_with_prefix(path, prefix))
+            && self.methods.as_ref().is_none_or(|m| {
+                m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+            })
     }
 }
 

@@ -1,12 +1,15 @@
 //! The answer to "may this request go ahead?", before it is turned into HTTP.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::Decision;
 use http::HeaderValue;
+use http::header::HeaderName;
 
 use crate::headers;
+use crate::path::PathError;
 
 use crate::target::Target;
 
@@ -112,6 +115,32 @@ pub enum Verdict {
     },
     /// The store could not decide and `on_error = deny`: 503.
     Unavailable,
+    /// The request cannot be judged fairly as sent: 400, before any list
+    /// or rule is consulted.
+    BadRequest(BadRequestReason),
+}
+
+/// Why a request is refused as malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRequestReason {
+    /// Its path has no canonical form.
+    Path(PathError),
+    /// A header that names the client (a rule's key, an access-list
+    /// entry) came more than once: which one counts would be the client's
+    /// choice, and the servers behind floodgate may read another line than
+    /// the limiter did.
+    RepeatedHeader(HeaderName),
+}
+
+impl fmt::Display for BadRequestReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadRequestReason::Path(e) => e.fmt(f),
+            BadRequestReason::RepeatedHeader(name) => {
+                write!(f, "the {name} header was sent more than once; send it once")
+            }
+        }
+    }
 }
 
 /// Why a request is refused outright.

@@ -741,3 +741,44 @@ async fn check_key_serves_the_decision_api() {
         "not stored raw"
     );
 }
+
+/// The app behind the layer is handed the canonical path the rules
+/// matched: `/%61pi/./x/../items` routes to `/api/items` and counts there,
+/// and a malformed escape or an encoded slash under `reject` never reaches
+/// the app.
+#[tokio::test]
+async fn the_app_sees_the_path_the_rules_matched() {
+    let clock = clock();
+    let rule = ip_rule("api", 2, 60).with_match(RequestMatch {
+        path_prefix: Some("/api/".into()),
+        methods: None,
+    });
+    let mut cfg = config(vec![rule]);
+    cfg.encoded_slashes = floodgate_tower::EncodedSlashes::Reject;
+    let limiter = limiter(cfg, memory_store(&clock), &clock, Recorder::new());
+    // Around the router, not inside it (`Router::layer` runs after routing):
+    // the router then routes the canonical path.
+    let routes = axum::Router::new().route("/api/items", axum::routing::get(|| async { "items" }));
+    let app = axum::Router::new().fallback_service(tower::Layer::layer(
+        &floodgate_tower::RateLimitLayer::new(limiter),
+        routes,
+    ));
+    for (path, status) in [
+        ("/%61pi/./x/../items", StatusCode::OK),
+        ("//api//items?q=1", StatusCode::OK),
+        ("/api/items", StatusCode::TOO_MANY_REQUESTS),
+        ("/api/items%zz", StatusCode::BAD_REQUEST),
+        ("/%2Fapi/items", StatusCode::BAD_REQUEST),
+    ] {
+        let reply = send(&app, get_from(path, "192.0.2.7")).await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        if status == StatusCode::OK {
+            assert_eq!(reply.body, "items", "{path}");
+        } else {
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json")
+            );
+        }
+    }
+}

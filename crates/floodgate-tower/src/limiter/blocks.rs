@@ -158,7 +158,7 @@ impl BlockCache {
                 BlockSource::Manual => match block.target.parse::<Target>() {
                     Ok(target) => manual.insert(target, block.until),
                     Err(e) => {
-                        tracing::debug!(target = %block.target, error = %e, "manual block on an unknown target kind; not cached");
+                        tracing::debug!(block = %block.target, error = %e, "manual block on an unknown target kind; not cached");
                     }
                 },
                 BlockSource::Rule(rule) => {

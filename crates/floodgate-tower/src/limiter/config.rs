@@ -9,6 +9,7 @@ use std::time::Duration;
 use floodgate_core::DEFAULT_MAX_KEYS;
 
 use crate::identity::ClientIpConfig;
+use crate::path::EncodedSlashes;
 use crate::rule::Rule;
 use crate::target::Target;
 
@@ -91,10 +92,13 @@ pub struct LimiterConfig {
     /// With [`OnError::Local`]: the most keys the in-process fallback holds.
     /// Read when the limiter is built; a reload keeps the first value.
     pub local_max_keys: usize,
+    /// What a path with `%2F` or `%5C` gets (see [`crate::path`]).
+    pub encoded_slashes: EncodedSlashes,
 }
 
 impl Default for LimiterConfig {
-    /// No rules, no lists, no trusted proxies, `on_error = allow`, 50 ms.
+    /// No rules, no lists, no trusted proxies, `on_error = allow`, 50 ms,
+    /// encoded slashes kept.
     fn default() -> Self {
         LimiterConfig {
             rules: Vec::new(),
@@ -103,6 +107,7 @@ impl Default for LimiterConfig {
             on_error: OnError::Allow,
             timeout: Duration::from_millis(50),
             local_max_keys: DEFAULT_MAX_KEYS,
+            encoded_slashes: EncodedSlashes::Keep,
         }
     }
 }

@@ -5,6 +5,7 @@ mod blocks;
 mod config;
 mod health;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 use floodgate_core::{
     Block, Check, Clock, Decision, Error, MemoryStore, Store, StoreError, SystemClock,
 };
+use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
 pub use self::config::{
@@ -25,10 +27,11 @@ pub use self::health::PROBE_INTERVAL;
 use self::blocks::BlockCache;
 use self::health::StoreHealth;
 use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
+use crate::path::{PathError, canonical_path};
 use crate::rule::{RequestInfo, Rule, bounded_key};
 use crate::target::Target;
 use crate::target_set::TargetSet;
-use crate::verdict::{ForbiddenReason, RuleDecision, RuleLabel, Verdict};
+use crate::verdict::{BadRequestReason, ForbiddenReason, RuleDecision, RuleLabel, Verdict};
 
 /// How often the server should call [`Limiter::sync_blocks`]: blocks and
 /// unblocks made on another instance then apply here within a second.
@@ -79,6 +82,8 @@ struct Snapshot {
     rules: Vec<CompiledRule>,
     allow: TargetSet<()>,
     deny: TargetSet<()>,
+    /// The headers the access lists name: each must come at most once.
+    access_headers: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -95,6 +100,21 @@ impl Snapshot {
                 .collect(),
             allow: TargetSet::from_targets(&config.access.allow, ()),
             deny: TargetSet::from_targets(&config.access.deny, ()),
+            access_headers: config
+                .access
+                .allow
+                .iter()
+                .chain(&config.access.deny)
+                .filter_map(|target| match target {
+                    Target::Header { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .fold(Vec::new(), |mut names, name| {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                    names
+                }),
             config: Arc::new(config),
         })
     }
@@ -224,10 +244,19 @@ impl<S: Store> Limiter<S> {
         self.shared.health.is_healthy()
     }
 
-    /// Decides a request: the allow list (bypasses everything), the deny
-    /// list (403), manual blocks (403) and rule penalty blocks (429) from the
-    /// local cache without a store round trip, then every matching rule in
-    /// one store batch.
+    /// The [canonical form](crate::path) of a request path under this
+    /// limiter's `encoded_slashes`: what rules match, and what the request
+    /// should be passed on with.
+    pub fn canonical_path<'p>(&self, path: &'p str) -> Result<Cow<'p, str>, PathError> {
+        canonical_path(path, self.shared.snapshot.load().config.encoded_slashes)
+    }
+
+    /// Decides a request: a malformed one (a path with no canonical form, a
+    /// header that names the client sent twice) is refused with 400; then
+    /// the allow list (bypasses everything), the deny list (403), manual
+    /// blocks (403) and rule penalty blocks (429) from the local cache
+    /// without a store round trip, then every rule matching the canonical
+    /// path in one store batch.
     ///
     /// `peer` is the TCP peer. When it is `None` the client address is
     /// unknown: IP entries of the access lists and blocks never match it, and
@@ -240,6 +269,27 @@ impl<S: Store> Limiter<S> {
         peer: Option<SocketAddr>,
     ) -> Verdict {
         let snapshot = self.shared.snapshot.load_full();
+        let path = match canonical_path(path, snapshot.config.encoded_slashes) {
+            Ok(path) => path,
+            Err(e) => return self.malformed(BadRequestReason::Path(e)),
+        };
+        let path: &str = &path;
+        let matched: Vec<&CompiledRule> = snapshot
+            .rules
+            .iter()
+            .filter(|r| r.rule.matcher.matches(method, path))
+            .collect();
+        let repeated = snapshot
+            .access_headers
+            .iter()
+            .chain(matched.iter().flat_map(|r| r.rule.key.header_names()))
+            .find(|name| {
+                let mut lines = headers.get_all(*name).iter();
+                lines.next().is_some() && lines.next().is_some()
+            });
+        if let Some(name) = repeated {
+            return self.malformed(BadRequestReason::RepeatedHeader(name.clone()));
+        }
         let client_ip = &snapshot.config.client_ip;
         let ip: Option<IpAddr> = client_ip.client_ip(peer.map(|p| p.ip()), headers);
 
@@ -270,10 +320,8 @@ impl<S: Store> Limiter<S> {
             headers,
             client: client.as_ref(),
         };
-        let keyed: Vec<Keyed<'_>> = snapshot
-            .rules
-            .iter()
-            .filter(|r| r.rule.matcher.matches(method, path))
+        let keyed: Vec<Keyed<'_>> = matched
+            .into_iter()
             .filter_map(|r| Some((r, r.rule.key.key(&info)?)))
             .collect();
         if keyed.is_empty() {
@@ -583,6 +631,11 @@ impl<S: Store> Limiter<S> {
             Outcome::Limited
         };
         self.observe(Some(rule.name()), outcome);
+    }
+
+    fn malformed(&self, reason: BadRequestReason) -> Verdict {
+        self.observe(None, Outcome::Malformed);
+        Verdict::BadRequest(reason)
     }
 
     fn observe(&self, rule: Option<&str>, outcome: Outcome) {

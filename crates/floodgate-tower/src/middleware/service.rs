@@ -1,8 +1,9 @@
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use floodgate_core::Store;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use tower::Service;
 
@@ -76,6 +77,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
+        let mut request = request;
+        // The inner service is given the path the rules match, so no
+        // spelling reaches it that the rules did not see. A path with no
+        // canonical form is left as it is: the check refuses it.
+        if let Ok(Cow::Owned(path)) = limiter.canonical_path(request.uri().path())
+            && let Some(uri) = with_path(request.uri(), &path)
+        {
+            *request.uri_mut() = uri;
+        }
         ResponseFuture::new(async move {
             let verdict = limiter
                 .check_request(
@@ -95,4 +105,17 @@ where
             Ok(response.map(Either::Left))
         })
     }
+}
+
+/// `uri` with its path replaced by `path` (query, scheme and authority
+/// kept); `None` if the result is not a URI, which a canonical path of a
+/// valid URI always is.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
