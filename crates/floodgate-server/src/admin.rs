@@ -18,7 +18,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api::decision_json;
-use crate::app::{AppState, parse_json, problem};
+use crate::app::{AppState, parse_json, problem, problems_only};
 use crate::duration::parse_duration;
 
 /// The admin router.
@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .merge(admin)
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(middleware::from_fn(problems_only))
         .with_state(state)
 }
 
@@ -51,10 +52,9 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            .and_then(|v| bearer_credentials(v.as_bytes()))
+            .unwrap_or(b"");
+        if !bool::from(given.ct_eq(expected.as_bytes())) {
             let mut res = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -62,6 +62,16 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
         }
     }
     next.run(req).await
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value: the scheme
+/// in any case (RFC 9110 §11.1), one or more spaces after it.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || value.get(6) != Some(&b' ') {
+        return None;
+    }
+    Some(value[6..].trim_ascii())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -200,7 +210,9 @@ async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
     }
     match state.limiter.block(&target, ttl, &req.reason).await {
         Ok(block) => {
-            tracing::info!(target = %block.target, until = %rfc3339(block.until), reason = %block.reason, "block added");
+            // `block`, not `target`: JSON log lines already have a
+            // `target`, the module that logged.
+            tracing::info!(block = %block.target, until = %rfc3339(block.until), reason = %block.reason, "block added");
             (StatusCode::CREATED, Json(block_json(&block))).into_response()
         }
         Err(e) => store_failure(&e),
@@ -210,7 +222,7 @@ async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
 async fn remove_block(State(state): State<Arc<AppState>>, Path(target): Path<String>) -> Response {
     match state.limiter.unblock(&target).await {
         Ok(true) => {
-            tracing::info!(%target, "block lifted");
+            tracing::info!(block = %target, "block lifted");
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => problem(
@@ -272,6 +284,24 @@ async fn reset_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k "] {
+            assert_eq!(
+                bearer_credentials(value.as_bytes()),
+                Some(&b"t0k"[..]),
+                "{value}"
+            );
+        }
+        for value in ["Basic t0k", "Bearert0k", "Bear t0k", "", "Bearer"] {
+            assert_eq!(
+                bearer_credentials(value.as_bytes()).filter(|c| !c.is_empty()),
+                None,
+                "{value}"
+            );
+        }
+    }
 
     #[test]
     fn a_wrongly_typed_field_is_named() {

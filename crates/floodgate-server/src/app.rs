@@ -3,9 +3,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -42,6 +43,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// The settings in force (replaced by a reload).
     pub settings: ArcSwap<Settings>,
+    /// Where the admin listener is bound, once it is: a reload may change
+    /// the token but not the socket, so the token rule is checked against
+    /// this address, not the one the new file names.
+    pub admin_addr: OnceLock<SocketAddr>,
 }
 
 /// A problem+json response.
@@ -71,6 +76,7 @@ pub fn limiter_config(settings: &Settings) -> LimiterConfig {
         on_error: settings.store.on_error,
         timeout: settings.store.timeout,
         local_max_keys: settings.store.max_keys,
+        encoded_slashes: settings.server.encoded_slashes,
     }
 }
 
@@ -89,14 +95,21 @@ impl AppState {
             admin_token: ArcSwapOption::new(settings.admin.token.clone().map(Arc::new)),
             draining: AtomicBool::new(false),
             settings: ArcSwap::new(Arc::new(settings)),
+            admin_addr: OnceLock::new(),
         }))
     }
 
     /// Applies new settings: rules, access lists, upstream and token at once.
     /// Listen addresses and the store need a restart; a change there is
-    /// logged and otherwise ignored.
+    /// logged and otherwise ignored. Refused whole, with every reason, when
+    /// it would take away a protection the running instance has (see
+    /// [`reload_refusals`]).
     pub fn reload(&self, new: Settings) -> anyhow::Result<()> {
         let old = self.settings.load_full();
+        let refusals = reload_refusals(&old, &new, self.admin_addr.get().copied());
+        if !refusals.is_empty() {
+            anyhow::bail!("{}", refusals.join("; "));
+        }
         self.limiter
             .reload(limiter_config(&new))
             .context("invalid limiter configuration")?;
@@ -125,6 +138,34 @@ impl AppState {
     }
 }
 
+/// Why `new` may not replace `old` in a running instance whose admin
+/// listener is bound to `admin`: each a protection the reload would take
+/// away. A file that does these on purpose takes a restart, where the
+/// start-up checks apply in full.
+pub fn reload_refusals(old: &Settings, new: &Settings, admin: Option<SocketAddr>) -> Vec<String> {
+    let mut refusals = Vec::new();
+    if new.admin.token.is_none() {
+        if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
+            refusals.push(format!(
+                "the admin listener is bound to {addr}, not a loopback address, and the new config has no admin.token"
+            ));
+        } else if old.admin.token.is_some() {
+            refusals.push(
+                "the new config has no admin.token: the running admin API would be open to anyone who reaches it".to_owned(),
+            );
+        }
+    }
+    if old.server.upstream.is_some() && new.server.upstream.is_none() {
+        refusals.push(
+            "the new config has no server.upstream: requests would be answered by the built-in demo API instead of yours".to_owned(),
+        );
+    }
+    if !old.rules.is_empty() && new.rules.is_empty() {
+        refusals.push("the new config has no [[rule]]: nothing would be limited".to_owned());
+    }
+    refusals
+}
+
 fn proxy_for(settings: &Settings) -> Option<Proxy> {
     settings
         .server
@@ -144,7 +185,18 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         async move {
             let peer = floodgate_tower::peer_addr(req.extensions());
             let response = match state.proxy.load_full() {
-                Some(proxy) => proxy.forward(req, peer).await,
+                Some(proxy) => {
+                    let trusted = peer.is_some_and(|p| {
+                        let ip = p.ip().to_canonical();
+                        let settings = state.settings.load();
+                        settings
+                            .server
+                            .trusted_proxies
+                            .iter()
+                            .any(|n| n.contains(&ip))
+                    });
+                    proxy.forward(req, peer, trusted).await
+                }
                 None => demo.oneshot(req).await.into_response(),
             };
             Ok::<_, Infallible>(response)
@@ -155,9 +207,39 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         .service(forward)
         .map_response(IntoResponse::into_response);
     Router::new()
-        .route("/v1/check", post(api::check))
+        .route(
+            "/v1/check",
+            post(api::check).layer(axum::middleware::from_fn(problems_only)),
+        )
         .with_state(state)
         .fallback_service(limited)
+}
+
+/// Turns the framework's own error answers (a body over the size limit, a
+/// path that does not decode to UTF-8, a method the route does not take)
+/// into problem+json, keeping their status, headers and text. For
+/// floodgate's own endpoints only: an upstream's answers pass unchanged.
+pub async fn problems_only(req: Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == floodgate_tower::response::PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_owned(),
+    };
+    let (problem_parts, body) = problem(status, &detail).into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.extend(problem_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 /// What `run` needs besides the settings.
@@ -218,14 +300,23 @@ pub async fn run(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    if let Some(addr) = admin_addr {
+        let _ = state.admin_addr.set(addr);
+    }
     tracing::info!(
         listen = %main_addr,
-        admin = ?admin_addr,
+        admin = %admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
         store = backend,
         rules = state.limiter.config().rules.len(),
-        upstream = ?state.settings.load().server.upstream.as_ref().map(ToString::to_string),
+        upstream = %state.settings.load().server.upstream.as_ref().map_or_else(|| "built-in demo API".to_owned(), ToString::to_string),
         "floodgate serving"
     );
+    if let (Some(addr), None) = (admin_addr, state.admin_token.load().as_deref()) {
+        tracing::warn!(
+            admin = %addr,
+            "the admin API has no token: any process on this host can block clients, lift blocks and reset counters; set admin.token or FLOODGATE_ADMIN_TOKEN"
+        );
+    }
 
     // Shutdown happens in two steps: the gateway stops accepting and drains
     // first, while the admin listener keeps answering (`/readyz` says 503 so
@@ -275,7 +366,7 @@ pub async fn run(
         () = reload_loop => {}
     }
 
-    tracing::info!(deadline = ?drain_timeout, "shutting down: draining in-flight requests");
+    tracing::info!(deadline = %crate::duration::format_duration(drain_timeout), "shutting down: draining in-flight requests");
     crate::notify::stopping();
     state.draining.store(true, Ordering::SeqCst);
     gateway_stop.signal();
@@ -374,9 +465,13 @@ fn reload_from(state: &AppState, path: Option<&std::path::Path>, overrides: &Ove
             Ok(()) => {
                 tracing::info!(config = %path.display(), rules = state.limiter.config().rules.len(), "config reloaded")
             }
-            Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
+            Err(e) => {
+                tracing::error!(config = %path.display(), "config reload refused, keeping the old config: {e:#}")
+            }
         },
-        Err(e) => tracing::error!("config reload refused, keeping the old config: {e}"),
+        Err(e) => {
+            tracing::error!(config = %path.display(), "config reload refused, keeping the old config: {e}")
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use floodgate_core::{Algorithm, Policy};
 use floodgate_redis::{ConfigError as RedisConfigError, TlsItem, TlsOptions};
-use floodgate_tower::{KeySpec, OnError, RequestMatch, Rule, Target};
+use floodgate_tower::{EncodedSlashes, KeySpec, OnError, RequestMatch, Rule, Target};
 use http::{Method, Uri};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -30,6 +30,17 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// `keepalive_timeout` for upstreams), so the proxy, which knows when it is
 /// about to reuse one, is the side that closes them.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Admin tokens that examples show in place of a secret; a deployment that
+/// kept one has an open admin API in all but name.
+const PLACEHOLDER_TOKENS: [&str; 6] = [
+    "...",
+    "change-me",
+    "changeme",
+    "CHANGE_ME",
+    "<token>",
+    "token",
+];
 
 type Unknown = BTreeMap<String, toml::Value>;
 
@@ -55,6 +66,7 @@ struct RawServer {
     reuse_port: bool,
     trusted_proxies: Option<Vec<String>>,
     ipv6_prefix: Option<u8>,
+    encoded_slashes: Option<String>,
     drain_timeout: Option<String>,
     upstream_timeout: Option<String>,
     header_timeout: Option<String>,
@@ -166,6 +178,10 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// IPv6 clients are identified by their address's first this-many bits.
     pub ipv6_prefix: u8,
+    /// What a path with `%2F` or `%5C` gets: `reject` (400, the default)
+    /// or `keep` (passed on encoded; for APIs whose ids hold slashes and
+    /// whose servers do not decode them).
+    pub encoded_slashes: EncodedSlashes,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
     /// How long the upstream may take to answer.
@@ -352,7 +368,26 @@ pub fn parse(
             message: e.message().to_owned(),
         }],
     })?;
+    if sets_nothing(text) {
+        // Every setting has a default, so an empty file would run the demo
+        // API with no rules and no admin token: a truncated or blanked file
+        // is far likelier than a wish for that.
+        return Err(ConfigError {
+            file: file.map(Path::to_owned),
+            problems: vec![Problem {
+                at: "file".into(),
+                message: "sets nothing (it is empty or all comments); run `floodgate serve` without --config for the built-in demo".into(),
+            }],
+        });
+    }
     raw.validate(file, overrides)
+}
+
+/// Whether TOML `text` holds no table and no key: blank or comments only.
+fn sets_nothing(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#'))
 }
 
 fn line_col(text: &str, offset: usize) -> String {
@@ -478,6 +513,7 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "reuse_port",
             "trusted_proxies",
             "ipv6_prefix",
+            "encoded_slashes",
             "drain_timeout",
             "upstream_timeout",
             "header_timeout",
@@ -526,12 +562,21 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             format!("must be between 1 and 128, got {ipv6_prefix}"),
         );
     }
+    let encoded_slashes = match raw.encoded_slashes.as_deref().map(str::parse) {
+        None => EncodedSlashes::Reject,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            p.add("server.encoded_slashes", e);
+            EncodedSlashes::Reject
+        }
+    };
     ServerSettings {
         listen,
         upstream,
         reuse_port: raw.reuse_port,
         trusted_proxies,
         ipv6_prefix: ipv6_prefix.clamp(1, 128),
+        encoded_slashes,
         drain_timeout: p.duration(
             "server.drain_timeout",
             raw.drain_timeout.as_deref(),
@@ -862,6 +907,14 @@ fn validate_admin(raw: RawAdmin, o: &Overrides, p: &mut Problems) -> AdminSettin
         .clone()
         .or(raw.token)
         .filter(|t| !t.is_empty());
+    if let Some(t) = &token
+        && PLACEHOLDER_TOKENS.contains(&t.as_str())
+    {
+        p.add(
+            "admin.token",
+            format!("{t:?} is the example's placeholder, not a secret: make one with `openssl rand -hex 32`"),
+        );
+    }
     if let (Some(addr), None) = (listen, &token)
         && !addr.ip().is_loopback()
     {

@@ -1,12 +1,20 @@
-//! The reverse proxy to `upstream`: every method, bodies streamed both ways,
-//! hop-by-hop headers dropped, `X-Forwarded-For` appended.
+//! The reverse proxy to `upstream`: every method but `CONNECT` and `TRACE`,
+//! bodies streamed both ways, hop-by-hop headers dropped, `X-Forwarded-For`
+//! appended, and `Forwarded` and `X-Real-IP` passed on only from a trusted
+//! proxy.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::Response;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +30,10 @@ pub struct Proxy {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// What a `405` names as allowed: every method the proxy passes on.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -63,8 +75,28 @@ impl Proxy {
     }
 
     /// Sends `req` upstream and streams the answer back; 502 or 504 as
-    /// problem+json when the upstream fails or is too slow.
-    pub async fn forward(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response {
+    /// problem+json when the upstream fails or is too slow, 400 when the
+    /// client's own body could not be read. `peer_trusted`: the peer is one
+    /// of `trusted_proxies`, whose `Forwarded` and `X-Real-IP` are passed
+    /// on; anyone else's are removed, so the upstream cannot be told a
+    /// client address that floodgate did not believe.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        peer: Option<SocketAddr>,
+        peer_trusted: bool,
+    ) -> Response {
+        // CONNECT would make floodgate a tunnel to anywhere the upstream's
+        // host can reach; TRACE echoes the request, credentials included.
+        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+            let mut res = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not forwarded", req.method()),
+            );
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            return res;
+        }
         let (mut parts, body) = req.into_parts();
         let target = match self.target(&parts.uri) {
             Ok(t) => t,
@@ -81,17 +113,35 @@ impl Proxy {
                 .headers
                 .insert(HeaderName::from_static("x-forwarded-host"), host);
         }
+        if !peer_trusted {
+            parts.headers.remove(header::FORWARDED);
+            parts.headers.remove(X_REAL_IP);
+        }
         if let Some(peer) = peer {
             append_forwarded_for(&mut parts.headers, peer);
         }
         parts.uri = target;
         parts.version = http::Version::HTTP_11;
+        let body_failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(ClientBody {
+            body,
+            failed: Arc::clone(&body_failed),
+        });
         let upstream_req = Request::from_parts(parts, body);
         match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
             Ok(Ok(res)) => {
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body))
+            }
+            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+                // The client's fault (a malformed chunk, a body cut short):
+                // no upstream failure to warn about.
+                tracing::debug!(error = %e, "the client's request body could not be read");
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read: it is malformed or was cut short",
+                )
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, upstream = %self.upstream, "upstream request failed");
@@ -105,6 +155,38 @@ impl Proxy {
                 "the upstream API did not answer in time",
             ),
         }
+    }
+}
+
+/// The client's request body on its way upstream; notes when reading it
+/// failed, so that failure is answered as the client's, not the upstream's.
+struct ClientBody {
+    body: Body,
+    failed: Arc<AtomicBool>,
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            this.failed.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

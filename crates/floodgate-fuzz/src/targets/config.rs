@@ -38,7 +38,7 @@ on_error = "local"
 
 [admin]
 listen = "127.0.0.1:9090"
-token = "change-me"
+token = "3f9c1d2e8a7b6c5d4e3f2a1b0c9d8e7f"
 
 [[rule]]
 name = "api-per-client"
@@ -69,7 +69,7 @@ max_keys = 1000000
 
 [admin]
 listen = "127.0.0.1:9090"
-token = "..."
+token = "5b1e0c9d8a7f6e5d4c3b2a1f0e9d8c7b"
 
 [access]
 allow = ["ip:10.0.0.0/8"]
@@ -434,8 +434,8 @@ const ON_ERROR: Pool = Pool {
     bad: &["Allow", "", "fail"],
 };
 const TOKENS: Pool = Pool {
-    ok: &["change-me", " "],
-    bad: &[""],
+    ok: &["3f9c1d2e8a7b6c5d", " "],
+    bad: &["", "change-me", "..."],
 };
 const TARGETS: Pool = Pool {
     ok: &[
