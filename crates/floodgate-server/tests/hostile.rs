@@ -226,6 +226,12 @@ async fn very_long_paths_and_bodies_and_bad_admin_paths() {
         "3 MiB check body: {}",
         r.status
     );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text()
+    );
     let r = Http::new()
         .post_json(&fg.admin_url("/admin/blocks"), &[AUTH], &big)
         .await;
@@ -233,6 +239,12 @@ async fn very_long_paths_and_bodies_and_bad_admin_paths() {
         (400..500).contains(&r.status),
         "3 MiB block body: {}",
         r.status
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text()
     );
 
     for path in [
@@ -249,8 +261,21 @@ async fn very_long_paths_and_bodies_and_bad_admin_paths() {
                 .await
                 .unwrap();
             assert!(r.status < 500, "{method} {path}: {} {}", r.status, r.text());
+            if r.status >= 400 {
+                assert_eq!(
+                    r.header("content-type"),
+                    Some("application/problem+json"),
+                    "{method} {path}: {} {}",
+                    r.status,
+                    r.text()
+                );
+            }
         }
     }
+    // A method the decision API does not take.
+    let r = http.get(&fg.url("/v1/check"), &[]).await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
     still_serves(&http, &fg).await;
 }
 
@@ -562,4 +587,398 @@ async fn slow_request_heads_are_cut_off_at_the_header_timeout() {
             .unwrap();
     assert_eq!(prompt.status, 200, "{}", prompt.text());
     still_serves(&http, &fg).await;
+}
+
+/// nginx routing `/api/` apart from everything else, as the API behind
+/// floodgate would.
+const NGINX_ROUTES: &str =
+    "location /api/ { return 200 \"api\\n\"; }\n    location / { return 200 \"other\\n\"; }";
+
+/// Spellings of paths under `/api/` and near it, sent as they are.
+const SPELLINGS: [&str; 34] = [
+    "/api/x",
+    "/%61pi/x",
+    "/%61%70%69/x",
+    "/ap%69/x",
+    "/api/%78",
+    "/./api/x",
+    "/./././api/x",
+    "/%2e/api/x",
+    "/x/../api/x",
+    "/x/%2e%2e/api/x",
+    "/x/%2E%2E/api/x",
+    "/x/.%2e/api/x",
+    "/x/y/../../api/x",
+    "/x/../../api/x",
+    "/../api/x",
+    "/%2e%2e/api/x",
+    "//api/x",
+    "///api//x",
+    "/api/./x",
+    "/api/y/../x",
+    "/api/x/..",
+    "/api/x/%2e%2e",
+    "/api/../api/x",
+    "/%2Fapi/x",
+    "/%2fapi/x",
+    "/api%2Fx",
+    "/x/..%2Fapi/x",
+    "/%5Capi/x",
+    "/API/x",
+    "/%41PI/x",
+    "/apix",
+    "/api",
+    "/api;/x",
+    "/api%3B/x",
+];
+
+fn one_request(addr: std::net::SocketAddr, path: &str) -> Result<RawReply, String> {
+    RawConn::connect(addr).get(path, &["Connection: close"])
+}
+
+fn is_problem(r: &RawReply) -> bool {
+    r.header("content-type") == Some("application/problem+json")
+}
+
+/// Issue: path spellings walked past `path_prefix` rules and reached the
+/// API behind. Each spelling is sent as it is, to nginx directly and through
+/// floodgate in front of the same nginx: what nginx serves as `/api/`
+/// through floodgate was counted by the `/api/` rule, what it serves as
+/// anything else was not, and what nginx alone routes to `/api/` is either
+/// counted or refused by floodgate (400) before it gets there.
+#[test]
+fn every_spelling_of_an_api_path_meets_the_api_rule() {
+    let nginx = common::nginx::Nginx::start(NGINX_ROUTES);
+    let fg = Floodgate::start(&format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\n[admin]\nlisten = \"{{admin}}\"\n\
+         [[rule]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"global\"\nalgorithm = \"sliding_log\"\nlimit = 100000\nwindow = \"1h\"\n",
+        nginx.url()
+    ));
+    let mut counted_total = 0;
+    let mut report = Vec::new();
+    for spelling in SPELLINGS {
+        let direct = one_request(nginx.addr, spelling);
+        let nginx_says_api = matches!(&direct, Ok(r) if r.status == 200 && r.text() == "api\n");
+        let via = one_request(fg.addr, spelling).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+        let counted = via
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"api\""));
+        let served_api = via.status == 200 && via.text() == "api\n";
+        report.push(format!(
+            "{spelling:<18} nginx alone: {:<6} via floodgate: {} {}{}",
+            direct.as_ref().map_or_else(
+                |e| e.clone(),
+                |r| if r.status == 200 {
+                    r.text().trim().to_owned()
+                } else {
+                    r.status.to_string()
+                }
+            ),
+            via.status,
+            via.text().trim().chars().take(40).collect::<String>(),
+            if counted { " (counted)" } else { "" }
+        ));
+        if via.status == 400 {
+            assert!(is_problem(&via), "{spelling}: a 400 without problem+json");
+            assert!(!counted, "{spelling}: refused, yet counted");
+            continue;
+        }
+        assert_eq!(via.status, 200, "{spelling}: {}", via.text());
+        assert_eq!(
+            counted,
+            served_api,
+            "{spelling}: counted {counted}, nginx served {:?}",
+            via.text()
+        );
+        if nginx_says_api {
+            assert!(
+                counted,
+                "{spelling}: nginx routes it to /api/, floodgate did not count it"
+            );
+        }
+        counted_total += u64::from(counted);
+    }
+    eprintln!("{}", report.join("\n"));
+    let left: u64 = one_request(fg.addr, "/api/final")
+        .unwrap()
+        .header("ratelimit")
+        .and_then(|v| v.split(";r=").nth(1))
+        .and_then(|v| v.split(';').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(
+        left,
+        100_000 - counted_total - 1,
+        "one count per counted spelling"
+    );
+    assert!(
+        counted_total >= 20,
+        "only {counted_total} spellings reached /api/"
+    );
+}
+
+/// The issue's own example: limit 2, five spellings of one path, five
+/// clients' worth of `curl --path-as-is`: two admitted, three refused.
+#[test]
+fn a_limit_holds_across_spellings() {
+    let nginx = common::nginx::Nginx::start(NGINX_ROUTES);
+    let fg = Floodgate::start(&format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\n[admin]\nlisten = \"{{admin}}\"\n\
+         [[rule]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"ip\"\nlimit = 2\nwindow = \"1h\"\n",
+        nginx.url()
+    ));
+    let statuses: Vec<u16> = [
+        "/api/x",
+        "/%61pi/x",
+        "/./api/x",
+        "/x/../api/x",
+        "/x/%2e%2e/api/x",
+    ]
+    .iter()
+    .map(|p| one_request(fg.addr, p).unwrap().status)
+    .collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+}
+
+fn keyed_config(upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\nupstream = \"{upstream}\"\n[admin]\nlisten = \"{{admin}}\"\n\
+         [access]\nallow = [\"header:x-api-key:vip\"]\n\
+         [[rule]]\nname = \"per-key\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"header:x-api-key\"\nlimit = 100\nwindow = \"1h\"\n\
+         [[rule]]\nname = \"reads\"\nmatch = {{ path_prefix = \"/reads/\", methods = [\"GET\"] }}\nkey = \"ip\"\nlimit = 2\nwindow = \"1h\"\n"
+    )
+}
+
+/// Issue: `x-api-key: real` and `x-api-key: r<i>` on one request made a
+/// fresh counter each time, while the upstream read the first line. A
+/// header that names the client, sent twice, is now a 400; nothing is
+/// forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_header_sent_twice_is_refused() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(keyed_config(&upstream.url())).await;
+    let http = Http::new();
+    let before = upstream.hits();
+    for i in 0..5 {
+        let fresh = format!("r{i}");
+        let r = http
+            .send(
+                "GET",
+                &fg.url("/api/x"),
+                &[("x-api-key", "real"), ("x-api-key", &fresh)],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(
+            r.problem()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("x-api-key"),
+            "{}",
+            r.text()
+        );
+    }
+    // The allow list reads the same header: a second line must not buy a bypass.
+    let r = http
+        .send(
+            "GET",
+            &fg.url("/other"),
+            &[("x-api-key", "vip"), ("x-api-key", "me")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(upstream.hits(), before, "nothing forwarded");
+
+    let r = http.get(&fg.url("/api/x"), &[("x-api-key", "real")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.ratelimit("per-key").map(|(left, _)| left), Some(99));
+    // A repeated header nobody reads is the upstream's business.
+    let r = http
+        .send(
+            "GET",
+            &fg.url("/api/x"),
+            &[("x-api-key", "real"), ("x-other", "1"), ("x-other", "2")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = http.get(&fg.admin_url("/metrics"), &[]).await.text();
+    assert!(metrics.contains("outcome=\"malformed\""), "{metrics}");
+
+    // `methods = ["GET"]` also meets HEAD, the same request without a body.
+    let statuses: Vec<u16> = futures_statuses(&http, &fg, "HEAD", "/reads/x", 3).await;
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+async fn futures_statuses(
+    http: &Http,
+    fg: &Floodgate,
+    method: &str,
+    path: &str,
+    n: usize,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            http.send(method, &fg.url(path), &[], None)
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    out
+}
+
+/// Issue: a reload to a file with no token, or an empty file, left the
+/// running 0.0.0.0 admin listener open. The token rule now holds for the
+/// listener as bound, and a reload that would take a protection away is
+/// refused whole.
+#[test]
+fn no_reload_opens_the_admin_api() {
+    let with_token = "[server]\nlisten = \"{listen}\"\nupstream = \"http://127.0.0.1:9\"\n\
+         [admin]\nlisten = \"0.0.0.0:{admin_port}\"\ntoken = \"test-admin-token\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\n";
+    // The token comes from the file alone here.
+    let fg = Floodgate::start_with(with_token, &[("FLOODGATE_ADMIN_TOKEN", "")]);
+    let blocks = fg.admin_url("/admin/blocks");
+    let status = |auth: Option<&str>| {
+        let mut conn = RawConn::connect(fg.admin);
+        let extra: Vec<String> = auth
+            .map(|a| format!("Authorization: {a}"))
+            .into_iter()
+            .collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        conn.get("/admin/blocks", &extra).unwrap().status
+    };
+    assert_eq!(status(None), 401, "{blocks}");
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert_eq!(
+            status(Some(&format!("{scheme} test-admin-token"))),
+            200,
+            "{scheme}"
+        );
+    }
+
+    let refusals = [
+        // The issue's file: loopback listen (ignored until a restart), no token.
+        "[server]\nlisten = \"{listen}\"\nupstream = \"http://127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\n",
+        // Empty.
+        "",
+        "# only a comment\n",
+        // No upstream.
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"0.0.0.0:{admin_port}\"\ntoken = \"test-admin-token\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\n",
+        // No rule.
+        "[server]\nlisten = \"{listen}\"\nupstream = \"http://127.0.0.1:9\"\n[admin]\nlisten = \"0.0.0.0:{admin_port}\"\ntoken = \"test-admin-token\"\n",
+    ];
+    for (i, config) in refusals.iter().enumerate() {
+        fg.rewrite_config(config);
+        fg.signal("HUP");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while fg.log().matches("config reload refused").count() < i + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {i} not refused:\n{}",
+                fg.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(status(None), 401, "after reload {i}:\n{}", fg.log());
+        let mut conn = RawConn::connect(fg.admin);
+        let body = r#"{"target":"ip:0.0.0.0/0","ttl":"1m"}"#;
+        let post = conn
+            .roundtrip(format!("POST /admin/blocks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+            .unwrap();
+        assert_eq!(post.status, 401, "a block without a token after reload {i}");
+    }
+    let log = fg.log();
+    for reason in [
+        "not a loopback address",
+        "sets nothing",
+        "no server.upstream",
+        "no [[rule]]",
+    ] {
+        assert!(log.contains(reason), "no {reason:?} in the log:\n{log}");
+    }
+    // The old config still decides: a 10-per-minute rule on the upstream.
+    assert!(!log.contains("config reloaded"), "{log}");
+
+    let (code, _, err) = common::check_config("# nothing\n");
+    assert_eq!(code, 1, "check-config of an empty file: {err}");
+    assert!(err.contains("sets nothing"), "{err}");
+}
+
+/// Issue: a malformed chunked body was answered 502 "upstream could not be
+/// reached", with an upstream-failure warning. It is the client's 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_body_is_the_clients_error_and_connect_is_refused() {
+    let upstream = Upstream::start().await;
+    let fg = Floodgate::launch(config(&upstream.url())).await;
+    let addr = fg.addr;
+    let replies = tokio::task::spawn_blocking(move || {
+        let chunked = RawConn::connect(addr)
+            .roundtrip(b"POST /chunks HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n")
+            .unwrap();
+        let connect = RawConn::connect(addr)
+            .roundtrip(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+            .unwrap();
+        let trace = RawConn::connect(addr)
+            .roundtrip(b"TRACE /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        (chunked, connect, trace)
+    })
+    .await
+    .unwrap();
+    let (chunked, connect, trace) = replies;
+    assert_eq!(chunked.status, 400, "{}", chunked.text());
+    assert!(is_problem(&chunked));
+    for r in [&connect, &trace] {
+        assert_eq!(r.status, 405, "{}", r.text());
+        assert!(is_problem(r));
+        assert!(
+            r.header("allow").is_some_and(|a| a.contains("GET")),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert!(
+        !fg.log().contains("upstream request failed"),
+        "{}",
+        fg.log()
+    );
+    still_serves(&Http::new(), &fg).await;
+}
+
+/// `Forwarded` and `X-Real-IP` reach the upstream only from a trusted
+/// proxy: from anyone else they would name a client floodgate did not
+/// believe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_of_untrusted_peers_are_not_passed_on() {
+    let upstream = Upstream::start().await;
+    let forged = [("forwarded", "for=192.0.2.60"), ("x-real-ip", "192.0.2.60")];
+    for (trusted, expect_kept) in [("10.9.9.9/32", false), ("127.0.0.1/32", true)] {
+        let fg = Floodgate::launch(format!(
+            "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\ntrusted_proxies = [\"{trusted}\"]\n[admin]\nlisten = \"{{admin}}\"\n",
+            upstream.url()
+        ))
+        .await;
+        let r = Http::new().get(&fg.url("/echo"), &forged).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let headers = &r.json()["headers"];
+        for (name, _) in forged {
+            assert_eq!(
+                headers.get(name).is_some(),
+                expect_kept,
+                "{name} with trusted {trusted}: {headers}"
+            );
+        }
+    }
 }

@@ -4,8 +4,11 @@
 //! control, and a steady load of many clients that records every request.
 //!
 //! Every `Floodgate` writes its stderr to a log file; when it is dropped the
-//! log is checked for "panicked" (a panic anywhere in the server fails the
-//! test that ran it), and printed when the test itself is failing.
+//! log is checked: "panicked" (a panic anywhere in the server fails the
+//! test that ran it), terminal colour codes (stderr is a file here, so none
+//! may be written), and every JSON line parsed by a strict parser that
+//! refuses a key written twice. The log is printed when the test itself is
+//! failing.
 #![allow(
     dead_code,
     unused_imports,
@@ -44,6 +47,8 @@ pub struct Floodgate {
     log_path: PathBuf,
     _dir: tempdir::Dir,
 }
+
+pub mod nginx;
 
 pub mod tempdir {
     use std::path::{Path, PathBuf};
@@ -159,7 +164,6 @@ impl Floodgate {
                 "FLOODGATE_LOG",
                 std::env::var("FLOODGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .env("NO_COLOR", "1")
             .env_remove("FLOODGATE_REDIS_URL")
             .env_remove("FLOODGATE_CONFIG")
             .env_remove("FLOODGATE_ADMIN_LISTEN")
@@ -315,6 +319,7 @@ fn fill(config: &str, addr: SocketAddr, admin: SocketAddr) -> String {
     config
         .replace("{listen}", &addr.to_string())
         .replace("{admin}", &admin.to_string())
+        .replace("{admin_port}", &admin.port().to_string())
 }
 
 impl Drop for Floodgate {
@@ -331,7 +336,79 @@ impl Drop for Floodgate {
             );
         } else if log.contains("panicked") {
             panic!("floodgate {} panicked:\n{log}", self.addr);
+        } else if let Err(e) = check_log_lines(&log) {
+            panic!("floodgate {} wrote a bad log line: {e}\n{log}", self.addr);
         }
+    }
+}
+
+/// What every log a floodgate process writes to a file must hold to: no
+/// terminal escape codes, and JSON lines that are objects with each key
+/// once (log pipelines keep one of two same-named keys, or reject the line).
+pub fn check_log_lines(log: &str) -> Result<(), String> {
+    for line in log.lines() {
+        if line.contains('\u{1b}') {
+            return Err(format!("terminal escape code in {line:?}"));
+        }
+        if line.starts_with('{') {
+            serde_json::from_str::<StrictJson>(line).map_err(|e| format!("{e} in {line}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Any JSON value, refused when an object names a key twice (serde_json's
+/// own `Value` keeps the last one silently).
+pub struct StrictJson;
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = StrictJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictJson, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("key {key:?} twice")));
+            }
+            map.next_value::<StrictJson>()?;
+        }
+        Ok(StrictJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictJson, A::Error> {
+        while seq.next_element::<StrictJson>()?.is_some() {}
+        Ok(StrictJson)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_unit<E>(self) -> Result<StrictJson, E> {
+        Ok(StrictJson)
     }
 }
 
