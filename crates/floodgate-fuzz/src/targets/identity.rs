@@ -34,8 +34,8 @@ use floodgate_core::{Algorithm, Block, Check, Decision, Error, Policy, Store};
 use floodgate_tower::identity::MAX_HOPS;
 use floodgate_tower::rule::MAX_KEY_PART_LEN;
 use floodgate_tower::{
-    ClientIpConfig, ForwardedHeader, KeySpec, Limiter, LimiterConfig, RequestMatch, Rule, Target,
-    Verdict,
+    BadRequestReason, ClientIpConfig, EncodedSlashes, ForwardedHeader, KeySpec, Limiter,
+    LimiterConfig, RequestMatch, Rule, Target, Verdict, canonical_path,
 };
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
@@ -191,8 +191,8 @@ impl FuzzTarget for IdentityTarget {
                 .identity(ip);
             }
         }
-        let keys = self.runtime.block_on(keys_formed(&config, input, &headers));
-        check_keys(&config, input, &headers, client, &keys);
+        let formed = self.runtime.block_on(keys_formed(&config, input, headers));
+        check_keys(&config, input, &formed, client);
     }
 
     fn describe(&self, input: &IdentityInput) -> String {
@@ -406,12 +406,93 @@ impl Store for RecordingStore {
     }
 }
 
-/// The key each rule was checked on, by rule name.
+/// What the rules were checked on.
+struct Formed {
+    /// The key each rule was checked on, by rule name.
+    keys: BTreeMap<String, String>,
+    /// The headers the keys were formed from.
+    headers: HeaderMap,
+    /// The canonical path the rules matched.
+    path: String,
+}
+
+/// The keys `input`'s rules were checked on. A path with no canonical form
+/// must be refused as malformed before any check; the keys are then those
+/// of the same path with its `%` escaped. A header some rule's key reads,
+/// sent more than once, likewise; the keys are then those of the same
+/// request with each such header's lines joined into one, as a proxy may
+/// join them (RFC 9110 §5.3).
 async fn keys_formed(
     config: &ClientIpConfig,
     input: &IdentityInput,
+    mut headers: HeaderMap,
+) -> Formed {
+    let path = match canonical_path(&input.path, EncodedSlashes::Keep) {
+        Ok(path) => path.into_owned(),
+        Err(e) => {
+            let (verdict, seen) = decide(config, input, &input.path, &headers).await;
+            assert_eq!(verdict, Verdict::BadRequest(BadRequestReason::Path(e)));
+            assert!(seen.is_empty(), "a malformed request reached the store");
+            let escaped = input.path.replace('%', "%25");
+            canonical_path(&escaped, EncodedSlashes::Keep)
+                .expect("a path without a bare % has a canonical form")
+                .into_owned()
+        }
+    };
+    let repeated: Vec<&str> = ["x-api-key", "x-b", XFF]
+        .into_iter()
+        .filter(|name| headers.get_all(*name).iter().count() > 1)
+        .collect();
+    if !repeated.is_empty() {
+        let (verdict, seen) = decide(config, input, &path, &headers).await;
+        match &verdict {
+            Verdict::BadRequest(BadRequestReason::RepeatedHeader(name)) => assert!(
+                repeated.contains(&name.as_str()),
+                "refused for {name}, repeated are {repeated:?}"
+            ),
+            other => panic!("{repeated:?} repeated, yet {other:?}"),
+        }
+        assert!(seen.is_empty(), "a malformed request reached the store");
+        for name in repeated {
+            let mut joined = Vec::new();
+            for (i, value) in headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    joined.push(b',');
+                }
+                joined.extend_from_slice(value.as_bytes());
+            }
+            let value = HeaderValue::from_bytes(&joined).expect("joined valid values are valid");
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    let (verdict, seen) = decide(config, input, &path, &headers).await;
+    match &verdict {
+        Verdict::Allow(Some(_)) => assert!(!seen.is_empty(), "a rule decision without a check"),
+        Verdict::Allow(None) => assert!(seen.is_empty(), "checks without a rule decision"),
+        other => panic!("an admitting store gave {other:?}"),
+    }
+    let mut keys = BTreeMap::new();
+    for (rule, key) in seen {
+        assert!(
+            keys.insert(rule.clone(), key).is_none(),
+            "rule {rule} checked twice in one request"
+        );
+    }
+    Formed {
+        keys,
+        headers,
+        path,
+    }
+}
+
+/// The verdict on `input` with `path` and `headers`, and the checks it
+/// reached the store with.
+async fn decide(
+    config: &ClientIpConfig,
+    input: &IdentityInput,
+    path: &str,
     headers: &HeaderMap,
-) -> BTreeMap<String, String> {
+) -> (Verdict, Vec<(String, String)>) {
     let policy =
         Policy::new(Algorithm::FixedWindow, 1_000, Duration::from_secs(1)).expect("a valid policy");
     let rules = RULES
@@ -445,22 +526,10 @@ async fn keys_formed(
     .expect("a valid limiter config");
     let method = Method::from_bytes(input.method.as_bytes()).expect("a valid method");
     let verdict = limiter
-        .check_request(&method, &input.path, headers, input.peer)
+        .check_request(&method, path, headers, input.peer)
         .await;
     let seen = store.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match &verdict {
-        Verdict::Allow(Some(_)) => assert!(!seen.is_empty(), "a rule decision without a check"),
-        Verdict::Allow(None) => assert!(seen.is_empty(), "checks without a rule decision"),
-        other => panic!("an admitting store gave {other:?}"),
-    }
-    let mut keys = BTreeMap::new();
-    for (rule, key) in seen {
-        assert!(
-            keys.insert(rule.clone(), key).is_none(),
-            "rule {rule} checked twice in one request"
-        );
-    }
-    keys
+    (verdict, seen)
 }
 
 fn is_hashed(key: &str) -> bool {
@@ -482,10 +551,10 @@ fn expect_part(rule: &str, got: &str, text: Option<&str>) {
 fn check_keys(
     config: &ClientIpConfig,
     input: &IdentityInput,
-    headers: &HeaderMap,
+    formed: &Formed,
     client: Option<IpAddr>,
-    keys: &BTreeMap<String, String>,
 ) {
+    let (keys, headers) = (&formed.keys, &formed.headers);
     for (rule, key) in keys {
         let parts = RULES
             .iter()
@@ -550,7 +619,7 @@ fn check_keys(
     expect_part(
         "k-path",
         keys.get("k-path").expect("path always applies"),
-        Some(&format!("path:{}", input.path)),
+        Some(&format!("path:{}", formed.path)),
     );
     expect_part(
         "k-method",
@@ -572,7 +641,8 @@ fn check_keys(
         });
         assert_eq!(keys.get(rule), expected.as_ref(), "composite {rule}");
     }
-    let api = input.path.starts_with("/api/") && ["GET", "POST"].contains(&input.method.as_str());
+    let api = formed.path.starts_with("/api/")
+        && ["GET", "POST", "HEAD"].contains(&input.method.as_str());
     assert_eq!(
         keys.get("k-api"),
         if api { keys.get("k-ip") } else { None },
