@@ -982,3 +982,16 @@ async fn forwarding_headers_of_untrusted_peers_are_not_passed_on() {
         }
     }
 }
+
+/// The log check every test's floodgate is held to refuses what the issue
+/// found: a JSON line with `target` twice, and colour codes in a file.
+#[test]
+fn the_log_check_refuses_duplicate_keys_and_colour_codes() {
+    let good = r#"{"timestamp":"t","level":"INFO","message":"block added","block":"ip:192.0.2.7","target":"floodgate_server::admin"}"#;
+    assert_eq!(common::check_log_lines(good), Ok(()));
+    let twice = r#"{"level":"INFO","target":"ip:192.0.2.7","nested":{"a":1},"target":"floodgate_server::admin"}"#;
+    assert!(common::check_log_lines(twice).is_err());
+    let nested_twice = r#"{"span":{"a":1,"a":2}}"#;
+    assert!(common::check_log_lines(nested_twice).is_err());
+    assert!(common::check_log_lines("2026-12-05 \u{1b}[32m INFO\u{1b}[0m serving").is_err());
+}

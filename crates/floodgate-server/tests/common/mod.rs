@@ -106,8 +106,12 @@ impl Floodgate {
             let dir = tempdir::Dir::new("server");
             let config_path = dir.path().join("floodgate.toml");
             std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
+            // JSON logs, so every line is held to the strict parse on drop;
+            // the demo (below) logs as text, held to "no colour codes".
             let mut args: Vec<std::ffi::OsString> = vec![
                 "serve".into(),
+                "--log-format".into(),
+                "json".into(),
                 "--config".into(),
                 config_path.clone().into(),
             ];
