@@ -18,8 +18,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api::decision_json;
-use crate::app::{AppState, parse_json, problem, problems_only};
 use crate::duration::parse_duration;
+use crate::error::{ApiError, parse_json, problems_only};
+use crate::state::AppState;
 
 /// The admin router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -39,14 +40,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(admin)
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(middleware::from_fn(problems_only))
         .with_state(state)
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time. Without a
 /// configured token (only allowed on a loopback address) the API is open.
-async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let expected = state.admin_token.load_full();
     if let Some(expected) = expected.as_deref() {
         let given = req
@@ -55,13 +60,13 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
             .and_then(|v| bearer_credentials(v.as_bytes()))
             .unwrap_or(b"");
         if !bool::from(given.ct_eq(expected.as_bytes())) {
-            let mut res = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return res;
+            return Err(
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                    .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+            );
         }
     }
-    next.run(req).await
+    Ok(next.run(req).await)
 }
 
 /// The credentials of an `Authorization: Bearer <token>` value: the scheme
@@ -131,21 +136,17 @@ fn block_json(b: &Block) -> serde_json::Value {
     })
 }
 
-fn store_failure(e: &floodgate_core::Error) -> Response {
-    problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("the store could not be reached: {e}"),
-    )
-}
-
-async fn list_blocks(State(state): State<Arc<AppState>>) -> Response {
-    match state.limiter.store().blocks().await {
-        Ok(blocks) => Json(json!({
-            "blocks": blocks.iter().map(block_json).collect::<Vec<_>>()
-        }))
-        .into_response(),
-        Err(e) => store_failure(&e),
-    }
+async fn list_blocks(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let blocks = state
+        .limiter
+        .store()
+        .blocks()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(json!({
+        "blocks": blocks.iter().map(block_json).collect::<Vec<_>>()
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,54 +187,50 @@ fn string_field<'de, D: Deserializer<'de>>(
     }
 }
 
-async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: NewBlock = match parse_json(&body) {
-        Ok(r) => r,
-        Err(res) => return res,
-    };
-    let target = match req.target.parse::<Target>() {
-        Ok(t) => t,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("target {:?}: {e}", req.target),
-            );
-        }
-    };
+async fn add_block(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: NewBlock = parse_json(&body)?;
+    let target = req
+        .target
+        .parse::<Target>()
+        .map_err(|e| ApiError::bad_request(format!("target {:?}: {e}", req.target)))?;
     let ttl = match parse_duration(&req.ttl) {
         Ok(d) if !d.is_zero() && d <= floodgate_core::MAX_WINDOW => d,
-        Ok(_) => return problem(StatusCode::BAD_REQUEST, "ttl must be between 1ms and 366d"),
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("ttl: {e}")),
+        Ok(_) => return Err(ApiError::bad_request("ttl must be between 1ms and 366d")),
+        Err(e) => return Err(ApiError::bad_request(format!("ttl: {e}"))),
     };
     if req.reason.len() > 1024 {
-        return problem(StatusCode::BAD_REQUEST, "reason must be at most 1024 bytes");
+        return Err(ApiError::bad_request("reason must be at most 1024 bytes"));
     }
-    match state.limiter.block(&target, ttl, &req.reason).await {
-        Ok(block) => {
-            // `block`, not `target`: JSON log lines already have a
-            // `target`, the module that logged.
-            tracing::info!(block = %block.target, until = %rfc3339(block.until), reason = %block.reason, "block added");
-            (StatusCode::CREATED, Json(block_json(&block))).into_response()
-        }
-        Err(e) => store_failure(&e),
-    }
+    let block = state
+        .limiter
+        .block(&target, ttl, &req.reason)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    // `block`, not `target`: JSON log lines already have a `target`, the
+    // module that logged.
+    tracing::info!(block = %block.target, until = %rfc3339(block.until), reason = %block.reason, "block added");
+    Ok((StatusCode::CREATED, Json(block_json(&block))).into_response())
 }
 
-async fn remove_block(State(state): State<Arc<AppState>>, Path(target): Path<String>) -> Response {
-    match state.limiter.unblock(&target).await {
-        Ok(true) => {
-            tracing::info!(block = %target, "block lifted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => problem(
-            StatusCode::NOT_FOUND,
-            &format!("no block in force for {target:?}"),
-        ),
-        Err(e) => store_failure(&e),
+async fn remove_block(
+    State(state): State<Arc<AppState>>,
+    Path(target): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state
+        .limiter
+        .unblock(&target)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        return Err(ApiError::not_found(format!(
+            "no block in force for {target:?}"
+        )));
     }
+    tracing::info!(block = %target, "block lifted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
-fn find_rule(state: &AppState, rule: &str) -> Result<floodgate_core::Policy, Response> {
+fn find_rule(state: &AppState, rule: &str) -> Result<floodgate_core::Policy, ApiError> {
     state
         .limiter
         .config()
@@ -241,44 +238,41 @@ fn find_rule(state: &AppState, rule: &str) -> Result<floodgate_core::Policy, Res
         .iter()
         .find(|r| r.name == rule)
         .map(|r| r.policy.clone())
-        .ok_or_else(|| problem(StatusCode::NOT_FOUND, &format!("no rule named {rule:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no rule named {rule:?}")))
 }
 
 async fn get_key(
     State(state): State<Arc<AppState>>,
     Path((rule, key)): Path<(String, String)>,
-) -> Response {
-    let policy = match find_rule(&state, &rule) {
-        Ok(p) => p,
-        Err(res) => return res,
-    };
-    match state.limiter.store().peek(&rule, &policy, &key).await {
-        Ok(d) => {
-            let mut body = decision_json(&d);
-            body["rule"] = json!(rule);
-            body["key"] = json!(key);
-            body["blocked"] = json!(d.blocked);
-            Json(body).into_response()
-        }
-        Err(e) => store_failure(&e),
-    }
+) -> Result<Response, ApiError> {
+    let policy = find_rule(&state, &rule)?;
+    let d = state
+        .limiter
+        .store()
+        .peek(&rule, &policy, &key)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut body = decision_json(&d);
+    body["rule"] = json!(rule);
+    body["key"] = json!(key);
+    body["blocked"] = json!(d.blocked);
+    Ok(Json(body).into_response())
 }
 
 async fn reset_key(
     State(state): State<Arc<AppState>>,
     Path((rule, key)): Path<(String, String)>,
-) -> Response {
-    if let Err(res) = find_rule(&state, &rule) {
-        return res;
-    }
-    match state.limiter.store().reset(&rule, &key).await {
-        Ok(_) => {
-            // Drop this instance's cached copy of a penalty the reset lifted.
-            let _ = state.limiter.sync_blocks().await;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => store_failure(&e),
-    }
+) -> Result<StatusCode, ApiError> {
+    find_rule(&state, &rule)?;
+    state
+        .limiter
+        .store()
+        .reset(&rule, &key)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    // Drop this instance's cached copy of a penalty the reset lifted.
+    let _ = state.limiter.sync_blocks().await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use floodgate_tower::CheckError;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{AppState, parse_json, problem};
+use crate::error::{ApiError, parse_json};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,22 +47,20 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
 }
 
 /// `POST /v1/check` `{"rule": "...", "key": "...", "cost": 1}`.
-pub async fn check(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: CheckRequest = match parse_json(&body) {
-        Ok(r) => r,
-        Err(res) => return res,
-    };
+pub async fn check(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CheckRequest = parse_json(&body)?;
     if req.key.is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "key must not be empty");
+        return Err(ApiError::bad_request("key must not be empty"));
     }
     match state.limiter.check_key(&req.rule, &req.key, req.cost).await {
-        Ok(d) => (StatusCode::OK, Json(decision_json(&d))).into_response(),
-        Err(e @ CheckError::UnknownRule(_)) => problem(StatusCode::NOT_FOUND, &e.to_string()),
-        Err(e @ (CheckError::ZeroCost | CheckError::InsufficientCapacity { .. })) => {
-            problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
-        }
-        Err(e @ CheckError::Unavailable) => {
-            problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        }
+        Ok(d) => Ok((StatusCode::OK, Json(decision_json(&d))).into_response()),
+        Err(e @ CheckError::UnknownRule(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ (CheckError::ZeroCost | CheckError::InsufficientCapacity { .. })) => Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        ),
+        Err(e @ CheckError::Unavailable) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }

@@ -1,178 +1,27 @@
-//! One floodgate instance: the shared state, the two routers, and `run`,
-//! which serves until a shutdown future resolves, then drains.
+//! One floodgate instance wired together: the gateway router, the
+//! listeners, and `run`, which serves until a shutdown future resolves,
+//! re-reads the config on SIGHUP, then drains. Nothing imports this module
+//! but the crate root.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use anyhow::Context;
-use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::post;
-use floodgate_tower::{
-    AccessLists, ClientIpConfig, Limiter, LimiterConfig, Problem, RateLimitLayer,
-};
-use serde::de::DeserializeOwned;
+use floodgate_tower::RateLimitLayer;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::config::{self, Overrides, Settings};
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::error::problems_only;
+use crate::state::AppState;
 use crate::store::AnyStore;
 use crate::{admin, api, demo_api, listen, serve};
-
-/// Everything the handlers of one instance share.
-pub struct AppState {
-    /// Decides requests; holds the rules, the block cache and the store.
-    pub limiter: Limiter<AnyStore>,
-    /// Prometheus metrics, also the limiter's observer.
-    pub metrics: Arc<Metrics>,
-    /// Where allowed requests go; `None` serves the demo API.
-    pub proxy: ArcSwapOption<Proxy>,
-    /// The admin bearer token; `None` leaves a loopback admin API open.
-    pub admin_token: ArcSwapOption<String>,
-    /// Set once shutdown starts: `/readyz` answers 503 so balancers move on.
-    pub draining: AtomicBool,
-    /// The settings in force (replaced by a reload).
-    pub settings: ArcSwap<Settings>,
-    /// Where the admin listener is bound, once it is: a reload may change
-    /// the token but not the socket, so the token rule is checked against
-    /// this address, not the one the new file names.
-    pub admin_addr: OnceLock<SocketAddr>,
-}
-
-/// A problem+json response.
-pub fn problem(status: StatusCode, detail: &str) -> Response {
-    Problem::new(status, detail).into_response().map(Body::new)
-}
-
-/// Parses a JSON body; a 400 naming the problem otherwise.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
-}
-
-/// The limiter's view of the settings.
-pub fn limiter_config(settings: &Settings) -> LimiterConfig {
-    LimiterConfig {
-        rules: settings.rules.clone(),
-        access: AccessLists {
-            allow: settings.allow.clone(),
-            deny: settings.deny.clone(),
-        },
-        client_ip: ClientIpConfig {
-            trusted_proxies: settings.server.trusted_proxies.clone(),
-            ipv6_prefix: settings.server.ipv6_prefix,
-            ..ClientIpConfig::default()
-        },
-        on_error: settings.store.on_error,
-        timeout: settings.store.timeout,
-        local_max_keys: settings.store.max_keys,
-        encoded_slashes: settings.server.encoded_slashes,
-    }
-}
-
-impl AppState {
-    /// The state for `settings` over `store`.
-    pub fn new(settings: Settings, store: AnyStore) -> anyhow::Result<Arc<Self>> {
-        let metrics = Arc::new(Metrics::new());
-        let limiter = Limiter::builder(limiter_config(&settings), store)
-            .observer(metrics.clone())
-            .build()
-            .context("invalid limiter configuration")?;
-        Ok(Arc::new(AppState {
-            limiter,
-            metrics,
-            proxy: ArcSwapOption::new(proxy_for(&settings).map(Arc::new)),
-            admin_token: ArcSwapOption::new(settings.admin.token.clone().map(Arc::new)),
-            draining: AtomicBool::new(false),
-            settings: ArcSwap::new(Arc::new(settings)),
-            admin_addr: OnceLock::new(),
-        }))
-    }
-
-    /// Applies new settings: rules, access lists, upstream and token at once.
-    /// Listen addresses and the store need a restart; a change there is
-    /// logged and otherwise ignored. Refused whole, with every reason, when
-    /// it would take away a protection the running instance has (see
-    /// [`reload_refusals`]).
-    pub fn reload(&self, new: Settings) -> anyhow::Result<()> {
-        let old = self.settings.load_full();
-        let refusals = reload_refusals(&old, &new, self.admin_addr.get().copied());
-        if !refusals.is_empty() {
-            anyhow::bail!("{}", refusals.join("; "));
-        }
-        self.limiter
-            .reload(limiter_config(&new))
-            .context("invalid limiter configuration")?;
-        if old.server.upstream != new.server.upstream
-            || old.server.upstream_timeout != new.server.upstream_timeout
-        {
-            self.proxy.store(proxy_for(&new).map(Arc::new));
-        }
-        self.admin_token
-            .store(new.admin.token.clone().map(Arc::new));
-        if old.server.listen != new.server.listen || old.admin.listen != new.admin.listen {
-            tracing::warn!("listen addresses changed in the config: they apply after a restart");
-        }
-        if old.server.header_timeout != new.server.header_timeout
-            || old.server.idle_timeout != new.server.idle_timeout
-        {
-            tracing::warn!(
-                "server.header_timeout or idle_timeout changed in the config: they apply after a restart"
-            );
-        }
-        if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {
-            tracing::warn!("store settings changed in the config: they apply after a restart");
-        }
-        self.settings.store(Arc::new(new));
-        Ok(())
-    }
-}
-
-/// Why `new` may not replace `old` in a running instance whose admin
-/// listener is bound to `admin`: each a protection the reload would take
-/// away. A file that does these on purpose takes a restart, where the
-/// start-up checks apply in full.
-pub fn reload_refusals(old: &Settings, new: &Settings, admin: Option<SocketAddr>) -> Vec<String> {
-    let mut refusals = Vec::new();
-    if new.admin.token.is_none() {
-        if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
-            refusals.push(format!(
-                "the admin listener is bound to {addr}, not a loopback address, and the new config has no admin.token"
-            ));
-        } else if old.admin.token.is_some() {
-            refusals.push(
-                "the new config has no admin.token: the running admin API would be open to anyone who reaches it".to_owned(),
-            );
-        }
-    }
-    if old.server.upstream.is_some() && new.server.upstream.is_none() {
-        refusals.push(
-            "the new config has no server.upstream: requests would be answered by the built-in demo API instead of yours".to_owned(),
-        );
-    }
-    if !old.rules.is_empty() && new.rules.is_empty() {
-        refusals.push("the new config has no [[rule]]: nothing would be limited".to_owned());
-    }
-    refusals
-}
-
-fn proxy_for(settings: &Settings) -> Option<Proxy> {
-    settings
-        .server
-        .upstream
-        .clone()
-        .map(|u| Proxy::new(u, settings.server.upstream_timeout))
-}
 
 /// The main listener's router: `POST /v1/check`, and every other request
 /// through the rate-limit layer to the upstream (or the demo API).
@@ -213,33 +62,6 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         )
         .with_state(state)
         .fallback_service(limited)
-}
-
-/// Turns the framework's own error answers (a body over the size limit, a
-/// path that does not decode to UTF-8, a method the route does not take)
-/// into problem+json, keeping their status, headers and text. For
-/// floodgate's own endpoints only: an upstream's answers pass unchanged.
-pub async fn problems_only(req: Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(req).await;
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == floodgate_tower::response::PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let detail = match text.trim() {
-        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
-        text => text.to_owned(),
-    };
-    let (problem_parts, body) = problem(status, &detail).into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    parts.headers.extend(problem_parts.headers);
-    Response::from_parts(parts, body)
 }
 
 /// What `run` needs besides the settings.

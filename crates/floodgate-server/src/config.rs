@@ -1253,7 +1253,8 @@ mod tests {
 
     #[test]
     fn a_bad_admin_listen_env_is_a_problem_naming_the_variable() {
-        let err = admin_listen_with("[server]\n", Some("nine-thousand")).expect_err("must be refused");
+        let err =
+            admin_listen_with("[server]\n", Some("nine-thousand")).expect_err("must be refused");
         assert_eq!(err.problems.len(), 1, "{err}");
         assert_eq!(err.problems[0].at, "FLOODGATE_ADMIN_LISTEN");
     }
@@ -1280,7 +1281,8 @@ mod tests {
 
     #[test]
     fn a_non_loopback_admin_listen_env_still_needs_a_token() {
-        let err = admin_listen_with("[server]\n", Some("0.0.0.0:9191")).expect_err("must be refused");
+        let err =
+            admin_listen_with("[server]\n", Some("0.0.0.0:9191")).expect_err("must be refused");
         assert!(err.to_string().contains("admin.token"), "{err}");
     }
 

@@ -2,11 +2,12 @@
 //! `floodgate serve` shows limiting with nothing else running.
 
 use axum::extract::Path;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use crate::error::ApiError;
 
 /// `GET /api/hello`, `GET /api/items`, `GET /api/items/{id}`, `POST /api/echo`.
 pub fn router() -> Router {
@@ -37,7 +38,7 @@ async fn item(Path(id): Path<String>) -> Response {
         .and_then(|id| ITEMS.iter().find(|(i, _)| *i == id))
     {
         Some((id, name)) => Json(json!({ "id": id, "name": name })).into_response(),
-        None => crate::app::problem(StatusCode::NOT_FOUND, &format!("no item {id:?}")),
+        None => ApiError::not_found(format!("no item {id:?}")).into_response(),
     }
 }
 
@@ -49,9 +50,8 @@ async fn echo(body: axum::body::Bytes) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
-    crate::app::problem(
-        StatusCode::NOT_FOUND,
+async fn not_found() -> ApiError {
+    ApiError::not_found(
         "the demo API has /api/hello, /api/items, /api/items/{id} and POST /api/echo",
     )
 }

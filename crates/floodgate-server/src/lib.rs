@@ -5,21 +5,19 @@
 //! The binary is a thin shell over [`run_blocking`]; tests drive
 //! [`app::run`] with their own listeners and shutdown future.
 
-// Handlers return `Result<_, Response>` so an early error is the response
-// itself; boxing it would only add an allocation to the error path.
-#![allow(clippy::result_large_err)]
-
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo_api;
 pub mod duration;
+pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod serve;
+pub mod state;
 pub mod store;
 pub mod supervisor;
 

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::app::problem;
+use crate::error::problem;
 
 /// Forwards requests to one upstream.
 #[derive(Clone)]
