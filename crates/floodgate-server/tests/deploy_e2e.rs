@@ -104,6 +104,11 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
             ("FLOODGATE_LOG_DIR", log_dir.display().to_string()),
             ("FLOODGATE_DRAIN_TIMEOUT_MS", "5000".to_owned()),
             ("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            // Not the host's /etc/floodgate/floodgate.env, if it has one.
+            (
+                "FLOODGATE_ENV_FILE",
+                dir.path().join("no-floodgate.env").display().to_string(),
+            ),
         ],
     );
     logs.watch(pm2.home.join("pm2.log"));
