@@ -1088,6 +1088,8 @@ pub struct Pm2Process {
     pub pid: u32,
     pub online: bool,
     pub restarts: u64,
+    /// Runs shorter than `min_uptime` in a row, as PM2 counts them.
+    pub unstable_restarts: u64,
 }
 
 /// The instances in the output of `pm2 jlist` (which may start with PM2's
@@ -1103,6 +1105,7 @@ pub fn parse_pm2_jlist(stdout: &str) -> Option<Vec<Pm2Process>> {
                 pid: p["pid"].as_u64().unwrap_or(0) as u32,
                 online: p["pm2_env"]["status"] == "online",
                 restarts: p["pm2_env"]["restart_time"].as_u64().unwrap_or(0),
+                unstable_restarts: p["pm2_env"]["unstable_restarts"].as_u64().unwrap_or(0),
             })
             .collect(),
     )
