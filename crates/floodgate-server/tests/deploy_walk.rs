@@ -5,11 +5,12 @@
 //! Every ```sh block of §3 runs, in order, in one bash session (so a
 //! variable set in one block is there in the next, as in a terminal), with
 //! `set -e`: a failing command fails the walk with its block and output. The
-//! commands are taken from the document, never copied, with two
+//! commands are taken from the document, never copied, with a few
 //! substitutions ([`SUBSTITUTIONS`]): the floodgate that cargo built for
 //! this test stands in for `target/release/floodgate`, so `cargo build
-//! --release` is not run; and npm installs PM2 from its cache (the walk has
-//! no network; `scripts/test.sh` puts pm2@7 in the cache). A ```text block
+//! --release` is not run; and, the walk having no network, `apt-get
+//! update` is not run and npm installs PM2 from its cache
+//! (`scripts/test.sh` installs the packages and puts pm2@7 in the cache). A ```text block
 //! after a ```sh block is that block's expected output: each of its lines
 //! must appear, in order (`…` stands for anything). Where a command
 //! differs with and without systemd, the walk takes the branch without it.
@@ -89,6 +90,10 @@ const SUBSTITUTIONS: &[(&str, &str)] = &[
     // take minutes longer and test the same commands).
     ("cargo build --release --locked", "true"),
     ("target/release/floodgate", env!("CARGO_BIN_EXE_floodgate")),
+    // No network in the walk: the package lists stay as they are, and
+    // scripts/test.sh installed the packages (`apt-get install` then has
+    // nothing to do).
+    ("apt-get update\n", "true\n"),
 ];
 
 /// The environment of the walk's shell, as after `sudo -i` on Debian minus
