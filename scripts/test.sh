@@ -6,7 +6,9 @@
 # redis-server on a free port for the tests that only need "a Redis", and
 # stops it on exit. Tests that kill or restart Redis start their own instances
 # on their own free ports, as do the Redis Cluster, Sentinel and TLS tests; the deploy end-to-end tests start their own nginx
-# and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2).
+# and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2). The deploy walk
+# (tests/deploy_walk.rs) follows docs/DEPLOY.md §3 in namespaces of its own
+# (unshare, ip), as root, installing pm2@7 from npm's cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,11 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 [ -n "$(find_nginx)" ] || need_apt+=(nginx)
-command -v pm2 >/dev/null 2>&1 || command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -47,6 +52,12 @@ else
   fi
 fi
 [ -x "$FLOODGATE_TEST_PM2" ] || { echo "pm2 could not be installed" >&2; exit 1; }
+# The deploy walk runs DEPLOY.md's `npm install -g pm2@7` without network:
+# put pm2@7 and its dependencies in npm's cache (offline when they are).
+walk_npm=$(mktemp -d)
+npm install --prefix "$walk_npm" --prefer-offline --no-audit --no-fund --update-notifier=false \
+  --loglevel=error pm2@7 >/dev/null || { echo "pm2@7 could not be cached for the deploy walk" >&2; exit 1; }
+rm -rf "$walk_npm"
 export FLOODGATE_TEST_PM2
 log "nginx: $FLOODGATE_TEST_NGINX ($("$FLOODGATE_TEST_NGINX" -v 2>&1)); pm2: $FLOODGATE_TEST_PM2"
 

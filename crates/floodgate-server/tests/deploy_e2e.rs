@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::tempdir::Dir;
-use common::{Http, Upstream, free_port, send_signal, unique_prefix};
+use common::{
+    Http, Pm2Process, Upstream, free_port, parse_pm2_jlist, send_signal, unique_prefix, wait_for,
+};
 use floodgate_testkit::RedisServer;
 
 /// Simulated clients, each with its own API key and connections.
@@ -104,6 +106,11 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
             ("FLOODGATE_LOG_DIR", log_dir.display().to_string()),
             ("FLOODGATE_DRAIN_TIMEOUT_MS", "5000".to_owned()),
             ("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            // Not the host's /etc/floodgate/floodgate.env, if it has one.
+            (
+                "FLOODGATE_ENV_FILE",
+                dir.path().join("no-floodgate.env").display().to_string(),
+            ),
         ],
     );
     logs.watch(pm2.home.join("pm2.log"));
@@ -798,15 +805,6 @@ fn site_config(template: &str, backends: &[SocketAddr], listen: SocketAddr, dir:
     out.join("\n")
 }
 
-/// One PM2 instance as `pm2 jlist` shows it.
-#[derive(Debug, Clone)]
-struct Pm2Process {
-    name: String,
-    pid: u32,
-    online: bool,
-    restarts: u64,
-}
-
 fn pids(list: &[Pm2Process]) -> Vec<u32> {
     list.iter().map(|p| p.pid).collect()
 }
@@ -862,19 +860,7 @@ impl Pm2 {
     /// `pm2 jlist`; `None` if it fails or is not JSON.
     fn try_instances(&self) -> Option<Vec<Pm2Process>> {
         let out = self.run(&["jlist"]);
-        let out = String::from_utf8_lossy(&out.stdout);
-        let list: serde_json::Value = serde_json::from_str(out[out.find('[')?..].trim()).ok()?;
-        Some(
-            list.as_array()?
-                .iter()
-                .map(|p| Pm2Process {
-                    name: p["name"].as_str().unwrap_or_default().to_owned(),
-                    pid: p["pid"].as_u64().unwrap_or(0) as u32,
-                    online: p["pm2_env"]["status"] == "online",
-                    restarts: p["pm2_env"]["restart_time"].as_u64().unwrap_or(0),
-                })
-                .collect(),
-        )
+        parse_pm2_jlist(&String::from_utf8_lossy(&out.stdout))
     }
 
     fn instances(&self) -> Vec<Pm2Process> {
@@ -1076,21 +1062,6 @@ fn consecutive_free_ports(n: usize) -> u16 {
         }
     }
     panic!("no {n} consecutive free ports on 127.0.0.1");
-}
-
-/// Polls `probe` every 20 ms until it gives a value; fails after `within`.
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until `addr` accepts connections and `admin`'s /readyz says 200.

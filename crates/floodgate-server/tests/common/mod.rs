@@ -987,6 +987,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// [`Upstream::start`] on a given address (a fixed port: the deploy
+    /// walk's API on 127.0.0.1:3000, as deploy/floodgate.toml expects).
+    pub async fn start_on(addr: SocketAddr) -> Self {
         use axum::body::Bytes as AxBytes;
         use axum::extract::{Path, Query, Request};
         use axum::routing::any;
@@ -1061,7 +1067,9 @@ impl Upstream {
                     )
                 }
             }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("upstream: bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -1136,5 +1144,50 @@ pub fn serve_expecting_exit(config: &str) -> (i32, String) {
     (
         status.code().unwrap_or(-1),
         std::fs::read_to_string(&log_path).unwrap_or_default(),
+    )
+}
+
+/// Polls `probe` every 20 ms until it gives a value; fails after `within`.
+pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One PM2 instance as `pm2 jlist` shows it.
+#[derive(Debug, Clone)]
+pub struct Pm2Process {
+    pub name: String,
+    pub pid: u32,
+    pub online: bool,
+    pub restarts: u64,
+    /// Runs shorter than `min_uptime` in a row, as PM2 counts them.
+    pub unstable_restarts: u64,
+}
+
+/// The instances in the output of `pm2 jlist` (which may start with PM2's
+/// own messages, such as "Spawning PM2 daemon"); `None` if it holds no
+/// JSON list.
+pub fn parse_pm2_jlist(stdout: &str) -> Option<Vec<Pm2Process>> {
+    let list: serde_json::Value = serde_json::from_str(stdout[stdout.find('[')?..].trim()).ok()?;
+    Some(
+        list.as_array()?
+            .iter()
+            .map(|p| Pm2Process {
+                name: p["name"].as_str().unwrap_or_default().to_owned(),
+                pid: p["pid"].as_u64().unwrap_or(0) as u32,
+                online: p["pm2_env"]["status"] == "online",
+                restarts: p["pm2_env"]["restart_time"].as_u64().unwrap_or(0),
+                unstable_restarts: p["pm2_env"]["unstable_restarts"].as_u64().unwrap_or(0),
+            })
+            .collect(),
     )
 }
