@@ -117,9 +117,14 @@ pub fn summary(s: &Settings) -> String {
     ));
     out.push_str(&format!(
         "  admin     {}\n",
-        s.admin
-            .listen
-            .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+        match (s.admin.listen, &s.admin.token) {
+            (None, _) => "disabled".to_owned(),
+            (Some(a), Some(_)) => format!("{a} (token set)"),
+            (Some(a), None) => format!(
+                "{a} WITHOUT A TOKEN: any process on this host can block clients and reset counters \
+                 (set admin.token or FLOODGATE_ADMIN_TOKEN)"
+            ),
+        }
     ));
     out.push_str(&format!(
         "  access    {} allow, {} deny\n",

@@ -234,3 +234,34 @@ fn the_summary_names_the_redis_layout_and_never_prints_a_password() {
         assert!(!stdout.contains("s3cret"), "password printed:\n{stdout}");
     }
 }
+
+/// An admin API without a token is said out loud, and the placeholder
+/// tokens examples show are no token at all.
+#[test]
+fn check_config_warns_of_an_open_admin_api_and_refuses_placeholders() {
+    let (code, stdout, stderr) = check_config(GOOD);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("WITHOUT A TOKEN"), "{stdout}");
+    let with_token = good_but(
+        "listen = \"{admin}\"",
+        "listen = \"{admin}\"\ntoken = \"9c2f6b1e4d8a7c3b5e0f1a2d3c4b5a69\"",
+    );
+    let (code, stdout, stderr) = check_config(&with_token);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(token set)"), "{stdout}");
+    assert!(
+        !stdout.contains("9c2f6b1e"),
+        "the token itself is never printed: {stdout}"
+    );
+    for placeholder in ["change-me", "..."] {
+        let config = good_but(
+            "listen = \"{admin}\"",
+            &format!("listen = \"{{admin}}\"\ntoken = \"{placeholder}\""),
+        );
+        assert_refused(
+            &config,
+            &["admin.token", "placeholder", "openssl rand -hex 32"],
+        );
+    }
+    assert_refused("# a comment, nothing else\n", &["sets nothing"]);
+}
