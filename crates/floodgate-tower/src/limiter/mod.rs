@@ -274,15 +274,19 @@ impl<S: Store> Limiter<S> {
             Err(e) => return self.malformed(BadRequestReason::Path(e)),
         };
         let path: &str = &path;
-        let matched: Vec<&CompiledRule> = snapshot
-            .rules
-            .iter()
-            .filter(|r| r.rule.matcher.matches(method, path))
-            .collect();
+        // Matching twice (here and for the keys below) costs two prefix
+        // comparisons per rule; collecting the matches would cost an
+        // allocation on every request.
+        let matching = || {
+            snapshot
+                .rules
+                .iter()
+                .filter(move |r| r.rule.matcher.matches(method, path))
+        };
         let repeated = snapshot
             .access_headers
             .iter()
-            .chain(matched.iter().flat_map(|r| r.rule.key.header_names()))
+            .chain(matching().flat_map(|r| r.rule.key.header_names()))
             .find(|name| {
                 let mut lines = headers.get_all(*name).iter();
                 lines.next().is_some() && lines.next().is_some()
@@ -320,8 +324,7 @@ impl<S: Store> Limiter<S> {
             headers,
             client: client.as_ref(),
         };
-        let keyed: Vec<Keyed<'_>> = matched
-            .into_iter()
+        let keyed: Vec<Keyed<'_>> = matching()
             .filter_map(|r| Some((r, r.rule.key.key(&info)?)))
             .collect();
         if keyed.is_empty() {
