@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use floodgate_tower::RateLimitLayer;
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::config::{self, Overrides, Settings};
-use crate::error::problems_only;
+use crate::error::{ApiError, problems_only};
 use crate::state::AppState;
 use crate::store::AnyStore;
 use crate::{admin, api, demo_api, listen, serve};
@@ -26,7 +27,7 @@ use crate::{admin, api, demo_api, listen, serve};
 /// The main listener's router: `POST /v1/check`, and every other request
 /// through the rate-limit layer to the upstream (or the demo API).
 pub fn gateway_router(state: Arc<AppState>) -> Router {
-    let demo = demo_api::router();
+    let demo = demo_api::router().layer(axum::middleware::from_fn(problems_only));
     let forward_state = state.clone();
     let forward = tower::service_fn(move |req: Request| {
         let state = forward_state.clone();
@@ -55,6 +56,10 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         .layer(RateLimitLayer::new(state.limiter.clone()))
         .service(forward)
         .map_response(IntoResponse::into_response);
+    // Refused before any rule counts them.
+    let limited = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(refuse_tunnels))
+        .service(limited);
     Router::new()
         .route(
             "/v1/check",
@@ -62,6 +67,24 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         )
         .with_state(state)
         .fallback_service(limited)
+}
+
+/// What a `405` names as allowed: every method the gateway passes on.
+const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// `CONNECT` would make floodgate a tunnel to anywhere the upstream's host
+/// can reach, and `TRACE` echoes the request, credentials included: both
+/// are answered 405 here, never forwarded nor counted.
+async fn refuse_tunnels(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not forwarded", req.method()),
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static(FORWARDED_METHODS))
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// What `run` needs besides the settings.
@@ -123,6 +146,13 @@ pub async fn run(
         .map(|l| l.local_addr())
         .transpose()?;
     if let Some(addr) = admin_addr {
+        // The listener may come from a supervisor, bound as an earlier file
+        // said: the token rule holds for the socket as it is.
+        if !addr.ip().is_loopback() && state.admin_token.load().is_none() {
+            anyhow::bail!(
+                "the admin listener is bound to {addr}, not a loopback address, and there is no admin.token or FLOODGATE_ADMIN_TOKEN"
+            );
+        }
         let _ = state.admin_addr.set(addr);
     }
     tracing::info!(

@@ -1,7 +1,7 @@
-//! The reverse proxy to `upstream`: every method but `CONNECT` and `TRACE`,
-//! bodies streamed both ways, hop-by-hop headers dropped, `X-Forwarded-For`
-//! appended, and `Forwarded` and `X-Real-IP` passed on only from a trusted
-//! proxy.
+//! The reverse proxy to `upstream`: bodies streamed both ways, hop-by-hop
+//! headers dropped, `X-Forwarded-For` appended, and `Forwarded` and
+//! `X-Real-IP` passed on only from a trusted proxy. (`CONNECT` and `TRACE`
+//! never get here: the gateway refuses them.)
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -31,9 +31,6 @@ pub struct Proxy {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// What a `405` names as allowed: every method the proxy passes on.
-const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -86,17 +83,6 @@ impl Proxy {
         peer: Option<SocketAddr>,
         peer_trusted: bool,
     ) -> Response {
-        // CONNECT would make floodgate a tunnel to anywhere the upstream's
-        // host can reach; TRACE echoes the request, credentials included.
-        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-            let mut res = problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{} is not forwarded", req.method()),
-            );
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
-            return res;
-        }
         let (mut parts, body) = req.into_parts();
         let target = match self.target(&parts.uri) {
             Ok(t) => t,

@@ -105,6 +105,8 @@ async fn malformed_and_huge_forwarding_headers_fall_back_to_the_peer() {
 async fn non_utf8_bytes_in_headers_and_request_lines() {
     let upstream = Upstream::start().await;
     let fg = Floodgate::launch(config(&upstream.url())).await;
+    let http = Http::new();
+    let before = remaining(&http, &fg, "ip:127.0.0.1").await;
     let addr = fg.addr;
     let replies = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -922,6 +924,8 @@ fn no_reload_opens_the_admin_api() {
 async fn a_malformed_body_is_the_clients_error_and_connect_is_refused() {
     let upstream = Upstream::start().await;
     let fg = Floodgate::launch(config(&upstream.url())).await;
+    let http = Http::new();
+    let before = remaining(&http, &fg, "ip:127.0.0.1").await;
     let addr = fg.addr;
     let replies = tokio::task::spawn_blocking(move || {
         let chunked = RawConn::connect(addr)
@@ -954,7 +958,20 @@ async fn a_malformed_body_is_the_clients_error_and_connect_is_refused() {
         "{}",
         fg.log()
     );
-    still_serves(&Http::new(), &fg).await;
+    // The chunked POST counted (it was forwarded); CONNECT and TRACE did not.
+    assert_eq!(remaining(&http, &fg, "ip:127.0.0.1").await, before - 1);
+    still_serves(&http, &fg).await;
+
+    // The demo API's own errors are problem+json too.
+    let demo = tokio::task::spawn_blocking(Floodgate::start_demo)
+        .await
+        .unwrap();
+    let r = http
+        .send("DELETE", &demo.url("/api/hello"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
 }
 
 /// `Forwarded` and `X-Real-IP` reach the upstream only from a trusted
