@@ -8,7 +8,6 @@ use http_body_util::{Either, Full};
 use tower::Service;
 
 use super::future::ResponseFuture;
-use crate::headers::insert_rate_limit_headers;
 use crate::limiter::Limiter;
 use crate::peer::peer_addr;
 use crate::response::verdict_response;
@@ -100,7 +99,7 @@ where
             }
             let mut response = inner.call(request).await?;
             if let Verdict::Allow(Some(decision)) = &verdict {
-                insert_rate_limit_headers(response.headers_mut(), decision);
+                decision.insert_rate_limit_headers(response.headers_mut());
             }
             Ok(response.map(Either::Left))
         })
