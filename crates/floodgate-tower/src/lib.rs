@@ -73,7 +73,6 @@
 //! [`Limiter::sync_blocks_until`] so blocks made anywhere apply here within a
 //! second.
 
-mod digest;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
