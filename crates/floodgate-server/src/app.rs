@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use floodgate_tower::RateLimitLayer;
+use floodgate_tower::FloodgateLayer;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -52,7 +52,7 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         }
     });
     let limited = tower::ServiceBuilder::new()
-        .layer(RateLimitLayer::new(state.limiter.clone()))
+        .layer(FloodgateLayer::new(state.limiter.clone()))
         .service(forward)
         .map_response(IntoResponse::into_response);
     Router::new()

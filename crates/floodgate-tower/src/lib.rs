@@ -10,7 +10,8 @@
 //!   [`Store`](floodgate_core::Store) batch, which consumes nothing when any
 //!   rule refuses. Store failures follow [`OnError`]; no call waits longer
 //!   than the configured timeout.
-//! - [`RateLimitLayer`]: the tower layer around a [`Limiter`].
+//! - [`FloodgateLayer`]: the tower layer around a [`Limiter`]; it wraps a
+//!   service in [`Floodgate`].
 //! - [`ClientIpConfig`]: who the client is; forwarding headers count only
 //!   from trusted proxies.
 //! - [`Target`]: `ip:<addr>`, `ip:<cidr>`, `header:<name>:<value>`, the one
@@ -21,7 +22,7 @@
 //! use std::time::Duration;
 //! use axum::{Router, body::Body, routing::get};
 //! use floodgate_core::{Algorithm, MemoryStore, Policy};
-//! use floodgate_tower::{Limiter, LimiterConfig, PeerAddr, RateLimitLayer, Rule};
+//! use floodgate_tower::{FloodgateLayer, Limiter, LimiterConfig, PeerAddr, Rule};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
 //!
@@ -38,7 +39,7 @@
 //! let limiter = Limiter::new(config, MemoryStore::new(100_000))?;
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .layer(RateLimitLayer::new(limiter));
+//!     .layer(FloodgateLayer::new(limiter));
 //!
 //! // axum servers started with `into_make_service_with_connect_info` need
 //! // no `PeerAddr`: the layer reads `ConnectInfo<SocketAddr>`.
@@ -66,7 +67,7 @@
 //! spelling reaches it that the rules did not see. A header a rule's key or
 //! an access list reads, sent twice, is a 400. axum's `Router::layer` runs a
 //! layer after routing; to have the router route the canonical path too, put
-//! the layer around the router (`RateLimitLayer::new(limiter).layer(router)`,
+//! the layer around the router (`FloodgateLayer::new(limiter).layer(router)`,
 //! served as it is or as a `fallback_service`).
 //!
 //! A server sharing a store between instances also runs
@@ -92,7 +93,7 @@ pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
     LimiterBuilder, LimiterConfig, OnError,
 };
-pub use middleware::{RateLimit, RateLimitLayer, ResponseBody, ResponseFuture};
+pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
@@ -100,3 +101,13 @@ pub use response::{Problem, verdict_response};
 pub use rule::{KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use target::{Target, TargetError};
 pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};
+
+/// The old name of [`FloodgateLayer`].
+#[deprecated(
+    note = "renamed to `FloodgateLayer`: `RateLimitLayer` is also `tower::limit::RateLimitLayer`"
+)]
+pub type RateLimitLayer<S> = FloodgateLayer<S>;
+
+/// The old name of [`Floodgate`].
+#[deprecated(note = "renamed to `Floodgate`: `RateLimit` is also `tower::limit::RateLimit`")]
+pub type RateLimit<Svc, S> = Floodgate<Svc, S>;

@@ -13,7 +13,7 @@ use crate::peer::peer_addr;
 use crate::response::verdict_response;
 use crate::verdict::Verdict;
 
-/// The body of a [`RateLimit`] response: the inner service's, or the
+/// The body of a [`Floodgate`] response: the inner service's, or the
 /// limiter's own problem+json.
 pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 
@@ -29,15 +29,15 @@ pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 /// The peer address is read from the [`PeerAddr`](crate::PeerAddr)
 /// extension, else from axum's `ConnectInfo<SocketAddr>`.
 #[derive(Debug)]
-pub struct RateLimit<Svc, S> {
+pub struct Floodgate<Svc, S> {
     inner: Svc,
     limiter: Limiter<S>,
 }
 
-impl<Svc, S> RateLimit<Svc, S> {
+impl<Svc, S> Floodgate<Svc, S> {
     /// `inner`, limited by `limiter`.
     pub fn new(inner: Svc, limiter: Limiter<S>) -> Self {
-        RateLimit { inner, limiter }
+        Floodgate { inner, limiter }
     }
 
     /// The inner service.
@@ -46,16 +46,16 @@ impl<Svc, S> RateLimit<Svc, S> {
     }
 }
 
-impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+impl<Svc: Clone, S> Clone for Floodgate<Svc, S> {
     fn clone(&self) -> Self {
-        RateLimit {
+        Floodgate {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
         }
     }
 }
 
-impl<Svc, S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<Svc, S>
+impl<Svc, S, ReqBody, ResBody> Service<Request<ReqBody>> for Floodgate<Svc, S>
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
