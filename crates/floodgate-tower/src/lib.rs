@@ -4,19 +4,29 @@
 //! rule matching, `[access]` lists, blocks, `RateLimit` headers, and 429 /
 //! 403 / 503 answers with `application/problem+json` bodies.
 //!
-//! - [`Limiter`]: the engine. Per request: the allow list (bypass), the deny
-//!   list (403), manual blocks (403) and penalty blocks (429) from a local
-//!   cache with no store round trip, then every matching [`Rule`] in one
-//!   [`Store`](floodgate_core::Store) batch, which consumes nothing when any
-//!   rule refuses. Store failures follow [`OnError`]; no call waits longer
-//!   than the configured timeout.
-//! - [`FloodgateLayer`]: the tower layer around a [`Limiter`]; it wraps a
-//!   service in [`Floodgate`].
-//! - [`ClientIpConfig`]: who the client is; forwarding headers count only
-//!   from trusted proxies.
-//! - [`Target`]: `ip:<addr>`, `ip:<cidr>`, `header:<name>:<value>`, the one
-//!   syntax for lists, blocks, logs and the admin API.
-//! - [`path`]: the canonical form of request paths that rules match.
+//! # Modules
+//!
+//! - `middleware`: [`FloodgateLayer`] wraps a service in [`Floodgate`], which answers refusals.
+//! - `peer`: where the TCP peer's address comes from ([`PeerAddr`], axum's `ConnectInfo`).
+//! - [`identity`]: who the client is ([`ClientIpConfig`]), behind trusted proxies only.
+//! - [`path`]: the canonical form of request paths, the one spelling that rules match.
+//! - [`limiter`]: the engine, [`Limiter`]: lists, blocks, rules, one store batch per request.
+//! - [`rule`]: [`Rule`]s, which requests a limit applies to and whose counter each counts on.
+//! - [`target`]: [`Target`], `ip:<addr>`, `ip:<cidr>` or `header:<name>:<value>`.
+//! - `target_set`: [`Target`]s looked up by request in time independent of their number.
+//! - `verdict`: [`Verdict`], what was decided; [`RuleDecision`] writes its RateLimit fields.
+//! - [`response`]: the limiter's own 429 / 403 / 503 / 400 answers, with problem+json bodies.
+//! - [`headers`]: encodes `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//! - [`observer`]: hooks for metrics ([`Observer`]), with labels from bounded sets.
+//! - `text`: numbers and addresses appended to strings without `core::fmt`.
+//!
+//! Per request, the [`Limiter`] consults the allow list (bypass), the deny
+//! list (403), manual blocks (403) and penalty blocks (429) from a local
+//! cache with no store round trip, then every matching [`Rule`] in one
+//! [`Store`](floodgate_core::Store) batch, which consumes nothing when any
+//! rule refuses. Store failures follow [`OnError`]; no call waits longer than
+//! the configured timeout. [`Target`]s are the one syntax for lists, blocks,
+//! logs and the admin API.
 //!
 //! ```
 //! use std::time::Duration;
