@@ -3,14 +3,16 @@
 //! Rate-limiting policies, the four algorithms as pure functions, decisions,
 //! blocks, the [`Store`] trait and an in-memory store.
 //!
-//! - [`Policy`]: a validated limit: [`Algorithm`], limit, window, token-bucket
-//!   burst, penalty block.
-//! - [`algorithm`]: fixed window, sliding window, sliding log and token bucket
-//!   (GCRA) as `(state, policy, now, cost) -> decision`; no I/O, no clock reads.
-//! - [`Store`]: where state lives. [`MemoryStore`] here; `floodgate-redis`
-//!   shares state between processes.
-//! - [`Decision`]: a refusal is a value; [`Error`] means the limiter could not
-//!   decide.
+//! # Modules
+//!
+//! - `policy`: [`Policy`], a validated limit: [`Algorithm`], quota, window, burst, penalty.
+//! - [`algorithm`]: the four algorithms as `(state, policy, now, cost) -> decision`; no I/O.
+//! - `decision`: [`Decision`], the answer; a refusal is a value, not an error.
+//! - `block`: [`Block`], a target refused outright until a time.
+//! - `store`: the [`Store`] trait, where limit state lives and is changed atomically.
+//! - `memory`: [`MemoryStore`], the in-process store; `floodgate-redis` shares state instead.
+//! - `clock`: [`Clock`], time as the limiter sees it; [`ManualClock`] for tests.
+//! - `error`: [`Error`], the limiter could not decide, and whether retrying helps.
 //!
 //! ```
 //! use std::sync::Arc;

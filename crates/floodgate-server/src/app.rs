@@ -14,7 +14,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use floodgate_tower::RateLimitLayer;
+use floodgate_tower::FloodgateLayer;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -53,7 +53,7 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         }
     });
     let limited = tower::ServiceBuilder::new()
-        .layer(RateLimitLayer::new(state.limiter.clone()))
+        .layer(FloodgateLayer::new(state.limiter.clone()))
         .service(forward)
         .map_response(IntoResponse::into_response);
     // Refused before any rule counts them.

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::routing::get;
 use floodgate_core::{Algorithm, MemoryStore, Policy};
 use floodgate_tower::{
-    AccessLists, BLOCK_SYNC_INTERVAL, Limiter, LimiterConfig, RateLimitLayer, RequestMatch, Rule,
+    AccessLists, BLOCK_SYNC_INTERVAL, FloodgateLayer, Limiter, LimiterConfig, RequestMatch, Rule,
 };
 
 fn limiter_config() -> Result<LimiterConfig, Box<dyn std::error::Error>> {
@@ -43,7 +43,7 @@ fn app(limiter: Limiter<MemoryStore>) -> Router {
     Router::new()
         .route("/api/hello", get(|| async { "hello\n" }))
         .route("/healthz", get(|| async { "ok\n" }))
-        .layer(RateLimitLayer::new(limiter))
+        .layer(FloodgateLayer::new(limiter))
 }
 
 #[tokio::main]

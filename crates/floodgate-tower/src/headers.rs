@@ -14,13 +14,16 @@
 //! should not point before the end of the effective window). Seconds are
 //! always whole and rounded up, so a client that waits as told is never
 //! early; `w` and `Retry-After` are at least 1.
+//!
+//! This module only encodes: names, seconds and numbers in, field values
+//! out. What a rule's decision puts in them is `RuleDecision`'s business
+//! (`verdict.rs`), so this module sits below it and imports nothing of it.
 
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use crate::text::push_decimal;
-use crate::verdict::RuleDecision;
 
 /// `RateLimit-Policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -49,14 +52,11 @@ pub(crate) fn policy_item(quoted: &str, limit: u64, window: Duration) -> Option<
     HeaderValue::try_from(value).ok()
 }
 
-/// The `RateLimit` item for `d`, e.g. `"api";r=42;t=17`.
-pub fn ratelimit_value(d: &RuleDecision) -> String {
-    let decision = d.decision();
-    let t = match decision.retry_after {
-        Some(wait) if !decision.allowed => retry_after_secs(wait),
-        _ => ceil_secs(decision.reset_after),
-    };
-    sf_item(d.quoted_rule(), [("r", decision.remaining), ("t", t)])
+/// The `RateLimit` item of a rule named `quoted` (a Structured Field
+/// String, see [`sf_string`]) with `remaining` units left and `t` seconds
+/// to go, e.g. `"api";r=42;t=17`.
+pub(crate) fn ratelimit_item(quoted: &str, remaining: u64, t: u64) -> String {
+    sf_item(quoted, [("r", remaining), ("t", t)])
 }
 
 /// A Structured Field item: a String already quoted, with two Integer
@@ -71,17 +71,6 @@ fn sf_item(quoted: &str, params: [(&str, u64); 2]) -> String {
         push_decimal(&mut out, value);
     }
     out
-}
-
-/// Adds `RateLimit-Policy` and `RateLimit` for `d` to `headers` (appended,
-/// so an upstream's own RateLimit items are kept).
-pub fn insert_rate_limit_headers(headers: &mut HeaderMap, d: &RuleDecision) {
-    if let Some(policy) = d.policy_item() {
-        headers.append(RATELIMIT_POLICY, policy.clone());
-    }
-    if let Ok(value) = HeaderValue::try_from(ratelimit_value(d)) {
-        headers.append(RATELIMIT, value);
-    }
 }
 
 /// Sets `Retry-After` to a wait of `d` (see [`retry_after_secs`]).
@@ -108,22 +97,6 @@ pub(crate) fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use floodgate_core::Decision;
-
-    fn rd(rule: &str, window: Duration, decision: Decision) -> RuleDecision {
-        RuleDecision::new(rule, window, decision)
-    }
-
-    fn decision(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
-        Decision {
-            allowed,
-            limit: 100,
-            remaining,
-            reset_after: Duration::from_millis(reset_ms),
-            retry_after: retry_ms.map(Duration::from_millis),
-            blocked: false,
-        }
-    }
 
     #[test]
     fn seconds_round_up() {
@@ -133,58 +106,5 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
         assert_eq!(retry_after_secs(Duration::from_micros(16_000_001)), 17);
-    }
-
-    #[test]
-    fn field_values() {
-        let allowed = rd(
-            "api",
-            Duration::from_secs(60),
-            decision(true, 42, 16_500, None),
-        );
-        assert_eq!(
-            allowed.policy_item().expect("a valid item"),
-            r#""api";q=100;w=60"#
-        );
-        assert_eq!(ratelimit_value(&allowed), r#""api";r=42;t=17"#);
-        let refused = rd(
-            "api",
-            Duration::from_millis(250),
-            decision(false, 0, 60_000, Some(2_100)),
-        );
-        assert_eq!(
-            refused.policy_item().expect("a valid item"),
-            r#""api";q=100;w=1"#,
-            "sub-second windows round up"
-        );
-        assert_eq!(
-            ratelimit_value(&refused),
-            r#""api";r=0;t=3"#,
-            "t matches Retry-After"
-        );
-        let odd = rd(
-            "a\"b\\c\u{e9}",
-            Duration::from_secs(1),
-            decision(true, 1, 0, None),
-        );
-        assert_eq!(ratelimit_value(&odd), r#""a\"b\\c";r=1;t=0"#);
-    }
-
-    #[test]
-    fn inserts_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(RATELIMIT, HeaderValue::from_static(r#""upstream";r=5"#));
-        let d = rd(
-            "api",
-            Duration::from_secs(10),
-            decision(false, 0, 10_000, Some(9_000)),
-        );
-        insert_rate_limit_headers(&mut headers, &d);
-        insert_retry_after(&mut headers, d.decision().retry_after.unwrap_or_default());
-        let ratelimit: Vec<_> = headers.get_all(RATELIMIT).iter().collect();
-        assert_eq!(ratelimit.len(), 2);
-        assert_eq!(ratelimit[1], r#""api";r=0;t=9"#);
-        assert_eq!(headers[RATELIMIT_POLICY], r#""api";q=100;w=10"#);
-        assert_eq!(headers[RETRY_AFTER], "9");
     }
 }

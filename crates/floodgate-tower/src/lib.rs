@@ -4,24 +4,35 @@
 //! rule matching, `[access]` lists, blocks, `RateLimit` headers, and 429 /
 //! 403 / 503 answers with `application/problem+json` bodies.
 //!
-//! - [`Limiter`]: the engine. Per request: the allow list (bypass), the deny
-//!   list (403), manual blocks (403) and penalty blocks (429) from a local
-//!   cache with no store round trip, then every matching [`Rule`] in one
-//!   [`Store`](floodgate_core::Store) batch, which consumes nothing when any
-//!   rule refuses. Store failures follow [`OnError`]; no call waits longer
-//!   than the configured timeout.
-//! - [`RateLimitLayer`]: the tower layer around a [`Limiter`].
-//! - [`ClientIpConfig`]: who the client is; forwarding headers count only
-//!   from trusted proxies.
-//! - [`Target`]: `ip:<addr>`, `ip:<cidr>`, `header:<name>:<value>`, the one
-//!   syntax for lists, blocks, logs and the admin API.
-//! - [`path`]: the canonical form of request paths that rules match.
+//! # Modules
+//!
+//! - `middleware`: [`FloodgateLayer`] wraps a service in [`Floodgate`], which answers refusals.
+//! - `peer`: where the TCP peer's address comes from ([`PeerAddr`], axum's `ConnectInfo`).
+//! - [`identity`]: who the client is ([`ClientIpConfig`]), behind trusted proxies only.
+//! - [`path`]: the canonical form of request paths, the one spelling that rules match.
+//! - [`limiter`]: the engine, [`Limiter`]: lists, blocks, rules, one store batch per request.
+//! - [`rule`]: [`Rule`]s, which requests a limit applies to and whose counter each counts on.
+//! - [`target`]: [`Target`], `ip:<addr>`, `ip:<cidr>` or `header:<name>:<value>`.
+//! - `target_set`: [`Target`]s looked up by request in time independent of their number.
+//! - `verdict`: [`Verdict`], what was decided; [`RuleDecision`] writes its RateLimit fields.
+//! - [`response`]: the limiter's own 429 / 403 / 503 / 400 answers, with problem+json bodies.
+//! - [`headers`]: encodes `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//! - [`observer`]: hooks for metrics ([`Observer`]), with labels from bounded sets.
+//! - `text`: numbers and addresses appended to strings without `core::fmt`.
+//!
+//! Per request, the [`Limiter`] consults the allow list (bypass), the deny
+//! list (403), manual blocks (403) and penalty blocks (429) from a local
+//! cache with no store round trip, then every matching [`Rule`] in one
+//! [`Store`](floodgate_core::Store) batch, which consumes nothing when any
+//! rule refuses. Store failures follow [`OnError`]; no call waits longer than
+//! the configured timeout. [`Target`]s are the one syntax for lists, blocks,
+//! logs and the admin API.
 //!
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, body::Body, routing::get};
 //! use floodgate_core::{Algorithm, MemoryStore, Policy};
-//! use floodgate_tower::{Limiter, LimiterConfig, PeerAddr, RateLimitLayer, Rule};
+//! use floodgate_tower::{FloodgateLayer, Limiter, LimiterConfig, PeerAddr, Rule};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
 //!
@@ -38,7 +49,7 @@
 //! let limiter = Limiter::new(config, MemoryStore::new(100_000))?;
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .layer(RateLimitLayer::new(limiter));
+//!     .layer(FloodgateLayer::new(limiter));
 //!
 //! // axum servers started with `into_make_service_with_connect_info` need
 //! // no `PeerAddr`: the layer reads `ConnectInfo<SocketAddr>`.
@@ -66,14 +77,13 @@
 //! spelling reaches it that the rules did not see. A header a rule's key or
 //! an access list reads, sent twice, is a 400. axum's `Router::layer` runs a
 //! layer after routing; to have the router route the canonical path too, put
-//! the layer around the router (`RateLimitLayer::new(limiter).layer(router)`,
+//! the layer around the router (`FloodgateLayer::new(limiter).layer(router)`,
 //! served as it is or as a `fallback_service`).
 //!
 //! A server sharing a store between instances also runs
 //! [`Limiter::sync_blocks_until`] so blocks made anywhere apply here within a
 //! second.
 
-mod digest;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
@@ -93,7 +103,7 @@ pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
     LimiterBuilder, LimiterConfig, OnError,
 };
-pub use middleware::{RateLimit, RateLimitLayer, ResponseBody, ResponseFuture};
+pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
@@ -101,3 +111,13 @@ pub use response::{Problem, verdict_response};
 pub use rule::{KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use target::{Target, TargetError};
 pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};
+
+/// The old name of [`FloodgateLayer`].
+#[deprecated(
+    note = "renamed to `FloodgateLayer`: `RateLimitLayer` is also `tower::limit::RateLimitLayer`"
+)]
+pub type RateLimitLayer<S> = FloodgateLayer<S>;
+
+/// The old name of [`Floodgate`].
+#[deprecated(note = "renamed to `Floodgate`: `RateLimit` is also `tower::limit::RateLimit`")]
+pub type RateLimit<Svc, S> = Floodgate<Svc, S>;

@@ -15,7 +15,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::headers::{insert_rate_limit_headers, insert_retry_after, retry_after_secs};
+use crate::headers::{insert_retry_after, retry_after_secs};
 use crate::target::Target;
 use crate::text::push_decimal;
 use crate::verdict::{ForbiddenReason, Verdict};
@@ -238,7 +238,7 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
             let mut response = problem_response(StatusCode::TOO_MANY_REQUESTS, body);
             let headers = response.headers_mut();
             insert_retry_after(headers, wait);
-            insert_rate_limit_headers(headers, d);
+            d.insert_rate_limit_headers(headers);
             response
         }
         Verdict::Forbidden { reason } => {

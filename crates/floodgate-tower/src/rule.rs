@@ -13,8 +13,8 @@ use std::str::FromStr;
 use floodgate_core::Policy;
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
+use sha2::{Digest, Sha256};
 
-use crate::digest::{hex, sha256};
 use crate::path::starts_with_prefix;
 use crate::target::Target;
 
@@ -253,9 +253,16 @@ pub fn bounded_key<'a>(key: impl Into<Cow<'a, str>>) -> Cow<'a, str> {
     }
 }
 
+/// `sha256:` and the hex of the first 128 bits of the SHA-256 of `bytes`.
+///
+/// Every instance sharing a store must turn the same long value into the
+/// same key, whatever its build, so the hash has to be fixed and specified
+/// (std's `DefaultHasher` is neither), and hard to collide so one client
+/// cannot craft a value that lands on another client's counter. 128 bits:
+/// collisions need ~2^64 attempts.
 fn hashed(bytes: &[u8]) -> String {
-    // 128 bits: collisions need ~2^64 attempts.
-    format!("sha256:{}", hex(&sha256(bytes)[..16]))
+    let digest = Sha256::digest(bytes);
+    format!("sha256:{}", base16ct::lower::encode_string(&digest[..16]))
 }
 
 /// Which requests a rule applies to. Every condition given must hold;
@@ -352,6 +359,52 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use http::HeaderValue;
+
+    /// The whole SHA-256 of `data` in hex, as the FIPS 180-4 vectors give it.
+    fn sha256_hex(data: &[u8]) -> String {
+        base16ct::lower::encode_string(&Sha256::digest(data))
+    }
+
+    #[test]
+    fn sha256_known_vectors() {
+        // FIPS 180-4 examples and the empty string.
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256_hex(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        assert_eq!(
+            sha256_hex(&[b'a'; 1_000_000]),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+    }
+
+    #[test]
+    fn sha256_block_boundaries() {
+        // 55, 56 and 64 bytes exercise every padding case; all must differ.
+        let a = Sha256::digest([b'x'; 55]);
+        let b = Sha256::digest([b'x'; 56]);
+        let c = Sha256::digest([b'x'; 64]);
+        assert_ne!(a, b);
+        assert_ne!(b, c);
+        assert_eq!(
+            sha256_hex(&[b'a'; 64]),
+            "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"
+        );
+        // The stored key is the first half of it: keys written by builds
+        // with the hand-written SHA-256 are found again.
+        assert_eq!(
+            hashed(&[b'a'; 64]),
+            "sha256:ffe054fe7ae0cb6dc65c3af9b61d5209"
+        );
+    }
 
     fn spec(parts: &[&str]) -> KeySpec {
         KeySpec::parse_list(parts.iter().copied()).unwrap()

@@ -5,12 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::Decision;
-use http::HeaderValue;
-use http::header::HeaderName;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::headers;
+use crate::headers::{self, RATELIMIT, RATELIMIT_POLICY, ceil_secs, retry_after_secs};
 use crate::path::PathError;
-
 use crate::target::Target;
 
 /// A rule as its RateLimit fields name it: what stays the same from one
@@ -95,6 +93,29 @@ impl RuleDecision {
     pub fn policy_item(&self) -> Option<&HeaderValue> {
         self.label.policy.as_ref()
     }
+
+    /// The rule's `RateLimit` item, e.g. `"api";r=42;t=17`: `t` is the
+    /// Retry-After delay when refused, else the time until the quota is
+    /// whole again (see [`headers`](crate::headers)).
+    pub fn ratelimit_value(&self) -> String {
+        let decision = &self.decision;
+        let t = match decision.retry_after {
+            Some(wait) if !decision.allowed => retry_after_secs(wait),
+            _ => ceil_secs(decision.reset_after),
+        };
+        headers::ratelimit_item(self.quoted_rule(), decision.remaining, t)
+    }
+
+    /// Adds `RateLimit-Policy` and `RateLimit` for this decision to
+    /// `headers` (appended, so an upstream's own RateLimit items are kept).
+    pub fn insert_rate_limit_headers(&self, headers: &mut HeaderMap) {
+        if let Some(policy) = self.policy_item() {
+            headers.append(RATELIMIT_POLICY, policy.clone());
+        }
+        if let Ok(value) = HeaderValue::try_from(self.ratelimit_value()) {
+            headers.append(RATELIMIT, value);
+        }
+    }
 }
 
 /// What the limiter decided about a request.
@@ -162,5 +183,80 @@ impl Verdict {
     /// Whether the request goes ahead.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Verdict::Allow(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::insert_retry_after;
+    use http::header::RETRY_AFTER;
+
+    fn rd(rule: &str, window: Duration, decision: Decision) -> RuleDecision {
+        RuleDecision::new(rule, window, decision)
+    }
+
+    fn decision(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
+        Decision {
+            allowed,
+            limit: 100,
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+            retry_after: retry_ms.map(Duration::from_millis),
+            blocked: false,
+        }
+    }
+
+    #[test]
+    fn field_values() {
+        let allowed = rd(
+            "api",
+            Duration::from_secs(60),
+            decision(true, 42, 16_500, None),
+        );
+        assert_eq!(
+            allowed.policy_item().expect("a valid item"),
+            r#""api";q=100;w=60"#
+        );
+        assert_eq!(allowed.ratelimit_value(), r#""api";r=42;t=17"#);
+        let refused = rd(
+            "api",
+            Duration::from_millis(250),
+            decision(false, 0, 60_000, Some(2_100)),
+        );
+        assert_eq!(
+            refused.policy_item().expect("a valid item"),
+            r#""api";q=100;w=1"#,
+            "sub-second windows round up"
+        );
+        assert_eq!(
+            refused.ratelimit_value(),
+            r#""api";r=0;t=3"#,
+            "t matches Retry-After"
+        );
+        let odd = rd(
+            "a\"b\\c\u{e9}",
+            Duration::from_secs(1),
+            decision(true, 1, 0, None),
+        );
+        assert_eq!(odd.ratelimit_value(), r#""a\"b\\c";r=1;t=0"#);
+    }
+
+    #[test]
+    fn inserts_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RATELIMIT, HeaderValue::from_static(r#""upstream";r=5"#));
+        let d = rd(
+            "api",
+            Duration::from_secs(10),
+            decision(false, 0, 10_000, Some(9_000)),
+        );
+        d.insert_rate_limit_headers(&mut headers);
+        insert_retry_after(&mut headers, d.decision().retry_after.unwrap_or_default());
+        let ratelimit: Vec<_> = headers.get_all(RATELIMIT).iter().collect();
+        assert_eq!(ratelimit.len(), 2);
+        assert_eq!(ratelimit[1], r#""api";r=0;t=9"#);
+        assert_eq!(headers[RATELIMIT_POLICY], r#""api";q=100;w=10"#);
+        assert_eq!(headers[RETRY_AFTER], "9");
     }
 }

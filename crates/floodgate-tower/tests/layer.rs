@@ -760,7 +760,7 @@ async fn the_app_sees_the_path_the_rules_matched() {
     // the router then routes the canonical path.
     let routes = axum::Router::new().route("/api/items", axum::routing::get(|| async { "items" }));
     let app = axum::Router::new().fallback_service(tower::Layer::layer(
-        &floodgate_tower::RateLimitLayer::new(limiter),
+        &floodgate_tower::FloodgateLayer::new(limiter),
         routes,
     ));
     for (path, status) in [
@@ -781,4 +781,32 @@ async fn the_app_sees_the_path_the_rules_matched() {
             );
         }
     }
+}
+
+/// The layer's names before `FloodgateLayer` and `Floodgate` still build
+/// the same middleware, so code written against them keeps compiling.
+#[tokio::test]
+#[allow(deprecated)]
+async fn the_old_names_still_work() {
+    let clock = clock();
+    let limiter = limiter(
+        config(vec![ip_rule("api", 1, 60)]),
+        memory_store(&clock),
+        &clock,
+        Recorder::new(),
+    );
+    let layer: floodgate_tower::RateLimitLayer<_> = floodgate_tower::RateLimitLayer::new(limiter);
+    let service: floodgate_tower::RateLimit<_, _> = tower::Layer::layer(
+        &layer,
+        axum::Router::new().route("/", axum::routing::get(|| async { "ok" })),
+    );
+    let app = axum::Router::new().fallback_service(service);
+    assert_eq!(
+        send(&app, get_from("/", "192.0.2.7")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, get_from("/", "192.0.2.7")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

@@ -6,8 +6,11 @@
 //! several rules and commit only when every one of them admits.
 //!
 //! Times are microseconds since the Unix epoch. The Redis store runs the same
-//! arithmetic in Lua (`crates/floodgate-redis/src/lua/check.lua`); the
-//! conformance tests demand identical decisions from both.
+//! arithmetic in Lua, line for line: `crates/floodgate-redis/src/lua/limits.lua`
+//! (`decide`, `commit`, `evaluate` and one `*_decide` per algorithm), which
+//! `scripts.rs` prepends to `check.lua` and `peek.lua`. The conformance tests
+//! (`crates/floodgate-redis/tests/redis/conformance.rs`) demand identical
+//! decisions from both.
 
 pub mod fixed_window;
 pub mod gcra;

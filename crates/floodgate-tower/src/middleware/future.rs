@@ -3,7 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// The response future of [`RateLimit`](super::RateLimit): the limiter's
+/// The response future of [`Floodgate`](super::Floodgate): the limiter's
 /// decision, then the inner service's response (or the limiter's own).
 pub struct ResponseFuture<T, E> {
     inner: Pin<Box<dyn Future<Output = Result<T, E>> + Send>>,

@@ -1,9 +1,9 @@
-//! The tower middleware: [`RateLimitLayer`] wraps a service in [`RateLimit`].
+//! The tower middleware: [`FloodgateLayer`] wraps a service in [`Floodgate`].
 
 mod future;
 mod layer;
 mod service;
 
 pub use self::future::ResponseFuture;
-pub use self::layer::RateLimitLayer;
-pub use self::service::{RateLimit, ResponseBody};
+pub use self::layer::FloodgateLayer;
+pub use self::service::{Floodgate, ResponseBody};

@@ -8,13 +8,12 @@ use http_body_util::{Either, Full};
 use tower::Service;
 
 use super::future::ResponseFuture;
-use crate::headers::insert_rate_limit_headers;
 use crate::limiter::Limiter;
 use crate::peer::peer_addr;
 use crate::response::verdict_response;
 use crate::verdict::Verdict;
 
-/// The body of a [`RateLimit`] response: the inner service's, or the
+/// The body of a [`Floodgate`] response: the inner service's, or the
 /// limiter's own problem+json.
 pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 
@@ -30,15 +29,15 @@ pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 /// The peer address is read from the [`PeerAddr`](crate::PeerAddr)
 /// extension, else from axum's `ConnectInfo<SocketAddr>`.
 #[derive(Debug)]
-pub struct RateLimit<Svc, S> {
+pub struct Floodgate<Svc, S> {
     inner: Svc,
     limiter: Limiter<S>,
 }
 
-impl<Svc, S> RateLimit<Svc, S> {
+impl<Svc, S> Floodgate<Svc, S> {
     /// `inner`, limited by `limiter`.
     pub fn new(inner: Svc, limiter: Limiter<S>) -> Self {
-        RateLimit { inner, limiter }
+        Floodgate { inner, limiter }
     }
 
     /// The inner service.
@@ -47,16 +46,16 @@ impl<Svc, S> RateLimit<Svc, S> {
     }
 }
 
-impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+impl<Svc: Clone, S> Clone for Floodgate<Svc, S> {
     fn clone(&self) -> Self {
-        RateLimit {
+        Floodgate {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
         }
     }
 }
 
-impl<Svc, S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<Svc, S>
+impl<Svc, S, ReqBody, ResBody> Service<Request<ReqBody>> for Floodgate<Svc, S>
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
@@ -100,7 +99,7 @@ where
             }
             let mut response = inner.call(request).await?;
             if let Verdict::Allow(Some(decision)) = &verdict {
-                insert_rate_limit_headers(response.headers_mut(), decision);
+                decision.insert_rate_limit_headers(response.headers_mut());
             }
             Ok(response.map(Either::Left))
         })

@@ -15,7 +15,7 @@ use floodgate_core::{
     StoreErrorKind, Timestamp,
 };
 use floodgate_tower::{
-    Limiter, LimiterConfig, Observer, Outcome, PeerAddr, RateLimitLayer, Rule, StoreCall,
+    FloodgateLayer, Limiter, LimiterConfig, Observer, Outcome, PeerAddr, Rule, StoreCall,
 };
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -75,7 +75,7 @@ pub fn app<S: Store>(limiter: Limiter<S>) -> Router {
             get(|| async { "items" }).post(|| async { "created" }),
         )
         .route("/health", get(|| async { "ok" }))
-        .layer(RateLimitLayer::new(limiter))
+        .layer(FloodgateLayer::new(limiter))
 }
 
 pub fn request(method: &str, path: &str, peer: Option<&str>) -> http::request::Builder {
