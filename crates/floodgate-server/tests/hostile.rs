@@ -105,8 +105,6 @@ async fn malformed_and_huge_forwarding_headers_fall_back_to_the_peer() {
 async fn non_utf8_bytes_in_headers_and_request_lines() {
     let upstream = Upstream::start().await;
     let fg = Floodgate::launch(config(&upstream.url())).await;
-    let http = Http::new();
-    let before = remaining(&http, &fg, "ip:127.0.0.1").await;
     let addr = fg.addr;
     let replies = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
