@@ -57,6 +57,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod client;
 mod coalesce;
 mod config;
 mod connection;
@@ -65,6 +66,7 @@ mod keys;
 mod scripts;
 mod sentinel;
 mod store;
+mod wire;
 
 pub use config::{
     ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL_MARGIN,
