@@ -4,7 +4,7 @@
 //! Every process listens on free loopback ports, works in a temporary
 //! directory of its own, and is killed (its directory removed) when the
 //! set-up is dropped. Set-ups are driven through the `redis` crate's
-//! client; certificates are made by the `openssl` command.
+//! client; certificates are made by `rcgen`.
 //!
 //! - `cluster`: [`RedisCluster`].
 //! - `sentinel`: [`SentinelSet`] and [`SENTINEL_MASTER`].

@@ -1,9 +1,11 @@
 //! [`TlsRedis`]: a `redis-server` serving TLS only, with certificates made
-//! for it by the `openssl` command.
+//! for it by `rcgen`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use redis::{Client, ClientTlsConfig, TlsCertificates};
 use tempfile::TempDir;
 
@@ -13,7 +15,7 @@ use crate::process::work_dir;
 
 /// A `redis-server` serving TLS only (`--port 0 --tls-port <port>`), with a
 /// CA, a server certificate for 127.0.0.1 and localhost, and a client
-/// certificate made at start with the `openssl` command. Clients must present a certificate signed by
+/// certificate made at start. Clients must present a certificate signed by
 /// the CA (`tls-auth-clients yes`, Redis' default).
 #[derive(Debug)]
 pub struct TlsRedis {
@@ -28,7 +30,7 @@ impl TlsRedis {
     /// "+@all"]`) and waits until it answers `PING` over TLS.
     ///
     /// # Panics
-    /// When `openssl` is missing or fails, or the server does not come up.
+    /// When the certificates cannot be made or the server does not come up.
     pub fn start(extra: &[&str]) -> Self {
         // The certificates live outside the node's directory, which a retry
         // on another port replaces.
@@ -128,83 +130,49 @@ fn tls_client(port: u16, certs: &Path) -> Client {
 }
 
 /// Writes `ca.{crt,key}`, `server.{crt,key}` (for 127.0.0.1 and localhost)
-/// and `client.{crt,key}` into `dir`, all signed by the CA, valid one day.
+/// and `client.{crt,key}` into `dir`, the latter two signed by the CA.
 fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running openssl (apt-get install openssl): {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let write = |file: &str, pem: String| {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     };
-    let days = ["-days", "1"];
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=floodgate test CA",
-        days[0],
-        days[1],
-    ]);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-         basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap_or_else(|e| panic!("writing server.ext: {e}"));
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap_or_else(|e| panic!("writing client.ext: {e}"));
-    for (name, cn) in [("server", "localhost"), ("client", "floodgate")] {
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext,
-            days[0],
-            days[1],
-        ]);
+
+    let ca_key = made("CA key", KeyPair::generate());
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "floodgate test CA");
+    let ca_cert = made("CA certificate", ca.self_signed(&ca_key));
+    write("ca.crt", ca_cert.pem());
+    write("ca.key", ca_key.serialize_pem());
+    let issuer = Issuer::new(ca, ca_key);
+
+    for (name, cn, names, usage) in [
+        (
+            "server",
+            "localhost",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        (
+            "client",
+            "floodgate",
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+    ] {
+        let key = made("key", KeyPair::generate());
+        let mut params = made("names", CertificateParams::new(names));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![usage];
+        let cert = made("certificate", params.signed_by(&key, &issuer));
+        write(&format!("{name}.crt"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
     }
+}
+
+/// What `made` holds, or a panic saying which certificate piece failed.
+fn made<T>(what: &str, made: Result<T, rcgen::Error>) -> T {
+    made.unwrap_or_else(|e| panic!("making the {what}: {e}"))
 }
