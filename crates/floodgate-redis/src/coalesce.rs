@@ -26,8 +26,9 @@ use floodgate_core::{Error, Policy, StoreError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::error::bad_reply;
 use crate::scripts::{self, Dialect, ScriptCall};
-use crate::store::{self, CheckArg, DECISION_FIELDS};
+use crate::wire::{self, CheckArg, DECISION_FIELDS};
 
 /// Calls of `check.lua` on their way at once, per store. Two keep Redis
 /// busy while the previous call's reply travels back and is handed out.
@@ -229,7 +230,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
         &scripts::CHECK,
         runner.dialect(),
         2 * checks,
-        store::CHECK_FIXED_ARGS + 2 * checks,
+        wire::CHECK_FIXED_ARGS + 2 * checks,
     );
     for c in jobs.iter().flat_map(|j| &j.checks) {
         call.key(c.state_key.as_str()).key(c.block_key.as_str());
@@ -258,7 +259,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             cost: c.cost,
         })
         .collect();
-    store::push_checks(&mut call, &sizes, &args);
+    wire::push_checks(&mut call, &sizes, &args);
     match runner.run(call, deadline).await {
         Ok(reply) if reply.len() == checks * DECISION_FIELDS => {
             let mut rest = reply.as_slice();
@@ -270,7 +271,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
         }
         Ok(reply) => {
             for job in jobs {
-                let _ = job.reply.send(Err(crate::error::bad_reply(
+                let _ = job.reply.send(Err(bad_reply(
                     "check",
                     format!("{} integers for {checks} checks", reply.len()),
                 )));

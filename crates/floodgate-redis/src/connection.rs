@@ -5,14 +5,15 @@
 
 use std::time::Duration;
 
-use floodgate_core::{Error, StoreError, StoreErrorKind};
+use floodgate_core::Error;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, RedisConfig, TlsOptions, Topology, redact};
+use crate::client::{client, install_crypto_provider};
+use crate::config::{ConfigError, RedisConfig, Topology, redact};
 use crate::sentinel::SentinelPrimary;
 
 /// Reconnection backoff: first retry after this long...
@@ -158,30 +159,6 @@ fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
         .set_max_delay(RECONNECT_MAX_DELAY)
 }
 
-/// A client for `info`, trusting `tls` when it is a `rediss://` address.
-pub(crate) fn client(
-    info: impl IntoConnectionInfo,
-    tls: &TlsOptions,
-) -> redis::RedisResult<Client> {
-    let info = info.into_connection_info()?;
-    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-        install_crypto_provider();
-        Client::build_with_tls(info, tls.certificates())
-    } else {
-        Client::open(info)
-    }
-}
-
-/// Makes ring rustls' process-wide crypto provider unless one is set, so
-/// TLS works even where another crate enabled a second rustls provider
-/// (rustls then refuses to pick one itself).
-fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another thread installing one is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -208,12 +185,4 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
-}
-
-/// The error of a call that found no primary to talk to.
-pub(crate) fn no_primary(detail: &str) -> Error {
-    Error::Store(StoreError::new(
-        StoreErrorKind::ConnectionDropped,
-        format!("no Redis primary known: {detail}"),
-    ))
 }

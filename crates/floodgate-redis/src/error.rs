@@ -53,6 +53,14 @@ pub(crate) fn bad_reply(what: &str, detail: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// The error of a call that found no primary to talk to.
+pub(crate) fn no_primary(detail: &str) -> Error {
+    Error::Store(StoreError::new(
+        StoreErrorKind::ConnectionDropped,
+        format!("no Redis primary known: {detail}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

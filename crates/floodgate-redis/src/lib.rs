@@ -4,6 +4,21 @@
 //! that points at the same Redis, decided by one atomic Lua script per
 //! request, with the same arithmetic as floodgate-core's in-memory store.
 //!
+//! The modules, from the top (each uses only those below it):
+//!
+//! - `store`: [`RedisStore`], the [`floodgate_core::Store`]; cluster batches split by slot.
+//! - `coalesce`: concurrent requests' batches sharing one `check.lua` call.
+//! - `wire`: `check.lua`/`peek.lua` arguments from checks, decisions from their replies.
+//! - `scripts`: the Lua of `src/lua/`, called by `FCALL` or `EVALSHA`, reloaded when missing.
+//! - `connection`: the link to Redis for each topology, one multiplexed connection per call.
+//! - `sentinel`: the primary that Sentinels name, followed through failovers.
+//! - `client`: a redis client for one address, with TLS certificates and crypto provider.
+//! - `keys`: key names under the prefix, client keys escaped as hash tags.
+//! - `config`: [`RedisConfig`] ([`Topology`], [`TlsOptions`], [`TimeSource`]), validated.
+//! - `error`: redis failures as typed store errors that say whether a retry helps.
+//!
+//! ## What it does
+//!
 //! - [`RedisStore`] implements [`floodgate_core::Store`]. A batch of checks
 //!   is decided atomically by one `FCALL` of a function floodgate loads
 //!   itself (`EVALSHA` on servers that cannot run functions) on a
@@ -57,6 +72,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod client;
 mod coalesce;
 mod config;
 mod connection;
@@ -65,6 +81,7 @@ mod keys;
 mod scripts;
 mod sentinel;
 mod store;
+mod wire;
 
 pub use config::{
     ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL_MARGIN,

@@ -18,8 +18,9 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoC
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::client::client;
 use crate::config::{ConfigError, TlsOptions, redact};
-use crate::connection::{client, no_primary};
+use crate::error::no_primary;
 
 /// How often the Sentinels are asked when nothing goes wrong. After a
 /// failover the old primary, if it still runs, accepts writes until the

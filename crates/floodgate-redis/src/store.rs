@@ -18,10 +18,10 @@ use crate::connection::{Conn, Link};
 use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, Dialect, DialectSwitch, LuaScript, ScriptCall};
-
-/// Integers per check in a `peek.lua` reply, and in a `check.lua` reply
-/// once unpacked.
-pub(crate) const DECISION_FIELDS: usize = 6;
+use crate::wire::{
+    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_checks, push_policy,
+    unpack_check_reply,
+};
 
 /// The longest manual block accepted (about 142 years): keeps `now + ttl`
 /// exact in Lua's doubles. Longer TTLs are shortened to it.
@@ -481,76 +481,6 @@ static GUARD_POLICY: LazyLock<Policy> = LazyLock::new(|| {
         .expect("1 per second is a valid policy")
 });
 
-/// Arguments of `check.lua` before the per-policy and per-check ones: now,
-/// margin, batch sizes, number of policies.
-pub(crate) const CHECK_FIXED_ARGS: usize = 4;
-
-/// One check of a `check.lua` call, as its arguments describe it.
-pub(crate) struct CheckArg<'a> {
-    pub(crate) policy: &'a Policy,
-    /// Whether the policy's `block_for` is sent (else 0: no penalty starts).
-    pub(crate) penalties: bool,
-    pub(crate) shadow: bool,
-    pub(crate) cost: u64,
-}
-
-/// Appends ARGV[3..] of `check.lua` (see its header): `sizes`, each distinct
-/// policy once (with its `block_for` and shadow flag), then each check's
-/// policy number and cost. Every check of a gateway's rule shares its
-/// policy, so a call carrying many requests' checks sends it once, and Redis
-/// parses it once.
-pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
-    // (policy, block_for_us, shadow) in order of first use; a call holds a
-    // handful at most, one per rule.
-    let mut distinct: Vec<(&Policy, u64, bool)> = Vec::new();
-    let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
-    for c in checks {
-        let block_for = if c.penalties {
-            c.policy.block_for_us().unwrap_or(0)
-        } else {
-            0
-        };
-        let entry = (c.policy, block_for, c.shadow);
-        let at = match distinct.iter().position(|d| *d == entry) {
-            Some(at) => at,
-            None => {
-                distinct.push(entry);
-                distinct.len() - 1
-            }
-        };
-        numbers.push(at + 1);
-    }
-    call.arg(sizes).arg(distinct.len());
-    for (policy, block_for, shadow) in distinct {
-        call.arg(policy.algorithm().name())
-            .arg(policy.limit())
-            .arg(policy.window_us())
-            .arg(policy.burst())
-            .arg(policy.emission_interval_us())
-            .arg(block_for)
-            .arg(if shadow { "1" } else { "0" });
-    }
-    for (number, c) in numbers.into_iter().zip(checks) {
-        call.arg(number).arg(c.cost);
-    }
-}
-
-/// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads
-/// (`peek.lua`'s); its `block_for` as 0 unless `penalties`.
-pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
-    let block_for = if penalties {
-        policy.block_for_us().unwrap_or(0)
-    } else {
-        0
-    };
-    call.arg(policy.algorithm().name())
-        .arg(policy.limit())
-        .arg(policy.window_us())
-        .arg(policy.burst())
-        .arg(policy.emission_interval_us())
-        .arg(block_for);
-}
-
 impl Runner for RedisStore {
     fn now_arg(&self) -> String {
         RedisStore::now_arg(self)
@@ -567,70 +497,6 @@ impl Runner for RedisStore {
     async fn run(&self, call: ScriptCall, deadline: Instant) -> Result<Vec<i64>, Error> {
         self.invoke_check(deadline, "check", &call).await
     }
-}
-
-/// Bytes per check in a `check.lua` reply: a flags byte and four doubles.
-const PACKED_DECISION_LEN: usize = 33;
-
-/// The six integers per check (as `peek.lua` returns them) from the packed
-/// reply of `check.lua` (see the script's header). Redis turns a Lua number
-/// into an integer by truncation; so does this.
-fn unpack_check_reply(what: &str, packed: &[u8]) -> Result<Vec<i64>, Error> {
-    let (decisions, rest) = packed.as_chunks::<PACKED_DECISION_LEN>();
-    if !rest.is_empty() {
-        return Err(bad_reply(
-            what,
-            format!("{} bytes of packed decisions", packed.len()),
-        ));
-    }
-    let mut fields = Vec::with_capacity(decisions.len() * DECISION_FIELDS);
-    for [flags, doubles @ ..] in decisions {
-        if *flags > 3 {
-            return Err(bad_reply(what, format!("decision flags {flags}")));
-        }
-        let mut numbers = [0i64; 4];
-        for (n, bytes) in numbers.iter_mut().zip(doubles.as_chunks::<8>().0) {
-            let v = f64::from_le_bytes(*bytes);
-            if !v.is_finite() {
-                return Err(bad_reply(what, format!("a decision field of {v}")));
-            }
-            // Truncation toward zero, as Redis converts Lua numbers;
-            // microseconds and quota units stay far below 2^53.
-            *n = v as i64;
-        }
-        let [remaining, reset, retry, block_until] = numbers;
-        fields.extend_from_slice(&[
-            i64::from(flags & 1),
-            remaining,
-            reset,
-            retry,
-            i64::from(flags >> 1),
-            block_until,
-        ]);
-    }
-    Ok(fields)
-}
-
-/// A decision from the six integers a script returns for one check.
-fn decision_from(policy: &Policy, fields: &[i64]) -> Result<Decision, Error> {
-    let &[allowed, remaining, reset, retry, blocked, _] = fields else {
-        return Err(bad_reply("decision", format!("{fields:?}")));
-    };
-    let micros = |v: i64| -> Result<u64, Error> {
-        u64::try_from(v).map_err(|_| bad_reply("decision", format!("negative field in {fields:?}")))
-    };
-    Ok(Decision {
-        allowed: allowed == 1,
-        limit: policy.limit(),
-        remaining: micros(remaining)?,
-        reset_after: Duration::from_micros(micros(reset)?),
-        retry_after: if retry < 0 {
-            None
-        } else {
-            Some(Duration::from_micros(micros(retry)?))
-        },
-        blocked: blocked == 1,
-    })
 }
 
 impl Store for RedisStore {
@@ -812,65 +678,6 @@ impl Store for RedisStore {
             Ok(())
         } else {
             Err(bad_reply("ping", pong))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One packed decision as `check.lua` writes it.
-    fn packed(flags: u8, numbers: [f64; 4]) -> Vec<u8> {
-        let mut out = vec![flags];
-        for n in numbers {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        out
-    }
-
-    #[test]
-    fn packed_decisions_read_as_six_integers_each() {
-        let mut reply = packed(1, [41.75, 16_500_000.0, -1.0, 0.0]);
-        reply.extend(packed(2, [0.0, 60_000_000.0, 2_100_000.0, 1.8e15]));
-        let fields = unpack_check_reply("check", &reply).expect("well-formed");
-        assert_eq!(
-            fields,
-            [
-                1,
-                41,
-                16_500_000,
-                -1,
-                0,
-                0,
-                0,
-                0,
-                60_000_000,
-                2_100_000,
-                1,
-                1_800_000_000_000_000
-            ]
-        );
-        assert_eq!(unpack_check_reply("check", &[]).expect("no checks"), []);
-    }
-
-    #[test]
-    fn malformed_replies_are_errors_not_panics() {
-        let good = packed(1, [1.0, 2.0, -1.0, 0.0]);
-        for (bad, why) in [
-            (good[..32].to_vec(), "bytes of packed decisions"),
-            (
-                [good.clone(), vec![0]].concat(),
-                "bytes of packed decisions",
-            ),
-            (packed(4, [1.0, 2.0, -1.0, 0.0]), "decision flags 4"),
-            (packed(1, [f64::NAN, 2.0, -1.0, 0.0]), "NaN"),
-            (packed(1, [1.0, f64::INFINITY, -1.0, 0.0]), "inf"),
-        ] {
-            let error = unpack_check_reply("check", &bad)
-                .expect_err(why)
-                .to_string();
-            assert!(error.contains(why), "{error}");
         }
     }
 }
