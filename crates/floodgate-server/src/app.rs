@@ -112,9 +112,11 @@ impl AppState {
         }
         if old.server.header_timeout != new.server.header_timeout
             || old.server.idle_timeout != new.server.idle_timeout
+            || old.server.max_header_bytes != new.server.max_header_bytes
+            || old.server.max_connections != new.server.max_connections
         {
             tracing::warn!(
-                "server.header_timeout or idle_timeout changed in the config: they apply after a restart"
+                "server.header_timeout, idle_timeout, max_header_bytes or max_connections changed in the config: they apply after a restart"
             );
         }
         if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {
@@ -233,17 +235,19 @@ pub async fn run(
     let gateway_stop = Stop::new();
     let admin_stop = Stop::new();
 
-    let timeouts = {
+    let (gateway_limits, admin_limits) = {
         let settings = state.settings.load();
-        serve::Timeouts {
-            header: settings.server.header_timeout,
-            idle: settings.server.idle_timeout,
-        }
+        (
+            serve::Limits::gateway(&settings.server),
+            serve::Limits::admin(&settings.server),
+        )
     };
+    let metrics = state.metrics.clone();
     let gateway = tokio::spawn(serve::serve(
         listeners.main,
         gateway_router(state.clone()),
-        timeouts,
+        gateway_limits,
+        move || metrics.count_connection_limit_reached(),
         gateway_stop.signalled(),
         crate::supervisor::announce_stopped_accepting,
     ));
@@ -251,7 +255,8 @@ pub async fn run(
         tokio::spawn(serve::serve(
             l,
             admin::router(state.clone()),
-            timeouts,
+            admin_limits,
+            || {},
             admin_stop.signalled(),
             || {},
         ))
