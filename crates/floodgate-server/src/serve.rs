@@ -40,8 +40,10 @@
 //! written then) and sends a problem+json 431 in its place, then reads and
 //! discards what the client still sends for a moment before closing, so
 //! the client reads the answer instead of a reset. More than 100 header
-//! fields (hyper's count bound) and HTTP/2 header lists over the bound get
-//! the libraries' own answers (a bare 431; a stream reset).
+//! fields (hyper's count bound) get hyper's bare 431; an HTTP/2 header list
+//! over the bound, the h2 library's answer (the stream refused,
+//! `REFUSED_STREAM`). HTTP/2 heads up to the bound are accepted, where
+//! hyper's default allowed 16 KiB.
 //!
 //! # Connections
 //!
