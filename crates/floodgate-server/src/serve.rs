@@ -4,7 +4,7 @@
 //! connection may sit idle and how many connections are open at once, and
 //! a drain that drops no request.
 //!
-//! The time bounds are kept by [`Watched`], around each connection's socket,
+//! The time bounds are kept by `Watched`, around each connection's socket,
 //! with one timer per connection:
 //!
 //! - `[server] header_timeout` closes connections that open and then send
@@ -34,7 +34,7 @@
 //! (`max_buf_size`), so a connection holding a half-sent head costs at most
 //! that much, and HTTP/2's header list bound. hyper answers an HTTP/1 head
 //! that outgrows its buffer by itself, with a 431 and an empty body, and
-//! has no hook to change that answer; so [`Watched`] recognises it on its
+//! has no hook to change that answer; so `Watched` recognises it on its
 //! way out (a `431` status line written while no request is in flight and
 //! the pending head has filled the buffer: no answer of the router's can be
 //! written then) and sends a problem+json 431 in its place, then reads and
@@ -215,9 +215,9 @@ fn fd_limit() -> Option<u64> {
 }
 
 /// `max_connections` when the config leaves it out: the file descriptor
-/// limit less [`FD_RESERVE`], halved when proxying (each client connection
+/// limit less 128 (`FD_RESERVE`), halved when proxying (each client connection
 /// may hold an upstream connection too), and at least
-/// [`MIN_DEFAULT_MAX_CONNECTIONS`]. An unlimited fd limit counts as
+/// 32 (`MIN_DEFAULT_MAX_CONNECTIONS`). An unlimited fd limit counts as
 /// 1,048,576, Linux's default ceiling (`fs.nr_open`).
 pub fn default_max_connections(fd_limit: Option<u64>, proxying: bool) -> usize {
     let limit = fd_limit.unwrap_or(1 << 20);
