@@ -420,13 +420,8 @@ fn twenty_rolling_restarts_under_load_fail_no_request() {
     );
 
     let log = fg.log();
-    let workers: std::collections::HashSet<&str> = log
-        .lines()
-        .filter(|l| l.contains("worker started"))
-        .filter_map(|l| l.split("pid=").nth(1))
-        .collect();
     assert_eq!(
-        (restarts_done(fg), workers.len()),
+        (restarts_done(fg), worker_pids(&log).len()),
         (RESTARTS, 4 + 4 * RESTARTS),
         "every restart replaces all 4 workers with new processes:\n{log}"
     );
@@ -449,6 +444,61 @@ fn twenty_rolling_restarts_under_load_fail_no_request() {
         Some(0),
         "{}",
         fg.log()
+    );
+}
+
+/// The worker processes a supervisor's log says it started.
+fn worker_pids(log: &str) -> std::collections::HashSet<u32> {
+    log.lines()
+        .filter(|l| l.contains("worker started"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A supervisor killed with SIGKILL cannot stop its workers; they stop
+/// themselves. Left running, they served on with nobody supervising them,
+/// and held the port: a new `floodgate serve` could not bind it.
+#[test]
+fn workers_stop_when_their_supervisor_is_killed() {
+    let mut fg = Floodgate::start_with_args(&config(5), &["--workers", "2"], &[]);
+    assert!(
+        fg.wait_for_log("all workers serving", Duration::from_secs(30)),
+        "{}",
+        fg.log()
+    );
+    let workers = worker_pids(&fg.log());
+    assert_eq!(workers.len(), 2, "{}", fg.log());
+    fg.child.kill().unwrap();
+    fg.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workers.iter().any(|pid| running(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {workers:?} still run 30 s after their supervisor was killed:\n{}",
+            fg.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::net::TcpListener::bind(fg.addr).is_ok(),
+        "the port is still held"
     );
 }
 
