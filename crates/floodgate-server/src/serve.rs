@@ -70,9 +70,11 @@
 //! - a kept-alive HTTP/1 connection between requests is closed once it has
 //!   been quiet for [`DRAIN_IDLE_GRACE`], at once if it already has: a
 //!   busy client's next request, maybe already sent, is answered (and the
-//!   client moves to a new connection) instead of racing the close, the
-//!   way Envoy drains HTTP/1 connections; no request can be in flight on
-//!   the wire when it closes (it only closes while reading would wait);
+//!   client moves to a new connection) instead of racing the close (Envoy
+//!   likewise keeps HTTP/1 connections through its drain time, each closing
+//!   after its next answer). A client quiet for longer can still send just
+//!   as the connection closes, as with `idle_timeout`; the close is never
+//!   a reset, as it happens only while there is nothing left to read;
 //! - HTTP/2 connections get a GOAWAY (hyper's graceful shutdown), which
 //!   tells the client which streams were not served and may be retried.
 //!
