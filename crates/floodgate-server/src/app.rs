@@ -176,17 +176,19 @@ pub async fn run(
     let gateway_stop = Stop::new();
     let admin_stop = Stop::new();
 
-    let timeouts = {
+    let (gateway_limits, admin_limits) = {
         let settings = state.settings.load();
-        serve::Timeouts {
-            header: settings.server.header_timeout,
-            idle: settings.server.idle_timeout,
-        }
+        (
+            serve::Limits::gateway(&settings.server),
+            serve::Limits::admin(&settings.server),
+        )
     };
+    let metrics = state.metrics.clone();
     let gateway = tokio::spawn(serve::serve(
         listeners.main,
         gateway_router(state.clone()),
-        timeouts,
+        gateway_limits,
+        move || metrics.count_connection_limit_reached(),
         gateway_stop.signalled(),
         crate::supervisor::announce_stopped_accepting,
     ));
@@ -194,7 +196,8 @@ pub async fn run(
         tokio::spawn(serve::serve(
             l,
             admin::router(state.clone()),
-            timeouts,
+            admin_limits,
+            || {},
             admin_stop.signalled(),
             || {},
         ))

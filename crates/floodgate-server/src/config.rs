@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +31,17 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// `keepalive_timeout` for upstreams), so the proxy, which knows when it is
 /// about to reuse one, is the side that closes them.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// The largest request head accepted by default: room for big cookies and
+/// tokens (nginx's default, `large_client_header_buffers 4 8k`, caps a
+/// header line at 8 KiB and a head at about 32 KiB), while a connection
+/// holding a half-sent head costs at most this much buffer.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest `max_header_bytes`: hyper's HTTP/1 read buffer cannot be
+/// smaller, and real heads with a few cookies reach several KiB.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The largest `max_header_bytes`: a head of 16 MiB is a mistake or an
+/// attack, and every connection may buffer this much.
+pub const MAX_MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Admin tokens that examples show in place of a secret; a deployment that
 /// kept one has an open admin API in all but name.
@@ -71,6 +83,10 @@ struct RawServer {
     upstream_timeout: Option<String>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    // Numbers, read as any TOML value so a string or a negative number is
+    // reported with the field's name instead of a bare type error.
+    max_header_bytes: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -192,6 +208,13 @@ pub struct ServerSettings {
     /// How long a connection may stay open with no bytes either way and no
     /// request in flight (see [`crate::serve`]).
     pub idle_timeout: Duration,
+    /// The largest request head (request line and headers), in bytes; a
+    /// larger one is answered 431 (see [`crate::serve`]).
+    pub max_header_bytes: usize,
+    /// How many connections are served at once; past it new ones wait in
+    /// the listen backlog. `None` sizes it from the file descriptor limit
+    /// when serving ([`crate::serve::Limits::gateway`]).
+    pub max_connections: Option<NonZeroU32>,
 }
 
 /// Which store holds the counters.
@@ -518,6 +541,8 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             "upstream_timeout",
             "header_timeout",
             "idle_timeout",
+            "max_header_bytes",
+            "max_connections",
         ],
     );
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!());
@@ -597,6 +622,86 @@ fn validate_server(raw: RawServer, o: &Overrides, p: &mut Problems) -> ServerSet
             raw.idle_timeout.as_deref(),
             DEFAULT_IDLE_TIMEOUT,
         ),
+        max_header_bytes: raw
+            .max_header_bytes
+            .as_ref()
+            .and_then(|v| max_header_bytes(v, p))
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_connections: raw
+            .max_connections
+            .as_ref()
+            .and_then(|v| max_connections(v, p)),
+    }
+}
+
+/// `server.max_header_bytes`: a number of bytes, or a string with a unit
+/// (`"64KiB"`, `"1MiB"`), within [`MIN_MAX_HEADER_BYTES`] and
+/// [`MAX_MAX_HEADER_BYTES`].
+fn max_header_bytes(value: &toml::Value, p: &mut Problems) -> Option<usize> {
+    const AT: &str = "server.max_header_bytes";
+    let bytes = match value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(text) => parse_bytes(text),
+        _ => None,
+    };
+    let Some(bytes) = bytes else {
+        p.add(
+            AT,
+            format!("must be a number of bytes, like 65536 or \"64KiB\", got {value}"),
+        );
+        return None;
+    };
+    let range = MIN_MAX_HEADER_BYTES as u64..=MAX_MAX_HEADER_BYTES as u64;
+    if !range.contains(&bytes) {
+        p.add(
+            AT,
+            format!(
+                "must be between {} (8KiB) and {} (16MiB), got {bytes}",
+                range.start(),
+                range.end()
+            ),
+        );
+        return None;
+    }
+    usize::try_from(bytes).ok()
+}
+
+/// `"65536"`, `"64KiB"`, `"1MiB"`, `"512 B"`: a size in bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// `server.max_connections`: a whole number from 1 to 2^32 - 1.
+fn max_connections(value: &toml::Value, p: &mut Problems) -> Option<NonZeroU32> {
+    const AT: &str = "server.max_connections";
+    match value {
+        toml::Value::Integer(n) => match u32::try_from(*n).ok().and_then(NonZeroU32::new) {
+            Some(n) => Some(n),
+            None => {
+                p.add(AT, format!("must be between 1 and {}, got {n}", u32::MAX));
+                None
+            }
+        },
+        _ => {
+            p.add(
+                AT,
+                format!(
+                    "must be a whole number of connections, like 10000 (leave it out to size it from the file descriptor limit), got {value}"
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -1433,6 +1538,72 @@ mod tests {
             problems[1].starts_with("store.tls_ca_file: TLS CA certificate"),
             "{problems:?}"
         );
+    }
+
+    fn server_of(server: &str) -> Result<ServerSettings, Vec<String>> {
+        parse(&format!("[server]\n{server}"), None, &Overrides::default())
+            .map(|s| s.server)
+            .map_err(|e| e.problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn max_header_bytes_takes_bytes_or_a_unit_within_bounds() {
+        let bytes = |text: &str| server_of(text).map(|s| s.max_header_bytes);
+        assert_eq!(bytes(""), Ok(DEFAULT_MAX_HEADER_BYTES));
+        assert_eq!(bytes("max_header_bytes = 65536"), Ok(65_536));
+        assert_eq!(bytes("max_header_bytes = \"16KiB\""), Ok(16_384));
+        assert_eq!(bytes("max_header_bytes = \"1MiB\""), Ok(1 << 20));
+        assert_eq!(bytes("max_header_bytes = \"9000\""), Ok(9_000));
+        for (value, message) in [
+            (
+                "0",
+                "must be between 8192 (8KiB) and 16777216 (16MiB), got 0",
+            ),
+            ("4096", "got 4096"),
+            ("\"32MiB\"", "got 33554432"),
+            (
+                "-1",
+                "must be a number of bytes, like 65536 or \"64KiB\", got -1",
+            ),
+            ("\"64 kb\"", "must be a number of bytes"),
+            ("\"lots\"", "got \"lots\""),
+            ("1.5", "must be a number of bytes"),
+            ("\"99999999999999999999KiB\"", "must be a number of bytes"),
+        ] {
+            assert_one_server_problem("max_header_bytes", value, message);
+        }
+    }
+
+    /// `[server] <field> = <value>` is refused with one problem, at the
+    /// field, saying `message`.
+    fn assert_one_server_problem(field: &str, value: &str, message: &str) {
+        let problems = server_of(&format!("{field} = {value}")).expect_err(value);
+        assert_eq!(problems.len(), 1, "{value}: {problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("server.{field}: ")) && problems[0].contains(message),
+            "{value}: {problems:?}"
+        );
+    }
+
+    #[test]
+    fn max_connections_is_a_positive_whole_number_or_left_to_the_fd_limit() {
+        let cap = |text: &str| server_of(text).map(|s| s.max_connections.map(NonZeroU32::get));
+        assert_eq!(cap(""), Ok(None));
+        assert_eq!(cap("max_connections = 1"), Ok(Some(1)));
+        assert_eq!(cap("max_connections = 20000"), Ok(Some(20_000)));
+        for (value, message) in [
+            ("0", "must be between 1 and 4294967295, got 0"),
+            ("-3", "got -3"),
+            ("4294967296", "got 4294967296"),
+            (
+                "\"many\"",
+                "must be a whole number of connections, like 10000",
+            ),
+            ("\"100\"", "got \"100\""),
+            ("2.0", "must be a whole number"),
+        ] {
+            assert_one_server_problem("max_connections", value, message);
+        }
     }
 
     #[test]

@@ -111,6 +111,14 @@ pub fn summary(s: &Settings) -> String {
         }
     };
     out.push_str(&format!(
+        "  limits    heads up to {} bytes, {}\n",
+        s.server.max_header_bytes,
+        s.server.max_connections.map_or_else(
+            || "connections sized from the fd limit".to_owned(),
+            |n| format!("{n} connections at once")
+        )
+    ));
+    out.push_str(&format!(
         "  store     {backend}, timeout {}, on_error {}\n",
         format_duration(s.store.timeout),
         s.store.on_error

@@ -1,5 +1,6 @@
 //! Prometheus metrics: decisions by rule and outcome, store call latency,
-//! store errors, active blocks.
+//! store errors, active blocks, and the times the gateway reached its
+//! connection cap.
 //!
 //! Label sets stay bounded: rules come from the config, outcomes are a fixed
 //! set, and no client key ever becomes a label.
@@ -57,6 +58,8 @@ pub struct Metrics {
     calls: [CallMetrics; StoreCall::ALL.len()],
     active_blocks: Gauge,
     store_up: Gauge,
+    /// Times the gateway stopped accepting at `[server] max_connections`.
+    connection_limit_reached: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +122,12 @@ impl Metrics {
             "1 while the store answers, 0 while it is failing",
             store_up.clone(),
         );
+        let connection_limit_reached = Counter::default();
+        registry.register(
+            "connection_limit_reached",
+            "Times the gateway reached server.max_connections and stopped accepting until a connection closed",
+            connection_limit_reached.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -126,6 +135,7 @@ impl Metrics {
             calls,
             active_blocks,
             store_up,
+            connection_limit_reached,
         }
     }
 
@@ -137,6 +147,11 @@ impl Metrics {
     /// Sets whether the store answers.
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    /// Counts one time the gateway reached its connection cap.
+    pub fn count_connection_limit_reached(&self) {
+        self.connection_limit_reached.inc();
     }
 
     /// The Prometheus text exposition.

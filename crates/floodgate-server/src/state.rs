@@ -100,9 +100,11 @@ impl AppState {
         }
         if old.server.header_timeout != new.server.header_timeout
             || old.server.idle_timeout != new.server.idle_timeout
+            || old.server.max_header_bytes != new.server.max_header_bytes
+            || old.server.max_connections != new.server.max_connections
         {
             tracing::warn!(
-                "server.header_timeout or idle_timeout changed in the config: they apply after a restart"
+                "server.header_timeout, idle_timeout, max_header_bytes or max_connections changed in the config: they apply after a restart"
             );
         }
         if old.store.backend != new.store.backend || old.store.prefix != new.store.prefix {

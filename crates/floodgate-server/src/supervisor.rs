@@ -12,7 +12,9 @@
 //! standard output (its logs go to standard error), and that it no longer
 //! accepts connections, once told to drain, by printing
 //! [`STOPPED_ACCEPTING_LINE`]: a rolling restart replaces the next worker
-//! (or, after the last, tells systemd it is done) only then.
+//! (or, after the last, tells systemd it is done) only then. Workers stop
+//! with their supervisor, even one killed with SIGKILL (see
+//! [`announce_ready`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -47,19 +49,47 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Called by a single process once it serves: a worker tells its
 /// supervisor; a process on its own tells systemd, if systemd started it.
+///
+/// A worker also asks to be sent SIGTERM when its supervisor dies, however
+/// it dies: left running, it would go on serving the old config with
+/// nobody to restart or stop it, and hold the listening socket, so a new
+/// supervisor could not bind the port. It then drains like on any SIGTERM.
+/// A supervisor that died before that request shows as a failed write of
+/// the ready line (nobody reads the pipe any more): the worker ends itself
+/// the same way.
 pub fn announce_ready() {
     if is_worker() {
-        tell_supervisor(READY_LINE);
+        follow_supervisor();
+        if !tell_supervisor(READY_LINE) {
+            tracing::warn!("the supervisor is gone: stopping");
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::TERM,
+            );
+        }
     } else {
         notify::ready("serving");
     }
 }
 
+/// SIGTERM to this process when its parent, the supervisor, dies.
+#[cfg(target_os = "linux")]
+fn follow_supervisor() {
+    let term = Some(rustix::process::Signal::TERM);
+    if let Err(e) = rustix::process::set_parent_process_death_signal(term) {
+        tracing::warn!(error = %e, "cannot ask to be stopped with the supervisor");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn follow_supervisor() {}
+
 /// Called once the gateway no longer accepts connections: a worker tells
 /// its supervisor, which then knows new connections go to the others.
 pub fn announce_stopped_accepting() {
     if is_worker() {
-        tell_supervisor(STOPPED_ACCEPTING_LINE);
+        // A supervisor that no longer listens has nothing to wait for.
+        let _ = tell_supervisor(STOPPED_ACCEPTING_LINE);
     }
 }
 
@@ -68,11 +98,11 @@ pub fn is_worker() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
 }
 
-fn tell_supervisor(line: &str) {
+/// Writes `line` to the supervisor; false when it could not be written.
+fn tell_supervisor(line: &str) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 /// What happened to a worker.

@@ -433,6 +433,28 @@ pub fn redis_pid(addr: SocketAddr) -> u32 {
     text[at..].lines().next().unwrap().trim().parse().unwrap()
 }
 
+/// Connections waiting in the accept queue of the IPv4 socket listening on
+/// `addr` (from /proc/net/tcp, whose `rx_queue` of a listening socket is
+/// its backlog); `None` when nothing listens there.
+pub fn accept_queue(addr: SocketAddr) -> Option<u32> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("accept_queue reads /proc/net/tcp: IPv4 only, not {addr}");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // sl, local_address, rem_address, st (0A: listening), tx_queue:rx_queue
+        .find(|f| f.len() > 4 && f[1] == local && f[3] == "0A")
+        .and_then(|f| f[4].split_once(':').map(|(_, rx)| rx.to_owned()))
+        .and_then(|rx| u32::from_str_radix(&rx, 16).ok())
+}
+
 /// Waits, polling every 50 ms, until `probe` returns true; false after `within`.
 pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
 where
@@ -822,14 +844,23 @@ impl RawReply {
 
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        RawConn {
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// [`RawConn::connect`], the failure returned.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(RawConn {
             stream,
             pending: Vec::new(),
-        }
+        })
+    }
+
+    /// Bounds how long a read waits (10 s from `connect`).
+    pub fn set_read_timeout(&self, within: Duration) {
+        self.stream.set_read_timeout(Some(within)).unwrap();
     }
 
     /// Writes `request` as is and reads one response; `Err` when the server
@@ -890,6 +921,11 @@ impl RawConn {
         }
         self.pending.extend_from_slice(&buf[..n]);
         Ok(())
+    }
+
+    /// Reads one response to a request written before.
+    pub fn read_reply(&mut self) -> Result<RawReply, String> {
+        self.read_response()
     }
 
     fn read_response(&mut self) -> Result<RawReply, String> {
@@ -962,6 +998,125 @@ impl RawConn {
             body,
         })
     }
+}
+
+/// How the clients of a [`ChurnLoad`] use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Connect, send one request, read the answer, close: like
+    /// `requests.get` or `curl` in a loop.
+    NewConnectionPerRequest,
+    /// Keep one connection for request after request; open a new one only
+    /// after an answer that says `Connection: close`. Nothing else is
+    /// forgiven: a connection that closes without that, under a request,
+    /// is a failed request.
+    KeepAlive,
+}
+
+/// What the clients of a [`ChurnLoad`] saw.
+#[derive(Debug, Default)]
+pub struct ChurnCount {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests that failed: no connection, an error writing or reading,
+    /// no answer within 10 s, or a status other than 200.
+    pub failed: u64,
+    /// The first few failures, described.
+    pub failures: Vec<String>,
+    /// Answers that said `Connection: close`.
+    pub told_to_close: u64,
+}
+
+/// Clients on threads of their own, each sending `GET path` to `addr` one
+/// request after another (with `pause` between them) until
+/// [`ChurnLoad::stop`], and counting every outcome: for what happens to
+/// connections while the server restarts.
+pub struct ChurnLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<ChurnCount>>,
+}
+
+impl ChurnLoad {
+    pub fn start(
+        addr: SocketAddr,
+        path: &str,
+        clients: usize,
+        reuse: Reuse,
+        pause: Duration,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_owned();
+                std::thread::spawn(move || churn(addr, &path, reuse, pause, &stop))
+            })
+            .collect();
+        ChurnLoad { stop, clients }
+    }
+
+    /// Stops every client after its request in flight: their counts, summed.
+    pub fn stop(self) -> ChurnCount {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = ChurnCount::default();
+        for client in self.clients {
+            let count = client.join().unwrap();
+            all.ok += count.ok;
+            all.failed += count.failed;
+            all.told_to_close += count.told_to_close;
+            all.failures.extend(count.failures);
+        }
+        all.failures.truncate(10);
+        all
+    }
+}
+
+fn churn(
+    addr: SocketAddr,
+    path: &str,
+    reuse: Reuse,
+    pause: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> ChurnCount {
+    let mut count = ChurnCount::default();
+    let mut kept: Option<RawConn> = None;
+    let fail = |count: &mut ChurnCount, what: String| {
+        count.failed += 1;
+        if count.failures.len() < 10 {
+            count.failures.push(what);
+        }
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut conn = match kept.take() {
+            Some(conn) => conn,
+            None => match RawConn::try_connect(addr) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    fail(&mut count, format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        match conn.get(path, &[]) {
+            Ok(reply) if reply.status == 200 => {
+                count.ok += 1;
+                let close = reply
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                count.told_to_close += u64::from(close);
+                if reuse == Reuse::KeepAlive && !close {
+                    kept = Some(conn);
+                }
+            }
+            Ok(reply) => fail(
+                &mut count,
+                format!("status {}: {}", reply.status, reply.text()),
+            ),
+            Err(e) => fail(&mut count, e),
+        }
+        std::thread::sleep(pause);
+    }
+    count
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
