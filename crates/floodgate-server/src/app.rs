@@ -190,7 +190,7 @@ pub async fn run(
         gateway_limits,
         move || metrics.count_connection_limit_reached(),
         gateway_stop.signalled(),
-        crate::supervisor::announce_stopped_accepting,
+        crate::worker::announce_stopped_accepting,
     ));
     let admin = listeners.admin.map(|l| {
         tokio::spawn(serve::serve(

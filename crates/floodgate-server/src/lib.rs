@@ -20,6 +20,7 @@ pub mod serve;
 pub mod state;
 pub mod store;
 pub mod supervisor;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -50,7 +51,7 @@ pub fn run_blocking(config_path: Option<PathBuf>, overrides: Overrides) -> anyho
             config_path,
             overrides,
             app::termination(),
-            supervisor::announce_ready,
+            notify::announce_ready,
         )
         .await
     })

@@ -106,7 +106,13 @@ fn main() -> ExitCode {
                 ..Overrides::from_env()
             };
             let result = match workers {
-                Some(n) if n > 1 => floodgate_server::supervisor::run(n, config, overrides),
+                Some(n) if n > 1 => {
+                    let log_format = match cli.log_format {
+                        LogFormat::Text => "text",
+                        LogFormat::Json => "json",
+                    };
+                    floodgate_server::supervisor::run(n, config, overrides, log_format)
+                }
                 _ => floodgate_server::run_blocking(config, overrides),
             };
             match result {

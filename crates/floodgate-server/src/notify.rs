@@ -20,6 +20,16 @@ use std::path::Path;
 /// The environment variable systemd names the socket in.
 pub const SOCKET_ENV: &str = "NOTIFY_SOCKET";
 
+/// Called by a process once it serves: a worker tells its supervisor; a
+/// process on its own tells systemd, if systemd started it.
+pub fn announce_ready() {
+    if crate::worker::is_worker() {
+        crate::worker::announce_ready();
+    } else {
+        ready("serving");
+    }
+}
+
 /// Serving: `READY=1`, with `status` for `systemctl status`.
 pub fn ready(status: &str) {
     send(&format!(
@@ -51,7 +61,7 @@ pub fn stopping() {
 fn send(message: &str) {
     // The supervisor does not pass the socket on; a worker that found it
     // anyway (an environment set by hand) still keeps quiet.
-    if crate::supervisor::is_worker() {
+    if crate::worker::is_worker() {
         return;
     }
     let Some(socket) = std::env::var_os(SOCKET_ENV) else {

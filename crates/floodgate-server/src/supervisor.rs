@@ -8,13 +8,13 @@
 //! the workers one at a time, each new worker serving before the old one
 //! drains; SIGTERM or SIGINT drains every worker and exits 0.
 //!
-//! A worker tells the supervisor it serves by printing [`READY_LINE`] on its
-//! standard output (its logs go to standard error), and that it no longer
-//! accepts connections, once told to drain, by printing
-//! [`STOPPED_ACCEPTING_LINE`]: a rolling restart replaces the next worker
-//! (or, after the last, tells systemd it is done) only then. Workers stop
-//! with their supervisor, even one killed with SIGKILL (see
-//! [`announce_ready`]).
+//! A worker tells the supervisor it serves, and that it no longer accepts
+//! connections once told to drain, by the lines of [`crate::worker`]: a
+//! rolling restart replaces the next worker (or, after the last, tells
+//! systemd it is done) only then. Workers stop with their supervisor, even
+//! one killed with SIGKILL (see [`crate::worker::announce_ready`]). A SIGHUP
+//! whose file would take a protection away from the running workers (see
+//! [`crate::state::reload_refusals`]) replaces none of them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -27,14 +27,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Overrides, Settings};
+use crate::duration::format_duration;
+use crate::state::reload_refusals;
+use crate::worker::{READY_LINE, STOPPED_ACCEPTING_LINE, WORKER_ENV};
 use crate::{listen, notify};
-
-/// What a worker prints on standard output once it serves.
-pub const READY_LINE: &str = "floodgate-worker-ready";
-/// What a worker prints once it no longer accepts connections (draining).
-pub const STOPPED_ACCEPTING_LINE: &str = "floodgate-worker-stopped-accepting";
-/// The environment variable that marks a process as a worker (its slot number).
-pub const WORKER_ENV: &str = "FLOODGATE_WORKER";
 
 /// How long a new worker may take to serve.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,64 +42,6 @@ const CRASH_WINDOW: Duration = Duration::from_secs(60);
 const CRASH_LIMIT: usize = 5;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Called by a single process once it serves: a worker tells its
-/// supervisor; a process on its own tells systemd, if systemd started it.
-///
-/// A worker also asks to be sent SIGTERM when its supervisor dies, however
-/// it dies: left running, it would go on serving the old config with
-/// nobody to restart or stop it, and hold the listening socket, so a new
-/// supervisor could not bind the port. It then drains like on any SIGTERM.
-/// A supervisor that died before that request shows as a failed write of
-/// the ready line (nobody reads the pipe any more): the worker ends itself
-/// the same way.
-pub fn announce_ready() {
-    if is_worker() {
-        follow_supervisor();
-        if !tell_supervisor(READY_LINE) {
-            tracing::warn!("the supervisor is gone: stopping");
-            let _ = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::TERM,
-            );
-        }
-    } else {
-        notify::ready("serving");
-    }
-}
-
-/// SIGTERM to this process when its parent, the supervisor, dies.
-#[cfg(target_os = "linux")]
-fn follow_supervisor() {
-    let term = Some(rustix::process::Signal::TERM);
-    if let Err(e) = rustix::process::set_parent_process_death_signal(term) {
-        tracing::warn!(error = %e, "cannot ask to be stopped with the supervisor");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn follow_supervisor() {}
-
-/// Called once the gateway no longer accepts connections: a worker tells
-/// its supervisor, which then knows new connections go to the others.
-pub fn announce_stopped_accepting() {
-    if is_worker() {
-        // A supervisor that no longer listens has nothing to wait for.
-        let _ = tell_supervisor(STOPPED_ACCEPTING_LINE);
-    }
-}
-
-/// Whether this process is a worker of a supervisor.
-pub fn is_worker() -> bool {
-    std::env::var_os(WORKER_ENV).is_some()
-}
-
-/// Writes `line` to the supervisor; false when it could not be written.
-fn tell_supervisor(line: &str) -> bool {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
-}
 
 /// What happened to a worker.
 #[derive(Debug)]
@@ -134,6 +72,13 @@ struct Supervisor {
     exe: PathBuf,
     config: Option<PathBuf>,
     overrides: Overrides,
+    /// `--log-format`, passed on to every worker.
+    log_format: &'static str,
+    /// The settings the workers run with: a SIGHUP's file is weighed
+    /// against these.
+    settings: Settings,
+    /// Where the shared admin listener is bound.
+    admin_addr: Option<std::net::SocketAddr>,
     listen_fd: i32,
     admin_fd: Option<i32>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -147,7 +92,13 @@ struct Supervisor {
 }
 
 /// Runs `workers` worker processes sharing the listeners until SIGTERM/SIGINT.
-pub fn run(workers: u16, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+/// `log_format` (`text` or `json`) is the workers' `--log-format`.
+pub fn run(
+    workers: u16,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    log_format: &'static str,
+) -> anyhow::Result<()> {
     let settings = load(config_path.as_ref(), &overrides)?;
     let main = listen::bind(settings.server.listen, settings.server.reuse_port)?;
     let admin = settings
@@ -155,6 +106,7 @@ pub fn run(workers: u16, config_path: Option<PathBuf>, overrides: Overrides) -> 
         .listen
         .map(|a| listen::bind(a, settings.server.reuse_port))
         .transpose()?;
+    let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
     let listen_fd = listen::share_with_children(&main)?;
     let admin_fd = admin
         .as_ref()
@@ -169,6 +121,9 @@ pub fn run(workers: u16, config_path: Option<PathBuf>, overrides: Overrides) -> 
         exe: std::env::current_exe().context("cannot find the floodgate executable")?,
         config: config_path,
         overrides,
+        log_format,
+        settings: settings.clone(),
+        admin_addr,
         listen_fd,
         admin_fd,
         events_tx,
@@ -217,14 +172,18 @@ impl Supervisor {
                 Ok(Some(Event::Ready { slot, generation })) => self.mark_ready(slot, generation),
                 Ok(Some(Event::StoppedAccepting { .. })) => {}
                 Ok(Some(Event::Exited { slot, code, .. })) => {
-                    self.stop_all().await;
+                    self.stop_all(&mut events).await;
                     anyhow::bail!(
-                        "worker {slot} exited with {code:?} before it served: workers cannot start"
+                        "worker {slot} exited ({}) before it served: workers cannot start",
+                        exit_text(code)
                     );
                 }
                 Ok(None) | Err(_) => {
-                    self.stop_all().await;
-                    anyhow::bail!("workers did not start serving within {START_TIMEOUT:?}");
+                    self.stop_all(&mut events).await;
+                    anyhow::bail!(
+                        "workers did not start serving within {}",
+                        format_duration(START_TIMEOUT)
+                    );
                 }
             }
         }
@@ -246,7 +205,7 @@ impl Supervisor {
                 Some(event) = events.recv() => {
                     if let Err(e) = self.handle(event).await {
                         tracing::error!("{e:#}");
-                        self.stop_all().await;
+                        self.stop_all(&mut events).await;
                         return Err(e);
                     }
                 }
@@ -254,7 +213,7 @@ impl Supervisor {
         }
         tracing::info!("supervisor stopping: draining every worker");
         notify::stopping();
-        self.stop_all().await;
+        self.stop_all(&mut events).await;
         Ok(())
     }
 
@@ -262,7 +221,7 @@ impl Supervisor {
         self.next_generation += 1;
         let generation = self.next_generation;
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("serve");
+        cmd.args(["--log-format", self.log_format, "serve"]);
         if let Some(path) = &self.config {
             cmd.arg("--config").arg(path);
         }
@@ -349,14 +308,21 @@ impl Supervisor {
                 crashes.push(now);
                 if crashes.len() >= CRASH_LIMIT {
                     anyhow::bail!(
-                        "worker {slot} crashed {} times within {CRASH_WINDOW:?} (last exit {code:?}): crash loop, giving up",
-                        crashes.len()
+                        "worker {slot} crashed {} times within {} (last: {}): crash loop, giving up",
+                        crashes.len(),
+                        format_duration(CRASH_WINDOW),
+                        exit_text(code)
                     );
                 }
                 let backoff = BACKOFF_START
                     .saturating_mul(1 << (crashes.len() - 1))
                     .min(BACKOFF_MAX);
-                tracing::warn!(slot, ?code, ?backoff, "worker died; restarting");
+                tracing::warn!(
+                    slot,
+                    exit = %exit_text(code),
+                    backoff = %format_duration(backoff),
+                    "worker died; restarting"
+                );
                 tokio::time::sleep(backoff).await;
                 self.spawn(slot)?;
             }
@@ -377,9 +343,20 @@ impl Supervisor {
         &mut self,
         events: &mut mpsc::UnboundedReceiver<Event>,
     ) -> anyhow::Result<()> {
-        if let Err(e) = load(self.config.as_ref(), &self.overrides) {
-            anyhow::bail!("SIGHUP: the config is invalid, keeping the running workers: {e}");
+        let new = match load(self.config.as_ref(), &self.overrides) {
+            Ok(new) => new,
+            Err(e) => {
+                anyhow::bail!("SIGHUP: the config is invalid, keeping the running workers: {e}")
+            }
+        };
+        let refusals = reload_refusals(&self.settings, &new, self.admin_addr);
+        if !refusals.is_empty() {
+            anyhow::bail!(
+                "SIGHUP: config reload refused, keeping the running workers: {}",
+                refusals.join("; ")
+            );
         }
+        self.settings = new;
         tracing::info!("SIGHUP: rolling restart");
         for slot in 0..self.slots.len() {
             let old = self.slots[slot].take();
@@ -400,7 +377,7 @@ impl Supervisor {
                         generation: g,
                         code,
                     })) if s == slot && g == generation => {
-                        tracing::error!(slot, ?code, "new worker exited before serving");
+                        tracing::error!(slot, exit = %exit_text(code), "new worker exited before serving");
                         break false;
                     }
                     Ok(Some(other)) => {
@@ -470,7 +447,8 @@ impl Supervisor {
                 Err(_) => {
                     tracing::warn!(
                         slot,
-                        "the old worker still accepts connections {STOP_ACCEPTING_TIMEOUT:?} after SIGTERM; going on"
+                        "the old worker still accepts connections {} after SIGTERM; going on",
+                        format_duration(STOP_ACCEPTING_TIMEOUT)
                     );
                     return Ok(());
                 }
@@ -478,30 +456,60 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM to every worker; waits for them to drain (SIGKILL after the
-    /// drain timeout plus a margin).
-    async fn stop_all(&mut self) {
-        let mut pids: Vec<u32> = self
+    /// SIGTERM to every worker; waits for their exits (SIGKILL after the
+    /// drain timeout plus a margin, then a last wait for those).
+    async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        let mut running: Vec<(usize, Worker)> = self
             .slots
             .iter_mut()
-            .filter_map(|w| w.take())
-            .chain(self.retiring.drain(..).map(|(_, w)| w))
-            .filter_map(|w| w.pid)
+            .enumerate()
+            .filter_map(|(slot, w)| Some((slot, w.take()?)))
+            .chain(self.retiring.drain(..))
             .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        for pid in &pids {
-            terminate(Some(*pid));
+        for (_, worker) in &running {
+            terminate(worker.pid);
         }
-        let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(5);
-        while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout + Duration::from_secs(5);
+        until_exited(events, &mut running, deadline).await;
+        for (_, worker) in &running {
+            if let Some(pid) = worker.pid {
+                tracing::warn!(pid, "worker did not drain in time; killing it");
+                signal_pid(pid, rustix::process::Signal::KILL);
+            }
         }
-        for pid in pids.iter().filter(|p| alive(**p)) {
-            tracing::warn!(pid, "worker did not drain in time; killing it");
-            signal_pid(*pid, "KILL");
+        until_exited(
+            events,
+            &mut running,
+            tokio::time::Instant::now() + Duration::from_secs(5),
+        )
+        .await;
+    }
+}
+
+/// Waits until every worker of `running` has exited, as its wait task
+/// reports, or `deadline`; the exited ones are removed.
+async fn until_exited(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    running: &mut Vec<(usize, Worker)>,
+    deadline: tokio::time::Instant,
+) {
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Exited {
+                slot, generation, ..
+            })) => running.retain(|(s, w)| !(*s == slot && w.generation == generation)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
         }
     }
+}
+
+/// A worker's exit, in words.
+fn exit_text(code: Option<i32>) -> String {
+    code.map_or_else(
+        || "killed by a signal".to_owned(),
+        |c| format!("exit code {c}"),
+    )
 }
 
 async fn wait(child: &mut Child) -> Option<i32> {
@@ -510,28 +518,20 @@ async fn wait(child: &mut Child) -> Option<i32> {
 
 fn terminate(pid: Option<u32>) {
     if let Some(pid) = pid {
-        signal_pid(pid, "TERM");
+        signal_pid(pid, rustix::process::Signal::TERM);
     }
 }
 
-/// Sends a signal with kill(1): the standard library has no portable kill
-/// other than SIGKILL, and this keeps the supervisor free of unsafe code.
-fn signal_pid(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Whether a process exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+/// Sends `signal` to the worker `pid`. A worker that has exited already has
+/// nothing to be told.
+fn signal_pid(pid: u32, signal: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid
+        && let Err(e) = rustix::process::kill_process(pid, signal)
+        && e != rustix::io::Errno::SRCH
+    {
+        tracing::warn!(pid = pid.as_raw_nonzero().get(), error = %e, "cannot signal a worker");
     }
 }

@@ -916,6 +916,42 @@ fn no_reload_opens_the_admin_api() {
     assert!(err.contains("sets nothing"), "{err}");
 }
 
+/// The same under `--workers`: the supervisor weighs the new file against
+/// the workers' config and the admin socket it bound, and replaces no
+/// worker when the file would open the admin API.
+#[test]
+fn no_rolling_restart_opens_the_admin_api() {
+    let with_token = "[server]\nlisten = \"{listen}\"\nupstream = \"http://127.0.0.1:9\"\n\
+         [admin]\nlisten = \"0.0.0.0:{admin_port}\"\ntoken = \"test-admin-token\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\n";
+    let fg = Floodgate::start_with_args(
+        with_token,
+        &["--workers", "2"],
+        &[("FLOODGATE_ADMIN_TOKEN", "")],
+    );
+    let status = || {
+        RawConn::connect(fg.admin)
+            .get("/admin/blocks", &[])
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(), 401);
+    fg.rewrite_config(
+        "[server]\nlisten = \"{listen}\"\nupstream = \"http://127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [[rule]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 10\nwindow = \"1m\"\n",
+    );
+    fg.signal("HUP");
+    assert!(
+        fg.wait_for_log("config reload refused", std::time::Duration::from_secs(20)),
+        "{}",
+        fg.log()
+    );
+    for _ in 0..20 {
+        assert_eq!(status(), 401, "{}", fg.log());
+    }
+    assert!(!fg.log().contains("rolling restart done"), "{}", fg.log());
+}
+
 /// Issue: a malformed chunked body was answered 502 "upstream could not be
 /// reached", with an upstream-failure warning. It is the client's 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,18 +447,12 @@ fn twenty_rolling_restarts_under_load_fail_no_request() {
     );
 }
 
-/// The worker processes a supervisor's log says it started.
+/// The worker processes a supervisor's JSON log says it started.
 fn worker_pids(log: &str) -> std::collections::HashSet<u32> {
     log.lines()
-        .filter(|l| l.contains("worker started"))
-        .filter_map(|l| {
-            l.split("pid=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "worker started")
+        .filter_map(|l| u32::try_from(l["pid"].as_u64()?).ok())
         .collect()
 }
 
