@@ -4,6 +4,29 @@
 //!
 //! The binary is a thin shell over [`run_blocking`]; tests drive
 //! [`app::run`] with their own listeners and shutdown future.
+//!
+//! Modules, from the wiring down:
+//!
+//! - [`app`]: one instance wired together: the gateway router, the
+//!   listeners, `run` (serve, reload on SIGHUP, drain). Nothing imports it.
+//! - [`supervisor`]: `serve --workers N`: workers sharing one socket,
+//!   restarts, rolling restarts on SIGHUP.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`,
+//!   `/admin/*` behind the bearer token.
+//! - [`api`]: the decision API, `POST /v1/check`.
+//! - [`demo_api`]: the built-in API that answers when there is no upstream.
+//! - [`proxy`]: the reverse proxy to the upstream.
+//! - [`serve`]: the accept loop: HTTP/1 and HTTP/2, header and idle
+//!   timeouts, bounded heads and connections, the drain.
+//! - [`state`]: what the handlers share, and what a reload may change.
+//! - [`error`]: `ApiError`, the problem+json every endpoint answers with.
+//! - [`metrics`]: the Prometheus metrics, also the limiter's observer.
+//! - [`store`]: the configured store, memory or Redis, behind one type.
+//! - [`config`]: the config file: sections, checks, `check-config`'s summary.
+//! - [`listen`]: binding sockets and passing them to workers.
+//! - [`notify`]: systemd's `sd_notify` messages.
+//! - [`worker`]: the supervisor–worker protocol.
+//! - [`duration`]: `"250ms"`, `"10s"`, `"1m"`: parsing and printing.
 
 pub mod admin;
 pub mod api;
@@ -26,8 +49,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::config::{Backend, Overrides, RedisLayout, Settings};
-use crate::duration::format_duration;
+use crate::config::{Overrides, Settings};
 
 /// Loads the config (or the built-in demo), binds, and serves until SIGTERM
 /// or SIGINT.
@@ -71,96 +93,4 @@ fn announce_demo(settings: &Settings, listeners: &app::Listeners) {
             .listen
             .map_or_else(|| "(disabled)".to_owned(), |a| a.to_string())
     );
-}
-
-/// The one-screen summary `check-config` prints.
-pub fn summary(s: &Settings) -> String {
-    let mut out = String::new();
-    let file = s
-        .source
-        .as_deref()
-        .map_or_else(|| "built-in demo".to_owned(), |p| p.display().to_string());
-    out.push_str(&format!("{file}: OK\n"));
-    out.push_str(&format!(
-        "  listen    {}{}\n",
-        s.server.listen,
-        if s.server.reuse_port {
-            " (reuse_port)"
-        } else {
-            ""
-        }
-    ));
-    out.push_str(&format!(
-        "  upstream  {}\n",
-        s.server
-            .upstream
-            .as_ref()
-            .map_or_else(|| "built-in demo API".to_owned(), ToString::to_string)
-    ));
-    let backend = match &s.store.backend {
-        Backend::Memory => format!("memory (max_keys {})", s.store.max_keys),
-        Backend::Redis { urls } => {
-            let urls: Vec<String> = urls.iter().map(|u| floodgate_redis::redact(u)).collect();
-            let layout = match &s.store.redis_layout {
-                RedisLayout::Standalone => "redis".to_owned(),
-                RedisLayout::Cluster => "redis cluster, seeds".to_owned(),
-                RedisLayout::Sentinel { master, .. } => {
-                    format!("redis primary {master:?} named by sentinels")
-                }
-            };
-            format!("{layout} {} (prefix {:?})", urls.join(", "), s.store.prefix)
-        }
-    };
-    out.push_str(&format!(
-        "  limits    heads up to {} bytes, {}\n",
-        s.server.max_header_bytes,
-        s.server.max_connections.map_or_else(
-            || "connections sized from the fd limit".to_owned(),
-            |n| format!("{n} connections at once")
-        )
-    ));
-    out.push_str(&format!(
-        "  store     {backend}, timeout {}, on_error {}\n",
-        format_duration(s.store.timeout),
-        s.store.on_error
-    ));
-    out.push_str(&format!(
-        "  admin     {}\n",
-        match (s.admin.listen, &s.admin.token) {
-            (None, _) => "disabled".to_owned(),
-            (Some(a), Some(_)) => format!("{a} (token set)"),
-            (Some(a), None) => format!(
-                "{a} WITHOUT A TOKEN: any process on this host can block clients and reset counters \
-                 (set admin.token or FLOODGATE_ADMIN_TOKEN)"
-            ),
-        }
-    ));
-    out.push_str(&format!(
-        "  access    {} allow, {} deny\n",
-        s.allow.len(),
-        s.deny.len()
-    ));
-    out.push_str(&format!("  rules     {}\n", s.rules.len()));
-    for r in &s.rules {
-        let p = &r.policy;
-        out.push_str(&format!(
-            "    {:<20} {} {} per {} key {}{}{}{}\n",
-            r.name,
-            p.algorithm(),
-            p.limit(),
-            format_duration(p.window()),
-            r.key,
-            if p.algorithm() == floodgate_core::Algorithm::TokenBucket {
-                format!(" burst {}", p.burst())
-            } else {
-                String::new()
-            },
-            p.block_for().map_or_else(String::new, |d| format!(
-                " block_for {}",
-                format_duration(d)
-            )),
-            if r.shadow { " (shadow)" } else { "" },
-        ));
-    }
-    out
 }

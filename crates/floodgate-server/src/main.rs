@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match config::load(&file, &Overrides::from_env()) {
             Ok(settings) => {
-                println!("{}", floodgate_server::summary(&settings));
+                println!("{}", config::summary(&settings));
                 ExitCode::SUCCESS
             }
             Err(e) => {

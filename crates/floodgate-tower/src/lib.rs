@@ -101,7 +101,7 @@ mod verdict;
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
-    LimiterBuilder, LimiterConfig, OnError,
+    LimiterBuilder, LimiterConfig, OnError, check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};

@@ -198,7 +198,7 @@ fn check_accepted(s: &Settings) {
     if let Err(e) = limiter.validate() {
         panic!("check-config accepted a config the limiter refuses: {e}");
     }
-    let summary = floodgate_server::summary(s);
+    let summary = config::summary(s);
     assert!(summary.contains(": OK\n"), "summary without OK: {summary}");
     assert!(
         (1..=128).contains(&s.server.ipv6_prefix),

@@ -20,7 +20,7 @@ use http::{HeaderMap, Method};
 
 pub use self::config::{
     AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_RULE_NAME_LEN, OnError,
-    UnknownOnError,
+    UnknownOnError, check_rule_name,
 };
 pub use self::health::PROBE_INTERVAL;
 

@@ -1,0 +1,287 @@
+//! `[[rule]]`: what each rule matches, how it keys requests, its algorithm
+//! and limits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use floodgate_core::{Algorithm, Policy};
+use floodgate_tower::{KeySpec, RequestMatch, Rule};
+use http::Method;
+use serde::Deserialize;
+
+use crate::duration::parse_duration;
+
+use super::problems::{Problems, Unknown};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawRule {
+    name: Option<String>,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    key: Option<OneOrMany>,
+    algorithm: Option<String>,
+    limit: Option<i64>,
+    window: Option<String>,
+    burst: Option<i64>,
+    cost: Option<i64>,
+    block_for: Option<String>,
+    shadow: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawMatch {
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
+    // Where each name first appears, and how often: a rule whose name is
+    // shared is also named by its position, so its problems point at one rule.
+    let mut first_of: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        if let Some(n) = &r.name {
+            first_of.entry(n.clone()).or_insert((i, 0)).1 += 1;
+        }
+    }
+    let mut rules = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = match &r.name {
+            Some(n) if first_of.get(n).is_some_and(|(_, count)| *count > 1) => {
+                format!("rule {n:?} (#{})", i + 1)
+            }
+            Some(n) => format!("rule {n:?}"),
+            None => format!("rule #{}", i + 1),
+        };
+        let before = p.0.len();
+        p.unknown(
+            &at,
+            &r.unknown,
+            &[
+                "name",
+                "match",
+                "key",
+                "algorithm",
+                "limit",
+                "window",
+                "burst",
+                "cost",
+                "block_for",
+                "shadow",
+            ],
+        );
+        let name = match r.name {
+            Some(n) if floodgate_tower::check_rule_name(&n).is_ok() => n,
+            Some(n) => {
+                p.add(
+                    format!("{at} name"),
+                    format!("{n:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+                );
+                n
+            }
+            None => {
+                p.add(
+                    format!("{at} name"),
+                    "missing (every rule needs a unique name)",
+                );
+                String::new()
+            }
+        };
+        if let Some((first, _)) = first_of.get(&name).filter(|(first, _)| *first != i) {
+            p.add(
+                format!("{at} name"),
+                format!(
+                    "duplicate rule name: rule #{} has it too (names must be unique)",
+                    first + 1
+                ),
+            );
+        }
+        let matcher = validate_match(r.matcher, &at, p);
+        let key = match r.key {
+            None => KeySpec::parse_list(["ip"]),
+            Some(OneOrMany::One(k)) => KeySpec::parse_list([k.as_str()]),
+            Some(OneOrMany::Many(ks)) if ks.is_empty() => {
+                p.add(
+                    format!("{at} key"),
+                    "an empty list (use \"global\" for one shared key)",
+                );
+                KeySpec::parse_list(["global"])
+            }
+            Some(OneOrMany::Many(ks)) => KeySpec::parse_list(ks.iter().map(String::as_str)),
+        };
+        let key = key
+            .map_err(|e| p.add(format!("{at} key"), e.to_string()))
+            .ok();
+        let algorithm = match r.algorithm.as_deref() {
+            None => Some(Algorithm::SlidingWindow),
+            Some(text) => text
+                .parse::<Algorithm>()
+                .map_err(|e| p.add(format!("{at} algorithm"), e.to_string()))
+                .ok(),
+        };
+        let limit = match r.limit {
+            None => {
+                p.add(
+                    format!("{at} limit"),
+                    "missing (requests, in cost units, per window)",
+                );
+                None
+            }
+            Some(l) if l < 1 => {
+                p.add(
+                    format!("{at} limit"),
+                    format!("must be at least 1, got {l}"),
+                );
+                None
+            }
+            Some(l) => Some(l as u64),
+        };
+        let window = match r.window.as_deref().map(parse_duration) {
+            None => {
+                p.add(format!("{at} window"), "missing (e.g. window = \"1m\")");
+                None
+            }
+            Some(Err(e)) => {
+                p.add(format!("{at} window"), e);
+                None
+            }
+            Some(Ok(w)) => Some(w),
+        };
+        let block_for = match r.block_for.as_deref().map(parse_duration) {
+            None => None,
+            Some(Err(e)) => {
+                p.add(format!("{at} block_for"), e);
+                None
+            }
+            Some(Ok(d)) => Some(d),
+        };
+        let cost = r.cost.unwrap_or(1);
+        if cost < 1 {
+            p.add(
+                format!("{at} cost"),
+                format!("must be at least 1, got {cost}"),
+            );
+        }
+        let policy = match (algorithm, limit, window) {
+            (Some(a), Some(l), Some(w)) => build_policy(a, l, w, r.burst, block_for, &at, p),
+            _ => None,
+        };
+        if let Some(policy) = &policy
+            && cost >= 1
+            && cost as u64 > policy.capacity()
+        {
+            p.add(
+                format!("{at} cost"),
+                format!(
+                    "{cost} is more than the rule can ever admit at once ({})",
+                    policy.capacity()
+                ),
+            );
+        }
+        if p.0.len() == before
+            && let (Some(key), Some(policy)) = (key, policy)
+        {
+            rules.push(Rule {
+                name,
+                matcher,
+                key,
+                policy,
+                cost: cost as u64,
+                shadow: r.shadow,
+            });
+        }
+    }
+    rules
+}
+
+fn build_policy(
+    algorithm: Algorithm,
+    limit: u64,
+    window: Duration,
+    burst: Option<i64>,
+    block_for: Option<Duration>,
+    at: &str,
+    p: &mut Problems,
+) -> Option<Policy> {
+    let mut policy = Policy::new(algorithm, limit, window)
+        .map_err(|e| {
+            let field = if matches!(e, floodgate_core::PolicyError::Window(_)) {
+                "window"
+            } else {
+                "limit"
+            };
+            p.add(format!("{at} {field}"), e.to_string());
+        })
+        .ok()?;
+    if let Some(b) = burst {
+        if b < 1 {
+            p.add(
+                format!("{at} burst"),
+                format!("must be at least 1, got {b}"),
+            );
+            return None;
+        }
+        policy = policy
+            .with_burst(b as u64)
+            .map_err(|e| p.add(format!("{at} burst"), e.to_string()))
+            .ok()?;
+    }
+    if let Some(d) = block_for {
+        policy = policy
+            .with_block_for(d)
+            .map_err(|e| p.add(format!("{at} block_for"), e.to_string()))
+            .ok()?;
+    }
+    Some(policy)
+}
+
+fn validate_match(raw: Option<RawMatch>, at: &str, p: &mut Problems) -> RequestMatch {
+    let Some(raw) = raw else {
+        return RequestMatch::default();
+    };
+    p.unknown(
+        &format!("{at} match"),
+        &raw.unknown,
+        &["path_prefix", "methods"],
+    );
+    if let Some(prefix) = &raw.path_prefix
+        && !prefix.starts_with('/')
+    {
+        p.add(
+            format!("{at} match.path_prefix"),
+            format!("{prefix:?} must start with '/'"),
+        );
+    }
+    let methods = raw.methods.map(|ms| {
+        ms.iter()
+            .filter_map(
+                |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        p.add(
+                            format!("{at} match.methods"),
+                            format!("{m:?} is not an HTTP method"),
+                        );
+                        None
+                    }
+                },
+            )
+            .collect()
+    });
+    RequestMatch {
+        path_prefix: raw.path_prefix,
+        methods,
+    }
+}
