@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every floodgate test: formatting, lints, unit, property and integration
 # tests against real servers. Installs what the tests need when it is missing
-# (redis-server, redis-cli and nginx from Debian, openssl for the TLS tests'
-# certificates, a C compiler for ring, pm2 from npm), starts a shared
+# (redis-server, redis-cli and nginx from Debian, openssl and curl for the
+# deploy walk, which runs DEPLOY.md's commands, a C compiler for ring, pm2
+# from npm), starts a shared
 # redis-server on a free port for the tests that only need "a Redis", and
 # stops it on exit. Tests that kill or restart Redis start their own instances
 # on their own free ports, as do the Redis Cluster, Sentinel and TLS tests; the deploy end-to-end tests start their own nginx
