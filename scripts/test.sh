@@ -91,3 +91,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
+# Publishability: every published crate packages, and its .crate builds on its
+# own, siblings taken from the other .crates of this run (testkit and fuzz are
+# `publish = false`). The working tree is what is tested, committed or not.
+log "cargo package (floodgate-core, -redis, -tower, -server)"
+cargo package --workspace --exclude floodgate-testkit --exclude floodgate-fuzz --locked --allow-dirty
