@@ -53,3 +53,8 @@ pub use policy::{
     Algorithm, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy, PolicyError,
 };
 pub use store::{Check, Store, admitted, validate_checks};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -127,3 +127,8 @@ pub const ACL_COMMANDS: &[&str] = &[
     "hgetall",
     "time",
 ];
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

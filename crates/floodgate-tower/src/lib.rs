@@ -121,3 +121,8 @@ pub type RateLimitLayer<S> = FloodgateLayer<S>;
 /// The old name of [`Floodgate`].
 #[deprecated(note = "renamed to `Floodgate`: `RateLimit` is also `tower::limit::RateLimit`")]
 pub type RateLimit<Svc, S> = Floodgate<Svc, S>;
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
