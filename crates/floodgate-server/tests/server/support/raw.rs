@@ -1,5 +1,7 @@
 //! One HTTP/1.1 connection written to byte by byte ([`RawConn`]), and the
-//! answers read off it ([`RawReply`]).
+//! answers read off it ([`RawReply`]): heads and chunk sizes parsed by
+//! `httparse` (hyper's parser), bodies framed here as the test needs to see
+//! them (by length, chunked, or to the close).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -14,12 +16,14 @@ pub(crate) struct RawConn {
     pending: Vec<u8>,
 }
 
+/// Header names (in lower case) and values, in the order received.
+type Headers = Vec<(String, String)>;
+
 /// A response read off a [`RawConn`].
 #[derive(Debug)]
 pub(crate) struct RawReply {
     pub(crate) status: u16,
-    /// Lower-case names.
-    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) headers: Headers,
     pub(crate) body: Vec<u8>,
 }
 
@@ -138,25 +142,12 @@ impl RawConn {
     }
 
     fn read_response(&mut self) -> Result<RawReply, String> {
-        let head_end = loop {
-            if let Some(i) = find(&self.pending, b"\r\n\r\n") {
-                break i;
+        let (status, headers) = loop {
+            if let Some(head) = self.parse_head()? {
+                break head;
             }
             self.fill()?;
         };
-        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
-        self.pending.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
         let get = |name: &str| {
             headers
                 .iter()
@@ -172,16 +163,15 @@ impl RawConn {
         } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut body = Vec::new();
             loop {
-                let line_end = loop {
-                    if let Some(i) = find(&self.pending, b"\r\n") {
-                        break i;
+                let (line_len, size) = loop {
+                    match httparse::parse_chunk_size(&self.pending) {
+                        Ok(httparse::Status::Complete((len, size))) => break (len, size),
+                        Ok(httparse::Status::Partial) => self.fill()?,
+                        Err(e) => return Err(format!("bad chunk size line: {e}")),
                     }
-                    self.fill()?;
                 };
-                let size_text = String::from_utf8_lossy(&self.pending[..line_end]).into_owned();
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-                    .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-                self.pending.drain(..line_end + 2);
+                let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
+                self.pending.drain(..line_len);
                 while self.pending.len() < size + 2 {
                     self.fill()?;
                 }
@@ -207,8 +197,36 @@ impl RawConn {
             body,
         })
     }
-}
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    /// The status and headers (names in lower case) of the response head
+    /// at the start of what was read, taken off it; `None` while the head
+    /// is incomplete.
+    fn parse_head(&mut self) -> Result<Option<(u16, Headers)>, String> {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Response::new(&mut slots);
+        let len = match head.parse(&self.pending) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => {
+                let start = &self.pending[..self.pending.len().min(200)];
+                return Err(format!(
+                    "bad response head ({e}): {:?}",
+                    String::from_utf8_lossy(start)
+                ));
+            }
+        };
+        let status = head.code.ok_or("no status code")?;
+        let headers = head
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).trim().to_owned(),
+                )
+            })
+            .collect();
+        self.pending.drain(..len);
+        Ok(Some((status, headers)))
+    }
 }
