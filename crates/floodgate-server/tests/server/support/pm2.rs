@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use rustix::process::Signal;
+
 use super::host::find_program;
+use super::process::signal_process;
 use super::procfs::running;
 
 /// pm2: `FLOODGATE_TEST_PM2`, else on `PATH`; a clear failure when there
@@ -138,9 +141,7 @@ impl Drop for Pm2Daemon {
         }
         // Whatever survived (pm2 kill waits for its apps, so normally none).
         for pid in pids.into_iter().filter(|p| *p > 0 && running(*p)) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            signal_process(pid, Signal::KILL);
         }
     }
 }

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use floodgate_testkit::{free_port, send_signal};
+use rustix::process::{Pid, Signal};
 use tempfile::TempDir;
 
 use super::host::{self, free_addr};
@@ -410,19 +411,43 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        let group = format!("-{}", self.pid());
         if !self.members().is_empty() {
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            signal_group(self.pid(), Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !self.members().is_empty() && Instant::now() < deadline {
                 let _ = self.child.try_wait();
                 std::thread::sleep(Duration::from_millis(50));
             }
             if !self.members().is_empty() {
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                signal_group(self.pid(), Signal::KILL);
             }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` to process `pid`, if it is still there: for clean-ups,
+/// which must not fail a test, so a failure is only printed.
+pub(crate) fn signal_process(pid: u32, signal: Signal) {
+    if let Some(p) = pid_of(pid)
+        && let Err(e) = rustix::process::kill_process(p, signal)
+        && e != rustix::io::Errno::SRCH
+    {
+        eprintln!("signal {signal:?} to process {pid}: {e}");
+    }
+}
+
+/// [`signal_process`] for every process of group `pgid`.
+fn signal_group(pgid: u32, signal: Signal) {
+    if let Some(p) = pid_of(pgid)
+        && let Err(e) = rustix::process::kill_process_group(p, signal)
+        && e != rustix::io::Errno::SRCH
+    {
+        eprintln!("signal {signal:?} to process group {pgid}: {e}");
+    }
+}
+
+fn pid_of(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
