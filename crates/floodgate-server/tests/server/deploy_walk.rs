@@ -50,6 +50,7 @@ use crate::support::host::{self, repo_root};
 use crate::support::http::Http;
 use crate::support::machine;
 use crate::support::pm2::{self, Pm2Process};
+use crate::support::procfs;
 use crate::support::upstream::Upstream;
 use crate::support::wait::{avoid_window_boundary, wait_for};
 
@@ -1214,14 +1215,11 @@ fn online_instances() -> Vec<Pm2Process> {
     list.into_iter().filter(|p| p.online).collect()
 }
 
-/// The command line of every process (in the walk's pid namespace).
+/// The command line of every process in the walk's pid namespace but the
+/// walk's own (the test binary, run with this test's name).
 fn processes() -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .filter(|c| !c.is_empty())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+    procfs::command_lines()
+        .into_iter()
         .filter(|c| !c.contains(TEST_FN))
         .collect()
 }

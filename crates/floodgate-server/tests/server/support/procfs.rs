@@ -1,6 +1,6 @@
-//! What the kernel shows in /proc: processes (running or not, their parents
-//! and groups), a process's memory and what it waits in, and a listening
-//! socket's accept queue.
+//! What the kernel shows in /proc: processes (running or not, their parents,
+//! groups and command lines), a process's memory and what it waits in, and a
+//! listening socket's accept queue.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -41,6 +41,18 @@ fn process(pid: u32) -> Option<ProcInfo> {
         pgid,
         comm,
     })
+}
+
+/// The command line of every process that has one (not kernel threads),
+/// its arguments joined by spaces.
+pub(crate) fn command_lines() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter(|c| !c.is_empty())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
 }
 
 /// Whether `pid` runs (exists and is not a zombie).
