@@ -2,15 +2,15 @@
 //! instances sharing a 3-primary Redis Cluster, instances on a primary
 //! behind Sentinels through a failover, and an instance on `rediss://` with
 //! a client certificate, logged in as a least-privilege ACL user.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{AUTH, Floodgate, Http, unique_prefix};
 use floodgate_testkit::topology::{self, RedisCluster, SentinelSet, TlsRedis};
+use floodgate_testkit::unique_prefix;
+
+use crate::support::http::Http;
+use crate::support::process::{AUTH, Floodgate};
 
 /// `[server]`, `[admin]` and a `[store]` with `store` lines, then the rules.
 fn config(store: &str, rules: &str) -> String {

@@ -6,14 +6,19 @@
 //! workers fail no request; a connection may hold no more than
 //! `max_header_bytes` of head, and no more than `max_connections` are
 //! served at once.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{ChurnLoad, Floodgate, Http, RawConn, RawReply, Reuse, Upstream};
+use tempfile::TempDir;
+
+use crate::support::host;
+use crate::support::http::{Http, Reply};
+use crate::support::load::{ChurnLoad, Reuse};
+use crate::support::process::Floodgate;
+use crate::support::procfs::{self, running};
+use crate::support::raw::{RawConn, RawReply};
+use crate::support::upstream::Upstream;
 
 fn config(limit: u64) -> String {
     format!(
@@ -118,7 +123,7 @@ fn sighup_applies_a_new_limit_on_open_connections_and_keeps_the_old_config_when_
 async fn terminate_during_a_slow_request(
     http: &Http,
     upstream: &Upstream,
-) -> (Floodgate, tokio::task::JoinHandle<common::Reply>) {
+) -> (Floodgate, tokio::task::JoinHandle<Reply>) {
     let fg = Floodgate::launch(format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\ndrain_timeout = \"10s\"\n\
          [admin]\nlisten = \"{{admin}}\"\n",
@@ -215,12 +220,12 @@ struct Systemd {
     socket: UnixDatagram,
     /// The value of `NOTIFY_SOCKET`.
     name: String,
-    _dir: common::tempdir::Dir,
+    _dir: TempDir,
 }
 
 impl Systemd {
     fn listen(abstract_name: bool) -> Self {
-        let dir = common::tempdir::Dir::new("notify");
+        let dir = host::temp_dir("notify");
         let path = dir.path().join("notify.sock");
         let (socket, name) = if abstract_name {
             use std::os::linux::net::SocketAddrExt;
@@ -456,16 +461,6 @@ fn worker_pids(log: &str) -> std::collections::HashSet<u32> {
         .collect()
 }
 
-/// Whether `pid` runs (exists and is not a zombie).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// A supervisor killed with SIGKILL cannot stop its workers; they stop
 /// themselves. Left running, they served on with nobody supervising them,
 /// and held the port: a new `floodgate serve` could not bind it.
@@ -536,7 +531,7 @@ fn sigterm_answers_the_request_in_flight_and_a_new_connections_first_then_closes
     let mut fresh = RawConn::connect(fg.addr);
     // Accepted: out of the listening socket's queue.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while common::accept_queue(fg.addr) != Some(0) {
+    while procfs::accept_queue(fg.addr) != Some(0) {
         assert!(Instant::now() < deadline, "the connection was not accepted");
         std::thread::sleep(Duration::from_millis(10));
     }

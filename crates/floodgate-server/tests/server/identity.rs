@@ -1,11 +1,9 @@
 //! Who the client is, through the real binary: forwarding headers count only
 //! from trusted proxies, `[access]` allow and deny lists with IPv4 and IPv6
 //! networks, and an IPv6 peer on a `[::1]` listener.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Floodgate, Http, Reply};
+use crate::support::http::{Http, Reply};
+use crate::support::process::Floodgate;
 
 /// One rule, 2 requests per hour per client IP, on the demo API.
 fn config(trusted_proxies: &str, access: &str) -> String {

@@ -4,11 +4,13 @@
 //! distinct keys. Nothing may panic (every `Floodgate` fails its test when
 //! its log says "panicked"), nothing may answer 5xx, the process must keep
 //! serving, and its memory must stay bounded.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{AUTH, Floodgate, Http, RawConn, RawReply, Upstream};
+use crate::support::http::{Http, Reply};
+use crate::support::logs::check_log_lines;
+use crate::support::nginx::Nginx;
+use crate::support::process::{AUTH, Floodgate, check_config};
+use crate::support::raw::{RawConn, RawReply};
+use crate::support::upstream::Upstream;
 
 /// Behind a trusted loopback proxy; per-IP, per-key and per-path rules with
 /// limits no test reaches; a memory store of at most 1000 keys.
@@ -212,7 +214,7 @@ async fn very_long_paths_and_bodies_and_bad_admin_paths() {
     let long = format!("/{}", "q".repeat(1000));
     let a = http.get(&fg.url(&long), &[]).await;
     let b = http.get(&fg.url(&long), &[]).await;
-    let left = |r: &common::Reply| r.ratelimit("per-path").map(|x| x.0);
+    let left = |r: &Reply| r.ratelimit("per-path").map(|x| x.0);
     if let (Some(x), Some(y)) = (left(&a), left(&b)) {
         assert_eq!(x, y + 1);
     }
@@ -648,7 +650,7 @@ fn is_problem(r: &RawReply) -> bool {
 /// counted or refused by floodgate (400) before it gets there.
 #[test]
 fn every_spelling_of_an_api_path_meets_the_api_rule() {
-    let nginx = common::nginx::Nginx::start(NGINX_ROUTES);
+    let nginx = Nginx::start(NGINX_ROUTES);
     let fg = Floodgate::start(&format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\n[admin]\nlisten = \"{{admin}}\"\n\
          [[rule]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"global\"\nalgorithm = \"sliding_log\"\nlimit = 100000\nwindow = \"1h\"\n",
@@ -721,7 +723,7 @@ fn every_spelling_of_an_api_path_meets_the_api_rule() {
 /// clients' worth of `curl --path-as-is`: two admitted, three refused.
 #[test]
 fn a_limit_holds_across_spellings() {
-    let nginx = common::nginx::Nginx::start(NGINX_ROUTES);
+    let nginx = Nginx::start(NGINX_ROUTES);
     let fg = Floodgate::start(&format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"{}\"\n[admin]\nlisten = \"{{admin}}\"\n\
          [[rule]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"ip\"\nlimit = 2\nwindow = \"1h\"\n",
@@ -911,7 +913,7 @@ fn no_reload_opens_the_admin_api() {
     // The old config still decides: a 10-per-minute rule on the upstream.
     assert!(!log.contains("config reloaded"), "{log}");
 
-    let (code, _, err) = common::check_config("# nothing\n");
+    let (code, _, err) = check_config("# nothing\n");
     assert_eq!(code, 1, "check-config of an empty file: {err}");
     assert!(err.contains("sets nothing"), "{err}");
 }
@@ -1039,10 +1041,10 @@ async fn forwarding_headers_of_untrusted_peers_are_not_passed_on() {
 #[test]
 fn the_log_check_refuses_duplicate_keys_and_colour_codes() {
     let good = r#"{"timestamp":"t","level":"INFO","message":"block added","block":"ip:192.0.2.7","target":"floodgate_server::admin"}"#;
-    assert_eq!(common::check_log_lines(good), Ok(()));
+    assert_eq!(check_log_lines(good), Ok(()));
     let twice = r#"{"level":"INFO","target":"ip:192.0.2.7","nested":{"a":1},"target":"floodgate_server::admin"}"#;
-    assert!(common::check_log_lines(twice).is_err());
+    assert!(check_log_lines(twice).is_err());
     let nested_twice = r#"{"span":{"a":1,"a":2}}"#;
-    assert!(common::check_log_lines(nested_twice).is_err());
-    assert!(common::check_log_lines("2026-12-05 \u{1b}[32m INFO\u{1b}[0m serving").is_err());
+    assert!(check_log_lines(nested_twice).is_err());
+    assert!(check_log_lines("2026-12-05 \u{1b}[32m INFO\u{1b}[0m serving").is_err());
 }

@@ -36,9 +36,6 @@
 //! Needs root, util-linux's `unshare`, iproute2, nginx, redis-server,
 //! Node.js and npm with pm2@7 in npm's cache: `scripts/test.sh` sees to
 //! all of it. Without them the test fails and says what is missing.
-#![allow(clippy::unwrap_used)] // a failed step is a test failure
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -49,12 +46,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::tempdir::Dir;
-use common::{Http, Pm2Process, Upstream, avoid_window_boundary, parse_pm2_jlist, wait_for};
+use crate::support::host::{self, repo_root};
+use crate::support::http::Http;
+use crate::support::machine;
+use crate::support::pm2::{self, Pm2Process};
+use crate::support::procfs;
+use crate::support::upstream::Upstream;
+use crate::support::wait::{avoid_window_boundary, wait_for};
 
-/// This test's name: the driver runs the binary again with it, inside the
-/// namespaces.
-const TEST_NAME: &str = "deploy_md_pm2_behind_nginx_walks_on_a_stock_debian_host";
+/// This test's function: the driver runs the binary again with its name
+/// ([`test_name`]), inside the namespaces.
+const TEST_FN: &str = "deploy_md_pm2_behind_nginx_walks_on_a_stock_debian_host";
+
+/// This test's name as the test harness knows it (and `--exact` wants it):
+/// its module path in the test binary, without the binary's name.
+fn test_name() -> String {
+    let path = module_path!();
+    let module = path.split_once("::").map_or(path, |(_, module)| module);
+    format!("{module}::{TEST_FN}")
+}
 /// Set (to the tmpfs mount point) when the binary runs as the walk.
 const SCRATCH_VAR: &str = "FLOODGATE_WALK_SCRATCH";
 /// Bound on the whole walk; the driver kills the namespaces after it.
@@ -127,9 +137,11 @@ fn deploy_md_pm2_behind_nginx_walks_on_a_stock_debian_host() {
 // Outside: start the walk in its namespaces, bound it, check the host.
 
 fn drive() {
+    // The walk loads both cores for minutes: it runs alone.
+    let _alone = machine::alone();
     preflight();
     let before = fingerprint(HOST_PATHS);
-    let dir = Dir::new("deploy-walk");
+    let dir = host::temp_dir("deploy-walk");
     let scratch = dir.path().join("mnt");
     std::fs::create_dir_all(&scratch).unwrap();
     let log_path = dir.path().join("walk.log");
@@ -153,7 +165,8 @@ fn drive() {
         "walk-init",
     ])
     .arg(std::env::current_exe().unwrap())
-    .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+    .arg(test_name())
+    .args(["--exact", "--nocapture", "--test-threads=1"])
     .env(SCRATCH_VAR, &scratch)
     .stdin(Stdio::null())
     .stdout(log.try_clone().unwrap())
@@ -1170,13 +1183,6 @@ impl Load {
 // ---------------------------------------------------------------------------
 // Small helpers.
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn admin_ports() -> impl Iterator<Item = u16> {
     9091..9091 + INSTANCES
 }
@@ -1204,20 +1210,17 @@ fn online_instances() -> Vec<Pm2Process> {
         .envs(SHELL_ENV.iter().copied())
         .output()
         .expect("run pm2 jlist");
-    let list = parse_pm2_jlist(&String::from_utf8_lossy(&out.stdout))
+    let list = pm2::parse_jlist(&String::from_utf8_lossy(&out.stdout))
         .unwrap_or_else(|| panic!("pm2 jlist: {}", String::from_utf8_lossy(&out.stdout)));
     list.into_iter().filter(|p| p.online).collect()
 }
 
-/// The command line of every process (in the walk's pid namespace).
+/// The command line of every process in the walk's pid namespace but the
+/// walk's own (the test binary, run with this test's name).
 fn processes() -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .filter(|c| !c.is_empty())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| !c.contains(TEST_NAME))
+    procfs::command_lines()
+        .into_iter()
+        .filter(|c| !c.contains(TEST_FN))
         .collect()
 }
 

@@ -1,11 +1,9 @@
 //! The decision API, `POST /v1/check`, through the real binary: the SPEC's
 //! answer shape, costs, and the 400 / 404 / 422 answers. Also shadow rules,
 //! which the decision API and the gateway report but never enforce.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Floodgate, Http};
+use crate::support::http::Http;
+use crate::support::process::Floodgate;
 
 const CONFIG: &str = r#"
 [server]

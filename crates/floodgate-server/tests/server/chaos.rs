@@ -34,19 +34,18 @@
 //!   remaining, or no answer from Redis, means the instance decided alone.
 //!
 //! Each test prints its figures on one line starting `chaos: <fault>`.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    AUTH, Floodgate, Http, Load, LoadClient, RedisServer, Sample, alternating,
-    avoid_window_boundary, eventually, unique_prefix,
-};
+use floodgate_testkit::{RedisServer, unique_prefix};
+
+use crate::support::http::{Http, Reply, alternating};
+use crate::support::load::{Load, LoadClient, Sample};
+use crate::support::process::{AUTH, Floodgate};
+use crate::support::wait::{avoid_window_boundary, eventually};
 
 /// The store timeout every instance runs with: five times the default, so
 /// that a loaded 2-core machine does not turn slow answers into store
@@ -94,7 +93,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// An admin API call that needs the store, repeated for up to 5 s while it
 /// answers 503: with `appendfsync always`, one fsync on a machine busy with
 /// other I/O can outlast the store timeout. Not for the requests under test.
-async fn admin(http: &Http, method: &str, url: &str, body: Option<&str>) -> common::Reply {
+async fn admin(http: &Http, method: &str, url: &str, body: Option<&str>) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(5);
     let headers = [AUTH, ("content-type", "application/json")];
     loop {
@@ -119,13 +118,14 @@ struct Rig {
 
 impl Rig {
     async fn start(redis: &RedisServer) -> Rig {
-        // The load rule's counters must not start over mid-test.
-        avoid_window_boundary(LOAD_WINDOW, Duration::from_secs(120)).await;
         let prefix = unique_prefix("chaos");
         let (deny, local) = tokio::join!(
             Floodgate::launch(config(redis, &prefix, "deny")),
             Floodgate::launch(config(redis, &prefix, "local")),
         );
+        // The load rule's counters must not start over mid-test. After the
+        // launch: it may wait while a deploy test has the machine alone.
+        avoid_window_boundary(LOAD_WINDOW, Duration::from_secs(120)).await;
         Rig {
             deny,
             local,

@@ -1,12 +1,13 @@
 //! The admin listener of the real binary: bearer token, blocks (also across
 //! instances sharing a Redis), rule counters, /metrics, /healthz, /readyz.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AUTH, Floodgate, Http, TOKEN, eventually, shared_redis_url};
+use floodgate_testkit::{shared_redis_url, unique_prefix};
+
+use crate::support::http::Http;
+use crate::support::process::{AUTH, Floodgate, TOKEN};
+use crate::support::wait::eventually;
 
 /// 3 requests per hour per IP on /api/hello, and per `x-api-key` on /api/items.
 fn config(store: &str) -> String {
@@ -321,7 +322,7 @@ async fn blocks_are_listed_enforced_and_lifted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_made_on_one_instance_applies_on_another_within_a_second() {
-    let prefix = common::unique_prefix("admin-blocks");
+    let prefix = unique_prefix("admin-blocks");
     // A limit polling cannot reach: only the block may refuse.
     let config = config_with_limit(&redis_store(&prefix), 1000);
     let (a, b) = tokio::join!(Floodgate::launch(&config), Floodgate::launch(&config));

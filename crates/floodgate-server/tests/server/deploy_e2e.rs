@@ -19,24 +19,26 @@
 //! fail and say how to install them. Everything runs on loopback, on ports
 //! picked at run time, in temporary directories, and is stopped at the end,
 //! also when a test fails.
-#![allow(clippy::unwrap_used)] // a failed setup step is a test failure
 
-mod common;
-
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::tempdir::Dir;
-use common::{
-    Http, Pm2Process, Upstream, free_port, parse_pm2_jlist, send_signal, unique_prefix, wait_for,
-};
-use floodgate_testkit::RedisServer;
+use floodgate_testkit::{RedisServer, free_port, send_signal, unique_prefix};
+
+use crate::support::host::{self, consecutive_free_ports, loopback, repo_root};
+use crate::support::http::Http;
+use crate::support::logs::{LogsOnFailure, count_in, tail};
+use crate::support::machine;
+use crate::support::nginx::Nginx;
+use crate::support::pm2::{self, Pm2, Pm2Daemon, pids};
+use crate::support::process::ProcessGroup;
+use crate::support::procfs::live_children;
+use crate::support::raw::RawConn;
+use crate::support::upstream::Upstream;
+use crate::support::wait::wait_for;
 
 /// Simulated clients, each with its own API key and connections.
 const CLIENTS: usize = 50;
@@ -56,14 +58,12 @@ const RULE: &str = "deploy-per-key";
 const INSTANCES: usize = 4;
 const ADMIN_TOKEN: &str = "deploy-e2e-token";
 
-/// The two tests each load 2 cores fully: run them one after the other.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 #[test]
 fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (nginx_bin, pm2_bin) = (nginx_binary(), pm2_binary());
-    let dir = Dir::new("deploy-pm2");
+    // Each test loads both cores fully: it runs alone.
+    let _alone = machine::alone();
+    let pm2_bin = pm2::binary();
+    let dir = host::temp_dir("deploy-pm2");
     let mut logs = LogsOnFailure::default();
     let redis = RedisServer::start();
     let rt = runtime();
@@ -115,7 +115,8 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
     );
     logs.watch(pm2.home.join("pm2.log"));
     let daemon = Pm2Daemon(pm2.clone());
-    pm2.run_ok(&["start", &repo_file("deploy/ecosystem.config.js")]);
+    let ecosystem = repo_root().join("deploy/ecosystem.config.js");
+    pm2.run_ok(&["start", &ecosystem.display().to_string()]);
     for (addr, admin) in backends.iter().zip(&admins) {
         wait_until_ready(*addr, *admin);
     }
@@ -123,7 +124,7 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
     assert_eq!(first.len(), INSTANCES, "pm2 jlist: {first:?}");
     eprintln!("pm2 started {INSTANCES} instances: {first:?}");
 
-    let nginx = Nginx::start(&nginx_bin, &dir.path().join("nginx"), &backends);
+    let nginx = Nginx::start_deployed(&dir.path().join("nginx"), &backends);
     logs.watch(nginx.error_log());
     let url = format!("http://{}/api/items", nginx.addr);
 
@@ -201,9 +202,8 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
 
 #[test]
 fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nginx_bin = nginx_binary();
-    let dir = Dir::new("deploy-workers");
+    let _alone = machine::alone();
+    let dir = host::temp_dir("deploy-workers");
     let mut logs = LogsOnFailure::default();
     let redis = RedisServer::start();
     let rt = runtime();
@@ -239,7 +239,7 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
     eprintln!("floodgate serve --workers {INSTANCES}: supervisor {sup_pid}, workers {first:?}");
 
     // One shared socket, so one upstream server, as deploy/nginx.conf says.
-    let nginx = Nginx::start(&nginx_bin, &dir.path().join("nginx"), &[listen]);
+    let nginx = Nginx::start_deployed(&dir.path().join("nginx"), &[listen]);
     logs.watch(nginx.error_log());
     let url = format!("http://{}/api/items", nginx.addr);
 
@@ -636,13 +636,6 @@ fn check_forwarded_for(nginx: SocketAddr) {
 
 /// GET /api/xff-check from source address `from`; the status code.
 fn raw_get_from(from: IpAddr, to: SocketAddr, headers: &[&str]) -> u16 {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::new(from, 0).into())
-        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    socket.connect(&to.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut request =
         "GET /api/xff-check HTTP/1.1\r\nHost: floodgate\r\nX-Api-Key: xff-check\r\nConnection: close\r\n"
             .to_owned();
@@ -651,374 +644,11 @@ fn raw_get_from(from: IpAddr, to: SocketAddr, headers: &[&str]) -> u16 {
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status from nginx: {reply:?}"))
-}
-
-/// nginx, found or a clear failure.
-fn nginx_binary() -> PathBuf {
-    find_tool("FLOODGATE_TEST_NGINX", "nginx", &["/usr/sbin/nginx"]).unwrap_or_else(|| {
-        panic!(
-            "nginx is not installed: these end-to-end tests run floodgate behind nginx. \
-             Run scripts/test.sh (it installs it), or `apt-get install nginx`, \
-             or set FLOODGATE_TEST_NGINX=/path/to/nginx"
-        )
-    })
-}
-
-/// pm2, found or a clear failure.
-fn pm2_binary() -> PathBuf {
-    find_tool("FLOODGATE_TEST_PM2", "pm2", &[]).unwrap_or_else(|| {
-        panic!(
-            "pm2 is not installed: this end-to-end test runs floodgate under PM2. \
-             Run scripts/test.sh (it installs it), or `npm install -g pm2`, \
-             or set FLOODGATE_TEST_PM2=/path/to/pm2"
-        )
-    })
-}
-
-fn find_tool(var: &str, name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{var}={} does not exist", path.display());
-        return Some(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(fallbacks.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
-}
-
-/// nginx with deploy/nginx.conf as its site, on a free port, with its pid
-/// file, logs and temporary files under `dir`; stopped on drop.
-struct Nginx {
-    addr: SocketAddr,
-    dir: PathBuf,
-    _process: ProcessGroup,
-}
-
-impl Nginx {
-    fn start(bin: &Path, dir: &Path, backends: &[SocketAddr]) -> Self {
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let addr = loopback(free_port());
-        let template = std::fs::read_to_string(repo_file("deploy/nginx.conf")).unwrap();
-        std::fs::write(
-            dir.join("floodgate.conf"),
-            site_config(&template, backends, addr, dir),
-        )
-        .unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("nginx.conf"),
-            format!(
-                "worker_processes 1;\n\
-                 pid {d}/nginx.pid;\n\
-                 error_log {d}/error.log info;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{\n\
-                 \x20   client_body_temp_path {d}/tmp/body;\n\
-                 \x20   proxy_temp_path {d}/tmp/proxy;\n\
-                 \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n\
-                 \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
-                 \x20   scgi_temp_path {d}/tmp/scgi;\n\
-                 \x20   include {d}/floodgate.conf;\n\
-                 }}\n"
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"]);
-        let mut process = ProcessGroup::spawn(cmd, &dir.join("stderr.log"));
-        wait_for(WAIT, "nginx to listen", || {
-            if !process.running() {
-                panic!(
-                    "nginx exited at start:\n{}\n{}",
-                    tail(&dir.join("stderr.log"), 20),
-                    tail(&dir.join("error.log"), 20)
-                );
-            }
-            TcpStream::connect(addr).ok()
-        });
-        eprintln!("[deploy-e2e] nginx on {addr} -> {backends:?}");
-        Nginx {
-            addr,
-            dir: dir.to_owned(),
-            _process: process,
-        }
-    }
-
-    fn error_log(&self) -> PathBuf {
-        self.dir.join("error.log")
-    }
-}
-
-/// deploy/nginx.conf with the test's addresses: its `server 127.0.0.1:...`
-/// lines become one per backend (same parameters), its `listen` lines one on
-/// `listen`, and its access log goes to `dir`.
-fn site_config(template: &str, backends: &[SocketAddr], listen: SocketAddr, dir: &Path) -> String {
-    let (mut servers, mut listens) = (false, false);
-    let mut out = Vec::new();
-    for line in template.lines() {
-        let t = line.trim_start();
-        if t.starts_with("server 127.0.0.1:") {
-            if !servers {
-                let params = t.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
-                for b in backends {
-                    out.push(format!("    server {b} {params}"));
-                }
-                servers = true;
-            }
-        } else if t.starts_with("listen ") {
-            if !listens {
-                out.push(format!("    listen {listen};"));
-                listens = true;
-            }
-        } else if t.starts_with("access_log ") {
-            out.push(format!("    access_log {}/access.log;", dir.display()));
-        } else {
-            out.push(line.to_owned());
-        }
-    }
-    assert!(
-        servers && listens,
-        "deploy/nginx.conf has no `server 127.0.0.1:PORT ...;` or no `listen ...;` line for the test to replace"
-    );
-    out.join("\n")
-}
-
-fn pids(list: &[Pm2Process]) -> Vec<u32> {
-    list.iter().map(|p| p.pid).collect()
-}
-
-/// The `pm2` command with this test's own PM2_HOME and environment.
-#[derive(Clone)]
-struct Pm2 {
-    bin: PathBuf,
-    home: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Pm2 {
-    fn new(bin: &Path, home: PathBuf, env: &[(&str, String)]) -> Self {
-        std::fs::create_dir_all(&home).unwrap();
-        Pm2 {
-            bin: bin.to_owned(),
-            home,
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args)
-            .env("PM2_HOME", &self.home)
-            .env("NO_COLOR", "1")
-            .env_remove("FLOODGATE_REDIS_URL")
-            .env_remove("FLOODGATE_ADMIN_LISTEN")
-            .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()))
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "pm2 {args:?} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    /// `pm2 jlist`; `None` if it fails or is not JSON.
-    fn try_instances(&self) -> Option<Vec<Pm2Process>> {
-        let out = self.run(&["jlist"]);
-        parse_pm2_jlist(&String::from_utf8_lossy(&out.stdout))
-    }
-
-    fn instances(&self) -> Vec<Pm2Process> {
-        self.try_instances()
-            .unwrap_or_else(|| panic!("pm2 jlist failed or is not JSON"))
-    }
-
-    /// Whether this PM2_HOME's daemon runs (`pm2 jlist` would start one).
-    fn daemon_running(&self) -> bool {
-        std::fs::read_to_string(self.home.join("pm2.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .is_some_and(alive)
-    }
-}
-
-/// Runs `pm2 kill` on drop: every instance and the daemon stop, also when
-/// the test fails.
-struct Pm2Daemon(Pm2);
-
-impl Drop for Pm2Daemon {
-    fn drop(&mut self) {
-        if !self.0.daemon_running() {
-            return;
-        }
-        let pids = self.0.try_instances().map(|l| pids(&l)).unwrap_or_default();
-        let out = self.0.run(&["kill"]);
-        if !out.status.success() {
-            eprintln!("pm2 kill failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        // Whatever survived (pm2 kill waits for its apps, so normally none).
-        for pid in pids.into_iter().filter(|p| *p > 0 && alive(*p)) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
-/// A process started in its own process group, so it and everything it
-/// starts (nginx workers, floodgate workers) can be stopped together; its
-/// stdout and stderr go to a file. Stopped (TERM, then KILL) on drop.
-struct ProcessGroup {
-    child: Child,
-}
-
-impl ProcessGroup {
-    fn spawn(mut cmd: Command, log: &Path) -> Self {
-        use std::os::unix::process::CommandExt;
-        let out = std::fs::File::create(log).unwrap();
-        cmd.process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        ProcessGroup { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("process {} exited: {status}", self.pid());
-        }
-    }
-
-    /// Waits for the group leader to exit; its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let status = wait_for(within, "the process to exit", || {
-            self.child.try_wait().ok().flatten()
-        });
-        status.code()
-    }
-
-    /// Live processes of the group.
-    fn members(&self) -> Vec<u32> {
-        processes()
-            .into_iter()
-            .filter(|p| p.pgid == self.pid())
-            .map(|p| p.pid)
-            .collect()
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.pid());
-        if !self.members().is_empty() {
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !self.members().is_empty() && Instant::now() < deadline {
-                let _ = self.child.try_wait();
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !self.members().is_empty() {
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A process as /proc shows it.
-struct ProcInfo {
-    pid: u32,
-    ppid: u32,
-    pgid: u32,
-    /// The executable's name (at most 15 bytes).
-    comm: String,
-}
-
-/// Every live (not zombie) process.
-fn processes() -> Vec<ProcInfo> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid pgrp ..."
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            let pgid = fields.next()?.parse().ok()?;
-            (state != "Z").then_some(ProcInfo {
-                pid,
-                ppid,
-                pgid,
-                comm,
-            })
-        })
-        .collect()
-}
-
-/// The floodgate processes `parent` started (its workers; not the short-lived
-/// `kill` commands it runs to signal them).
-fn live_children(parent: u32) -> BTreeSet<u32> {
-    processes()
-        .into_iter()
-        .filter(|p| p.ppid == parent && p.comm == "floodgate")
-        .map(|p| p.pid)
-        .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    processes().iter().any(|p| p.pid == pid)
+    let mut conn = RawConn::connect_from(from, to);
+    conn.set_read_timeout(WAIT);
+    conn.roundtrip(request.as_bytes())
+        .unwrap_or_else(|e| panic!("no HTTP answer from nginx: {e}"))
+        .status
 }
 
 // ---------------------------------------------------------------------------
@@ -1032,104 +662,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn repo_file(path: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path);
-    p.canonicalize()
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .display()
-        .to_string()
-}
-
-/// The first of `n` consecutive free loopback ports.
-fn consecutive_free_ports(n: usize) -> u16 {
-    for _ in 0..100 {
-        let first = free_port();
-        let held: Vec<_> = (0..n as u16)
-            .map_while(|i| {
-                first
-                    .checked_add(i)
-                    .and_then(|p| std::net::TcpListener::bind(loopback(p)).ok())
-            })
-            .collect();
-        if held.len() == n {
-            return first;
-        }
-    }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
-}
-
 /// Waits until `addr` accepts connections and `admin`'s /readyz says 200.
 fn wait_until_ready(addr: SocketAddr, admin: SocketAddr) {
     wait_for(WAIT, &format!("floodgate on {addr} to be ready"), || {
         TcpStream::connect(addr).ok()?;
-        let mut s = TcpStream::connect(admin).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        reply.starts_with("HTTP/1.1 200").then_some(())
+        let mut conn = RawConn::try_connect(admin).ok()?;
+        conn.set_read_timeout(Duration::from_secs(2));
+        let reply = conn.get("/readyz", &["Connection: close"]).ok()?;
+        (reply.status == 200).then_some(())
     });
-}
-
-fn count_in(file: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(file)
-        .map(|t| t.matches(needle).count())
-        .unwrap_or(0)
-}
-
-fn tail(file: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    format!(
-        "--- {} (last {lines} lines)\n{}",
-        file.display(),
-        all[start..].join("\n")
-    )
-}
-
-/// If the test is failing, prints each watched log's warnings and errors
-/// (nginx's `[error]`, floodgate's `WARN`/`ERROR`) and its last lines.
-#[derive(Default)]
-struct LogsOnFailure(Vec<PathBuf>);
-
-impl LogsOnFailure {
-    fn watch(&mut self, file: PathBuf) {
-        self.0.push(file);
-    }
-}
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for f in &self.0 {
-            let text = std::fs::read_to_string(f).unwrap_or_default();
-            let problems: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    [
-                        "[error]", "[crit]", "[alert]", "[warn]", "WARN", "ERROR", "panicked",
-                    ]
-                    .iter()
-                    .any(|w| l.contains(w))
-                })
-                .collect();
-            eprintln!(
-                "--- {}: {} warning/error lines (first 40)\n{}",
-                f.display(),
-                problems.len(),
-                problems[..problems.len().min(40)].join("\n")
-            );
-            eprintln!("{}", tail(f, 15));
-        }
-    }
 }

@@ -9,13 +9,16 @@
 //!   drops hop-by-hop headers, and answers 502 when the upstream is down;
 //! - two processes on one Redis, requests alternating: the limit holds exactly;
 //! - penalty blocks (`block_for`) outlast the window, then lift.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Floodgate, Http, Reply, Upstream, avoid_window_boundary, shared_redis_url};
+use floodgate_testkit::{free_port, shared_redis_url, unique_prefix};
+
+use crate::support::http::{Http, Reply};
+use crate::support::process::Floodgate;
+use crate::support::raw::RawConn;
+use crate::support::upstream::Upstream;
+use crate::support::wait::{avoid_window_boundary, eventually};
 
 const ALGORITHMS: [&str; 4] = [
     "fixed_window",
@@ -143,7 +146,7 @@ async fn exhaust_one_rule(http: &Http, fg: &Floodgate, algorithm: &str, kind: &s
 async fn every_algorithm_limits_per_ip_and_per_header_on_memory_and_redis() {
     let upstream = Upstream::start().await;
     let memory = Floodgate::launch(&algorithms_config(&upstream.url(), &store_section(None))).await;
-    let prefix = common::unique_prefix("gateway-algorithms");
+    let prefix = unique_prefix("gateway-algorithms");
     let redis = Floodgate::launch(&algorithms_config(
         &upstream.url(),
         &store_section(Some(&prefix)),
@@ -235,7 +238,7 @@ async fn proxy_keeps_end_to_end_headers_appends_forwarded_for_and_drops_hop_by_h
     // A chunked upload is streamed through and arrives whole.
     let addr = fg.addr;
     let chunked = tokio::task::spawn_blocking(move || {
-        common::RawConn::connect(addr).roundtrip(
+        RawConn::connect(addr).roundtrip(
             b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\
               Connection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
         )
@@ -259,7 +262,7 @@ async fn repeated_forwarded_for_lines_are_all_kept_when_appending() {
         upstream.url()
     ))
     .await;
-    let mut conn = common::RawConn::connect(fg.addr);
+    let mut conn = RawConn::connect(fg.addr);
     let r = tokio::task::spawn_blocking(move || {
         conn.get(
             "/chain",
@@ -306,7 +309,7 @@ async fn an_upstream_base_path_is_kept_and_a_slow_upstream_is_a_504_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_problem() {
-    let dead = common::free_port();
+    let dead = free_port();
     let fg = Floodgate::launch(&format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"http://127.0.0.1:{dead}\"\n[admin]\nlisten = \"{{admin}}\"\n"
     ))
@@ -336,7 +339,7 @@ fn shared_config(upstream: &str, prefix: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_redis_hold_the_limit_exactly() {
     let upstream = Upstream::start().await;
-    let prefix = common::unique_prefix("gateway-shared");
+    let prefix = unique_prefix("gateway-shared");
     let config = shared_config(&upstream.url(), &prefix);
     let (a, b) = tokio::join!(Floodgate::launch(&config), Floodgate::launch(&config));
     avoid_window_boundary(Duration::from_secs(3600), Duration::from_secs(30)).await;
@@ -421,7 +424,7 @@ async fn penalty_outlasts_the_window(first: &Floodgate, others: &[&Floodgate]) {
     let until = over_at + Duration::from_secs(4);
     tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
     for fg in others {
-        let admitted = common::eventually(Duration::from_secs(5), || async {
+        let admitted = eventually(Duration::from_secs(5), || async {
             http.get(&url(fg), &[]).await.status == 200
         })
         .await;
@@ -432,9 +435,7 @@ async fn penalty_outlasts_the_window(first: &Floodgate, others: &[&Floodgate]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn penalty_block_outlasts_the_window_then_lifts_on_memory_and_across_redis_instances() {
     let memory_config = penalty_config(&store_section(None));
-    let redis_config = penalty_config(&store_section(Some(&common::unique_prefix(
-        "gateway-penalty",
-    ))));
+    let redis_config = penalty_config(&store_section(Some(&unique_prefix("gateway-penalty"))));
     let (memory, a, b) = tokio::join!(
         Floodgate::launch(&memory_config),
         Floodgate::launch(&redis_config),
@@ -456,7 +457,7 @@ async fn a_request_matching_several_rules_is_refused_by_the_tightest_and_consume
         format!("[server]\nlisten = \"{{listen}}\"\n[admin]\nlisten = \"{{admin}}\"\n{rules}");
     let redis = format!(
         "[server]\nlisten = \"{{listen}}\"\n{}\n[admin]\nlisten = \"{{admin}}\"\n{rules}",
-        store_section(Some(&common::unique_prefix("gateway-several")))
+        store_section(Some(&unique_prefix("gateway-several")))
     );
     let (memory, redis) = tokio::join!(Floodgate::launch(memory), Floodgate::launch(redis));
     let http = Http::new();

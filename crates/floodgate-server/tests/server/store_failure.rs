@@ -5,16 +5,16 @@
 //! `allow` admits, `deny` answers 503, `local` keeps limiting in process;
 //! no request waits longer than the store timeout plus a margin; once Redis
 //! is back, limiting is shared between instances again.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{
-    AUTH, Floodgate, Http, RedisServer, Reply, alternating, bounded_get, eventually, redis_pid,
-    send_signal, statuses,
-};
+use floodgate_testkit::{RedisServer, send_signal};
+
+use crate::support::http::{Http, Reply, alternating, bounded_get, statuses};
+use crate::support::process::{AUTH, Floodgate};
+use crate::support::wait::eventually;
 
 /// The store timeout every instance runs with.
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -212,4 +212,21 @@ async fn on_error_modes_hold_while_redis_is_down_and_shared_limiting_resumes() {
         [200, 200, 200, 429, 429, 429],
         "the two local instances share one limit again"
     );
+}
+
+/// The pid of the redis-server at `addr`, from `INFO server`.
+fn redis_pid(addr: SocketAddr) -> u32 {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"INFO server\r\n").unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("process_id:") || !text[text.find("process_id:").unwrap()..].contains('\n')
+    {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed the connection during INFO");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let at = text.find("process_id:").unwrap() + "process_id:".len();
+    text[at..].lines().next().unwrap().trim().parse().unwrap()
 }

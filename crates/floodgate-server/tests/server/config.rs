@@ -1,11 +1,8 @@
 //! Bad configuration, through the real binary: `check-config` exits 1 and
 //! lists every problem with the rule and field it concerns; `serve` refuses
 //! the same file with the same words; nothing panics.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{check_config, serve_expecting_exit};
+use crate::support::process::{check_config, serve_expecting_exit};
 
 const GOOD: &str = r#"
 [server]
