@@ -8,7 +8,7 @@
 # stops it on exit. Tests that kill or restart Redis start their own instances
 # on their own free ports, as do the Redis Cluster, Sentinel and TLS tests; the deploy end-to-end tests start their own nginx
 # and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2). The deploy walk
-# (tests/deploy_walk.rs) follows docs/DEPLOY.md §3 in namespaces of its own
+# (tests/server/deploy_walk.rs) follows docs/DEPLOY.md §3 in namespaces of its own
 # (unshare, ip), as root, installing pm2@7 from npm's cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."

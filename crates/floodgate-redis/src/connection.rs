@@ -21,7 +21,7 @@ const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(20);
 /// ...doubling up to this. The connection manager adds a random jitter of up
 /// to the delay again, so a restarted Redis is found again within half a
 /// second (with 1 s here, shared limiting resumed up to 1.4 s after a
-/// restart: `tests/chaos.rs` in floodgate-server).
+/// restart: `tests/server/chaos.rs` in floodgate-server).
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 
 /// How a [`crate::RedisStore`] reaches Redis.

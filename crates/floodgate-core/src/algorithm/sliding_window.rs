@@ -2,7 +2,7 @@
 //! window's count weighted by the share of it the sliding window still covers.
 //!
 //! It assumes the previous window's requests were spread evenly. Its error
-//! bound, checked by `tests/algorithm_properties.rs`:
+//! bound, checked by `tests/core/algorithm_properties.rs`:
 //! - an aligned window never admits more than `limit`;
 //! - any interval of length `window` admits at most `2 * limit`, and whenever
 //!   `2 * limit` is less than the window in µs that bound is reached: the
