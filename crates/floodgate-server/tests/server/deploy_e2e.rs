@@ -30,7 +30,7 @@ use floodgate_testkit::{RedisServer, free_port, send_signal, unique_prefix};
 
 use crate::support::host::{self, consecutive_free_ports, loopback, repo_root};
 use crate::support::http::Http;
-use crate::support::logs::{LogsOnFailure, count_in, tail};
+use crate::support::logs::{LogsOnFailure, assert_log_lines_clean, count_in, tail};
 use crate::support::machine;
 use crate::support::nginx::Nginx;
 use crate::support::pm2::{self, Pm2, Pm2Daemon, pids};
@@ -198,6 +198,9 @@ fn pm2_behind_nginx_keeps_limits_exact_through_reload_and_kill() {
 
     drop(nginx);
     drop(daemon);
+    for i in 0..INSTANCES {
+        assert_log_lines_clean(&log_dir.join(format!("floodgate-{i}.log")));
+    }
 }
 
 #[test]
@@ -220,13 +223,21 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
     let log = dir.path().join("supervisor.log");
     logs.watch(log.clone());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
-    cmd.args(["serve", "--workers", &INSTANCES.to_string(), "--config"])
-        .arg(&config)
-        .env("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("NO_COLOR", "1")
-        .env_remove("FLOODGATE_REDIS_URL")
-        .env_remove("FLOODGATE_CONFIG")
-        .env_remove("FLOODGATE_ADMIN_LISTEN");
+    // JSON, and no NO_COLOR: the supervisor's and every worker's lines are
+    // held to the strict parse and to "no colour codes in a file" below.
+    cmd.args([
+        "--log-format",
+        "json",
+        "serve",
+        "--workers",
+        &INSTANCES.to_string(),
+        "--config",
+    ])
+    .arg(&config)
+    .env("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    .env_remove("FLOODGATE_REDIS_URL")
+    .env_remove("FLOODGATE_CONFIG")
+    .env_remove("FLOODGATE_ADMIN_LISTEN");
     let mut supervisor = ProcessGroup::spawn(cmd, &log);
     let sup_pid = supervisor.pid();
     wait_for(WAIT, "the supervisor's \"all workers serving\"", || {
@@ -311,6 +322,7 @@ fn workers_behind_nginx_keep_limits_exact_through_sighup_and_kill() {
     );
     let left = supervisor.members();
     assert!(left.is_empty(), "processes left after SIGTERM: {left:?}");
+    assert_log_lines_clean(&log);
 }
 
 // ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::host::{self, repo_root};
 use crate::support::http::Http;
+use crate::support::logs::assert_log_lines_clean;
 use crate::support::machine;
 use crate::support::pm2::{self, Pm2Process};
 use crate::support::procfs;
@@ -1027,6 +1028,7 @@ fn logs_are_clean() {
     for i in 0..INSTANCES {
         let path = format!("/var/log/floodgate/floodgate-{i}.log");
         let text = std::fs::read_to_string(&path).unwrap();
+        assert_log_lines_clean(std::path::Path::new(&path));
         for line in text.lines() {
             floodgate_lines += 1;
             let json: serde_json::Value = serde_json::from_str(line)

@@ -98,6 +98,17 @@ pub(crate) fn tail(file: &Path, lines: usize) -> String {
 #[derive(Default)]
 pub(crate) struct LogsOnFailure(Vec<PathBuf>);
 
+/// Fails the test unless every line of the log file at `path` passes
+/// [`check_log_lines`].
+pub(crate) fn assert_log_lines_clean(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(!text.is_empty(), "{} is empty", path.display());
+    if let Err(e) = check_log_lines(&text) {
+        panic!("{}: {e}", path.display());
+    }
+}
+
 impl LogsOnFailure {
     pub(crate) fn watch(&mut self, file: PathBuf) {
         self.0.push(file);
