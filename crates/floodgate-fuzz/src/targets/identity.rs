@@ -24,6 +24,10 @@
 //!   no key part is ever longer than that; a composite key is its parts'
 //!   keys joined by `|` with `|` and `\` escaped, and exists only when every
 //!   part does; a rule whose key cannot be formed is not checked.
+//! - a request whose path has no canonical form, or that sends a header a
+//!   key reads more than once, is refused as malformed (400) before any
+//!   rule is checked, and only such a request; rules match, and `path`
+//!   keys hold, the canonical path.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,8 +38,8 @@ use floodgate_core::{Algorithm, Block, Check, Decision, Error, Policy, Store};
 use floodgate_tower::identity::MAX_HOPS;
 use floodgate_tower::rule::MAX_KEY_PART_LEN;
 use floodgate_tower::{
-    ClientIpConfig, ForwardedHeader, KeySpec, Limiter, LimiterConfig, RequestMatch, Rule, Target,
-    Verdict,
+    BadRequestReason, ClientIpConfig, ForwardedHeader, KeySpec, Limiter, LimiterConfig,
+    RequestMatch, Rule, Target, Verdict,
 };
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
@@ -48,6 +52,9 @@ use crate::rng::Rng;
 const XFF: &str = "x-forwarded-for";
 const FORWARDED: &str = "forwarded";
 const X_REAL_IP: &str = "x-real-ip";
+/// The headers the rules' keys read: a request sending one of them more
+/// than once is refused.
+const KEY_HEADERS: [&str; 3] = ["x-api-key", "x-b", XFF];
 /// The forwarding headers in the order `ForwardedHeader::Auto` looks for them.
 const FORWARDING: [&str; 3] = [XFF, FORWARDED, X_REAL_IP];
 
@@ -191,8 +198,9 @@ impl FuzzTarget for IdentityTarget {
                 .identity(ip);
             }
         }
-        let keys = self.runtime.block_on(keys_formed(&config, input, &headers));
-        check_keys(&config, input, &headers, client, &keys);
+        if let Some((path, keys)) = self.runtime.block_on(keys_formed(&config, input, &headers)) {
+            check_keys(&config, input, &path, &headers, client, &keys);
+        }
     }
 
     fn describe(&self, input: &IdentityInput) -> String {
@@ -406,12 +414,15 @@ impl Store for RecordingStore {
     }
 }
 
-/// The key each rule was checked on, by rule name.
+/// The request's canonical path and the key each rule was checked on, by
+/// rule name; `None` when the limiter refused the request as malformed (a
+/// path with no canonical form, a key header sent more than once), after
+/// checking that it was.
 async fn keys_formed(
     config: &ClientIpConfig,
     input: &IdentityInput,
     headers: &HeaderMap,
-) -> BTreeMap<String, String> {
+) -> Option<(String, BTreeMap<String, String>)> {
     let policy =
         Policy::new(Algorithm::FixedWindow, 1_000, Duration::from_secs(1)).expect("a valid policy");
     let rules = RULES
@@ -448,11 +459,37 @@ async fn keys_formed(
         .check_request(&method, &input.path, headers, input.peer)
         .await;
     let seen = store.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Every rule but `k-api` matches any path, so every key header counts.
+    let repeated: Vec<&str> = KEY_HEADERS
+        .iter()
+        .copied()
+        .filter(|name| headers.get_all(*name).iter().count() > 1)
+        .collect();
+    let path = limiter.canonical_path(&input.path);
     match &verdict {
+        Verdict::BadRequest(reason) => {
+            assert!(seen.is_empty(), "a refused request was checked");
+            match reason {
+                BadRequestReason::Path(e) => assert!(
+                    path.is_err(),
+                    "refused for its path ({e}), which has a canonical form"
+                ),
+                BadRequestReason::RepeatedHeader(name) => assert!(
+                    path.is_ok() && repeated.contains(&name.as_str()),
+                    "refused for a repeated {name}: path {path:?}, repeated {repeated:?}"
+                ),
+            }
+            return None;
+        }
         Verdict::Allow(Some(_)) => assert!(!seen.is_empty(), "a rule decision without a check"),
         Verdict::Allow(None) => assert!(seen.is_empty(), "checks without a rule decision"),
         other => panic!("an admitting store gave {other:?}"),
     }
+    assert!(path.is_ok(), "a path without a canonical form admitted");
+    assert!(
+        repeated.is_empty(),
+        "admitted with {repeated:?} sent more than once"
+    );
     let mut keys = BTreeMap::new();
     for (rule, key) in seen {
         assert!(
@@ -460,7 +497,7 @@ async fn keys_formed(
             "rule {rule} checked twice in one request"
         );
     }
-    keys
+    Some((path.map(|p| p.into_owned()).unwrap_or_default(), keys))
 }
 
 fn is_hashed(key: &str) -> bool {
@@ -479,9 +516,12 @@ fn expect_part(rule: &str, got: &str, text: Option<&str>) {
     }
 }
 
+/// The keys of a request the limiter admitted, whose canonical path is
+/// `path`.
 fn check_keys(
     config: &ClientIpConfig,
     input: &IdentityInput,
+    path: &str,
     headers: &HeaderMap,
     client: Option<IpAddr>,
     keys: &BTreeMap<String, String>,
@@ -550,7 +590,7 @@ fn check_keys(
     expect_part(
         "k-path",
         keys.get("k-path").expect("path always applies"),
-        Some(&format!("path:{}", input.path)),
+        Some(&format!("path:{path}")),
     );
     expect_part(
         "k-method",
@@ -572,12 +612,24 @@ fn check_keys(
         });
         assert_eq!(keys.get(rule), expected.as_ref(), "composite {rule}");
     }
-    let api = input.path.starts_with("/api/") && ["GET", "POST"].contains(&input.method.as_str());
-    assert_eq!(
-        keys.get("k-api"),
-        if api { keys.get("k-ip") } else { None },
-        "a rule matching /api/ GET|POST only"
-    );
+    // `GET` also matches `HEAD`. A path holding an escape is matched in a
+    // decoded form (`/%61pi/` is under `/api/`); there only the key is
+    // checked, not whether the rule applied.
+    let api_method = ["GET", "POST", "HEAD"].contains(&input.method.as_str());
+    let api_key = keys.get("k-api");
+    if path.contains('%') {
+        assert!(
+            api_key.is_none() || (api_method && api_key == keys.get("k-ip")),
+            "a rule matching /api/ GET|POST only: {api_key:?}"
+        );
+    } else {
+        let api = api_method && path.starts_with("/api/");
+        assert_eq!(
+            api_key,
+            if api { keys.get("k-ip") } else { None },
+            "a rule matching /api/ GET|POST only"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
