@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 
 use clap::Parser;
 use floodgate_fuzz::Target;
-use floodgate_fuzz::harness::AnyTarget;
+use floodgate_fuzz::harness::{AnyTarget, fuzz};
 
 /// Runs one fuzz target under AFL++ (started by `cargo afl fuzz`).
 #[derive(Debug, Parser)]
@@ -28,10 +28,30 @@ struct Args {
     /// would be orphaned by every crash and timeout.
     #[arg(long, required_if_eq("target", "lua"))]
     redis_url: Option<String>,
+    /// Instead of serving AFL++, run the seeded pass for this many inputs
+    /// and exit: under `afl-showmap`, the edges blind generation reaches,
+    /// to set against what the engine's corpus reaches.
+    #[arg(long, value_name = "INPUTS")]
+    seeded_pass: Option<u64>,
+    /// The seeded pass's seed.
+    #[arg(long, default_value_t = 0, requires = "seeded_pass")]
+    seed: u64,
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(inputs) = args.seeded_pass {
+        let mut target = args.target.start(args.redis_url.as_deref());
+        let report = fuzz(&mut *target, inputs, args.seed);
+        eprintln!(
+            "{}: {} inputs in {:.1} s, {} failing",
+            report.target,
+            report.iterations,
+            report.elapsed.as_secs_f64(),
+            report.failures.len()
+        );
+        return;
+    }
     // The target is set up on the first input, in the process AFL++ forked
     // from its fork server: runtimes and Redis connections are not shared
     // across forks. It then lives for the whole persistent loop.
