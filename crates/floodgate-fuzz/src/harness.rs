@@ -1,5 +1,11 @@
-//! Runs a target over generated inputs, one `catch_unwind` per input, and
-//! reports each failure with the seed that reproduces it.
+//! Runs a target on one input, from a seed or from the engine's bytes, and
+//! the seeded pass over many: one `catch_unwind` per input, each failure
+//! reported with what reproduces it.
+//!
+//! The long runs are the coverage-guided engine's (`src/bin/afl.rs`), which
+//! calls [`AnyTarget::check_choices`] and lets a panic abort the process, as
+//! AFL++ expects of a crash. [`fuzz`] is the seeded pass `cargo test` runs:
+//! fixed seeds, a few thousand inputs, every failure replayable by its seed.
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,8 +17,9 @@ use crate::rng::{Rng, input_seed};
 /// inputs, and the first few reports say everything.
 pub const MAX_FAILURES: usize = 10;
 
-/// Something to fuzz: generates an input from a seeded [`Rng`] and panics
-/// when the code under test crashes or breaks an invariant on it.
+/// Something to fuzz: generates an input from an [`Rng`] (seeded, or the
+/// engine's bytes) and panics when the code under test crashes or breaks an
+/// invariant on it.
 pub trait FuzzTarget {
     /// One generated input.
     type Input;
@@ -20,7 +27,7 @@ pub trait FuzzTarget {
     /// The name the command line and reports use.
     fn name(&self) -> &'static str;
 
-    /// A new input, entirely determined by `rng`'s seed.
+    /// A new input, entirely determined by `rng`'s seed or bytes.
     fn generate(&mut self, rng: &mut Rng) -> Self::Input;
 
     /// Runs the code under test on `input`; panics on a crash or a broken
@@ -41,8 +48,9 @@ pub trait FuzzTarget {
 /// One input the target failed on.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    /// The input's own seed: `floodgate-fuzz <target> --replay <seed>`.
-    pub input_seed: u64,
+    /// The input's own seed (`floodgate-fuzz replay <target> --seed <seed>`),
+    /// or `None` for an input read from the engine's bytes (a file).
+    pub input_seed: Option<u64>,
     /// The panic message.
     pub message: String,
     /// The input, as [`FuzzTarget::describe`] prints it.
@@ -51,11 +59,11 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "input seed {:#018x}\n  panic: {}\n  input: {}",
-            self.input_seed, self.message, self.input
-        )
+        match self.input_seed {
+            Some(seed) => write!(f, "input seed {seed:#018x}")?,
+            None => f.write_str("input from the engine's bytes")?,
+        }
+        write!(f, "\n  panic: {}\n  input: {}", self.message, self.input)
     }
 }
 
@@ -94,10 +102,48 @@ impl Report {
     }
 }
 
+/// A target as the runners use it, whichever it is: [`FuzzTarget`] without
+/// its input type, so [`crate::Target::start`] can return any of them.
+pub trait AnyTarget {
+    /// The target's name.
+    fn name(&self) -> &'static str;
+
+    /// Generates the input of `input_seed` and runs it, catching a panic:
+    /// the input's weight, or the failure.
+    fn run_seeded(&mut self, input_seed: u64) -> Result<u64, Failure>;
+
+    /// Generates the input that `data` (the engine's bytes, a crash file)
+    /// chooses and runs it, catching a panic.
+    fn run_choices(&mut self, data: &[u8]) -> Result<u64, Failure>;
+
+    /// What the engine runs: the input `data` chooses, a panic left to
+    /// propagate (the engine's hook turns it into an abort, a crash).
+    fn check_choices(&mut self, data: &[u8]);
+}
+
+impl<T: FuzzTarget> AnyTarget for T {
+    fn name(&self) -> &'static str {
+        FuzzTarget::name(self)
+    }
+
+    fn run_seeded(&mut self, input_seed: u64) -> Result<u64, Failure> {
+        run_guarded(self, &mut Rng::new(input_seed), Some(input_seed))
+    }
+
+    fn run_choices(&mut self, data: &[u8]) -> Result<u64, Failure> {
+        run_guarded(self, &mut Rng::from_choices(data), None)
+    }
+
+    fn check_choices(&mut self, data: &[u8]) {
+        let input = self.generate(&mut Rng::from_choices(data));
+        self.check(&input);
+    }
+}
+
 /// Runs `target` on inputs derived from `seed` until `iterations` inputs
 /// have run or [`MAX_FAILURES`] have failed. Never panics itself: failures
 /// are printed to stderr as they happen and returned in the report.
-pub fn fuzz<T: FuzzTarget>(target: &mut T, iterations: u64, seed: u64) -> Report {
+pub fn fuzz(target: &mut dyn AnyTarget, iterations: u64, seed: u64) -> Report {
     let start = Instant::now();
     let mut report = Report {
         target: target.name(),
@@ -110,7 +156,7 @@ pub fn fuzz<T: FuzzTarget>(target: &mut T, iterations: u64, seed: u64) -> Report
     while report.iterations < iterations && report.failures.len() < MAX_FAILURES {
         let input_seed = input_seed(seed, report.cases);
         report.cases += 1;
-        match run_one(target, input_seed) {
+        match target.run_seeded(input_seed) {
             Ok(weight) => report.iterations += weight,
             Err(failure) => {
                 eprintln!("FAIL {}: {failure}", report.target);
@@ -123,11 +169,14 @@ pub fn fuzz<T: FuzzTarget>(target: &mut T, iterations: u64, seed: u64) -> Report
     report
 }
 
-/// Generates and runs the one input of `input_seed`; its weight, or the
-/// failure.
-pub fn run_one<T: FuzzTarget>(target: &mut T, input_seed: u64) -> Result<u64, Failure> {
-    let mut rng = Rng::new(input_seed);
-    let input = match catch_unwind(AssertUnwindSafe(|| target.generate(&mut rng))) {
+/// Generates an input from `rng` and runs it, each step under its own
+/// `catch_unwind`; its weight, or the failure.
+fn run_guarded<T: FuzzTarget + ?Sized>(
+    target: &mut T,
+    rng: &mut Rng,
+    input_seed: Option<u64>,
+) -> Result<u64, Failure> {
+    let input = match catch_unwind(AssertUnwindSafe(|| target.generate(rng))) {
         Ok(input) => input,
         Err(payload) => {
             return Err(Failure {
@@ -197,8 +246,14 @@ mod tests {
         assert_eq!(report.failures.len(), MAX_FAILURES);
         let failure = &report.failures[0];
         assert!(failure.message.contains("is even"), "{failure}");
-        let again = run_one(&mut EvenFails, failure.input_seed).expect_err("replays");
+        let seed = failure.input_seed.expect("a seeded failure");
+        let again = EvenFails.run_seeded(seed).expect_err("replays");
         assert_eq!(again.input, failure.input);
+        // Engine bytes choose the input: eight zero bytes draw 0, even.
+        let from_bytes = EvenFails.run_choices(&[0; 8]).expect_err("0 is even");
+        assert_eq!(from_bytes.input_seed, None);
+        assert_eq!(from_bytes.input, "0");
+        assert!(EvenFails.run_choices(&[0, 0, 0, 0, 0, 0, 0, 1]).is_ok());
         let caught = catch_unwind(|| report.assert_clean());
         assert!(caught.is_err());
     }

@@ -1,31 +1,43 @@
 //! # floodgate-fuzz
 //!
-//! Structured fuzzing of everything in floodgate that reads outside input,
-//! on the stable toolchain (cargo-fuzz needs nightly). Each target builds
-//! inputs from the format's own grammar with a seeded [`rng::Rng`], often
-//! mutates them byte by byte ([`mutate`]) so parsers are reached deep rather
-//! than refused at the first byte, and checks invariants beyond "no panic":
+//! Fuzzing of everything in floodgate that reads outside input, on the
+//! stable toolchain. Each target builds inputs from the format's own
+//! grammar, drawing every choice from an [`rng::Rng`], and checks
+//! invariants beyond "no panic" (its oracle). The same target runs two ways:
 //!
-//! | target | code under test |
-//! |---|---|
-//! | `config` | [`targets::config`]: the config parser behind `check-config` |
-//! | `identity` | [`targets::identity`]: client identity behind proxies, rule keys |
-//! | `api` | [`targets::json_api`]: the decision and admin APIs' JSON, via the real routers |
-//! | `lua` | [`targets::lua`]: the Redis store's scripts, compared with the memory store |
+//! - coverage-guided, for the long runs: AFL++ through afl.rs
+//!   (`src/bin/afl.rs`, built by `cargo afl` with the `afl` feature), the
+//!   engine's input bytes being the grammar's choices;
+//! - seeded, in `cargo test`: a few thousand inputs from fixed seeds, and
+//!   every crash file kept under `regressions/<target>/` replayed.
 //!
-//! Every input runs under its own `catch_unwind`; a failure is reported
-//! with the input's seed, which `floodgate-fuzz <target> --replay <seed>`
-//! runs again, and the input itself (hex for byte strings).
+//! `fuzz/README.md` says what each target covers and how to run and
+//! replay.
+//!
+//! ## Modules
+//!
+//! - [`targets`]: the targets and their oracles, one module each:
+//!   - [`targets::config`]: the config parser behind `check-config`;
+//!   - [`targets::identity`]: client identity behind proxies, rule keys;
+//!   - [`targets::json_api`]: the decision and admin APIs' JSON, via the
+//!     real routers;
+//!   - [`targets::lua`]: the Redis store's scripts, compared with the
+//!     memory store.
+//! - [`harness`]: the [`harness::FuzzTarget`] trait, running one input
+//!   from a seed or from bytes, and the seeded pass.
+//! - [`rng`]: the source of a generator's choices, a seed or the engine's
+//!   bytes.
+//! - [`mutate`]: byte-level damage a grammar applies to its own text
+//!   (flips, cuts, repeats, the format's tokens), so parsers see malformed
+//!   input; which damage, where, is itself a choice the engine steers.
 //!
 //! ```
 //! use floodgate_fuzz::{Target, run};
 //!
-//! // What `floodgate-fuzz config --iterations 200 --seed 7` does; panics on
-//! // any failing input.
+//! // What `floodgate-fuzz pass config --iterations 200 --seed 7` does;
+//! // panics on any failing input.
 //! run(Target::Config, 200, 7);
 //! ```
-//!
-//! `fuzz/run.sh` runs every target for a million inputs.
 
 pub mod harness;
 pub mod mutate;
@@ -33,25 +45,28 @@ pub mod rng;
 pub mod targets;
 
 use std::fmt;
-use std::str::FromStr;
 
-use harness::{Failure, FuzzTarget, Report, fuzz, run_one};
+use harness::{AnyTarget, Failure, Report, fuzz};
 
 /// The fuzz targets by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
-    /// `config`: [`targets::config`].
+    /// The config parser (`check-config`, `serve --config`) with env
+    /// overrides.
     Config,
-    /// `identity`: [`targets::identity`].
+    /// Client identity from X-Forwarded-For / Forwarded / X-Real-IP
+    /// behind trusted proxies, and the rule keys formed from requests.
     Identity,
-    /// `api`: [`targets::json_api`].
+    /// The decision API and the admin API's JSON, through the real axum
+    /// routers.
     Api,
-    /// `lua`: [`targets::lua`] (starts a `redis-server`).
+    /// The Redis store's Lua scripts against the memory store (needs
+    /// redis-server).
     Lua,
 }
 
 impl Target {
-    /// Every target, in the order `all` runs them.
+    /// Every target, in the order `pass all` runs them.
     pub const ALL: [Target; 4] = [Target::Config, Target::Identity, Target::Api, Target::Lua];
 
     /// The command-line name.
@@ -63,6 +78,23 @@ impl Target {
             Target::Lua => "lua",
         }
     }
+
+    /// The target, ready to run inputs. `lua` starts a `redis-server` of
+    /// its own, or, given `redis_url`, empties and uses that one.
+    ///
+    /// # Panics
+    /// When the target cannot be set up (no `redis-server` for `lua`).
+    pub fn start(self, redis_url: Option<&str>) -> Box<dyn AnyTarget> {
+        match self {
+            Target::Config => Box::new(targets::config::ConfigTarget),
+            Target::Identity => Box::new(targets::identity::IdentityTarget::new()),
+            Target::Api => Box::new(targets::json_api::JsonApiTarget::new()),
+            Target::Lua => match redis_url {
+                Some(url) => Box::new(targets::lua::LuaTarget::connect(url)),
+                None => Box::new(targets::lua::LuaTarget::new()),
+            },
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -71,50 +103,10 @@ impl fmt::Display for Target {
     }
 }
 
-/// Not one of the targets' names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownTarget(pub String);
-
-impl fmt::Display for UnknownTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown target {:?} (expected config, identity, api, lua or all)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownTarget {}
-
-impl FromStr for Target {
-    type Err = UnknownTarget;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Target::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| UnknownTarget(s.to_owned()))
-    }
-}
-
 /// Runs `target` for `iterations` inputs from `seed` and returns what
 /// happened; failures are also printed to stderr as they occur.
 pub fn fuzz_target(target: Target, iterations: u64, seed: u64) -> Report {
-    match target {
-        Target::Config => fuzz(&mut targets::config::ConfigTarget, iterations, seed),
-        Target::Identity => fuzz(
-            &mut targets::identity::IdentityTarget::new(),
-            iterations,
-            seed,
-        ),
-        Target::Api => fuzz(
-            &mut targets::json_api::JsonApiTarget::new(),
-            iterations,
-            seed,
-        ),
-        Target::Lua => fuzz(&mut targets::lua::LuaTarget::new(), iterations, seed),
-    }
+    fuzz(&mut *target.start(None), iterations, seed)
 }
 
 /// Runs `target` for `iterations` inputs from `seed`.
@@ -129,13 +121,5 @@ pub fn run(target: Target, iterations: u64, seed: u64) {
 /// Runs the one input of `input_seed` (from a failure report) again: its
 /// weight, or the failure.
 pub fn replay(target: Target, input_seed: u64) -> Result<u64, Failure> {
-    fn one<T: FuzzTarget>(mut t: T, seed: u64) -> Result<u64, Failure> {
-        run_one(&mut t, seed)
-    }
-    match target {
-        Target::Config => one(targets::config::ConfigTarget, input_seed),
-        Target::Identity => one(targets::identity::IdentityTarget::new(), input_seed),
-        Target::Api => one(targets::json_api::JsonApiTarget::new(), input_seed),
-        Target::Lua => one(targets::lua::LuaTarget::new(), input_seed),
-    }
+    target.start(None).run_seeded(input_seed)
 }

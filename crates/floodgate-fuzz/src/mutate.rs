@@ -46,7 +46,7 @@ fn step(rng: &mut Rng, data: &mut Vec<u8>, dictionary: &[&[u8]]) {
         // Insert a random or interesting byte.
         2 => {
             let b = if rng.percent(50) {
-                rng.next_u64() as u8
+                rng.byte()
             } else {
                 *rng.pick(INTERESTING_BYTES)
             };
@@ -125,7 +125,7 @@ fn step(rng: &mut Rng, data: &mut Vec<u8>, dictionary: &[&[u8]]) {
             let to = rng.index(len + 1);
             data.splice(to..to, copy);
         }
-        _ => data.push(rng.next_u64() as u8),
+        _ => data.push(rng.byte()),
     }
 }
 

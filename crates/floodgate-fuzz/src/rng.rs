@@ -1,13 +1,30 @@
-//! A seeded, fast, forever-reproducible random source.
+//! Where a generator's choices come from: a seed, or the engine's bytes.
 //!
-//! SplitMix64 rather than a crate's generator: a failing input is named by
+//! Every target builds its input from a grammar by drawing from an [`Rng`].
+//! Seeded, the draws come from SplitMix64: `cargo test`'s short pass and
+//! `floodgate-fuzz replay --seed` name an input by its seed. Under the
+//! coverage-guided engine ([`Rng::from_choices`]), the draws are read from
+//! the engine's input bytes, so every byte AFL++ mutates is a decision of
+//! the grammar (which section, which value, how long a string, which byte
+//! to flip), and coverage tells it which decisions reach new code.
+//!
+//! SplitMix64 rather than a crate's generator: a seeded input is named by
 //! its seed, so the sequence a seed produces must never change with a
 //! dependency upgrade.
 
-/// SplitMix64 (Steele, Lea and Flood): one `u64` of state, passes BigCrush,
-/// and every seed (zero included) gives a full-period sequence.
+/// A generator's source of choices: seeded SplitMix64 (Steele, Lea and
+/// Flood: one `u64` of state, passes BigCrush, every seed gives a
+/// full-period sequence), or a byte string read front to back.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(Source);
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// SplitMix64's state.
+    Seeded(u64),
+    /// The engine's input and how much of it the draws have read.
+    Choices { data: Vec<u8>, read: usize },
+}
 
 /// The golden-ratio increment of SplitMix64.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -20,7 +37,7 @@ pub fn mix(mut x: u64) -> u64 {
 }
 
 /// The seed of input number `index` of a run seeded with `run_seed`: what a
-/// failure report prints and `--replay` takes.
+/// failure report prints and `replay --seed` takes.
 pub fn input_seed(run_seed: u64, index: u64) -> u64 {
     mix(run_seed ^ mix(index.wrapping_add(1).wrapping_mul(GAMMA)))
 }
@@ -28,20 +45,68 @@ pub fn input_seed(run_seed: u64, index: u64) -> u64 {
 impl Rng {
     /// A generator whose whole output is determined by `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(Source::Seeded(seed))
+    }
+
+    /// A generator whose draws are read from `data`, the coverage-guided
+    /// engine's input. A draw below `n` reads only the bytes `n` needs (one
+    /// for most choices), so one mutated byte changes one decision; past
+    /// the end every draw is 0, so a short input makes a small one (every
+    /// length 0, every choice the first) and the engine's trimming works.
+    pub fn from_choices(data: &[u8]) -> Self {
+        Rng(Source::Choices {
+            data: data.to_vec(),
+            read: 0,
+        })
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GAMMA);
-        mix(self.0)
+        match &mut self.0 {
+            Source::Seeded(state) => {
+                *state = state.wrapping_add(GAMMA);
+                mix(*state)
+            }
+            Source::Choices { .. } => self.read(8),
+        }
+    }
+
+    /// One random byte.
+    pub fn byte(&mut self) -> u8 {
+        match self.0 {
+            // The low byte of a whole draw: what seeded runs have always
+            // used, so recorded seeds keep naming the same inputs.
+            Source::Seeded(_) => self.next_u64() as u8,
+            Source::Choices { .. } => self.read(1) as u8,
+        }
     }
 
     /// Uniform in `0..n`; `0` when `n` is zero.
     pub fn below(&mut self, n: u64) -> u64 {
-        // Lemire's multiply-shift: the bias is below 2^-64 per draw, which
-        // no fuzz run will notice.
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        match self.0 {
+            // Lemire's multiply-shift: the bias is below 2^-64 per draw,
+            // which no fuzz run will notice.
+            Source::Seeded(_) => ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64,
+            Source::Choices { .. } if n <= 1 => 0,
+            Source::Choices { .. } => {
+                let bits = u64::BITS - (n - 1).leading_zeros();
+                self.read(bits.div_ceil(8) as usize) % n
+            }
+        }
+    }
+
+    /// The next `count` (at most 8) bytes of a choice string, big-endian,
+    /// zeros past its end.
+    fn read(&mut self, count: usize) -> u64 {
+        let Source::Choices { data, read } = &mut self.0 else {
+            unreachable!("only a choice string is read")
+        };
+        let mut value = 0;
+        for _ in 0..count {
+            value = (value << 8) | u64::from(data.get(*read).copied().unwrap_or(0));
+            *read += 1;
+        }
+        value
     }
 
     /// Uniform in `0..n` as an index.
@@ -90,7 +155,7 @@ impl Rng {
 
     /// `n` random bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
+        (0..n).map(|_| self.byte()).collect()
     }
 
     /// A random Unicode scalar, weighted towards ASCII, with the characters
@@ -170,5 +235,20 @@ mod tests {
         assert_eq!(r.below(0), 0);
         assert_eq!(r.range(4, 4), 4);
         let _ = r.range(0, u64::MAX);
+    }
+
+    #[test]
+    fn choices_read_what_each_draw_needs_then_zeros() {
+        let mut r = Rng::from_choices(&[7, 0x01, 0x02, 200, 0xff]);
+        assert_eq!(r.below(10), 7);
+        // 1000 needs two bytes: 0x0102 = 258.
+        assert_eq!(r.below(1000), 258);
+        assert_eq!(r.byte(), 200);
+        assert_eq!(r.below(4), 0xff % 4);
+        assert_eq!(r.below(1), 0);
+        assert_eq!(r.below(100), 0);
+        assert_eq!(r.next_u64(), 0);
+        assert!(r.percent(1));
+        assert_eq!(r.len(40), 0);
     }
 }

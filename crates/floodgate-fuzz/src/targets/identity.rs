@@ -24,6 +24,10 @@
 //!   no key part is ever longer than that; a composite key is its parts'
 //!   keys joined by `|` with `|` and `\` escaped, and exists only when every
 //!   part does; a rule whose key cannot be formed is not checked.
+//! - a request whose path has no canonical form, or that sends a header a
+//!   key reads more than once, is refused as malformed (400) before any
+//!   rule is checked, and only such a request; rules match, and `path`
+//!   keys hold, the canonical path.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,8 +38,8 @@ use floodgate_core::{Algorithm, Block, Check, Decision, Error, Policy, Store};
 use floodgate_tower::identity::MAX_HOPS;
 use floodgate_tower::rule::MAX_KEY_PART_LEN;
 use floodgate_tower::{
-    BadRequestReason, ClientIpConfig, EncodedSlashes, ForwardedHeader, KeySpec, Limiter,
-    LimiterConfig, RequestMatch, Rule, Target, Verdict, canonical_path,
+    BadRequestReason, ClientIpConfig, ForwardedHeader, KeySpec, Limiter, LimiterConfig,
+    RequestMatch, Rule, Target, Verdict,
 };
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
@@ -48,6 +52,9 @@ use crate::rng::Rng;
 const XFF: &str = "x-forwarded-for";
 const FORWARDED: &str = "forwarded";
 const X_REAL_IP: &str = "x-real-ip";
+/// The headers the rules' keys read: a request sending one of them more
+/// than once is refused.
+const KEY_HEADERS: [&str; 3] = ["x-api-key", "x-b", XFF];
 /// The forwarding headers in the order `ForwardedHeader::Auto` looks for them.
 const FORWARDING: [&str; 3] = [XFF, FORWARDED, X_REAL_IP];
 
@@ -191,8 +198,9 @@ impl FuzzTarget for IdentityTarget {
                 .identity(ip);
             }
         }
-        let formed = self.runtime.block_on(keys_formed(&config, input, headers));
-        check_keys(&config, input, &formed, client);
+        if let Some((path, keys)) = self.runtime.block_on(keys_formed(&config, input, &headers)) {
+            check_keys(&config, input, &path, &headers, client, &keys);
+        }
     }
 
     fn describe(&self, input: &IdentityInput) -> String {
@@ -406,93 +414,15 @@ impl Store for RecordingStore {
     }
 }
 
-/// What the rules were checked on.
-struct Formed {
-    /// The key each rule was checked on, by rule name.
-    keys: BTreeMap<String, String>,
-    /// The headers the keys were formed from.
-    headers: HeaderMap,
-    /// The canonical path the rules matched.
-    path: String,
-}
-
-/// The keys `input`'s rules were checked on. A path with no canonical form
-/// must be refused as malformed before any check; the keys are then those
-/// of the same path with its `%` escaped. A header some rule's key reads,
-/// sent more than once, likewise; the keys are then those of the same
-/// request with each such header's lines joined into one, as a proxy may
-/// join them (RFC 9110 §5.3).
+/// The request's canonical path and the key each rule was checked on, by
+/// rule name; `None` when the limiter refused the request as malformed (a
+/// path with no canonical form, a key header sent more than once), after
+/// checking that it was.
 async fn keys_formed(
     config: &ClientIpConfig,
     input: &IdentityInput,
-    mut headers: HeaderMap,
-) -> Formed {
-    let path = match canonical_path(&input.path, EncodedSlashes::Keep) {
-        Ok(path) => path.into_owned(),
-        Err(e) => {
-            let (verdict, seen) = decide(config, input, &input.path, &headers).await;
-            assert_eq!(verdict, Verdict::BadRequest(BadRequestReason::Path(e)));
-            assert!(seen.is_empty(), "a malformed request reached the store");
-            let escaped = input.path.replace('%', "%25");
-            canonical_path(&escaped, EncodedSlashes::Keep)
-                .expect("a path without a bare % has a canonical form")
-                .into_owned()
-        }
-    };
-    let repeated: Vec<&str> = ["x-api-key", "x-b", XFF]
-        .into_iter()
-        .filter(|name| headers.get_all(*name).iter().count() > 1)
-        .collect();
-    if !repeated.is_empty() {
-        let (verdict, seen) = decide(config, input, &path, &headers).await;
-        match &verdict {
-            Verdict::BadRequest(BadRequestReason::RepeatedHeader(name)) => assert!(
-                repeated.contains(&name.as_str()),
-                "refused for {name}, repeated are {repeated:?}"
-            ),
-            other => panic!("{repeated:?} repeated, yet {other:?}"),
-        }
-        assert!(seen.is_empty(), "a malformed request reached the store");
-        for name in repeated {
-            let mut joined = Vec::new();
-            for (i, value) in headers.get_all(name).iter().enumerate() {
-                if i > 0 {
-                    joined.push(b',');
-                }
-                joined.extend_from_slice(value.as_bytes());
-            }
-            let value = HeaderValue::from_bytes(&joined).expect("joined valid values are valid");
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    }
-    let (verdict, seen) = decide(config, input, &path, &headers).await;
-    match &verdict {
-        Verdict::Allow(Some(_)) => assert!(!seen.is_empty(), "a rule decision without a check"),
-        Verdict::Allow(None) => assert!(seen.is_empty(), "checks without a rule decision"),
-        other => panic!("an admitting store gave {other:?}"),
-    }
-    let mut keys = BTreeMap::new();
-    for (rule, key) in seen {
-        assert!(
-            keys.insert(rule.clone(), key).is_none(),
-            "rule {rule} checked twice in one request"
-        );
-    }
-    Formed {
-        keys,
-        headers,
-        path,
-    }
-}
-
-/// The verdict on `input` with `path` and `headers`, and the checks it
-/// reached the store with.
-async fn decide(
-    config: &ClientIpConfig,
-    input: &IdentityInput,
-    path: &str,
     headers: &HeaderMap,
-) -> (Verdict, Vec<(String, String)>) {
+) -> Option<(String, BTreeMap<String, String>)> {
     let policy =
         Policy::new(Algorithm::FixedWindow, 1_000, Duration::from_secs(1)).expect("a valid policy");
     let rules = RULES
@@ -526,10 +456,48 @@ async fn decide(
     .expect("a valid limiter config");
     let method = Method::from_bytes(input.method.as_bytes()).expect("a valid method");
     let verdict = limiter
-        .check_request(&method, path, headers, input.peer)
+        .check_request(&method, &input.path, headers, input.peer)
         .await;
     let seen = store.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    (verdict, seen)
+    // Every rule but `k-api` matches any path, so every key header counts.
+    let repeated: Vec<&str> = KEY_HEADERS
+        .iter()
+        .copied()
+        .filter(|name| headers.get_all(*name).iter().count() > 1)
+        .collect();
+    let path = limiter.canonical_path(&input.path);
+    match &verdict {
+        Verdict::BadRequest(reason) => {
+            assert!(seen.is_empty(), "a refused request was checked");
+            match reason {
+                BadRequestReason::Path(e) => assert!(
+                    path.is_err(),
+                    "refused for its path ({e}), which has a canonical form"
+                ),
+                BadRequestReason::RepeatedHeader(name) => assert!(
+                    path.is_ok() && repeated.contains(&name.as_str()),
+                    "refused for a repeated {name}: path {path:?}, repeated {repeated:?}"
+                ),
+            }
+            return None;
+        }
+        Verdict::Allow(Some(_)) => assert!(!seen.is_empty(), "a rule decision without a check"),
+        Verdict::Allow(None) => assert!(seen.is_empty(), "checks without a rule decision"),
+        other => panic!("an admitting store gave {other:?}"),
+    }
+    assert!(path.is_ok(), "a path without a canonical form admitted");
+    assert!(
+        repeated.is_empty(),
+        "admitted with {repeated:?} sent more than once"
+    );
+    let mut keys = BTreeMap::new();
+    for (rule, key) in seen {
+        assert!(
+            keys.insert(rule.clone(), key).is_none(),
+            "rule {rule} checked twice in one request"
+        );
+    }
+    Some((path.map(|p| p.into_owned()).unwrap_or_default(), keys))
 }
 
 fn is_hashed(key: &str) -> bool {
@@ -548,13 +516,16 @@ fn expect_part(rule: &str, got: &str, text: Option<&str>) {
     }
 }
 
+/// The keys of a request the limiter admitted, whose canonical path is
+/// `path`.
 fn check_keys(
     config: &ClientIpConfig,
     input: &IdentityInput,
-    formed: &Formed,
+    path: &str,
+    headers: &HeaderMap,
     client: Option<IpAddr>,
+    keys: &BTreeMap<String, String>,
 ) {
-    let (keys, headers) = (&formed.keys, &formed.headers);
     for (rule, key) in keys {
         let parts = RULES
             .iter()
@@ -619,7 +590,7 @@ fn check_keys(
     expect_part(
         "k-path",
         keys.get("k-path").expect("path always applies"),
-        Some(&format!("path:{}", formed.path)),
+        Some(&format!("path:{path}")),
     );
     expect_part(
         "k-method",
@@ -641,13 +612,24 @@ fn check_keys(
         });
         assert_eq!(keys.get(rule), expected.as_ref(), "composite {rule}");
     }
-    let api = formed.path.starts_with("/api/")
-        && ["GET", "POST", "HEAD"].contains(&input.method.as_str());
-    assert_eq!(
-        keys.get("k-api"),
-        if api { keys.get("k-ip") } else { None },
-        "a rule matching /api/ GET|POST only"
-    );
+    // `GET` also matches `HEAD`. A path holding an escape is matched in a
+    // decoded form (`/%61pi/` is under `/api/`); there only the key is
+    // checked, not whether the rule applied.
+    let api_method = ["GET", "POST", "HEAD"].contains(&input.method.as_str());
+    let api_key = keys.get("k-api");
+    if path.contains('%') {
+        assert!(
+            api_key.is_none() || (api_method && api_key == keys.get("k-ip")),
+            "a rule matching /api/ GET|POST only: {api_key:?}"
+        );
+    } else {
+        let api = api_method && path.starts_with("/api/");
+        assert_eq!(
+            api_key,
+            if api { keys.get("k-ip") } else { None },
+            "a rule matching /api/ GET|POST only"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -117,12 +117,12 @@ enum Outcome {
     Blocks(Vec<Block>),
 }
 
-/// The Lua-script target: its own `redis-server`, one Redis store on a
-/// manual clock, and a connection to empty the database between cases.
+/// The Lua-script target: a `redis-server` it empties between cases, one
+/// Redis store on a manual clock, and a connection to empty it with.
 pub struct LuaTarget {
     runtime: tokio::runtime::Runtime,
-    /// Kept alive for the target's life; killed on drop.
-    _server: RedisServer,
+    /// The server the target started, if it did; killed on drop.
+    _server: Option<RedisServer>,
     clock: ManualClock,
     redis: RedisStore,
     admin: redis::aio::MultiplexedConnection,
@@ -142,14 +142,26 @@ impl LuaTarget {
     /// When `redis-server` cannot be started or reached.
     pub fn new() -> Self {
         let server = RedisServer::start();
+        let mut target = Self::connect(&server.url());
+        target._server = Some(server);
+        target
+    }
+
+    /// Connects to the `redis-server` at `url`, which the target then owns:
+    /// it empties the database before every case. The engine's runs use
+    /// this, with a server started beside `afl-fuzz`: a server started by
+    /// the fuzzed process would be orphaned by every crash and timeout.
+    ///
+    /// # Panics
+    /// When the server cannot be reached.
+    pub fn connect(url: &str) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a current-thread runtime");
         let clock = ManualClock::new(Timestamp::from_micros(1_700_000_000_000_000));
-        let url = server.url();
         let (redis, admin) = runtime.block_on(async {
-            let config = RedisConfig::new(url.clone())
+            let config = RedisConfig::new(url.to_owned())
                 .with_prefix(PREFIX)
                 .with_timeout(Duration::from_secs(10))
                 .with_clock(Arc::new(clock.clone()))
@@ -157,7 +169,7 @@ impl LuaTarget {
                 // outlive the run whatever it says.
                 .with_ttl_margin(Duration::from_secs(24 * 3600));
             let store = RedisStore::connect(config).await.expect("redis answers");
-            let admin = redis::Client::open(url.as_str())
+            let admin = redis::Client::open(url)
                 .expect("a valid URL")
                 .get_multiplexed_async_connection()
                 .await
@@ -166,7 +178,7 @@ impl LuaTarget {
         });
         LuaTarget {
             runtime,
-            _server: server,
+            _server: None,
             clock,
             redis,
             admin,

@@ -1,6 +1,7 @@
 //! A short pass of every fuzz target, so `cargo test` (and CI) runs them on
-//! every change. Fixed seeds: a failure here replays exactly; the long runs
-//! of `fuzz/run.sh` use fresh seeds.
+//! every change. Fixed seeds: a failure here prints the input seed that
+//! `floodgate-fuzz replay <target> --seed` runs again. The long runs are
+//! the coverage-guided engine's (`fuzz/run.sh`).
 
 use floodgate_fuzz::{Target, run};
 
