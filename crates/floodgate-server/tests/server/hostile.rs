@@ -222,32 +222,23 @@ async fn very_long_paths_and_bodies_and_bad_admin_paths() {
     // Refused without being read, so the server closes those connections:
     // a client of their own keeps them out of the shared pool.
     let big = "x".repeat(3 << 20);
-    let r = Http::new().post_json(&fg.url("/v1/check"), &[], &big).await;
-    assert!(
-        (400..500).contains(&r.status),
-        "3 MiB check body: {}",
-        r.status
-    );
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        r.text()
-    );
-    let r = Http::new()
-        .post_json(&fg.admin_url("/admin/blocks"), &[AUTH], &big)
-        .await;
-    assert!(
-        (400..500).contains(&r.status),
-        "3 MiB block body: {}",
-        r.status
-    );
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        r.text()
-    );
+    for (what, url, headers) in [
+        ("check", fg.url("/v1/check"), &[][..]),
+        ("block", fg.admin_url("/admin/blocks"), &[AUTH][..]),
+    ] {
+        let r = Http::new().post_json(&url, headers, &big).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "3 MiB {what} body: {}",
+            r.status
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{what}: {}",
+            r.text()
+        );
+    }
 
     for path in [
         "/admin/blocks/%FF%FE",
