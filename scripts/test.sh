@@ -91,8 +91,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
-# Publishability: every published crate packages, and its .crate builds on its
-# own, siblings taken from the other .crates of this run (testkit and fuzz are
+# Publishability: every published crate packages (testkit and fuzz are
 # `publish = false`). The working tree is what is tested, committed or not.
 log "cargo package (floodgate-core, -redis, -tower, -server)"
 # --no-verify: the manifests, the files and the versions of the floodgate
