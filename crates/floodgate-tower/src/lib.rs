@@ -11,7 +11,9 @@
 //! - [`identity`]: who the client is ([`ClientIpConfig`]), behind trusted proxies only.
 //! - [`path`]: the canonical form of request paths, the one spelling that rules match.
 //! - [`limiter`]: the engine, [`Limiter`]: lists, blocks, rules, one store batch per request.
-//! - [`rule`]: [`Rule`]s, which requests a limit applies to and whose counter each counts on.
+//! - [`rule`]: [`Rule`]s, which requests a limit applies to and whose counter each counts on,
+//!   including keys the application forms ([`AppKey`]: the authenticated user or tenant
+//!   an earlier layer put in the request's extensions, or any function of the request).
 //! - [`target`]: [`Target`], `ip:<addr>`, `ip:<cidr>` or `header:<name>:<value>`.
 //! - `target_set`: [`Target`]s looked up by request in time independent of their number.
 //! - `verdict`: [`Verdict`], what was decided; [`RuleDecision`] writes its RateLimit fields.
@@ -108,7 +110,7 @@ pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, verdict_response};
-pub use rule::{KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
+pub use rule::{AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use target::{Target, TargetError};
 pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};
 

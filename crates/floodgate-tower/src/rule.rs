@@ -5,14 +5,20 @@
 //! `["header:x-api-key", "path"]` one counter per API key and path. A rule
 //! whose key cannot be formed (the header is missing, the peer is unknown)
 //! does not apply to that request.
+//!
+//! Besides the parts a config file names, an application can key a rule by
+//! what it knows about a request ([`AppKey`]): the authenticated user or
+//! tenant an earlier layer put in the request's extensions, or any function
+//! of the request.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use floodgate_core::Policy;
 use http::header::HeaderName;
-use http::{HeaderMap, Method};
+use http::{Extensions, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
 use crate::path::starts_with_prefix;
@@ -37,6 +43,107 @@ pub enum KeyPart {
     Method,
     /// `global`: one counter shared by every request the rule matches.
     Global,
+    /// A part the application forms: `<name>:<value>`. Only from code, never
+    /// from a config file. Does not apply when it gives no value.
+    App(AppKey),
+}
+
+/// A key part formed by the application: from a request extension an
+/// earlier layer set (the authenticated user, the tenant), or by any
+/// function of the request. Its text in a key is `<name>:<value>`.
+///
+/// ```
+/// use floodgate_tower::{AppKey, KeySpec};
+///
+/// /// Set by the authentication layer in front of floodgate's.
+/// #[derive(Clone)]
+/// struct User(String);
+/// impl std::fmt::Display for User {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str(&self.0)
+///     }
+/// }
+///
+/// // Keys `user:alice`, `user:bob`; requests without a `User` are not counted.
+/// let per_user = KeySpec::from(AppKey::extension::<User>("user")?);
+/// // Keys `tenant:acme`, from the host name's first label.
+/// let per_tenant = KeySpec::from(AppKey::new("tenant", |request| {
+///     let host = request.headers().get("host")?.to_str().ok()?;
+///     Some(host.split('.').next()?.to_ascii_lowercase())
+/// })?);
+/// assert_eq!(per_user.to_string(), "app:user");
+/// # let _ = per_tenant;
+/// # Ok::<(), floodgate_tower::KeySpecError>(())
+/// ```
+#[derive(Clone)]
+pub struct AppKey {
+    name: Arc<str>,
+    form: Arc<KeyFn>,
+}
+
+/// How an [`AppKey`] forms its value.
+type KeyFn = dyn Fn(&KeyInput<'_>) -> Option<String> + Send + Sync;
+
+impl AppKey {
+    /// A part named `name` (letters, digits, `-` and `_`), whose value
+    /// `form` gives; `None` from `form` means the rule does not apply to
+    /// that request. Values longer than [`MAX_KEY_PART_LEN`] are hashed like
+    /// every other part.
+    pub fn new(
+        name: &str,
+        form: impl Fn(&KeyInput<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, KeySpecError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if !valid {
+            return Err(KeySpecError::BadAppKeyName(name.to_owned()));
+        }
+        Ok(AppKey {
+            name: name.into(),
+            form: Arc::new(form),
+        })
+    }
+
+    /// A part named `name` whose value is the request extension `T`, as
+    /// its `Display` writes it: the rule applies to requests an earlier
+    /// layer gave a `T`.
+    pub fn extension<T: fmt::Display + Send + Sync + 'static>(
+        name: &str,
+    ) -> Result<Self, KeySpecError> {
+        AppKey::new(name, |request| {
+            request.extension::<T>().map(ToString::to_string)
+        })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AppKey").field(&self.name).finish()
+    }
+}
+
+/// Two app keys are the same part when they are the same one (clones of
+/// it), not merely when their names are equal.
+impl PartialEq for AppKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.form, &other.form)
+    }
+}
+
+impl Eq for AppKey {}
+
+impl std::hash::Hash for AppKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
 }
 
 /// Why a key specification could not be read.
@@ -56,6 +163,9 @@ pub enum KeySpecError {
     /// The same part listed twice.
     #[error("key part {0} is listed twice")]
     Duplicate(KeyPart),
+    /// An [`AppKey`] name that is not 1-64 letters, digits, `-` or `_`.
+    #[error("{0:?} is not a valid app key name: 1-64 letters, digits, '-' or '_'")]
+    BadAppKeyName(String),
 }
 
 impl FromStr for KeyPart {
@@ -87,6 +197,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Path => f.write_str("path"),
             KeyPart::Method => f.write_str("method"),
             KeyPart::Global => f.write_str("global"),
+            KeyPart::App(key) => write!(f, "app:{}", key.name),
         }
     }
 }
@@ -149,7 +260,7 @@ impl KeySpec {
     }
 
     /// The key of a request, or `None` when a part cannot be formed.
-    pub(crate) fn key(&self, request: &RequestInfo<'_>) -> Option<String> {
+    pub(crate) fn key(&self, request: &KeyInput<'_>) -> Option<String> {
         if let [only] = self.0.as_slice() {
             return Some(key_part(only, request)?.into_owned());
         }
@@ -166,6 +277,18 @@ impl KeySpec {
             }
         }
         Some(key)
+    }
+}
+
+impl From<AppKey> for KeyPart {
+    fn from(key: AppKey) -> Self {
+        KeyPart::App(key)
+    }
+}
+
+impl From<AppKey> for KeySpec {
+    fn from(key: AppKey) -> Self {
+        KeySpec(vec![KeyPart::App(key)])
     }
 }
 
@@ -201,17 +324,48 @@ impl fmt::Display for KeySpec {
     }
 }
 
-/// What the key parts are formed from.
+/// What key parts are formed from: the request as the rules see it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestInfo<'a> {
+pub struct KeyInput<'a> {
     pub(crate) method: &'a Method,
     pub(crate) path: &'a str,
     pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: Option<&'a Extensions>,
     /// The client's identity (`ip:...`), when the peer is known.
     pub(crate) client: Option<&'a Target>,
 }
 
-fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str>> {
+impl<'a> KeyInput<'a> {
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request's canonical path (see [`crate::path`]), without the query.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request extension `T`, when the request carried extensions (the
+    /// layer passes them; [`Limiter::check_request`](crate::Limiter::check_request)
+    /// has none) and one of type `T`.
+    pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&'a T> {
+        self.extensions?.get::<T>()
+    }
+
+    /// The client's identity, `ip:<addr>` or `ip:<net>/<prefix>`, when the
+    /// peer is known.
+    pub fn client(&self) -> Option<&'a Target> {
+        self.client
+    }
+}
+
+fn key_part<'a>(part: &KeyPart, request: &KeyInput<'a>) -> Option<Cow<'a, str>> {
     let text = match part {
         KeyPart::Ip => {
             let mut text = String::with_capacity(18);
@@ -236,6 +390,10 @@ fn key_part<'a>(part: &KeyPart, request: &RequestInfo<'a>) -> Option<Cow<'a, str
         KeyPart::Path => format!("path:{}", request.path),
         KeyPart::Method => format!("method:{}", request.method),
         KeyPart::Global => return Some(Cow::Borrowed("global")),
+        KeyPart::App(key) => {
+            let value = (key.form)(request)?;
+            format!("{}:{value}", key.name)
+        }
     };
     Some(bounded_key(text))
 }
@@ -410,16 +568,81 @@ mod tests {
         KeySpec::parse_list(parts.iter().copied()).unwrap()
     }
 
-    fn info<'a>(
-        headers: &'a HeaderMap,
-        client: Option<&'a Target>,
-        path: &'a str,
-    ) -> RequestInfo<'a> {
-        RequestInfo {
+    fn info<'a>(headers: &'a HeaderMap, client: Option<&'a Target>, path: &'a str) -> KeyInput<'a> {
+        KeyInput {
             method: &Method::GET,
             path,
             headers,
+            extensions: None,
             client,
+        }
+    }
+
+    #[derive(Clone)]
+    struct User(&'static str);
+
+    impl fmt::Display for User {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    #[test]
+    fn app_keys_read_extensions_and_functions() {
+        let headers = HeaderMap::new();
+        let client: Target = "ip:192.0.2.7".parse().unwrap();
+        let mut extensions = Extensions::new();
+        extensions.insert(User("alice|admin"));
+        let with = KeyInput {
+            extensions: Some(&extensions),
+            ..info(&headers, Some(&client), "/api/items")
+        };
+        let without = info(&headers, Some(&client), "/api/items");
+
+        let user = AppKey::extension::<User>("user").unwrap();
+        let per_user = KeySpec::from(KeyPart::App(user.clone()));
+        assert_eq!(per_user.to_string(), "app:user");
+        assert_eq!(per_user.key(&with).unwrap(), "user:alice|admin");
+        assert_eq!(
+            per_user.key(&without),
+            None,
+            "no User: the rule does not apply"
+        );
+
+        let first_segment =
+            AppKey::new("section", |r| Some(r.path().split('/').nth(1)?.to_owned())).unwrap();
+        let composite = KeySpec::new(vec![
+            KeyPart::App(user.clone()),
+            KeyPart::App(first_segment.clone()),
+            KeyPart::Ip,
+        ])
+        .unwrap();
+        assert_eq!(
+            composite.key(&with).unwrap(),
+            "user:alice\\|admin|section:api|ip:192.0.2.7",
+            "an app part is escaped like any other"
+        );
+
+        let long = AppKey::new("long", |_| Some("v".repeat(400))).unwrap();
+        let key = KeySpec::from(KeyPart::App(long)).key(&without).unwrap();
+        assert!(key.starts_with("sha256:") && key.len() < 100, "{key}");
+
+        // The same part, not merely the same name.
+        assert_eq!(KeyPart::App(user.clone()), KeyPart::App(user.clone()));
+        let other = AppKey::extension::<User>("user").unwrap();
+        assert_ne!(KeyPart::App(user.clone()), KeyPart::App(other));
+        assert!(matches!(
+            KeySpec::new(vec![KeyPart::App(user.clone()), KeyPart::App(user)]),
+            Err(KeySpecError::Duplicate(_))
+        ));
+        for bad in ["", "has space", "a:b", &"n".repeat(65)] {
+            assert!(
+                matches!(
+                    AppKey::new(bad, |_| None),
+                    Err(KeySpecError::BadAppKeyName(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 
@@ -459,7 +682,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("abc"));
         let client: Target = "ip:192.0.2.7".parse().unwrap();
-        let req = RequestInfo {
+        let req = KeyInput {
             method: &Method::POST,
             ..info(&headers, Some(&client), "/api/items")
         };

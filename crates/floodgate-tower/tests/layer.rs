@@ -810,3 +810,95 @@ async fn the_old_names_still_work() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// The authenticated user an earlier layer found, as the app's own type.
+#[derive(Clone)]
+struct User(String);
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A rule keyed by the request extension an authentication layer sets
+/// limits each user wherever they come from; requests it left anonymous are
+/// not counted by it; a rule keyed by a function of the request (the
+/// tenant, from the host) counts per tenant.
+#[tokio::test]
+async fn rules_keyed_by_the_app_limit_per_user_and_per_tenant() {
+    use floodgate_tower::{AppKey, KeyPart, KeySpec};
+
+    let clock = clock();
+    let per_user = Rule::new(
+        "per-user",
+        KeySpec::from(KeyPart::App(AppKey::extension::<User>("user").unwrap())),
+        policy(Algorithm::FixedWindow, 2, 60),
+    );
+    let tenant = AppKey::new("tenant", |request| {
+        let host = request.headers().get("host")?.to_str().ok()?;
+        Some(host.split('.').next()?.to_ascii_lowercase())
+    })
+    .unwrap();
+    let per_tenant = Rule::new(
+        "per-tenant",
+        KeySpec::from(KeyPart::App(tenant)),
+        policy(Algorithm::FixedWindow, 3, 60),
+    );
+    let limiter = limiter(
+        config(vec![per_user, per_tenant]),
+        memory_store(&clock),
+        &clock,
+        Recorder::new(),
+    );
+    // The authentication layer runs first (added last) and turns the
+    // `x-user` header into a `User`.
+    let app = app(limiter).layer(axum::middleware::from_fn(
+        |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if let Some(user) = request
+                .headers()
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+            {
+                let user = User(user.to_owned());
+                request.extensions_mut().insert(user);
+            }
+            next.run(request).await
+        },
+    ));
+    let send_as = |user: Option<&str>, ip: &str, host: &str| {
+        let mut builder = request("GET", "/api/items", Some(ip)).header("host", host);
+        if let Some(user) = user {
+            builder = builder.header("x-user", user);
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+
+    // alice, from two addresses: her third request is refused by per-user.
+    for ip in ["192.0.2.7", "198.51.100.9"] {
+        let reply = send(&app, send_as(Some("alice"), ip, "acme.example")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let reply = send(
+        &app,
+        send_as(Some("alice"), "203.0.113.5", "globex.example"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.json()["violated-policies"][0], "per-user");
+
+    // bob has his own counter; an anonymous request is not counted by
+    // per-user, only by per-tenant, which acme has now used up (alice 2, bob 1).
+    let reply = send(&app, send_as(Some("bob"), "192.0.2.7", "ACME.example")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = send(&app, send_as(None, "192.0.2.7", "acme.example")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.json()["violated-policies"][0], "per-tenant");
+    let reply = send(&app, send_as(None, "192.0.2.7", "globex.example")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.header("ratelimit"),
+        Some(r#""per-tenant";r=2;t=60"#),
+        "anonymous: only the tenant rule applies"
+    );
+}

@@ -16,7 +16,7 @@ use floodgate_core::{
     Block, Check, Clock, Decision, Error, MemoryStore, Store, StoreError, SystemClock,
 };
 use http::header::HeaderName;
-use http::{HeaderMap, Method};
+use http::{Extensions, HeaderMap, Method};
 
 pub use self::config::{
     AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_RULE_NAME_LEN, OnError,
@@ -28,7 +28,7 @@ use self::blocks::BlockCache;
 use self::health::StoreHealth;
 use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
 use crate::path::{PathError, canonical_path};
-use crate::rule::{RequestInfo, Rule, bounded_key};
+use crate::rule::{KeyInput, Rule, bounded_key};
 use crate::target::Target;
 use crate::target_set::TargetSet;
 use crate::verdict::{BadRequestReason, ForbiddenReason, RuleDecision, RuleLabel, Verdict};
@@ -268,6 +268,32 @@ impl<S: Store> Limiter<S> {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Verdict {
+        self.check(method, path, headers, None, peer).await
+    }
+
+    /// [`check_request`](Self::check_request) with the request's
+    /// extensions, which rules keyed by an [`AppKey`](crate::AppKey) read
+    /// (the layer calls this one).
+    pub async fn check_request_with_extensions(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        peer: Option<SocketAddr>,
+    ) -> Verdict {
+        self.check(method, path, headers, Some(extensions), peer)
+            .await
+    }
+
+    async fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        extensions: Option<&Extensions>,
+        peer: Option<SocketAddr>,
+    ) -> Verdict {
         let snapshot = self.shared.snapshot.load_full();
         let path = match canonical_path(path, snapshot.config.encoded_slashes) {
             Ok(path) => path,
@@ -318,10 +344,11 @@ impl<S: Store> Limiter<S> {
         }
 
         let client: Option<Target> = ip.map(|ip| client_ip.identity(ip));
-        let info = RequestInfo {
+        let info = KeyInput {
             method,
             path,
             headers,
+            extensions,
             client: client.as_ref(),
         };
         let keyed: Vec<Keyed<'_>> = matching()

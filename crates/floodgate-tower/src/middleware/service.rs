@@ -87,10 +87,11 @@ where
         }
         ResponseFuture::new(async move {
             let verdict = limiter
-                .check_request(
+                .check_request_with_extensions(
                     request.method(),
                     request.uri().path(),
                     request.headers(),
+                    request.extensions(),
                     peer_addr(request.extensions()),
                 )
                 .await;
