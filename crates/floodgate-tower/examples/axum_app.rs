@@ -14,9 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use floodgate_core::{Algorithm, MemoryStore, Policy};
-use floodgate_tower::{
-    AccessLists, BLOCK_SYNC_INTERVAL, FloodgateLayer, Limiter, LimiterConfig, RequestMatch, Rule,
-};
+use floodgate_tower::{AccessLists, FloodgateLayer, Limiter, LimiterConfig, RequestMatch, Rule};
 
 fn limiter_config() -> Result<LimiterConfig, Box<dyn std::error::Error>> {
     let per_client = Rule::new(
@@ -56,18 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limiter = Limiter::new(limiter_config()?, MemoryStore::new(100_000))?;
 
     // With a store shared by several instances (Redis), this makes blocks
-    // made on any of them apply here within a second.
-    let (stop_sync, mut stopped) = tokio::sync::watch::channel(());
-    let sync = tokio::spawn({
-        let limiter = limiter.clone();
-        async move {
-            limiter
-                .sync_blocks_until(BLOCK_SYNC_INTERVAL, async move {
-                    let _ = stopped.changed().await;
-                })
-                .await;
-        }
-    });
+    // made on any of them apply here within a second. It stops by itself
+    // once the app (and with it the limiter) is dropped.
+    limiter.sync_blocks_in_background()?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(
@@ -82,8 +71,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
-
-    drop(stop_sync);
-    sync.await?;
     Ok(())
 }

@@ -82,9 +82,9 @@
 //! the layer around the router (`FloodgateLayer::new(limiter).layer(router)`,
 //! served as it is or as a `fallback_service`).
 //!
-//! A server sharing a store between instances also runs
-//! [`Limiter::sync_blocks_until`] so blocks made anywhere apply here within a
-//! second.
+//! A server sharing a store between instances also calls
+//! [`Limiter::sync_blocks_in_background`] once, so blocks made anywhere apply
+//! here within a second; the sync ends by itself with the limiter.
 
 pub mod headers;
 pub mod identity;
@@ -103,7 +103,7 @@ mod verdict;
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
-    LimiterBuilder, LimiterConfig, OnError, check_rule_name,
+    LimiterBuilder, LimiterConfig, NoRuntime, OnError, check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};

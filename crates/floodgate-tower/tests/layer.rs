@@ -307,6 +307,51 @@ async fn manual_blocks_apply_after_sync_and_lift_after_unblock() {
     assert_eq!(recorder.count(None, Outcome::Blocked), 2);
 }
 
+/// The background sync brings another instance's block here within a
+/// sync interval, with no task or channel of the app's, and ends by itself
+/// once the last handle to the limiter is gone.
+#[tokio::test(start_paused = true)]
+async fn the_background_block_sync_follows_the_store_and_ends_with_the_limiter() {
+    let clock = clock();
+    let store = memory_store(&clock);
+    let a = limiter(config(vec![]), store.clone(), &clock, Recorder::new());
+    let recorder = Recorder::new();
+    let b = limiter(config(vec![]), store.clone(), &clock, recorder.clone());
+    let app_b = app(b.clone());
+    b.sync_blocks_in_background().unwrap();
+    b.sync_blocks_in_background().unwrap();
+    let syncs = || {
+        recorder
+            .store_calls
+            .lock()
+            .iter()
+            .filter(|(call, _)| *call == floodgate_tower::StoreCall::Blocks)
+            .count()
+    };
+
+    let target = "ip:192.0.2.7".parse().unwrap();
+    a.block(&target, Duration::from_secs(60), "test")
+        .await
+        .unwrap();
+    tokio::time::sleep(floodgate_tower::BLOCK_SYNC_INTERVAL * 2).await;
+    assert_eq!(
+        send(&app_b, get_from("/health", "192.0.2.7")).await.status,
+        StatusCode::FORBIDDEN,
+        "synced in the background"
+    );
+    let while_alive = syncs();
+    assert!(
+        (2..=4).contains(&while_alive),
+        "one sync per interval, from one task however often it is asked: {while_alive}"
+    );
+
+    drop((app_b, b));
+    tokio::time::sleep(floodgate_tower::BLOCK_SYNC_INTERVAL * 2).await;
+    let after_drop = syncs();
+    tokio::time::sleep(floodgate_tower::BLOCK_SYNC_INTERVAL * 10).await;
+    assert_eq!(syncs(), after_drop, "no sync once the limiter is gone");
+}
+
 #[tokio::test]
 async fn a_block_made_on_one_instance_reaches_the_other_through_the_store() {
     let clock = clock();

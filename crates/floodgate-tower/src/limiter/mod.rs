@@ -37,6 +37,12 @@ use crate::verdict::{BadRequestReason, ForbiddenReason, RuleDecision, RuleLabel,
 /// unblocks made on another instance then apply here within a second.
 pub const BLOCK_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
+/// [`Limiter::sync_blocks_in_background`] was called outside a Tokio
+/// runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no Tokio runtime to run the block sync on")]
+pub struct NoRuntime;
+
 /// Why [`Limiter::check_key`] could not decide.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
@@ -130,6 +136,8 @@ struct Shared<S> {
     health: StoreHealth,
     blocks: BlockCache,
     observer: Arc<dyn Observer>,
+    /// Set once a background block sync runs for this limiter.
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 /// Decides requests against a [`LimiterConfig`] and a [`Store`].
@@ -195,6 +203,7 @@ impl<S: Store> LimiterBuilder<S> {
                 health: StoreHealth::default(),
                 blocks: BlockCache::default(),
                 observer: self.observer,
+                syncing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -491,6 +500,46 @@ impl<S: Store> Limiter<S> {
                 }
             }
         }
+    }
+
+    /// Keeps this limiter's blocks in step with the store in the background:
+    /// [`sync_blocks`](Self::sync_blocks) every [`BLOCK_SYNC_INTERVAL`], on
+    /// the current Tokio runtime, for as long as any handle to the limiter
+    /// (a clone, the layer) lives; the task ends by itself after the last
+    /// one is dropped. Blocks and unblocks made on other instances sharing
+    /// the store then apply here within a second. Calling it again does
+    /// nothing. `Err` outside a Tokio runtime.
+    ///
+    /// [`sync_blocks_until`](Self::sync_blocks_until) does the same under a
+    /// shutdown future of the caller's.
+    pub fn sync_blocks_in_background(&self) -> Result<(), NoRuntime>
+    where
+        S: Store,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
+        if self
+            .shared
+            .syncing
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let shared = Arc::downgrade(&self.shared);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(BLOCK_SYNC_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Only a live limiter is synced; the task holds none between ticks.
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if let Err(e) = (Limiter { shared }).sync_blocks().await {
+                    tracing::debug!(error = %e, "block sync failed");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Blocks `target` for `ttl` in the store (so every instance sees it at
