@@ -12,6 +12,7 @@
 //! - `store`: the [`Store`] trait, where limit state lives and is changed atomically.
 //! - `memory`: [`MemoryStore`], the in-process store; `floodgate-redis` shares state instead.
 //! - `clock`: [`Clock`], time as the limiter sees it; [`ManualClock`] for tests.
+//! - [`duration`]: `"250ms"`, `"1m"`, `"1d"`: parsing and printing durations.
 //! - `error`: [`Error`], the limiter could not decide, and whether retrying helps.
 //!
 //! ```
@@ -39,6 +40,7 @@ pub mod algorithm;
 mod block;
 mod clock;
 mod decision;
+pub mod duration;
 mod error;
 mod memory;
 mod policy;

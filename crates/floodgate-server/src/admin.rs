@@ -18,9 +18,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api::decision_json;
-use crate::duration::parse_duration;
 use crate::error::{ApiError, parse_json, problems_only};
 use crate::state::AppState;
+use floodgate_core::duration::parse_duration;
 
 /// The admin router.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -221,7 +221,7 @@ pub async fn run(
         () = reload_loop => {}
     }
 
-    tracing::info!(deadline = %crate::duration::format_duration(drain_timeout), "shutting down: draining in-flight requests");
+    tracing::info!(deadline = %floodgate_core::duration::format_duration(drain_timeout), "shutting down: draining in-flight requests");
     crate::notify::stopping();
     state.draining.store(true, Ordering::SeqCst);
     gateway_stop.signal();

@@ -26,14 +26,12 @@
 //! - [`listen`]: binding sockets and passing them to workers.
 //! - [`notify`]: systemd's `sd_notify` messages.
 //! - [`worker`]: the supervisor–worker protocol.
-//! - [`duration`]: `"250ms"`, `"10s"`, `"1m"`: parsing and printing.
 
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo_api;
-pub mod duration;
 pub mod error;
 pub mod listen;
 pub mod metrics;

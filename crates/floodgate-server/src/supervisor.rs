@@ -27,10 +27,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Overrides, Settings};
-use crate::duration::format_duration;
 use crate::state::reload_refusals;
 use crate::worker::{READY_LINE, STOPPED_ACCEPTING_LINE, WORKER_ENV};
 use crate::{listen, notify};
+use floodgate_core::duration::format_duration;
 
 /// How long a new worker may take to serve.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,6 +11,8 @@
 //! - [`identity`]: who the client is ([`ClientIpConfig`]), behind trusted proxies only.
 //! - [`path`]: the canonical form of request paths, the one spelling that rules match.
 //! - [`limiter`]: the engine, [`Limiter`]: lists, blocks, rules, one store batch per request.
+//! - [`setup`]: a limiter in a few chained calls ([`Rule::sliding_window`], [`LimiterConfig::builder`]),
+//!   checked at once like a config file.
 //! - [`rule`]: [`Rule`]s, which requests a limit applies to and whose counter each counts on,
 //!   including keys the application forms ([`AppKey`]: the authenticated user or tenant
 //!   an earlier layer put in the request's extensions, or any function of the request).
@@ -31,24 +33,17 @@
 //! logs and the admin API.
 //!
 //! ```
-//! use std::time::Duration;
 //! use axum::{Router, body::Body, routing::get};
-//! use floodgate_core::{Algorithm, MemoryStore, Policy};
-//! use floodgate_tower::{FloodgateLayer, Limiter, LimiterConfig, PeerAddr, Rule};
+//! use floodgate_core::MemoryStore;
+//! use floodgate_tower::{FloodgateLayer, LimiterConfig, PeerAddr, Rule};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = LimiterConfig {
-//!     rules: vec![Rule::new(
-//!         "api",
-//!         "ip".parse()?,
-//!         Policy::new(Algorithm::TokenBucket, 2, Duration::from_secs(60))?,
-//!     )],
-//!     ..LimiterConfig::default()
-//! };
-//! let limiter = Limiter::new(config, MemoryStore::new(100_000))?;
+//! let limiter = LimiterConfig::builder()
+//!     .rule(Rule::token_bucket("api", 2, "1m").key("ip"))
+//!     .build(MemoryStore::new(100_000))?;
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello" }))
 //!     .layer(FloodgateLayer::new(limiter));
@@ -95,6 +90,7 @@ pub mod path;
 mod peer;
 pub mod response;
 pub mod rule;
+pub mod setup;
 pub mod target;
 mod target_set;
 mod text;
@@ -111,6 +107,7 @@ pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, verdict_response};
 pub use rule::{AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
+pub use setup::{ConfigBuilder, IntoDuration, RuleBuilder};
 pub use target::{Target, TargetError};
 pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};
 

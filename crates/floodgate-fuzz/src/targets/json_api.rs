@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use floodgate_core::duration::parse_duration;
 use floodgate_core::{MAX_WINDOW, MemoryStore};
 use floodgate_server::app::gateway_router;
 use floodgate_server::config::{self, Overrides, Settings};
-use floodgate_server::duration::parse_duration;
 use floodgate_server::state::AppState;
 use floodgate_server::store::AnyStore;
 use floodgate_tower::Target;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::duration::parse_duration;
+use floodgate_core::duration::parse_duration;
 
 /// Fields a section does not know, collected rather than fatal so one pass
 /// finds every mistake.

@@ -9,7 +9,7 @@ use floodgate_tower::{KeySpec, RequestMatch, Rule};
 use http::Method;
 use serde::Deserialize;
 
-use crate::duration::parse_duration;
+use floodgate_core::duration::parse_duration;
 
 use super::problems::{Problems, Unknown};
 

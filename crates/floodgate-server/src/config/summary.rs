@@ -1,7 +1,7 @@
 //! What `check-config` prints for a valid file: one screen saying what
 //! floodgate would run.
 
-use crate::duration::format_duration;
+use floodgate_core::duration::format_duration;
 
 use super::settings::Settings;
 use super::store::{Backend, RedisLayout};

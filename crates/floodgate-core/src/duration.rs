@@ -1,4 +1,5 @@
-//! Durations as written in the config: `"250ms"`, `"10s"`, `"1m"`, `"1h"`, `"1d"`.
+//! Durations as floodgate's config files, admin API and builders write them:
+//! `"250ms"`, `"10s"`, `"1m"`, `"1h"`, `"1d"`.
 
 use std::time::Duration;
 
