@@ -125,3 +125,9 @@ pub type RateLimit<Svc, S> = Floodgate<Svc, S>;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The project README's axum quick start, compiled as a doctest. Only under
+/// `cfg(doctest)`: the file is outside this crate's package.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ProjectReadmeDoctests;
