@@ -93,7 +93,7 @@ cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
 # Publishability: every published crate packages (testkit and fuzz are
 # `publish = false`). The working tree is what is tested, committed or not.
-log "cargo package (floodgate-core, -redis, -tower, -server)"
+log "cargo package (floodgate-core, -redis, -tower, -config, -server)"
 # --no-verify: the manifests, the files and the versions of the floodgate
 # dependencies are checked; building each .crate again from scratch (a
 # minute on two cores) would only repeat the build above.

@@ -18,10 +18,10 @@ use floodgate_tower::FloodgateLayer;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::config::AnyStore;
 use crate::config::{self, Overrides, Settings};
 use crate::error::{ApiError, problems_only};
 use crate::state::AppState;
-use crate::store::AnyStore;
 use crate::{admin, api, demo_api, listen, serve};
 
 /// The main listener's router: `POST /v1/check`, and every other request

@@ -21,8 +21,8 @@
 //! - [`state`]: what the handlers share, and what a reload may change.
 //! - [`error`]: `ApiError`, the problem+json every endpoint answers with.
 //! - [`metrics`]: the Prometheus metrics, also the limiter's observer.
-//! - [`store`]: the configured store, memory or Redis, behind one type.
-//! - [`config`]: the config file: sections, checks, `check-config`'s summary.
+//! - [`config`]: the config file (the `floodgate-config` crate): sections,
+//!   checks, `check-config`'s summary, the store it names.
 //! - [`listen`]: binding sockets and passing them to workers.
 //! - [`notify`]: systemd's `sd_notify` messages.
 //! - [`worker`]: the supervisor–worker protocol.
@@ -30,7 +30,6 @@
 pub mod admin;
 pub mod api;
 pub mod app;
-pub mod config;
 pub mod demo_api;
 pub mod error;
 pub mod listen;
@@ -39,9 +38,12 @@ pub mod notify;
 pub mod proxy;
 pub mod serve;
 pub mod state;
-pub mod store;
 pub mod supervisor;
 pub mod worker;
+
+/// The config file, as [`floodgate_config`] reads it (also for Rust apps
+/// that share the gateway's config).
+pub use floodgate_config as config;
 
 use std::path::PathBuf;
 

@@ -8,12 +8,12 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use floodgate_tower::{AccessLists, ClientIpConfig, Limiter, LimiterConfig};
+use floodgate_tower::Limiter;
 
+use crate::config::AnyStore;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::store::AnyStore;
 
 /// Everything the handlers of one instance share.
 pub struct AppState {
@@ -35,31 +35,11 @@ pub struct AppState {
     pub admin_addr: OnceLock<SocketAddr>,
 }
 
-/// The limiter's view of the settings.
-pub fn limiter_config(settings: &Settings) -> LimiterConfig {
-    LimiterConfig {
-        rules: settings.rules.clone(),
-        access: AccessLists {
-            allow: settings.allow.clone(),
-            deny: settings.deny.clone(),
-        },
-        client_ip: ClientIpConfig {
-            trusted_proxies: settings.server.trusted_proxies.clone(),
-            ipv6_prefix: settings.server.ipv6_prefix,
-            ..ClientIpConfig::default()
-        },
-        on_error: settings.store.on_error,
-        timeout: settings.store.timeout,
-        local_max_keys: settings.store.max_keys,
-        encoded_slashes: settings.server.encoded_slashes,
-    }
-}
-
 impl AppState {
     /// The state for `settings` over `store`.
     pub fn new(settings: Settings, store: AnyStore) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
-        let limiter = Limiter::builder(limiter_config(&settings), store)
+        let limiter = Limiter::builder(settings.limiter_config(), store)
             .observer(metrics.clone())
             .build()
             .context("invalid limiter configuration")?;
@@ -86,7 +66,7 @@ impl AppState {
             anyhow::bail!("{}", refusals.join("; "));
         }
         self.limiter
-            .reload(limiter_config(&new))
+            .reload(new.limiter_config())
             .context("invalid limiter configuration")?;
         if old.server.upstream != new.server.upstream
             || old.server.upstream_timeout != new.server.upstream_timeout

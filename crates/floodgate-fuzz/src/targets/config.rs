@@ -194,7 +194,7 @@ impl FuzzTarget for ConfigTarget {
 
 /// An accepted config must be one the server runs with.
 fn check_accepted(s: &Settings) {
-    let limiter = floodgate_server::state::limiter_config(s);
+    let limiter = s.limiter_config();
     if let Err(e) = limiter.validate() {
         panic!("check-config accepted a config the limiter refuses: {e}");
     }

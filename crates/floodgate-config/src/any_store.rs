@@ -1,12 +1,12 @@
-//! The store chosen by `[store] backend`: one type the server can hold
-//! whichever backend the config names.
+//! The store chosen by `[store] backend`: one type to hold whichever
+//! backend the config names.
 
 use std::time::Duration;
 
 use floodgate_core::{Block, Check, Decision, Error, MemoryStore, Policy, Store};
 use floodgate_redis::{RedisConfig, RedisStore, Topology};
 
-use crate::config::{Backend, RedisLayout, StoreSettings};
+use crate::store::{Backend, RedisLayout, StoreSettings};
 
 /// The memory or the Redis store.
 #[derive(Debug, Clone)]
@@ -21,7 +21,7 @@ impl AnyStore {
     /// The store for `settings`. Redis is connected lazily: a Redis that is
     /// down at start-up makes calls fail (and `on_error` apply) until it is
     /// up; so do Sentinels that have not named a primary yet.
-    pub fn open(settings: &StoreSettings) -> anyhow::Result<Self> {
+    pub fn open(settings: &StoreSettings) -> Result<Self, floodgate_redis::ConfigError> {
         Ok(match &settings.backend {
             Backend::Memory => AnyStore::Memory(MemoryStore::new(settings.max_keys)),
             Backend::Redis { urls } => {

@@ -75,17 +75,17 @@ pub struct ServerSettings {
     /// How long the upstream may take to answer.
     pub upstream_timeout: Duration,
     /// How long a client may take to send a request's head (see
-    /// [`crate::serve`]); slower connections are closed.
+    /// the server's `serve` module); slower connections are closed.
     pub header_timeout: Duration,
     /// How long a connection may stay open with no bytes either way and no
-    /// request in flight (see [`crate::serve`]).
+    /// request in flight (see the server's `serve` module).
     pub idle_timeout: Duration,
     /// The largest request head (request line and headers), in bytes; a
-    /// larger one is answered 431 (see [`crate::serve`]).
+    /// larger one is answered 431 (see the server's `serve` module).
     pub max_header_bytes: usize,
     /// How many connections are served at once; past it new ones wait in
     /// the listen backlog. `None` sizes it from the file descriptor limit
-    /// when serving ([`crate::serve::Limits::gateway`]).
+    /// when serving (the server's `serve::Limits::gateway`).
     pub max_connections: Option<NonZeroU32>,
 }
 

@@ -1,23 +1,46 @@
-//! The configuration file: serde structs with documented defaults, and a
-//! `validate` step that reports every problem at once, each naming where it is.
+//! # floodgate-config
 //!
-//! Parsing happens in two steps. `RawConfig` mirrors the TOML loosely (strings
-//! for durations and names, unknown fields collected rather than fatal) so one
-//! pass can find every mistake; `validate` turns it into [`Settings`], whose
-//! values are all checked and typed.
+//! floodgate's config file: parsed in two steps so that one pass finds every
+//! mistake, each named with its place (`server.listen`, `rule "api"
+//! limit`), then turned into typed [`Settings`]; and what those settings
+//! describe: the [`LimiterConfig`](floodgate_tower::LimiterConfig) of the
+//! rules and access lists ([`Settings::limiter_config`]) and the store
+//! ([`AnyStore::open`]). The `floodgate` binary reads its config with this
+//! crate; a Rust app can read the same file, so the gateway and an
+//! in-process layer share one config:
+//!
+//! ```no_run
+//! use floodgate_config::{AnyStore, Overrides};
+//! use floodgate_tower::{FloodgateLayer, Limiter};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = floodgate_config::load("/etc/floodgate/floodgate.toml".as_ref(), &Overrides::from_env())?;
+//! let limiter = Limiter::new(settings.limiter_config(), AnyStore::open(&settings.store)?)?;
+//! let layer = FloodgateLayer::new(limiter);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `RawConfig` mirrors the TOML loosely (strings for durations and names,
+//! unknown fields collected rather than fatal); `validate` checks every
+//! value. Modules:
 //!
 //! - `problems`: [`Problem`], [`ConfigError`] and the collector the sections
 //!   report into;
 //! - `overrides`: [`Overrides`] from the environment and the command line;
 //! - `server`, `store`, `admin`, `access`, `rules`: one section each, its
 //!   raw mirror, its typed settings and its checks;
-//! - `settings`: [`Settings`], all sections together;
+//! - `settings`: [`Settings`], all sections together, and the limiter
+//!   configuration they describe;
+//! - `any_store`: [`AnyStore`], the memory or Redis store `[store]` names;
 //! - `summary`: what `check-config` prints.
 //!
 //! This module wires them together: [`load`], [`parse`], [`demo`].
 
 mod access;
 mod admin;
+mod any_store;
 mod overrides;
 mod problems;
 mod rules;
@@ -31,6 +54,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use self::admin::{AdminSettings, DEFAULT_ADMIN_LISTEN};
+pub use self::any_store::AnyStore;
 pub use self::overrides::Overrides;
 pub use self::problems::{ConfigError, Problem};
 pub use self::server::{
@@ -475,3 +499,8 @@ mod tests {
         }
     }
 }
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
