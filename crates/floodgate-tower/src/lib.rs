@@ -77,6 +77,13 @@
 //! the layer around the router (`FloodgateLayer::new(limiter).layer(router)`,
 //! served as it is or as a `fallback_service`).
 //!
+//! A gRPC request (`content-type: application/grpc`) is refused as gRPC
+//! clients read it: a trailers-only answer with `grpc-status`
+//! `RESOURCE_EXHAUSTED` (over a limit), `PERMISSION_DENIED` (denied or
+//! blocked), `UNAVAILABLE` (store down, `on_error = deny`) or
+//! `INVALID_ARGUMENT` (malformed), the retry and RateLimit entries in its
+//! metadata ([`grpc_verdict_response`]); see `examples/tonic_health.rs`.
+//!
 //! A server sharing a store between instances also calls
 //! [`Limiter::sync_blocks_in_background`] once, so blocks made anywhere apply
 //! here within a second; the sync ends by itself with the limiter.
@@ -105,7 +112,7 @@ pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
-pub use response::{Problem, verdict_response};
+pub use response::{Problem, grpc_verdict_response, is_grpc, verdict_response};
 pub use rule::{AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
 pub use setup::{ConfigBuilder, IntoDuration, RuleBuilder};
 pub use target::{Target, TargetError};

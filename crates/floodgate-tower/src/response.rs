@@ -271,6 +271,104 @@ pub fn verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
     Some(response)
 }
 
+/// Whether a request is gRPC (`content-type: application/grpc`, with or
+/// without a `+proto`-like suffix): its refusals must be gRPC statuses, as
+/// a gRPC client reads no HTTP status but 200.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The limiter's own answer to a refused gRPC request, or `None` when it
+/// goes ahead: a trailers-only response (HTTP 200, no body) whose
+/// `grpc-status` is `RESOURCE_EXHAUSTED` (8) over a limit or under a
+/// penalty block, `PERMISSION_DENIED` (7) when denied or blocked,
+/// `UNAVAILABLE` (14) when the store cannot decide and `INVALID_ARGUMENT`
+/// (3) for a malformed request; `grpc-message` is the problem's detail.
+/// The retry information is metadata, as [`verdict_response`] sends it over
+/// HTTP: `retry-after` (seconds) and the `ratelimit` and `ratelimit-policy`
+/// entries.
+pub fn grpc_verdict_response(verdict: &Verdict) -> Option<Response<Full<Bytes>>> {
+    let http = verdict_response(verdict)?;
+    let code: u16 = match http.status() {
+        StatusCode::TOO_MANY_REQUESTS => 8,
+        StatusCode::FORBIDDEN => 7,
+        StatusCode::SERVICE_UNAVAILABLE => 14,
+        _ => 3,
+    };
+    let (parts, body) = http.into_parts();
+    let detail = body
+        .into_inner()
+        .map(|json| problem_detail(&json))
+        .unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::new()));
+    let headers = response.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CACHE_CONTROL {
+            headers.append(name, value.clone());
+        }
+    }
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(&detail)) {
+        headers.insert("grpc-message", message);
+    }
+    Some(response)
+}
+
+/// The `detail` member of a problem body this module wrote: first, and
+/// escaped as [`push_json_escaped`] escapes.
+fn problem_detail(json: &[u8]) -> String {
+    let Some(rest) = std::str::from_utf8(json)
+        .ok()
+        .and_then(|j| j.strip_prefix(r#"{"detail":""#))
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if let Some(c) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        out.push(c);
+                    }
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `grpc-message` encoding: printable ASCII but `%` as it is, every other
+/// byte of the UTF-8 as `%XX` (the gRPC over HTTP/2 specification).
+fn grpc_percent_encode(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

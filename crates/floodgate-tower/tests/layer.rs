@@ -947,3 +947,79 @@ async fn rules_keyed_by_the_app_limit_per_user_and_per_tenant() {
         "anonymous: only the tenant rule applies"
     );
 }
+
+/// On a tonic gRPC service (the standard health service, whose client and
+/// server tonic-health ships), a refusal is a gRPC status the client reads:
+/// `RESOURCE_EXHAUSTED` with the rule in its message and the retry in its
+/// metadata, not an HTTP 429 a gRPC client would see as a broken call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_refusal_is_resource_exhausted_with_retry_metadata() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let limiter = floodgate_tower::LimiterConfig::builder()
+        .rule(floodgate_tower::Rule::fixed_window("grpc-per-key", 2, "1m").key("header:x-api-key"))
+        .deny("header:x-api-key:leaked")
+        .build(floodgate_core::MemoryStore::new(1_000))
+        .unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(floodgate_tower::FloodgateLayer::new(limiter))
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let check = |key: &str| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-api-key", key.parse().unwrap());
+        request
+    };
+
+    for _ in 0..2 {
+        let answer = client.check(check("alice")).await.unwrap();
+        assert_eq!(
+            answer.metadata().get("ratelimit-policy").unwrap(),
+            r#""grpc-per-key";q=2;w=60"#,
+            "admitted calls carry the RateLimit metadata"
+        );
+    }
+    let refused = client.check(check("alice")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("\"grpc-per-key\""),
+        "{}",
+        refused.message()
+    );
+    let retry_after: u64 = refused
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(refused.metadata().get("ratelimit").is_some());
+
+    client.check(check("bob")).await.unwrap();
+    let denied = client.check(check("leaked")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied.message().contains("deny list"),
+        "{}",
+        denied.message()
+    );
+    server.abort();
+}

@@ -10,7 +10,7 @@ use tower::Service;
 use super::future::ResponseFuture;
 use crate::limiter::Limiter;
 use crate::peer::peer_addr;
-use crate::response::verdict_response;
+use crate::response::{grpc_verdict_response, is_grpc, verdict_response};
 use crate::verdict::Verdict;
 
 /// The body of a [`Floodgate`] response: the inner service's, or the
@@ -85,6 +85,7 @@ where
         {
             *request.uri_mut() = uri;
         }
+        let grpc = is_grpc(request.headers());
         ResponseFuture::new(async move {
             let verdict = limiter
                 .check_request_with_extensions(
@@ -95,7 +96,12 @@ where
                     peer_addr(request.extensions()),
                 )
                 .await;
-            if let Some(refusal) = verdict_response(&verdict) {
+            let refusal = if grpc {
+                grpc_verdict_response(&verdict)
+            } else {
+                verdict_response(&verdict)
+            };
+            if let Some(refusal) = refusal {
                 return Ok(refusal.map(Either::Right));
             }
             let mut response = inner.call(request).await?;
