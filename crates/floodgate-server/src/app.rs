@@ -36,15 +36,9 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
             let peer = floodgate_tower::peer_addr(req.extensions());
             let response = match state.proxy.load_full() {
                 Some(proxy) => {
-                    let trusted = peer.is_some_and(|p| {
-                        let ip = p.ip().to_canonical();
-                        let settings = state.settings.load();
-                        settings
-                            .server
-                            .trusted_proxies
-                            .iter()
-                            .any(|n| n.contains(&ip))
-                    });
+                    // The same trust the limiter judged the client by.
+                    let trusted =
+                        peer.is_some_and(|p| state.limiter.config().client_ip.is_trusted(p.ip()));
                     proxy.forward(req, peer, trusted).await
                 }
                 None => demo.oneshot(req).await.into_response(),
