@@ -83,7 +83,7 @@ impl CompiledRule {
 
 /// A validated configuration, ready to be consulted on every request.
 #[derive(Debug)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     config: Arc<LimiterConfig>,
     rules: Vec<CompiledRule>,
     allow: TargetSet<()>,
@@ -303,12 +303,39 @@ impl<S: Store> Limiter<S> {
         extensions: Option<&Extensions>,
         peer: Option<SocketAddr>,
     ) -> Verdict {
+        let (snapshot, path) = self.canonicalise(path);
+        match path {
+            Ok(path) => {
+                self.check_canonical(snapshot, method, &path, headers, extensions, peer)
+                    .await
+            }
+            Err(e) => self.malformed(BadRequestReason::Path(e)),
+        }
+    }
+
+    /// The configuration in force, and the canonical form of `path` under
+    /// it: what [`check_canonical`](Self::check_canonical) is given, so a
+    /// caller that passes the canonical path on (the layer) canonicalises it
+    /// once.
+    pub(crate) fn canonicalise<'p>(
+        &self,
+        path: &'p str,
+    ) -> (Arc<Snapshot>, Result<Cow<'p, str>, PathError>) {
         let snapshot = self.shared.snapshot.load_full();
-        let path = match canonical_path(path, snapshot.config.encoded_slashes) {
-            Ok(path) => path,
-            Err(e) => return self.malformed(BadRequestReason::Path(e)),
-        };
-        let path: &str = &path;
+        let path = canonical_path(path, snapshot.config.encoded_slashes);
+        (snapshot, path)
+    }
+
+    /// The check of a request whose `path` is canonical under `snapshot`.
+    pub(crate) async fn check_canonical(
+        &self,
+        snapshot: Arc<Snapshot>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        extensions: Option<&Extensions>,
+        peer: Option<SocketAddr>,
+    ) -> Verdict {
         // Matching twice (here and for the keys below) costs two prefix
         // comparisons per rule; collecting the matches would cost an
         // allocation on every request.
@@ -712,7 +739,7 @@ impl<S: Store> Limiter<S> {
         self.observe(Some(rule.name()), outcome);
     }
 
-    fn malformed(&self, reason: BadRequestReason) -> Verdict {
+    pub(crate) fn malformed(&self, reason: BadRequestReason) -> Verdict {
         self.observe(None, Outcome::Malformed);
         Verdict::BadRequest(reason)
     }

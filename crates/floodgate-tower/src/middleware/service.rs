@@ -11,7 +11,7 @@ use super::future::ResponseFuture;
 use crate::limiter::Limiter;
 use crate::peer::peer_addr;
 use crate::response::{grpc_verdict_response, is_grpc, verdict_response};
-use crate::verdict::Verdict;
+use crate::verdict::{BadRequestReason, Verdict};
 
 /// The body of a [`Floodgate`] response: the inner service's, or the
 /// limiter's own problem+json.
@@ -78,24 +78,51 @@ where
         let limiter = self.limiter.clone();
         let mut request = request;
         // The inner service is given the path the rules match, so no
-        // spelling reaches it that the rules did not see. A path with no
-        // canonical form is left as it is: the check refuses it.
-        if let Ok(Cow::Owned(path)) = limiter.canonical_path(request.uri().path())
-            && let Some(uri) = with_path(request.uri(), &path)
-        {
-            *request.uri_mut() = uri;
-        }
+        // spelling reaches it that the rules did not see; the check is given
+        // it too, canonical already. A path with no canonical form is
+        // refused.
+        let (snapshot, canonical) = limiter.canonicalise(request.uri().path());
+        // Whether the request now carries its canonical path.
+        let canonical = match canonical {
+            Ok(Cow::Owned(path)) => match with_path(request.uri(), &path) {
+                Some(uri) => {
+                    *request.uri_mut() = uri;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            Ok(Cow::Borrowed(_)) => Ok(true),
+            Err(e) => Err(e),
+        };
         let grpc = is_grpc(request.headers());
         ResponseFuture::new(async move {
-            let verdict = limiter
-                .check_request_with_extensions(
-                    request.method(),
-                    request.uri().path(),
-                    request.headers(),
-                    request.extensions(),
-                    peer_addr(request.extensions()),
-                )
-                .await;
+            let verdict = match canonical {
+                Ok(true) => {
+                    limiter
+                        .check_canonical(
+                            snapshot,
+                            request.method(),
+                            request.uri().path(),
+                            request.headers(),
+                            Some(request.extensions()),
+                            peer_addr(request.extensions()),
+                        )
+                        .await
+                }
+                // Not rewritten: the check canonicalises it itself.
+                Ok(false) => {
+                    limiter
+                        .check_request_with_extensions(
+                            request.method(),
+                            request.uri().path(),
+                            request.headers(),
+                            request.extensions(),
+                            peer_addr(request.extensions()),
+                        )
+                        .await
+                }
+                Err(e) => limiter.malformed(BadRequestReason::Path(e)),
+            };
             let refusal = if grpc {
                 grpc_verdict_response(&verdict)
             } else {
