@@ -52,7 +52,8 @@ pub use decision::Decision;
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
 pub use policy::{
-    Algorithm, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy, PolicyError,
+    Algorithm, MAX_BLOCK_STEPS, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy,
+    PolicyError,
 };
 pub use store::{Check, Store, admitted, validate_checks};
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::algorithm::{Evaluation, KeyState};
+use crate::algorithm::{Evaluation, KeyState, Penalty};
 use crate::block::{Block, BlockSource};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
@@ -437,10 +437,11 @@ impl MemoryStore {
         let mut lifted = manual.is_some_and(|b| b.until.as_micros() > now);
         for shard in self.inner.shards.iter() {
             for e in shard.lock().table.iter_mut() {
-                if e.state.blocked_until > now && e.key() == target {
-                    // `expires_at` keeps the block's end: the entry is only
+                if e.state.blocked_until() > now && e.key() == target {
+                    // Lifted and forgiven: a block ladder starts over. The
+                    // entry's `expires_at` keeps the block's end: it is only
                     // reclaimed a little later than it could be.
-                    e.state.blocked_until = 0;
+                    e.state.penalty = Penalty::NONE;
                     lifted = true;
                 }
             }
@@ -463,10 +464,10 @@ impl MemoryStore {
                 shard
                     .table
                     .iter()
-                    .filter(|e| e.state.blocked_until > now)
+                    .filter(|e| e.state.blocked_until() > now)
                     .map(|e| Block {
                         target: e.key().to_owned(),
-                        until: Timestamp::from_micros(e.state.blocked_until),
+                        until: Timestamp::from_micros(e.state.blocked_until()),
                         reason: format!("over the limit of rule {}", e.rule()),
                         source: BlockSource::Rule(e.rule().to_owned()),
                     }),
@@ -493,7 +494,7 @@ pub(crate) fn peek_state(state: Option<&KeyState>, policy: &Policy, now: u64) ->
             &fresh
         }
     };
-    if state.blocked_until > now {
+    if state.blocked_until() > now {
         return state.evaluate(policy, now, 1, true).decision;
     }
     let mut d = state.limit.decide(policy, now, 0);

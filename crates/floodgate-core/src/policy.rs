@@ -7,6 +7,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::micros_of;
@@ -24,6 +25,9 @@ pub const MIN_WINDOW: Duration = Duration::from_millis(1);
 
 /// The longest window (and penalty block) accepted: one year.
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The most steps a block ladder may have.
+pub const MAX_BLOCK_STEPS: usize = 16;
 
 /// How a limit is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,6 +110,23 @@ pub enum PolicyError {
     /// The penalty block is zero or longer than a year.
     #[error("block_for must be between 1ms and 366d, got {0:?}")]
     BlockFor(Duration),
+    /// A block ladder has no steps or more than [`MAX_BLOCK_STEPS`].
+    #[error("a block_for ladder has 1 to {MAX_BLOCK_STEPS} steps, got {0}")]
+    BlockSteps(usize),
+    /// A block ladder step is shorter than the one before it.
+    #[error(
+        "a block_for ladder escalates: step {step} ({}) is shorter than the step before it ({})",
+        crate::duration::format_duration(*.this),
+        crate::duration::format_duration(*.before)
+    )]
+    BlockLadderDescends {
+        /// The step's place, from 1.
+        step: usize,
+        /// Its length.
+        this: Duration,
+        /// The length of the step before it.
+        before: Duration,
+    },
     /// A full token bucket would take too long to drain to represent exactly.
     #[error("burst {burst} at {limit} per {window:?} spans more than 10 years")]
     BurstSpan {
@@ -136,7 +157,10 @@ pub struct Policy {
     limit: NonZeroU64,
     window_us: u64,
     burst: NonZeroU64,
+    /// The first (or only) penalty step.
     block_for_us: Option<u64>,
+    /// Every penalty step (µs), when there are more than one.
+    block_ladder: Option<Arc<[u64]>>,
     /// `window_us / limit` rounded up, computed once: the token bucket needs
     /// it on every check and a division is not free.
     emission_interval_us: u64,
@@ -160,6 +184,7 @@ impl Policy {
             window_us: micros_of(window),
             burst: limit,
             block_for_us: None,
+            block_ladder: None,
             emission_interval_us: micros_of(window).div_ceil(limit.get()).max(1),
         })
     }
@@ -184,11 +209,52 @@ impl Policy {
     }
 
     /// Once a key goes over the limit, refuse it for `block_for`.
-    pub fn with_block_for(mut self, block_for: Duration) -> Result<Self, PolicyError> {
-        if !(MIN_WINDOW..=MAX_WINDOW).contains(&block_for) {
-            return Err(PolicyError::BlockFor(block_for));
+    pub fn with_block_for(self, block_for: Duration) -> Result<Self, PolicyError> {
+        self.with_block_ladder(&[block_for])
+    }
+
+    /// Once a key goes over the limit, refuse it for the nth step of
+    /// `steps` at its nth offence in a row; the last step repeats.
+    ///
+    /// An offence is remembered from its block's end for as long as the last
+    /// step lasts: a key that goes over the limit again within that time
+    /// moves one step up the ladder, a key that stays clean that long
+    /// starts again at the first step. A ladder of one step is
+    /// [`Policy::with_block_for`]: every offence gets that step.
+    ///
+    /// Steps must not get shorter, and there are at most
+    /// [`MAX_BLOCK_STEPS`].
+    ///
+    /// ```
+    /// use floodgate_core::{Algorithm, Policy};
+    /// use std::time::Duration;
+    ///
+    /// let minute = Duration::from_secs(60);
+    /// let p = Policy::new(Algorithm::SlidingWindow, 5, minute)?
+    ///     .with_block_ladder(&[minute, 10 * minute, 60 * minute])?;
+    /// assert_eq!(p.block_step(1), Some(minute));
+    /// assert_eq!(p.block_step(7), Some(60 * minute));
+    /// # Ok::<(), floodgate_core::PolicyError>(())
+    /// ```
+    pub fn with_block_ladder(mut self, steps: &[Duration]) -> Result<Self, PolicyError> {
+        if steps.is_empty() || steps.len() > MAX_BLOCK_STEPS {
+            return Err(PolicyError::BlockSteps(steps.len()));
         }
-        self.block_for_us = Some(micros_of(block_for));
+        for (i, &step) in steps.iter().enumerate() {
+            if !(MIN_WINDOW..=MAX_WINDOW).contains(&step) {
+                return Err(PolicyError::BlockFor(step));
+            }
+            if i > 0 && step < steps[i - 1] {
+                return Err(PolicyError::BlockLadderDescends {
+                    step: i + 1,
+                    this: step,
+                    before: steps[i - 1],
+                });
+            }
+        }
+        let us: Vec<u64> = steps.iter().map(|&d| micros_of(d)).collect();
+        self.block_for_us = Some(us[0]);
+        self.block_ladder = (us.len() > 1).then(|| us.into());
         Ok(self)
     }
 
@@ -217,14 +283,46 @@ impl Policy {
         self.burst.get()
     }
 
-    /// The penalty block length, if any.
+    /// The penalty block length (a ladder's first step), if any.
     pub fn block_for(&self) -> Option<Duration> {
         self.block_for_us.map(Duration::from_micros)
     }
 
-    /// The penalty block length in microseconds, if any.
+    /// The penalty block length (a ladder's first step) in microseconds, if any.
     pub fn block_for_us(&self) -> Option<u64> {
         self.block_for_us
+    }
+
+    /// Every penalty step in microseconds: empty without a penalty, one step
+    /// for a plain `block_for`.
+    pub fn block_steps_us(&self) -> &[u64] {
+        match (&self.block_ladder, &self.block_for_us) {
+            (Some(ladder), _) => ladder,
+            (None, Some(one)) => std::slice::from_ref(one),
+            (None, None) => &[],
+        }
+    }
+
+    /// The block the `offence`th offence in a row gets (counted from 1; the
+    /// last step repeats), if the policy has a penalty.
+    pub fn block_step(&self, offence: u32) -> Option<Duration> {
+        self.block_step_us(offence).map(Duration::from_micros)
+    }
+
+    /// [`Policy::block_step`] in microseconds.
+    pub fn block_step_us(&self, offence: u32) -> Option<u64> {
+        let steps = self.block_steps_us();
+        let at = (offence.max(1) as usize).min(steps.len());
+        steps.get(at.checked_sub(1)?).copied()
+    }
+
+    /// How long after a penalty block ends its offence is remembered (µs):
+    /// a ladder's last step; 0 for a single step, where nothing escalates.
+    pub fn block_memory_us(&self) -> u64 {
+        match &self.block_ladder {
+            Some(ladder) => ladder.last().copied().unwrap_or(0),
+            None => 0,
+        }
     }
 
     /// The largest cost a single check can ever be admitted with.
@@ -313,5 +411,54 @@ mod tests {
         let p = Policy::new(Algorithm::TokenBucket, 3, Duration::from_secs(1)).unwrap();
         assert_eq!(p.emission_interval_us(), 333_334);
         assert_eq!(p.capacity(), 3);
+    }
+    #[test]
+    fn a_block_ladder_escalates_within_bounds() {
+        let p = Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(1)).unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(
+            p.clone().with_block_ladder(&[]),
+            Err(PolicyError::BlockSteps(0))
+        );
+        assert_eq!(
+            p.clone().with_block_ladder(&[s(1); MAX_BLOCK_STEPS + 1]),
+            Err(PolicyError::BlockSteps(MAX_BLOCK_STEPS + 1))
+        );
+        assert_eq!(
+            p.clone().with_block_ladder(&[s(60), s(600), s(300)]),
+            Err(PolicyError::BlockLadderDescends {
+                step: 3,
+                this: s(300),
+                before: s(600)
+            })
+        );
+        assert_eq!(
+            p.clone().with_block_ladder(&[s(60), Duration::ZERO]),
+            Err(PolicyError::BlockFor(Duration::ZERO))
+        );
+        let ladder = p
+            .clone()
+            .with_block_ladder(&[s(60), s(60), s(600)])
+            .unwrap();
+        assert_eq!(
+            ladder.block_steps_us(),
+            [60_000_000, 60_000_000, 600_000_000]
+        );
+        assert_eq!(ladder.block_for(), Some(s(60)));
+        assert_eq!(
+            (
+                ladder.block_step(0),
+                ladder.block_step(3),
+                ladder.block_step(99)
+            ),
+            (Some(s(60)), Some(s(600)), Some(s(600)))
+        );
+        assert_eq!(ladder.block_memory_us(), 600_000_000);
+        // One step is a plain block_for: nothing to remember.
+        let one = p.clone().with_block_ladder(&[s(60)]).unwrap();
+        assert_eq!(one, p.clone().with_block_for(s(60)).unwrap());
+        assert_eq!(one.block_memory_us(), 0);
+        assert_eq!(p.block_steps_us(), [] as [u64; 0]);
+        assert_eq!(p.block_step(1), None);
     }
 }

@@ -36,17 +36,12 @@ pub(crate) struct CheckArg<'a> {
 /// policy, so a call carrying many requests' checks sends it once, and Redis
 /// parses it once.
 pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
-    // (policy, block_for_us, shadow) in order of first use; a call holds a
+    // (policy, penalties, shadow) in order of first use; a call holds a
     // handful at most, one per rule.
-    let mut distinct: Vec<(&Policy, u64, bool)> = Vec::new();
+    let mut distinct: Vec<(&Policy, bool, bool)> = Vec::new();
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
-        let block_for = if c.penalties {
-            c.policy.block_for_us().unwrap_or(0)
-        } else {
-            0
-        };
-        let entry = (c.policy, block_for, c.shadow);
+        let entry = (c.policy, c.penalties, c.shadow);
         let at = match distinct.iter().position(|d| *d == entry) {
             Some(at) => at,
             None => {
@@ -57,14 +52,9 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
         numbers.push(at + 1);
     }
     call.arg(sizes).arg(distinct.len());
-    for (policy, block_for, shadow) in distinct {
-        call.arg(policy.algorithm().name())
-            .arg(policy.limit())
-            .arg(policy.window_us())
-            .arg(policy.burst())
-            .arg(policy.emission_interval_us())
-            .arg(block_for)
-            .arg(if shadow { "1" } else { "0" });
+    for (policy, penalties, shadow) in distinct {
+        push_policy(call, policy, penalties);
+        call.arg(if shadow { "1" } else { "0" });
     }
     for (number, c) in numbers.into_iter().zip(checks) {
         call.arg(number).arg(c.cost);
@@ -72,19 +62,25 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
 }
 
 /// Appends ARGV for `policy` in the order `read_policy` in limits.lua reads
-/// (`peek.lua`'s); its `block_for` as 0 unless `penalties`.
+/// (`peek.lua`'s); its `block_for` as 0 unless `penalties`, a block
+/// ladder's steps as `step,step,...`.
 pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: bool) {
-    let block_for = if penalties {
-        policy.block_for_us().unwrap_or(0)
-    } else {
-        0
-    };
     call.arg(policy.algorithm().name())
         .arg(policy.limit())
         .arg(policy.window_us())
         .arg(policy.burst())
-        .arg(policy.emission_interval_us())
-        .arg(block_for);
+        .arg(policy.emission_interval_us());
+    match policy.block_steps_us() {
+        steps if !penalties || steps.is_empty() => call.arg(0),
+        [one] => call.arg(*one),
+        steps => call.arg(
+            steps
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    };
 }
 
 /// Bytes per check in a `check.lua` reply: a flags byte and four doubles.

@@ -100,13 +100,68 @@ impl LimitState {
     }
 }
 
+/// A penalty block and the offences that led to it, in one word: the end
+/// of the block (µs, below 2^56, the year 4253) and how many offences in a
+/// row it answers (up to 255), for block ladders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Penalty(u64);
+
+impl Penalty {
+    const UNTIL_BITS: u32 = 56;
+    const UNTIL_MASK: u64 = (1 << Self::UNTIL_BITS) - 1;
+
+    /// No block, no offence remembered.
+    pub const NONE: Penalty = Penalty(0);
+
+    /// The most offences counted; more count as this many.
+    pub const MAX_OFFENCES: u32 = 255;
+
+    /// A block ending at `until` (µs) for the `offences`th offence in a row.
+    pub fn new(until: u64, offences: u32) -> Self {
+        let offences = u64::from(offences.min(Self::MAX_OFFENCES));
+        Penalty((offences << Self::UNTIL_BITS) | until.min(Self::UNTIL_MASK))
+    }
+
+    /// When the block ends (µs); 0 for none.
+    pub fn until(self) -> u64 {
+        self.0 & Self::UNTIL_MASK
+    }
+
+    /// How many offences in a row the block answers; 0 for none.
+    pub fn offences(self) -> u32 {
+        // At most 255: the shift leaves 8 bits.
+        (self.0 >> Self::UNTIL_BITS) as u32
+    }
+
+    /// Which offence in a row going over the limit at `now` is under
+    /// `policy`: the next one while the last is remembered (until its
+    /// block's end plus [`Policy::block_memory_us`]), else the first.
+    pub fn next_offence(self, policy: &Policy, now: u64) -> u32 {
+        let last = self.offences();
+        if last > 0 && now < self.until().saturating_add(policy.block_memory_us()) {
+            (last + 1).min(Self::MAX_OFFENCES)
+        } else {
+            1
+        }
+    }
+
+    /// Until when this penalty matters (µs): its block's end, plus how long
+    /// its offence is remembered after.
+    pub fn expires_at(self, policy: &Policy) -> u64 {
+        if self.offences() == 0 {
+            return self.until();
+        }
+        self.until().saturating_add(policy.block_memory_us())
+    }
+}
+
 /// Everything stored for one (rule, key): the counter and a penalty block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyState {
     /// The algorithm's counting state.
     pub limit: LimitState,
-    /// Refused until this time (µs); 0 when not blocked.
-    pub blocked_until: u64,
+    /// The penalty block, if one was ever started and still matters.
+    pub penalty: Penalty,
 }
 
 /// What one check found, before anything is recorded.
@@ -117,6 +172,9 @@ pub struct Evaluation {
     /// This check goes over the limit and starts a penalty block ending at
     /// this time (µs). Never set for shadow checks.
     pub block_until: Option<u64>,
+    /// Which offence in a row the started block answers (0 when none
+    /// starts): its step on the policy's ladder.
+    pub offence: u32,
 }
 
 impl KeyState {
@@ -124,23 +182,30 @@ impl KeyState {
     pub fn fresh(policy: &Policy) -> Self {
         KeyState {
             limit: LimitState::fresh(policy.algorithm()),
-            blocked_until: 0,
+            penalty: Penalty::NONE,
         }
+    }
+
+    /// Refused until this time (µs); 0 when never blocked.
+    pub fn blocked_until(&self) -> u64 {
+        self.penalty.until()
     }
 
     /// Decides a check of `cost` at `now`, penalty blocks included.
     ///
     /// A key under a penalty block is refused whatever its counter says (a
     /// blocked client consumes no quota). A non-shadow refusal on a policy
-    /// with `block_for` starts a block.
+    /// with `block_for` starts a block: the step of the policy's ladder for
+    /// this offence (see [`Policy::with_block_ladder`]).
     ///
     /// A refusal's `retry_after` covers both the block and the counter: a
     /// block shorter than the counter's own wait must not send the client
     /// back early, where it would be refused again and blocked anew.
     pub fn evaluate(&self, policy: &Policy, now: u64, cost: u64, shadow: bool) -> Evaluation {
         let mut decision = self.limit.decide(policy, now, cost);
-        if self.blocked_until > now {
-            let left = Duration::from_micros(self.blocked_until - now);
+        let blocked_until = self.penalty.until();
+        if blocked_until > now {
+            let left = Duration::from_micros(blocked_until - now);
             let counter_retry = decision.retry_after.unwrap_or(Duration::ZERO);
             // Quota is whole again once both the block and the counter (with
             // nothing taken now) are clear.
@@ -157,22 +222,27 @@ impl KeyState {
             return Evaluation {
                 decision,
                 block_until: None,
+                offence: 0,
             };
         }
-        let block_until = match policy.block_for_us() {
-            Some(block) if !decision.allowed && !shadow => {
-                let block_len = Duration::from_micros(block);
-                decision.remaining = 0;
-                decision.retry_after = decision.retry_after.max(Some(block_len));
-                decision.reset_after = decision.reset_after.max(block_len);
-                decision.blocked = true;
-                Some(now + block)
-            }
-            _ => None,
-        };
+        if decision.allowed || shadow || policy.block_for_us().is_none() {
+            return Evaluation {
+                decision,
+                block_until: None,
+                offence: 0,
+            };
+        }
+        let offence = self.penalty.next_offence(policy, now);
+        let block = policy.block_step_us(offence).unwrap_or(0);
+        let block_len = Duration::from_micros(block);
+        decision.remaining = 0;
+        decision.retry_after = decision.retry_after.max(Some(block_len));
+        decision.reset_after = decision.reset_after.max(block_len);
+        decision.blocked = true;
         Evaluation {
             decision,
-            block_until,
+            block_until: Some(now + block),
+            offence,
         }
     }
 
@@ -183,13 +253,21 @@ impl KeyState {
             self.limit.commit(policy, now, cost);
         }
         if let Some(until) = eval.block_until {
-            self.blocked_until = until;
+            // Offences are only counted where a ladder climbs on them.
+            let offences = if policy.block_memory_us() > 0 {
+                eval.offence
+            } else {
+                0
+            };
+            self.penalty = Penalty::new(until, offences);
         }
     }
 
     /// The time (µs) after which this state is the same as an empty one.
     pub fn expires_at(&self, policy: &Policy) -> u64 {
-        self.limit.expires_at(policy).max(self.blocked_until)
+        self.limit
+            .expires_at(policy)
+            .max(self.penalty.expires_at(policy))
     }
 }
 
@@ -298,7 +376,7 @@ mod tests {
         assert_eq!(over.block_until, Some(T + 61 * SEC));
         assert!(!over.decision.allowed && over.decision.blocked);
         assert_refused(over.decision, 0, 60 * SEC, 60 * SEC);
-        assert_eq!(s.blocked_until, T + 61 * SEC);
+        assert_eq!(s.blocked_until(), T + 61 * SEC);
 
         // The window has long rolled over, but the block holds; the counter
         // stays as it was and the block is not extended.
@@ -345,6 +423,48 @@ mod tests {
         assert!(!over.decision.allowed && !over.decision.blocked);
         assert_eq!(over.block_until, None);
         assert_eq!(over.decision.retry_after, Some(us(10 * SEC)));
-        assert_eq!(s.blocked_until, 0);
+        assert_eq!(s.blocked_until(), 0);
+    }
+    #[test]
+    fn a_ladder_climbs_repeats_its_last_step_and_forgets() {
+        let p = policy(Algorithm::FixedWindow, 1, 10)
+            .with_block_ladder(&[60, 600, 3600].map(Duration::from_secs))
+            .expect("valid ladder");
+        let mut s = KeyState::fresh(&p);
+        // Offends at `at` (µs): one admitted, one refused; returns the block.
+        let mut offend = |at: u64| {
+            let mut now = at;
+            loop {
+                let eval = check(&mut s, &p, now, false);
+                if let Some(until) = eval.block_until {
+                    return (until - now) / SEC;
+                }
+                assert!(eval.decision.allowed, "refused without a block at {now}");
+                now += 1;
+            }
+        };
+        assert_eq!(offend(T), 60);
+        // 30 s after the block ended: remembered.
+        assert_eq!(offend(T + 90 * SEC), 600);
+        assert_eq!(offend(T + 700 * SEC), 3600);
+        assert_eq!(offend(T + 4400 * SEC), 3600);
+        // A whole last step (1 h) clean after the block ended: forgotten.
+        let ended = T + 4400 * SEC + 3600 * SEC;
+        assert_eq!(offend(ended + 3600 * SEC), 60);
+        // The state lives as long as the offence is remembered.
+        assert!(s.expires_at(&p) >= ended + 3600 * SEC + 60 * SEC + 3600 * SEC);
+    }
+
+    #[test]
+    fn a_plain_block_for_counts_no_offences() {
+        let p = policy(Algorithm::FixedWindow, 1, 10)
+            .with_block_for(Duration::from_secs(60))
+            .expect("valid block");
+        let mut s = KeyState::fresh(&p);
+        check(&mut s, &p, T, false);
+        let over = check(&mut s, &p, T, false);
+        assert_eq!((over.block_until, over.offence), (Some(T + 60 * SEC), 1));
+        assert_eq!(s.penalty.offences(), 0);
+        assert_eq!(s.expires_at(&p), T + 60 * SEC);
     }
 }

@@ -320,4 +320,45 @@ proptest! {
             }
         }
     }
+    /// A block ladder: every block started is the step of its offence (the
+    /// last step repeating), an offence climbs the ladder exactly while the
+    /// one before is remembered (until its block's end plus the last step),
+    /// else starts over; the key's state lives at least as long as that
+    /// memory, and a block is never started while one is in force.
+    #[test]
+    fn a_ladder_climbs_while_remembered_and_starts_over_when_forgotten(
+        s in prop::sample::select(Algorithm::ALL.to_vec())
+            .prop_flat_map(|a| scenario(a, false)),
+        mut steps_ms in prop::collection::vec(1..=30u64, 2..=5),
+        shadows in prop::collection::vec(prop::bool::weighted(0.1), 120),
+    ) {
+        steps_ms.sort_unstable();
+        let ladder: Vec<Duration> = steps_ms.iter().map(|&ms| Duration::from_millis(ms)).collect();
+        let p = s.policy.clone().with_block_ladder(&ladder).unwrap();
+        let steps_us: Vec<u64> = steps_ms.iter().map(|ms| ms * 1000).collect();
+        let memory = *steps_us.last().unwrap();
+        let mut state = KeyState::fresh(&p);
+        // The model: the last block's end and its offence number.
+        let (mut until, mut offence) = (0u64, 0u32);
+        let mut now = s.start;
+        for (step, &shadow) in s.steps.iter().zip(&shadows) {
+            now = now.checked_add_signed(step.advance).unwrap();
+            let eval = state.evaluate(&p, now, step.cost, shadow);
+            if now < until {
+                prop_assert!(eval.block_until.is_none() && eval.decision.blocked);
+            } else if let Some(end) = eval.block_until {
+                let expected = if offence > 0 && now < until + memory { offence + 1 } else { 1 };
+                prop_assert_eq!(eval.offence, expected);
+                let at = (expected as usize).min(steps_us.len()) - 1;
+                prop_assert_eq!(end, now + steps_us[at], "offence {}", expected);
+                prop_assert_eq!(eval.decision.retry_after.map(|r| r >= Duration::from_micros(steps_us[at])), Some(true));
+                until = end;
+                offence = expected;
+            }
+            state.apply(&p, now, step.cost, &eval, eval.decision.allowed);
+            if offence > 0 {
+                prop_assert!(state.expires_at(&p) >= until + memory, "an offence forgotten early");
+            }
+        }
+    }
 }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::{
-    Algorithm, Block, Check, Clock, Decision, Error, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW,
-    ManualClock, MemoryStore, Policy, Store, Timestamp,
+    Algorithm, Block, Check, Clock, Decision, Error, MAX_BLOCK_STEPS, MAX_LIMIT, MAX_LOG_LIMIT,
+    MAX_WINDOW, ManualClock, MemoryStore, Policy, Store, Timestamp,
 };
 use floodgate_redis::{RedisConfig, RedisStore};
 use floodgate_testkit::RedisServer;
@@ -395,7 +395,18 @@ fn policy(rng: &mut Rng) -> Policy {
                 0 => *rng.pick(&[MS, MAX_WINDOW.as_micros() as u64, 900_000_000]),
                 _ => rng.range(MS, 10_000_000),
             };
-            if let Ok(b) = p.clone().with_block_for(Duration::from_micros(block_us)) {
+            // One step, or a ladder climbing from it (up to the longest
+            // step and the most steps allowed).
+            let mut steps = vec![Duration::from_micros(block_us)];
+            if rng.percent(40) {
+                for _ in 0..rng.range(1, MAX_BLOCK_STEPS as u64) {
+                    let last = steps[steps.len() - 1];
+                    steps.push(
+                        (last + Duration::from_micros(rng.range(0, 5_000_000))).min(MAX_WINDOW),
+                    );
+                }
+            }
+            if let Ok(b) = p.clone().with_block_ladder(&steps) {
                 p = b;
             }
         }

@@ -16,7 +16,7 @@
 --   ARGV[4]     P, the number of policies
 --   then 7 per policy (each distinct one once, however many checks use it):
 --     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
---     none), shadow ("1" or "0")
+--     none; a block ladder's steps as "step,step,..."), shadow ("1" or "0")
 --   then 2 per check: its policy's number (1..P), cost
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
@@ -39,7 +39,8 @@
 -- for a key that holds none (absent, or a sliding log's list). `reply`: the
 -- packed decision of each check; `admitted_check`: whether it was admitted.
 -- `policies`: by the number checks name them with ("1".."P").
-local now, margin_ms, values, reply, admitted_check, policies
+-- `offence_of`: the offence a check's penalty block answers.
+local now, margin_ms, values, reply, admitted_check, offence_of, policies
 
 -- The counting state (a, b, c) of a check's key as this call has left it.
 local function state_of(key, p)
@@ -60,20 +61,26 @@ local function decide_check(i, at)
   if not p or not cost then
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
   end
-  local block_key = KEYS[2 * i]
   local a, b, c = state_of(KEYS[2 * i - 1], p)
-  local allowed, remaining, reset, retry, blocked, block_until =
-    evaluate(num(values[block_key]) or 0, p, now, cost, p.shadow, a, b, c)
+  local until_us, offences = decode_penalty(values[KEYS[2 * i]])
+  local allowed, remaining, reset, retry, blocked, block_until, offence =
+    evaluate(until_us, offences, p, now, cost, p.shadow, a, b, c)
   reply[i] = pack_struct('<Bdddd', (allowed and 1 or 0) + (blocked and 2 or 0),
     remaining, reset, retry or -1, block_until)
   admitted_check[i] = allowed
+  offence_of[i] = offence
   return allowed or p.shadow, p, cost, block_until, a, b, c
 end
 
--- Starts the penalty block of check i, ending at `until_us`.
-local function start_block(i, until_us)
+-- Starts the penalty block of check i (policy `p`), ending at `until_us`.
+-- Under a ladder the key also holds the offence, and lives until the
+-- offence is forgotten.
+local function start_block(i, p, until_us)
   local key, v = KEYS[2 * i], int(until_us)
-  call('SET', key, v, 'PX', int(ttl_ms(until_us, now, margin_ms)))
+  if p.ladder then
+    v = v .. ':' .. int(offence_of[i])
+  end
+  call('SET', key, v, 'PX', int(ttl_ms(until_us + p.memory, now, margin_ms)))
   values[key] = v
 end
 
@@ -128,7 +135,7 @@ local function main()
 
   -- Every key read with one MGET per (up to) 512 keys before any check;
   -- later batches then read what earlier ones wrote.
-  values, reply, admitted_check = {}, {}, {}
+  values, reply, admitted_check, offence_of = {}, {}, {}, {}
   for first = 1, #KEYS, 512 do
     local last = min(first + 511, #KEYS)
     local got = call('MGET', unpack(KEYS, first, last))
@@ -153,7 +160,7 @@ local function main()
         commit_check(i, p, cost, a, b, c)
       end
       if block_until > 0 then
-        start_block(i, block_until)
+        start_block(i, p, block_until)
       end
     else
       -- Every check is decided on the state as it was before the batch;
@@ -174,7 +181,7 @@ local function main()
           commit_check(i, p, batch_cost[j], state_of(KEYS[2 * i - 1], p))
         end
         if batch_block[j] > 0 then
-          start_block(i, batch_block[j])
+          start_block(i, batch_policy[j], batch_block[j])
         end
       end
     end
@@ -182,6 +189,6 @@ local function main()
     done = done + size
   end
   local packed = table.concat(reply)
-  values, reply, admitted_check, policies = nil, nil, nil, nil
+  values, reply, admitted_check, offence_of, policies = nil, nil, nil, nil, nil
   return packed
 end

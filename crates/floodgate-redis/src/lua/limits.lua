@@ -13,7 +13,11 @@
 --   window     window length (µs)
 --   burst      token_bucket capacity
 --   emission   token_bucket: µs per cost unit (window / limit, rounded up)
---   block_for  penalty block length (µs), 0 for none
+--   block_for  penalty block length (µs), 0 for none; a ladder's first step
+--   ladder     a block ladder's steps (µs), nil for none or a single step;
+--              sent as "step,step,..."
+--   memory     how long an offence is remembered after its block ends (µs):
+--              a ladder's last step, else 0
 --
 -- State encodings (one key per (rule, key)): a tag byte, then the state's
 -- numbers as little-endian doubles (Redis' `struct` library), exact for
@@ -29,7 +33,9 @@
 -- packed form on their next commit.
 -- A state of another algorithm than the policy's (a reload changed the rule)
 -- counts as empty and is replaced on the next commit.
--- Penalty key: string <blocked_until>.
+-- Penalty key: string <blocked_until>, or <blocked_until>:<offences> under a
+-- block ladder (Penalty in algorithm/mod.rs: how many offences in a row the
+-- block answers, up to 255).
 --
 -- A decoded state travels as three values `a, b, c` (no table: the checks of
 -- a call would each allocate one), `a == nil` meaning none:
@@ -61,7 +67,17 @@ local function read_policy(at)
     burst = num(ARGV[at + 3]),
     emission = num(ARGV[at + 4]),
     block_for = num(ARGV[at + 5]),
+    memory = 0,
   }
+  if not p.block_for then
+    local ladder = {}
+    for step in string.gmatch(ARGV[at + 5], '[^,]+') do
+      ladder[#ladder + 1] = num(step) or -1
+    end
+    if #ladder > 1 and min(unpack(ladder)) > 0 then
+      p.ladder, p.block_for, p.memory = ladder, ladder[1], ladder[#ladder]
+    end
+  end
   if not (p.limit and p.window and p.burst and p.emission and p.block_for) then
     error('floodgate: malformed policy arguments at ARGV[' .. at .. ']')
   end
@@ -385,22 +401,55 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
   error('floodgate: unknown algorithm ' .. tostring(p.algorithm))
 end
 
+-- The penalty a penalty key's value `v` holds: its block's end (µs) and
+-- the offences in a row it answers; 0, 0 for none (`v` absent: false).
+local function decode_penalty(v)
+  if not v then
+    return 0, 0
+  end
+  local until_us = num(v)
+  if until_us then
+    return until_us, 0
+  end
+  local u, n = string.match(v, '^(%d+):(%d+)$')
+  if u then
+    return num(u), num(n)
+  end
+  return 0, 0
+end
+
 -- The penalty block end stored at `block_key` (µs), 0 for none.
 local function blocked_until(block_key)
-  local v = redis.call('GET', block_key)
-  if v then
-    return tonumber(v) or 0
+  local until_us = decode_penalty(redis.call('GET', block_key))
+  return until_us
+end
+
+-- Penalty::next_offence: which offence in a row going over the limit at
+-- `now` is, after a block ending at `until_us` that answered `offences`.
+local function next_offence(p, now, until_us, offences)
+  if offences > 0 and now < until_us + p.memory then
+    return min(offences + 1, 255)
   end
-  return 0
+  return 1
+end
+
+-- Policy::block_step_us
+local function block_step(p, offence)
+  if p.ladder then
+    return p.ladder[min(offence, #p.ladder)]
+  end
+  return p.block_for
 end
 
 -- KeyState::evaluate: the decision for `cost` at `now` on counting state
--- (a, b, c) under a penalty block ending at `until_us`:
+-- (a, b, c) under a penalty block ending at `until_us` that answered
+-- `offences` offences in a row:
 --   allowed, remaining, reset, retry (µs; nil when allowed), blocked,
---   block_until (a penalty block this check starts, else 0)
+--   block_until (a penalty block this check starts, else 0), and the
+--   offence that block answers
 -- Under a block the refusal's retry and reset also wait for the counter, so
 -- a client is not sent back early only to be refused and blocked anew.
-local function evaluate(until_us, p, now, cost, shadow, a, b, c)
+local function evaluate(until_us, offences, p, now, cost, shadow, a, b, c)
   local allowed, remaining, reset, retry = decide(p, now, cost, a, b, c)
   if allowed then
     retry = nil -- only a refusal has one
@@ -412,10 +461,12 @@ local function evaluate(until_us, p, now, cost, shadow, a, b, c)
       local _, _, reset_if_nothing_taken = decide(p, now, 0, a, b, c)
       counter_reset = reset_if_nothing_taken
     end
-    return false, 0, max(left, counter_reset), max(left, retry or 0), true, 0
+    return false, 0, max(left, counter_reset), max(left, retry or 0), true, 0, 0
   end
   if p.block_for > 0 and not allowed and not shadow then
-    return false, 0, max(reset, p.block_for), max(retry, p.block_for), true, now + p.block_for
+    local offence = next_offence(p, now, until_us, offences)
+    local block = block_step(p, offence)
+    return false, 0, max(reset, block), max(retry, block), true, now + block, offence
   end
-  return allowed, remaining, reset, retry, false, 0
+  return allowed, remaining, reset, retry, false, 0, 0
 end

@@ -22,7 +22,7 @@ local function main()
   local until_us = blocked_until(KEYS[2])
   if until_us > now then
     -- What a one-unit shadow check would be told.
-    local _, _, reset, retry = evaluate(until_us, p, now, 1, true, a, b, c)
+    local _, _, reset, retry = evaluate(until_us, 0, p, now, 1, true, a, b, c)
     return { 0, 0, reset, retry, 1, 0 }
   end
   local allowed, remaining, reset, retry = decide(p, now, 0, a, b, c)

@@ -457,15 +457,27 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         Just(2_999_999),
         1_000u64..=20_000_000,
     ];
-    let block_for_us = prop_oneof![2 => Just(None), 1 => (1_000u64..=10_000_000).prop_map(Some)];
-    (algorithm, 1u64..=8, window_us, 1u64..=12, block_for_us).prop_map(
-        |(algorithm, limit, window_us, burst, block_for_us)| {
+    // None, one step, or a ladder of up to four (sorted: steps escalate).
+    let block_steps_us = prop_oneof![
+        2 => Just(Vec::new()),
+        1 => (1_000u64..=10_000_000).prop_map(|b| vec![b]),
+        1 => prop::collection::vec(1_000u64..=10_000_000, 2..=4).prop_map(|mut steps| {
+            steps.sort_unstable();
+            steps
+        }),
+    ];
+    (algorithm, 1u64..=8, window_us, 1u64..=12, block_steps_us).prop_map(
+        |(algorithm, limit, window_us, burst, block_steps_us)| {
             let mut p = Policy::new(algorithm, limit, Duration::from_micros(window_us)).unwrap();
             if algorithm == Algorithm::TokenBucket && burst % 3 != 0 {
                 p = p.with_burst(burst).unwrap();
             }
-            if let Some(b) = block_for_us {
-                p = p.with_block_for(Duration::from_micros(b)).unwrap();
+            if !block_steps_us.is_empty() {
+                let steps: Vec<Duration> = block_steps_us
+                    .into_iter()
+                    .map(Duration::from_micros)
+                    .collect();
+                p = p.with_block_ladder(&steps).unwrap();
             }
             p
         },

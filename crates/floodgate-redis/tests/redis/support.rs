@@ -160,6 +160,9 @@ enum Outcome {
     Flag(bool),
     Added(floodgate_core::Block),
     Blocks(Vec<floodgate_core::Block>),
+    /// A refusal that started a block ladder's penalty, and the length (µs)
+    /// of the block it started.
+    Ladder(floodgate_core::Decision, u64),
 }
 
 /// Store conformance basics for a topology: a scripted sequence of single-
@@ -181,7 +184,11 @@ pub(crate) async fn assert_basics_like_memory(
             .unwrap()
             .with_block_for(Duration::from_secs(5))
             .unwrap();
-        let rules = [("main", main), ("penalised", penalised)];
+        let ladder = Policy::new(algorithm, 3, Duration::from_secs(2))
+            .unwrap()
+            .with_block_ladder(&[1, 3, 6].map(Duration::from_secs))
+            .unwrap();
+        let rules = [("main", main), ("penalised", penalised), ("ladder", ladder)];
         let clock = manual_clock();
         let memory = basics_sequence(&memory_on_clock(&clock), &clock, &rules).await;
         let redis = basics_sequence(&redis_store(&clock), &clock, &rules).await;
@@ -199,6 +206,16 @@ pub(crate) async fn assert_basics_like_memory(
             })
         };
         assert!(decisions().any(|d| d.blocked), "{algorithm}: no penalty");
+        // The ladder's offences, in order: each step, the last repeated,
+        // then the first again once forgotten, and again after a lift.
+        let started: Vec<u64> = memory
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Ladder(_, block_us) => Some(block_us / 1_000_000),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, [1, 3, 6, 6, 1, 3, 1], "{algorithm}: ladder steps");
         assert!(
             decisions().any(|d| !d.allowed && !d.blocked),
             "{algorithm}: no refusal"
@@ -210,7 +227,7 @@ pub(crate) async fn assert_basics_like_memory(
 async fn basics_sequence<S: floodgate_core::Store>(
     store: &S,
     clock: &ManualClock,
-    rules: &[(&str, floodgate_core::Policy); 2],
+    rules: &[(&str, floodgate_core::Policy); 3],
 ) -> Vec<Outcome> {
     use floodgate_core::Check;
 
@@ -289,5 +306,50 @@ async fn basics_sequence<S: floodgate_core::Store>(
     clock.advance(Duration::from_secs(11));
     steps.push(check(&[(0, 0, 1, false), (0, 1, 1, false), (1, 2, 1, false)]).await);
     steps.push(check(&[(0, 0, 3, false), (1, 2, 2, false), (0, 2, 1, true)]).await);
+
+    // The block ladder (1 s, 3 s, 6 s; limit 3 per 2 s) on key 0: offend
+    // (checks until one is refused), wait out the block, and again.
+    let ladder = LADDER_KEY;
+    let offend = async |steps: &mut Vec<Outcome>| {
+        for _ in 0..4 {
+            let c = [Check::new(rules[2].0, &rules[2].1, ladder, 1)];
+            let d = store.check(&c).await.unwrap()[0];
+            if d.blocked {
+                // The block's own length, as the listing gives it.
+                let now = clock.now().as_micros();
+                let listed = store.blocks().await.unwrap();
+                let block = listed
+                    .iter()
+                    .find(|b| b.target == ladder && b.source.as_str() == rules[2].0)
+                    .expect("the ladder's block is listed");
+                steps.push(Outcome::Ladder(d, block.until.as_micros() - now));
+                return;
+            }
+            steps.push(Outcome::Decisions(vec![d]));
+        }
+        panic!("no offence after 4 checks");
+    };
+    let ladder_peek =
+        async || Outcome::Peek(store.peek(rules[2].0, &rules[2].1, ladder).await.unwrap());
+    offend(&mut steps).await; // 1st: 1 s
+    clock.advance(Duration::from_millis(1_500));
+    offend(&mut steps).await; // remembered: 3 s
+    steps.push(blocks().await);
+    clock.advance(Duration::from_millis(3_500));
+    offend(&mut steps).await; // 6 s
+    steps.push(ladder_peek().await);
+    clock.advance(Duration::from_secs(11)); // 5 s after the block: remembered
+    offend(&mut steps).await; // the last step repeats: 6 s
+    clock.advance(Duration::from_secs(12)); // 6 s after the block: forgotten
+    offend(&mut steps).await; // 1 s again
+    clock.advance(Duration::from_millis(1_500));
+    offend(&mut steps).await; // 3 s
+    // Lifting the block forgives the offences.
+    steps.push(Outcome::Flag(store.remove_block(ladder).await.unwrap()));
+    clock.advance(Duration::from_secs(2));
+    offend(&mut steps).await; // 1 s
     steps
 }
+
+/// The client key of the block ladder in [`basics_sequence`].
+const LADDER_KEY: &str = "ip:198.51.100.9";
