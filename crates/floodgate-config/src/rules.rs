@@ -25,7 +25,7 @@ pub(super) struct RawRule {
     window: Option<String>,
     burst: Option<i64>,
     cost: Option<i64>,
-    block_for: Option<String>,
+    block_for: Option<OneOrMany>,
     shadow: bool,
     #[serde(flatten)]
     unknown: Unknown,
@@ -159,14 +159,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             }
             Some(Ok(w)) => Some(w),
         };
-        let block_for = match r.block_for.as_deref().map(parse_duration) {
-            None => None,
-            Some(Err(e)) => {
-                p.add(format!("{at} block_for"), e);
-                None
-            }
-            Some(Ok(d)) => Some(d),
-        };
+        let block_for = validate_block_for(r.block_for, &at, p);
         let cost = r.cost.unwrap_or(1);
         if cost < 1 {
             p.add(
@@ -211,7 +204,7 @@ fn build_policy(
     limit: u64,
     window: Duration,
     burst: Option<i64>,
-    block_for: Option<Duration>,
+    block_for: Option<Vec<Duration>>,
     at: &str,
     p: &mut Problems,
 ) -> Option<Policy> {
@@ -238,13 +231,37 @@ fn build_policy(
             .map_err(|e| p.add(format!("{at} burst"), e.to_string()))
             .ok()?;
     }
-    if let Some(d) = block_for {
+    if let Some(steps) = block_for {
         policy = policy
-            .with_block_for(d)
+            .with_block_ladder(&steps)
             .map_err(|e| p.add(format!("{at} block_for"), e.to_string()))
             .ok()?;
     }
     Some(policy)
+}
+
+/// `block_for`: one duration, or a ladder of them (`["1m", "10m", "1h"]`).
+fn validate_block_for(raw: Option<OneOrMany>, at: &str, p: &mut Problems) -> Option<Vec<Duration>> {
+    let texts = match raw? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    };
+    let mut steps = Vec::with_capacity(texts.len());
+    let mut bad = false;
+    for (i, text) in texts.iter().enumerate() {
+        match parse_duration(text) {
+            Ok(d) => steps.push(d),
+            Err(e) if texts.len() == 1 => {
+                p.add(format!("{at} block_for"), e);
+                bad = true;
+            }
+            Err(e) => {
+                p.add(format!("{at} block_for[{i}]"), e);
+                bad = true;
+            }
+        }
+    }
+    (!bad).then_some(steps)
 }
 
 fn validate_match(raw: Option<RawMatch>, at: &str, p: &mut Problems) -> RequestMatch {

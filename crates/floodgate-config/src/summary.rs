@@ -88,10 +88,16 @@ pub fn summary(s: &Settings) -> String {
             } else {
                 String::new()
             },
-            p.block_for().map_or_else(String::new, |d| format!(
-                " block_for {}",
-                format_duration(d)
-            )),
+            if p.block_steps_us().is_empty() {
+                String::new()
+            } else {
+                let steps: Vec<String> = p
+                    .block_steps_us()
+                    .iter()
+                    .map(|&us| format_duration(std::time::Duration::from_micros(us)))
+                    .collect();
+                format!(" block_for {}", steps.join(","))
+            },
             if r.shadow { " (shadow)" } else { "" },
         ));
     }

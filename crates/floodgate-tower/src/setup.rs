@@ -69,7 +69,7 @@ pub struct RuleBuilder {
     limit: u64,
     window: Result<Duration, String>,
     burst: Option<u64>,
-    block_for: Option<Result<Duration, String>>,
+    block_for: Vec<Result<Duration, String>>,
     key: Result<KeySpec, String>,
     matcher: RequestMatch,
     bad_methods: Vec<String>,
@@ -110,7 +110,7 @@ impl RuleBuilder {
             limit,
             window: window.into_duration(),
             burst: None,
-            block_for: None,
+            block_for: Vec::new(),
             key: Ok(KeySpec::from(KeyPart::Ip)),
             matcher: RequestMatch::default(),
             bad_methods: Vec::new(),
@@ -166,7 +166,26 @@ impl RuleBuilder {
 
     /// Once a key goes over the limit, refuse it for this long.
     pub fn block_for(mut self, block_for: impl IntoDuration) -> Self {
-        self.block_for = Some(block_for.into_duration());
+        self.block_for = vec![block_for.into_duration()];
+        self
+    }
+
+    /// Once a key goes over the limit, refuse it for the nth step at its nth
+    /// offence in a row (the last step repeats); an offence is remembered
+    /// for the last step's length after its block ends. See
+    /// [`Policy::with_block_ladder`].
+    ///
+    /// ```
+    /// use floodgate_tower::Rule;
+    ///
+    /// let login = Rule::fixed_window("login", 5, "1m").block_ladder(["1m", "10m", "1h", "1d"]);
+    /// ```
+    pub fn block_ladder<D: IntoDuration>(mut self, steps: impl IntoIterator<Item = D>) -> Self {
+        self.block_for = steps.into_iter().map(IntoDuration::into_duration).collect();
+        if self.block_for.is_empty() {
+            self.block_for
+                .push(Err("a block ladder needs at least one step".to_owned()));
+        }
         self
     }
 
@@ -193,14 +212,13 @@ impl RuleBuilder {
             });
         };
         let window = self.window.map_err(|e| problem("window", e)).ok();
-        let block_for = match self.block_for {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                problem("block_for", e);
-                None
+        let mut block_for = Vec::with_capacity(self.block_for.len());
+        for step in self.block_for {
+            match step {
+                Ok(d) => block_for.push(d),
+                Err(e) => problem("block_for", e),
             }
-            None => None,
-        };
+        }
         let key = self.key.map_err(|e| problem("key", e)).ok();
         for m in &self.bad_methods {
             problem("methods", format!("{m:?} is not an HTTP method"));
@@ -220,9 +238,9 @@ impl RuleBuilder {
                     Some(burst) if self.algorithm == Algorithm::TokenBucket => p.with_burst(burst),
                     _ => Ok(p),
                 })
-                .and_then(|p| match block_for {
-                    Some(d) => p.with_block_for(d),
-                    None => Ok(p),
+                .and_then(|p| match block_for.as_slice() {
+                    [] => Ok(p),
+                    steps => p.with_block_ladder(steps),
                 });
             policy.map_err(|e| problem("policy", e.to_string())).ok()
         });

@@ -83,7 +83,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 9] = [
+    let cases: [(String, &[&str]); 12] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -102,6 +102,24 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
         (
             good_but("block_for = \"15m\"", "block_for = \"15x\""),
             &["rule \"per-key\" block_for", "\"15x\""],
+        ),
+        (
+            good_but(
+                "block_for = \"15m\"",
+                "block_for = [\"1m\", \"1h\", \"15x\"]",
+            ),
+            &["rule \"per-key\" block_for[2]", "\"15x\""],
+        ),
+        (
+            good_but("block_for = \"15m\"", "block_for = [\"1h\", \"10m\"]"),
+            &[
+                "rule \"per-key\" block_for",
+                "step 2 (10m) is shorter than the step before it (1h)",
+            ],
+        ),
+        (
+            good_but("block_for = \"15m\"", "block_for = []"),
+            &["rule \"per-key\" block_for", "1 to 16 steps, got 0"],
         ),
         (
             good_but("name = \"per-key\"", "name = \"api-per-client\""),

@@ -448,6 +448,60 @@ async fn penalty_block_outlasts_the_window_then_lifts_on_memory_and_across_redis
     );
 }
 
+/// A block ladder of 2 s then 5 s on 2 requests per second.
+fn ladder_config(store: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\n{store}\n[admin]\nlisten = \"{{admin}}\"\n\
+         [[rule]]\nname = \"ladder\"\nkey = \"ip\"\n\
+         algorithm = \"sliding_log\"\nlimit = 2\nwindow = \"1s\"\nblock_for = [\"2s\", \"5s\"]\n"
+    )
+}
+
+/// Goes over the ladder's limit on `fg` until refused; returns the
+/// refusal's Retry-After.
+async fn offend(http: &Http, fg: &Floodgate) -> u64 {
+    for _ in 0..10 {
+        let r = http.get(&fg.url("/api/hello"), &[]).await;
+        if r.status == 429 {
+            assert_eq!(
+                r.problem()["violated-policies"],
+                serde_json::json!(["ladder"])
+            );
+            return r.retry_after().expect("a 429 carries Retry-After");
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    panic!("never went over a limit of 2 per second");
+}
+
+/// The first offence on one instance is blocked for the first step; the
+/// second, on another instance once the first block ended, for the second.
+async fn ladder_climbs(first: &Floodgate, second: &Floodgate) {
+    let http = Http::new();
+    let retry = offend(&http, first).await;
+    assert_eq!(retry, 2, "the first offence gets the first step");
+    let blocked = http.get(&second.url("/api/hello"), &[]).await;
+    assert_eq!(blocked.status, 429, "the block holds on every instance");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let retry = offend(&http, second).await;
+    assert!(
+        (4..=5).contains(&retry),
+        "the second offence, remembered, gets the second step: Retry-After {retry}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_ladder_climbs_on_the_second_offence_on_memory_and_across_redis_instances() {
+    let memory_config = ladder_config(&store_section(None));
+    let redis_config = ladder_config(&store_section(Some(&unique_prefix("gateway-ladder"))));
+    let (memory, a, b) = tokio::join!(
+        Floodgate::launch(&memory_config),
+        Floodgate::launch(&redis_config),
+        Floodgate::launch(&redis_config)
+    );
+    tokio::join!(ladder_climbs(&memory, &memory), ladder_climbs(&a, &b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_matching_several_rules_is_refused_by_the_tightest_and_consumes_nothing() {
     let rules = "[[rule]]\nname = \"wide\"\nkey = \"ip\"\nalgorithm = \"sliding_log\"\nlimit = 5\nwindow = \"1h\"\n\
