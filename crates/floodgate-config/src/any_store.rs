@@ -71,6 +71,10 @@ impl Store for AnyStore {
         dispatch!(self, s => s.check(checks))
     }
 
+    async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        dispatch!(self, s => s.charge(charges))
+    }
+
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         dispatch!(self, s => s.peek(rule, policy, key))
     }

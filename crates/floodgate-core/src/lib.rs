@@ -55,7 +55,7 @@ pub use policy::{
     Algorithm, MAX_BLOCK_STEPS, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy,
     PolicyError,
 };
-pub use store::{Check, Store, admitted, validate_checks};
+pub use store::{Check, Store, admitted, validate_charges, validate_checks};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

@@ -19,7 +19,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::policy::Policy;
-use crate::store::{Check, Store, admitted, validate_checks};
+use crate::store::{Check, Store, admitted, validate_charges, validate_checks};
 
 /// The default bound on stored keys.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -336,14 +336,14 @@ impl MemoryStore {
             let eval = entry
                 .state
                 .evaluate(check.policy, now, check.cost, check.shadow);
-            if eval.decision.allowed || eval.block_until.is_some() {
+            if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
                 apply(entry, check, now, &eval, true);
             }
             return Ok(eval.decision);
         }
         let eval =
             KeyState::fresh(check.policy).evaluate(check.policy, now, check.cost, check.shadow);
-        if eval.decision.allowed || eval.block_until.is_some() {
+        if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
             let entry = shard.insert_new(hash, check, self.room(now));
             apply(entry, check, now, &eval, true);
         }
@@ -386,12 +386,29 @@ impl MemoryStore {
         let decisions: Vec<Decision> = evals.iter().map(|e| e.decision).collect();
         let admit = admitted(checks, &decisions);
         for ((c, &(h, s)), eval) in checks.iter().zip(&located).zip(&evals) {
+            let admit = admit && c.charges();
             if (admit && eval.decision.allowed) || eval.block_until.is_some() {
                 let entry = shard_in(&mut guards, s).upsert(h, c, self.room(now));
                 apply(entry, c, now, eval, admit);
             }
         }
         drop(guards);
+        Ok(decisions)
+    }
+
+    /// [`Store::charge`], synchronously.
+    pub fn charge_now(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        validate_charges(charges)?;
+        let now = self.inner.clock.now().as_micros();
+        let mut decisions = Vec::with_capacity(charges.len());
+        for c in charges {
+            let hash = self.hash(c.rule, c.key);
+            let mut shard = self.inner.shards[self.shard_of(hash)].lock();
+            let entry = shard.upsert(hash, c, self.room(now));
+            entry.state.limit.commit(c.policy, now, c.cost);
+            entry.expires_at = entry.state.expires_at(c.policy);
+            decisions.push(peek_state(Some(&entry.state), c.policy, now));
+        }
         Ok(decisions)
     }
 
@@ -522,6 +539,10 @@ impl Store for MemoryStore {
 
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         self.check_now(checks)
+    }
+
+    async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.charge_now(charges)
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

@@ -22,6 +22,11 @@ pub struct Check<'a> {
     /// Count and report, but never refuse, never veto other checks and never
     /// start a penalty block.
     pub shadow: bool,
+    /// Decide, but never record the cost, even when the batch is admitted:
+    /// the cost is charged later, if at all, with [`Store::charge`] (a rule
+    /// that counts only some answers). A refusal still refuses the batch and
+    /// starts a penalty block.
+    pub probe: bool,
 }
 
 impl<'a> Check<'a> {
@@ -33,6 +38,7 @@ impl<'a> Check<'a> {
             key,
             cost,
             shadow: false,
+            probe: false,
         }
     }
 
@@ -42,6 +48,20 @@ impl<'a> Check<'a> {
             shadow: true,
             ..self
         }
+    }
+
+    /// The same check as a probe: decided, never charged (see
+    /// [`Check::probe`](#structfield.probe)).
+    pub fn probe(self) -> Self {
+        Check {
+            probe: true,
+            ..self
+        }
+    }
+
+    /// Whether an admitted batch records this check's cost.
+    pub fn charges(&self) -> bool {
+        !self.probe
     }
 }
 
@@ -60,6 +80,27 @@ pub fn validate_checks(checks: &[Check<'_>]) -> Result<(), Error> {
                 key: c.key.to_owned(),
             });
         }
+        if c.cost == 0 {
+            return Err(Error::ZeroCost {
+                rule: c.rule.to_owned(),
+            });
+        }
+        if c.cost > c.policy.capacity() {
+            return Err(Error::InsufficientCapacity {
+                rule: c.rule.to_owned(),
+                cost: c.cost,
+                capacity: c.policy.capacity(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rejects charges that can never be recorded: a cost of zero, or more
+/// than the policy can ever admit at once. One (rule, key) may be charged
+/// several times in one call: the charges add up.
+pub fn validate_charges(charges: &[Check<'_>]) -> Result<(), Error> {
+    for c in charges {
         if c.cost == 0 {
             return Err(Error::ZeroCost {
                 rule: c.rule.to_owned(),
@@ -96,6 +137,18 @@ pub trait Store: Send + Sync + 'static {
     fn check(
         &self,
         checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send;
+
+    /// Records the cost of every check, whatever the limit says: a charge
+    /// for what already happened (an answer that counts, a cost the answer
+    /// named), after a [probe](Check::probe) let it through. Each charge is
+    /// atomic on its own; none is refused, none starts a penalty block, and
+    /// a counter may go past its limit (the key is then refused until it
+    /// has paid it back). Returns, per check, what a [`Store::peek`] would
+    /// find right after its charge.
+    fn charge(
+        &self,
+        charges: &[Check<'_>],
     ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send;
 
     /// What a check would find now for (rule, key), without recording

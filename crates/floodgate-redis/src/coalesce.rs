@@ -60,6 +60,7 @@ pub(crate) struct QueuedCheck {
     pub(crate) policy: Policy,
     pub(crate) cost: u64,
     pub(crate) shadow: bool,
+    pub(crate) probe: bool,
 }
 
 /// One request's batch, waiting for a call.
@@ -256,6 +257,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             policy: &c.policy,
             penalties: true,
             shadow: c.shadow,
+            probe: c.probe,
             cost: c.cost,
         })
         .collect();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use floodgate_core::{
     Algorithm, Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError,
-    StoreErrorKind, Timestamp, micros_of, validate_checks,
+    StoreErrorKind, Timestamp, micros_of, validate_charges, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
@@ -19,8 +19,8 @@ use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, Dialect, DialectSwitch, LuaScript, ScriptCall};
 use crate::wire::{
-    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_checks, push_policy,
-    unpack_check_reply,
+    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_charges, push_checks,
+    push_policy, unpack_check_reply,
 };
 
 /// The longest manual block accepted (about 142 years): keeps `now + ttl`
@@ -309,6 +309,7 @@ impl RedisStore {
                     policy: c.policy,
                     penalties: mode != Mode::DryRun,
                     shadow: c.shadow,
+                    probe: c.probe,
                     cost: c.cost,
                 }
             })
@@ -319,6 +320,7 @@ impl RedisStore {
                 policy: &GUARD_POLICY,
                 penalties: false,
                 shadow: false,
+                probe: false,
                 cost: 2,
             });
         }
@@ -375,6 +377,7 @@ impl RedisStore {
                 policy: c.policy.clone(),
                 cost: c.cost,
                 shadow: c.shadow,
+                probe: c.probe,
             })
             .collect();
         let reply = coalescer
@@ -382,6 +385,48 @@ impl RedisStore {
             .await?;
         let all: Vec<usize> = (0..checks.len()).collect();
         self.decisions(deadline, checks, &all, &reply).await
+    }
+
+    /// One `charge.lua` call for the charges of `group` (indices into
+    /// `charges`, one hash slot).
+    async fn charge_group(
+        &self,
+        deadline: Instant,
+        charges: &[Check<'_>],
+        group: &[usize],
+    ) -> Result<Vec<Decision>, Error> {
+        let keys = &self.inner.keys;
+        let n = group.len();
+        let mut call = self.script_call(&scripts::CHARGE, 2 * n, 3 + 2 * n);
+        let mut name = String::new();
+        for &i in group {
+            let c = &charges[i];
+            keys.write_state(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+            keys.write_block(&mut name, c.rule, c.key);
+            call.key(name.as_str());
+        }
+        call.arg(self.now_arg()).arg(self.inner.margin_ms);
+        let args: Vec<(&Policy, u64)> = group
+            .iter()
+            .map(|&i| (charges[i].policy, charges[i].cost))
+            .collect();
+        push_charges(&mut call, &args);
+        let reply: Vec<i64> = self.invoke(deadline, "charge", &call).await?;
+        if reply.len() != n * DECISION_FIELDS {
+            return Err(bad_reply(
+                "charge",
+                format!(
+                    "{} decisions for {n} charges",
+                    reply.len() / DECISION_FIELDS
+                ),
+            ));
+        }
+        group
+            .iter()
+            .zip(reply.chunks_exact(DECISION_FIELDS))
+            .map(|(&i, fields)| decision_from(charges[i].policy, fields))
+            .collect()
     }
 
     /// [`RedisStore::run_group`] for each of `groups`, concurrently.
@@ -553,6 +598,37 @@ impl Store for RedisStore {
     /// look-ups included, runs against one deadline that far away.
     fn call_timeout(&self) -> Option<Duration> {
         Some(self.inner.config.timeout)
+    }
+
+    /// One `charge.lua` call; on a cluster, one per client key (hash
+    /// slot), concurrently. Charges are independent of each other, so
+    /// splitting them changes nothing but where they run.
+    async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        validate_charges(charges)?;
+        if charges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        let groups = if self.inner.link.is_cluster() {
+            slot_groups(charges)
+        } else {
+            vec![SlotGroup {
+                indices: (0..charges.len()).collect(),
+            }]
+        };
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|g| self.charge_group(deadline, charges, &g.indices)),
+        )
+        .await?;
+        let mut decisions: Vec<Option<Decision>> = vec![None; charges.len()];
+        for (g, ds) in groups.iter().zip(answers) {
+            for (&i, d) in g.indices.iter().zip(ds) {
+                decisions[i] = Some(d);
+            }
+        }
+        Ok(decisions.into_iter().flatten().collect())
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

@@ -27,6 +27,8 @@ pub(crate) struct CheckArg<'a> {
     /// Whether the policy's `block_for` is sent (else 0: no penalty starts).
     pub(crate) penalties: bool,
     pub(crate) shadow: bool,
+    /// Decided but never charged.
+    pub(crate) probe: bool,
     pub(crate) cost: u64,
 }
 
@@ -36,12 +38,18 @@ pub(crate) struct CheckArg<'a> {
 /// policy, so a call carrying many requests' checks sends it once, and Redis
 /// parses it once.
 pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
-    // (policy, penalties, shadow) in order of first use; a call holds a
+    // (policy, penalties, mode) in order of first use; a call holds a
     // handful at most, one per rule.
-    let mut distinct: Vec<(&Policy, bool, bool)> = Vec::new();
+    let mut distinct: Vec<(&Policy, bool, &str)> = Vec::new();
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
-        let entry = (c.policy, c.penalties, c.shadow);
+        let mode = match (c.shadow, c.probe) {
+            (false, false) => "0",
+            (true, false) => "1",
+            (false, true) => "2",
+            (true, true) => "3",
+        };
+        let entry = (c.policy, c.penalties, mode);
         let at = match distinct.iter().position(|d| *d == entry) {
             Some(at) => at,
             None => {
@@ -52,12 +60,36 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
         numbers.push(at + 1);
     }
     call.arg(sizes).arg(distinct.len());
-    for (policy, penalties, shadow) in distinct {
+    for (policy, penalties, mode) in distinct {
         push_policy(call, policy, penalties);
-        call.arg(if shadow { "1" } else { "0" });
+        call.arg(mode);
     }
     for (number, c) in numbers.into_iter().zip(checks) {
         call.arg(number).arg(c.cost);
+    }
+}
+
+/// Appends ARGV[3..] of `charge.lua` (see its header): each distinct
+/// policy once, then each charge's policy number and cost.
+pub(crate) fn push_charges(call: &mut ScriptCall, charges: &[(&Policy, u64)]) {
+    let mut distinct: Vec<&Policy> = Vec::new();
+    let mut numbers: Vec<usize> = Vec::with_capacity(charges.len());
+    for (policy, _) in charges {
+        let at = match distinct.iter().position(|d| *d == *policy) {
+            Some(at) => at,
+            None => {
+                distinct.push(policy);
+                distinct.len() - 1
+            }
+        };
+        numbers.push(at + 1);
+    }
+    call.arg(distinct.len());
+    for policy in distinct {
+        push_policy(call, policy, false);
+    }
+    for (number, (_, cost)) in numbers.into_iter().zip(charges) {
+        call.arg(number).arg(*cost);
     }
 }
 

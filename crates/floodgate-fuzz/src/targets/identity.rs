@@ -384,6 +384,14 @@ impl Store for RecordingStore {
             .collect())
     }
 
+    async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        floodgate_core::validate_charges(charges)?;
+        Ok(charges
+            .iter()
+            .map(|c| admitted(c.policy, c.policy.capacity()))
+            .collect())
+    }
+
     async fn peek(&self, _rule: &str, policy: &Policy, _key: &str) -> Result<Decision, Error> {
         Ok(admitted(policy, policy.capacity()))
     }

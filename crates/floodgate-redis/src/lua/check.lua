@@ -16,7 +16,8 @@
 --   ARGV[4]     P, the number of policies
 --   then 7 per policy (each distinct one once, however many checks use it):
 --     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
---     none; a block ladder's steps as "step,step,..."), shadow ("1" or "0")
+--     none; a block ladder's steps as "step,step,..."), mode: "0" enforce,
+--     "1" shadow, "2" probe (enforce, never charge), "3" shadow probe
 --   then 2 per check: its policy's number (1..P), cost
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
@@ -31,7 +32,7 @@
 --
 -- Within a batch, like MemoryStore::check_now: every check is decided on the
 -- state as it was before the batch; costs are committed only when every
--- non-shadow check admits; a non-shadow refusal on a rule with block_for
+-- non-shadow check admits, and never for a probe; a non-shadow refusal on a rule with block_for
 -- starts its penalty block whether or not the batch is admitted.
 
 -- The call's state, set by `main` for the helpers below, dropped at its end.
@@ -84,8 +85,11 @@ local function start_block(i, p, until_us)
   values[key] = v
 end
 
--- KeyState::apply for check i on state (a, b, c).
+-- KeyState::apply for check i on state (a, b, c); a probe is never charged.
 local function commit_check(i, p, cost, a, b, c)
+  if p.probe then
+    return
+  end
   local key = KEYS[2 * i - 1]
   values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
 end
@@ -128,7 +132,9 @@ local function main()
   for j = 1, np do
     local at = 5 + 7 * (j - 1)
     local p = read_policy(at)
-    p.shadow = ARGV[at + 6] == '1'
+    local mode = ARGV[at + 6]
+    p.shadow = mode == '1' or mode == '3'
+    p.probe = mode == '2' or mode == '3'
     policies[tostring(j)] = p
   end
   local sizes = batch_sizes(n)

@@ -470,3 +470,30 @@ local function evaluate(until_us, offences, p, now, cost, shadow, a, b, c)
   end
   return allowed, remaining, reset, retry, false, 0, 0
 end
+
+-- peek_state in memory.rs: what a zero-cost check finds on state (a, b, c)
+-- under a penalty block ending at `until_us`, as 6 integers (peek.lua's
+-- reply): allowed (1 when quota is left), remaining, reset_after_us,
+-- retry_after_us (-1 for none; when nothing is left, when one unit fits
+-- again), blocked (1/0), 0.
+local function peek_decision(p, now, until_us, a, b, c)
+  if until_us > now then
+    -- What a one-unit shadow check would be told.
+    local _, _, reset, retry = evaluate(until_us, 0, p, now, 1, true, a, b, c)
+    return { 0, 0, reset, retry, 1, 0 }
+  end
+  local allowed, remaining, reset, retry = decide(p, now, 0, a, b, c)
+  if allowed then
+    retry = -1
+  end
+  if remaining == 0 then
+    -- Nothing left: say so, and when a single unit fits again.
+    local one_allowed, _, _, one_retry = decide(p, now, 1, a, b, c)
+    allowed = false
+    retry = one_retry
+    if one_allowed then
+      retry = -1
+    end
+  end
+  return { allowed and 1 or 0, remaining, reset, retry, 0, 0 }
+end

@@ -19,24 +19,5 @@ local function main()
   local now = read_now(ARGV[1])
   local p = read_policy(3)
   local a, b, c = load_state(KEYS[1], p)
-  local until_us = blocked_until(KEYS[2])
-  if until_us > now then
-    -- What a one-unit shadow check would be told.
-    local _, _, reset, retry = evaluate(until_us, 0, p, now, 1, true, a, b, c)
-    return { 0, 0, reset, retry, 1, 0 }
-  end
-  local allowed, remaining, reset, retry = decide(p, now, 0, a, b, c)
-  if allowed then
-    retry = -1
-  end
-  if remaining == 0 then
-    -- Nothing left: say so, and when a single unit fits again.
-    local one_allowed, _, _, one_retry = decide(p, now, 1, a, b, c)
-    allowed = false
-    retry = one_retry
-    if one_allowed then
-      retry = -1
-    end
-  end
-  return { allowed and 1 or 0, remaining, reset, retry, 0, 0 }
+  return peek_decision(p, now, blocked_until(KEYS[2]), a, b, c)
 end

@@ -28,6 +28,8 @@ struct CheckSpec {
     key: usize,
     cost: u64,
     shadow: bool,
+    /// Decided, never charged (a rule that counts only some answers).
+    probe: bool,
 }
 
 /// One step of a sequence.
@@ -45,6 +47,8 @@ enum Op {
     },
     /// One request's batch of checks.
     Check(Vec<CheckSpec>),
+    /// Charges after the answer, whatever the limits say.
+    Charge(Vec<CheckSpec>),
     Peek {
         rule: usize,
         key: usize,
@@ -104,10 +108,30 @@ async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op
                     .map(|s| {
                         let r = &rules[s.rule];
                         let c = Check::new(&r.name, &r.policy, KEYS[s.key], s.cost);
-                        if s.shadow { c.shadow() } else { c }
+                        let c = if s.shadow { c.shadow() } else { c };
+                        if s.probe { c.probe() } else { c }
                     })
                     .collect();
                 Outcome::Decisions(match store.check(&checks).await {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        assert!(
+                            !matches!(e, floodgate_core::Error::Store(_)),
+                            "store failed: {e}"
+                        );
+                        Err(e.to_string())
+                    }
+                })
+            }
+            Op::Charge(specs) => {
+                let charges: Vec<Check<'_>> = specs
+                    .iter()
+                    .map(|s| {
+                        let r = &rules[s.rule];
+                        Check::new(&r.name, &r.policy, KEYS[s.key], s.cost)
+                    })
+                    .collect();
+                Outcome::Decisions(match store.charge(&charges).await {
                     Ok(d) => Ok(d),
                     Err(e) => {
                         assert!(
@@ -174,6 +198,7 @@ fn batch(specs: &[(usize, usize, u64, bool)]) -> Op {
                 key,
                 cost,
                 shadow,
+                probe: false,
             })
             .collect(),
     )
@@ -272,6 +297,128 @@ fn scripted_rules(algorithm: Algorithm) -> Vec<Rule> {
         .with_block_for(Duration::from_secs(5))
         .unwrap();
     vec![rule("main", main), rule("penalised", penalised)]
+}
+
+/// A probe of `cost` on (rule, key): decided, never charged.
+fn probe(rule: usize, key: usize, cost: u64) -> Op {
+    Op::Check(vec![CheckSpec {
+        rule,
+        key,
+        cost,
+        shadow: false,
+        probe: true,
+    }])
+}
+
+/// A charge of `cost` on (rule, key).
+fn charge(rule: usize, key: usize, cost: u64) -> Op {
+    Op::Charge(vec![CheckSpec {
+        rule,
+        key,
+        cost,
+        shadow: false,
+        probe: false,
+    }])
+}
+
+/// Failed logins, as a rule with `count_status` runs them: each attempt is
+/// probed before it goes ahead and charged only when it fails. Rule 0 has
+/// a limit of 3 per 10 s (token bucket: burst 3), rule 1 the same with a
+/// penalty ladder; key 0 fails, key 1 succeeds.
+#[tokio::test]
+async fn probes_charge_nothing_and_charges_go_past_the_limit_like_memory() {
+    for algorithm in Algorithm::ALL {
+        let plain = Policy::new(algorithm, 3, Duration::from_secs(10)).unwrap();
+        let laddered = plain
+            .clone()
+            .with_block_ladder(&[2, 4].map(Duration::from_secs))
+            .unwrap();
+        let rules = [rule("login", plain), rule("login-ladder", laddered)];
+        let mut ops = Vec::new();
+        for r in 0..2 {
+            // Successes: probed, never charged, never refused.
+            for _ in 0..6 {
+                ops.push(probe(r, 1, 1));
+            }
+            // Failures: probed, then charged; the fourth probe is refused.
+            for _ in 0..4 {
+                ops.push(probe(r, 0, 1));
+                ops.push(charge(r, 0, 1));
+            }
+            ops.push(probe(r, 0, 1));
+            ops.push(Op::Peek { rule: r, key: 0 });
+            // A probe in a batch with a charging check: the batch is
+            // admitted, only the charging check pays.
+            ops.push(Op::Check(vec![
+                CheckSpec {
+                    rule: r,
+                    key: 1,
+                    cost: 2,
+                    shadow: false,
+                    probe: true,
+                },
+                CheckSpec {
+                    rule: 1 - r,
+                    key: 1,
+                    cost: 1,
+                    shadow: false,
+                    probe: false,
+                },
+            ]));
+            // Charges of one key twice in one call add up.
+            ops.push(Op::Charge(vec![
+                CheckSpec {
+                    rule: r,
+                    key: 1,
+                    cost: 2,
+                    shadow: false,
+                    probe: false,
+                },
+                CheckSpec {
+                    rule: r,
+                    key: 1,
+                    cost: 2,
+                    shadow: false,
+                    probe: false,
+                },
+            ]));
+            ops.push(Op::Peek { rule: r, key: 1 });
+            ops.push(charge(r, 1, 0)); // zero cost: an error
+            ops.push(charge(r, 1, 4)); // more than the rule holds: an error
+            ops.push(Op::Advance(3_000_000));
+            ops.push(probe(r, 0, 1));
+            ops.push(Op::Blocks);
+            ops.push(Op::Advance(30_000_000));
+            ops.push(probe(r, 0, 1));
+        }
+        let outcomes = assert_conform(&format!("conform-probe-{algorithm}"), &rules, &ops).await;
+        let decisions = |o: &Outcome| match o {
+            Outcome::Decisions(Ok(d)) => d.clone(),
+            _ => Vec::new(),
+        };
+        // Six successes, all admitted, none charged: the seventh probe
+        // still finds the full quota.
+        for d in outcomes[..6].iter().flat_map(decisions) {
+            assert!(d.allowed && d.remaining == 2, "{algorithm}: {d:?}");
+        }
+        // Failures 1-3 admitted; the fourth probe refused; the fourth
+        // failure's charge (it went ahead before the third was charged, as
+        // a concurrent one would) goes past the limit.
+        let probes: Vec<bool> = (0..4)
+            .map(|i| decisions(&outcomes[6 + 2 * i])[0].allowed)
+            .collect();
+        assert_eq!(probes, [true, true, true, false], "{algorithm}");
+        let over = decisions(&outcomes[14])[0];
+        assert!(
+            !over.allowed && over.retry_after.is_some(),
+            "{algorithm}: {over:?}"
+        );
+        let after_ladder_probe = decisions(&outcomes[outcomes.len() - 1])[0];
+        assert!(
+            after_ladder_probe.allowed,
+            "{algorithm}: quota back after 33 s"
+        );
+    }
 }
 
 #[tokio::test]
@@ -496,14 +643,20 @@ fn rules_strategy() -> impl Strategy<Value = Vec<Rule>> {
 
 fn op_strategy(rules: usize) -> impl Strategy<Value = Op> {
     let cost = prop_oneof![6 => Just(1u64), 3 => 1u64..=4, 1 => 0u64..=13];
-    let spec = (0..rules, 0..KEYS.len(), cost, prop::bool::weighted(0.2)).prop_map(
-        |(rule, key, cost, shadow)| CheckSpec {
+    let spec = (
+        0..rules,
+        0..KEYS.len(),
+        cost,
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(rule, key, cost, shadow, probe)| CheckSpec {
             rule,
             key,
             cost,
             shadow,
-        },
-    );
+            probe,
+        });
     let advance = prop_oneof![
         Just(0u64),
         1u64..=1_000,
@@ -511,7 +664,8 @@ fn op_strategy(rules: usize) -> impl Strategy<Value = Op> {
         1u64..=30_000_000
     ];
     prop_oneof![
-        10 => prop::collection::vec(spec, 1..=3).prop_map(Op::Check),
+        10 => prop::collection::vec(spec.clone(), 1..=3).prop_map(Op::Check),
+        3 => prop::collection::vec(spec, 1..=3).prop_map(Op::Charge),
         6 => advance.prop_map(Op::Advance),
         1 => (1u64..=5_000_000).prop_map(Op::StepBack),
         2 => (0..rules, 0..KEYS.len()).prop_map(|(rule, key)| Op::Peek { rule, key }),
