@@ -88,6 +88,7 @@
 //! [`Limiter::sync_blocks_in_background`] once, so blocks made anywhere apply
 //! here within a second; the sync ends by itself with the limiter.
 
+mod answer;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
@@ -106,14 +107,16 @@ mod verdict;
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
-    LimiterBuilder, LimiterConfig, NoRuntime, OnError, check_rule_name,
+    LimiterBuilder, LimiterConfig, NoRuntime, OnError, Pending, check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
-pub use observer::{NoopObserver, Observer, Outcome, StoreCall};
+pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, grpc_verdict_response, is_grpc, verdict_response};
-pub use rule::{AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule};
+pub use rule::{
+    AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule, StatusSet, StatusSetError,
+};
 pub use setup::{ConfigBuilder, IntoDuration, RuleBuilder};
 pub use target::{Target, TargetError};
 pub use verdict::{BadRequestReason, ForbiddenReason, RuleDecision, Verdict};

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub use crate::answer::CostFallback;
+
 /// What happened to a request, per rule (or before any rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -67,6 +69,8 @@ impl Outcome {
 pub enum StoreCall {
     /// Deciding a request's rules.
     Check,
+    /// Charging requests once their answers are known.
+    Charge,
     /// Reading the blocks for the local cache.
     Blocks,
     /// Adding a block.
@@ -79,8 +83,9 @@ pub enum StoreCall {
 
 impl StoreCall {
     /// Every kind of call, in the order of [`StoreCall::index`].
-    pub const ALL: [StoreCall; 5] = [
+    pub const ALL: [StoreCall; 6] = [
         StoreCall::Check,
+        StoreCall::Charge,
         StoreCall::Blocks,
         StoreCall::AddBlock,
         StoreCall::RemoveBlock,
@@ -93,10 +98,12 @@ impl StoreCall {
         self as usize
     }
 
-    /// A label: `check`, `blocks`, `add_block`, `remove_block` or `ping`.
+    /// A label: `check`, `charge`, `blocks`, `add_block`, `remove_block`
+    /// or `ping`.
     pub const fn as_str(self) -> &'static str {
         match self {
             StoreCall::Check => "check",
+            StoreCall::Charge => "charge",
             StoreCall::Blocks => "blocks",
             StoreCall::AddBlock => "add_block",
             StoreCall::RemoveBlock => "remove_block",
@@ -113,6 +120,17 @@ pub trait Observer: Send + Sync + 'static {
     /// allow list).
     fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
         let _ = (rule, outcome);
+    }
+
+    /// A rule with `count_status` or `cost_header` was charged `cost` units
+    /// once the answer was known.
+    fn on_charge(&self, rule: &str, cost: u64) {
+        let _ = (rule, cost);
+    }
+
+    /// A rule's `cost_header` did not give the cost charged, for `reason`.
+    fn on_cost_fallback(&self, rule: &str, reason: CostFallback) {
+        let _ = (rule, reason);
     }
 
     /// A store call finished (or timed out) after `latency`.
@@ -156,6 +174,7 @@ mod tests {
         for call in StoreCall::ALL {
             match call {
                 StoreCall::Check
+                | StoreCall::Charge
                 | StoreCall::Blocks
                 | StoreCall::AddBlock
                 | StoreCall::RemoveBlock

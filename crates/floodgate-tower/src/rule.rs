@@ -21,6 +21,7 @@ use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
+pub use crate::answer::{StatusSet, StatusSetError};
 use crate::path::starts_with_prefix;
 use crate::target::Target;
 
@@ -481,6 +482,13 @@ pub struct Rule {
     pub cost: u64,
     /// Count, log and send headers, but never refuse.
     pub shadow: bool,
+    /// Charge only answers with these statuses: the request is checked
+    /// before it goes ahead (refused if the key is already over the limit,
+    /// charged nothing) and charged once its answer's status is known.
+    pub count_status: Option<StatusSet>,
+    /// The answer names the request's cost in this header, charged once the
+    /// answer is known (see [`Rule::with_cost_header`]).
+    pub cost_header: Option<HeaderName>,
 }
 
 impl Rule {
@@ -493,7 +501,35 @@ impl Rule {
             policy,
             cost: 1,
             shadow: false,
+            count_status: None,
+            cost_header: None,
         }
+    }
+
+    /// The same rule charging only answers whose status is in `statuses`
+    /// (e.g. failed logins: `401, 403`).
+    pub fn with_count_status(self, statuses: StatusSet) -> Self {
+        Rule {
+            count_status: Some(statuses),
+            ..self
+        }
+    }
+
+    /// The same rule charging what the answer's `header` names: a whole
+    /// number of cost units, 0 for none. A missing or malformed value
+    /// charges the rule's `cost`; more than the rule holds charges what it
+    /// holds. The header is removed from the answer the client gets.
+    pub fn with_cost_header(self, header: HeaderName) -> Self {
+        Rule {
+            cost_header: Some(header),
+            ..self
+        }
+    }
+
+    /// Whether the rule is charged once the answer is known
+    /// (`count_status` or `cost_header`), not when the request is checked.
+    pub fn charges_on_answer(&self) -> bool {
+        self.count_status.is_some() || self.cost_header.is_some()
     }
 
     /// The same rule applying only to `matcher`'s requests.

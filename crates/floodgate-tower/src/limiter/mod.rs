@@ -16,7 +16,7 @@ use floodgate_core::{
     Block, Check, Clock, Decision, Error, MemoryStore, Store, StoreError, SystemClock,
 };
 use http::header::HeaderName;
-use http::{Extensions, HeaderMap, Method};
+use http::{Extensions, HeaderMap, Method, StatusCode};
 
 pub use self::config::{
     AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_RULE_NAME_LEN, OnError,
@@ -26,6 +26,7 @@ pub use self::health::PROBE_INTERVAL;
 
 use self::blocks::BlockCache;
 use self::health::StoreHealth;
+use crate::answer::answer_cost;
 use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
 use crate::path::{PathError, canonical_path};
 use crate::rule::{KeyInput, Rule, bounded_key};
@@ -70,6 +71,8 @@ pub enum CheckError {
 /// A rule with its name shared cheaply with verdicts.
 #[derive(Debug)]
 struct CompiledRule {
+    /// Its place in the snapshot's rules.
+    index: usize,
     rule: Rule,
     /// Its name and policy as the RateLimit fields give them.
     label: Arc<RuleLabel>,
@@ -99,7 +102,9 @@ impl Snapshot {
             rules: config
                 .rules
                 .iter()
-                .map(|r| CompiledRule {
+                .enumerate()
+                .map(|(index, r)| CompiledRule {
+                    index,
                     rule: r.clone(),
                     label: Arc::new(RuleLabel::new(&r.name, r.policy.limit(), r.policy.window())),
                 })
@@ -212,6 +217,28 @@ impl<S: Store> LimiterBuilder<S> {
 /// One matching rule and the key it counts this request on.
 type Keyed<'a> = (&'a CompiledRule, String);
 
+/// What an admitted request still owes once its answer is known: the rules
+/// with `count_status` or `cost_header` it matched, and its key on each.
+/// Give it to [`Limiter::charge_answer`] with the answer; dropping it
+/// charges nothing.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// The configuration the request was checked under (its rules, by
+    /// index), and each rule's key.
+    owed: Option<Owed>,
+}
+
+/// The snapshot a request was checked under, and (rule index, key) of each
+/// rule it owes a charge on.
+type Owed = (Arc<Snapshot>, Vec<(usize, String)>);
+
+impl Pending {
+    /// Whether nothing is owed: no rule charged on the answer matched.
+    pub fn is_empty(&self) -> bool {
+        self.owed.is_none()
+    }
+}
+
 impl<S: Store> Limiter<S> {
     /// A limiter enforcing `config` on `store`, on the system clock.
     pub fn new(config: LimiterConfig, store: S) -> Result<Self, ConfigError> {
@@ -270,6 +297,11 @@ impl<S: Store> Limiter<S> {
     /// `peer` is the TCP peer. When it is `None` the client address is
     /// unknown: IP entries of the access lists and blocks never match it, and
     /// rules keyed by `ip` do not apply.
+    ///
+    /// A rule with `count_status` or `cost_header` is only checked here,
+    /// never charged: use
+    /// [`check_request_for_answer`](Self::check_request_for_answer) and
+    /// [`charge_answer`](Self::charge_answer) to charge it on the answer.
     pub async fn check_request(
         &self,
         method: &Method,
@@ -277,7 +309,23 @@ impl<S: Store> Limiter<S> {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Verdict {
-        self.check(method, path, headers, None, peer).await
+        self.check(method, path, headers, None, peer).await.0
+    }
+
+    /// [`check_request_with_extensions`](Self::check_request_with_extensions),
+    /// and what the request owes once its answer is known (the rules
+    /// charged on the answer): pass that to
+    /// [`charge_answer`](Self::charge_answer) with the answer.
+    pub async fn check_request_for_answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        peer: Option<SocketAddr>,
+    ) -> (Verdict, Pending) {
+        self.check(method, path, headers, Some(extensions), peer)
+            .await
     }
 
     /// [`check_request`](Self::check_request) with the request's
@@ -293,6 +341,7 @@ impl<S: Store> Limiter<S> {
     ) -> Verdict {
         self.check(method, path, headers, Some(extensions), peer)
             .await
+            .0
     }
 
     async fn check(
@@ -302,14 +351,17 @@ impl<S: Store> Limiter<S> {
         headers: &HeaderMap,
         extensions: Option<&Extensions>,
         peer: Option<SocketAddr>,
-    ) -> Verdict {
+    ) -> (Verdict, Pending) {
         let (snapshot, path) = self.canonicalise(path);
         match path {
             Ok(path) => {
                 self.check_canonical(snapshot, method, &path, headers, extensions, peer)
                     .await
             }
-            Err(e) => self.malformed(BadRequestReason::Path(e)),
+            Err(e) => (
+                self.malformed(BadRequestReason::Path(e)),
+                Pending::default(),
+            ),
         }
     }
 
@@ -335,7 +387,8 @@ impl<S: Store> Limiter<S> {
         headers: &HeaderMap,
         extensions: Option<&Extensions>,
         peer: Option<SocketAddr>,
-    ) -> Verdict {
+    ) -> (Verdict, Pending) {
+        let verdict = |v: Verdict| (v, Pending::default());
         // Matching twice (here and for the keys below) costs two prefix
         // comparisons per rule; collecting the matches would cost an
         // allocation on every request.
@@ -354,29 +407,29 @@ impl<S: Store> Limiter<S> {
                 lines.next().is_some() && lines.next().is_some()
             });
         if let Some(name) = repeated {
-            return self.malformed(BadRequestReason::RepeatedHeader(name.clone()));
+            return verdict(self.malformed(BadRequestReason::RepeatedHeader(name.clone())));
         }
         let client_ip = &snapshot.config.client_ip;
         let ip: Option<IpAddr> = client_ip.client_ip(peer.map(|p| p.ip()), headers);
 
         if snapshot.allow.find(ip, headers, |_| true).is_some() {
             self.observe(None, Outcome::Bypassed);
-            return Verdict::Allow(None);
+            return verdict(Verdict::Allow(None));
         }
         if let Some((target, ())) = snapshot.deny.find(ip, headers, |_| true) {
             self.observe(None, Outcome::Denied);
-            return Verdict::Forbidden {
+            return verdict(Verdict::Forbidden {
                 reason: ForbiddenReason::DenyList {
                     target: target.clone(),
                 },
-            };
+            });
         }
         let now = self.shared.clock.now();
         if let Some(target) = self.shared.blocks.manual_block(ip, headers, now) {
             self.observe(None, Outcome::Blocked);
-            return Verdict::Forbidden {
+            return verdict(Verdict::Forbidden {
                 reason: ForbiddenReason::Blocked { target },
-            };
+            });
         }
 
         let client: Option<Target> = ip.map(|ip| client_ip.identity(ip));
@@ -391,15 +444,15 @@ impl<S: Store> Limiter<S> {
             .filter_map(|r| Some((r, r.rule.key.key(&info)?)))
             .collect();
         if keyed.is_empty() {
-            return Verdict::Allow(None);
+            return verdict(Verdict::Allow(None));
         }
         for (rule, key) in keyed.iter().filter(|(r, _)| !r.rule.shadow) {
             if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
                 self.observe(Some(rule.name()), Outcome::Blocked);
-                return Verdict::Limited(RuleDecision::labelled(
+                return verdict(Verdict::Limited(RuleDecision::labelled(
                     &rule.label,
                     penalty_decision(rule, left),
-                ));
+                )));
             }
         }
 
@@ -408,15 +461,30 @@ impl<S: Store> Limiter<S> {
             .map(|(rule, key)| check_of(rule, key, rule.rule.cost))
             .collect();
         match self.decide(&snapshot.config, &checks).await {
-            Some(decisions) => self.conclude(&keyed, &decisions),
+            Some(decisions) => {
+                let concluded = self.conclude(&keyed, &decisions);
+                let owed: Vec<(usize, String)> = match &concluded {
+                    Verdict::Allow(_) => keyed
+                        .iter()
+                        .filter(|(r, _)| r.rule.charges_on_answer())
+                        .map(|(r, key)| (r.index, key.clone()))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                drop(checks);
+                let pending = Pending {
+                    owed: (!owed.is_empty()).then(|| (Arc::clone(&snapshot), owed)),
+                };
+                (concluded, pending)
+            }
             None => {
                 for (rule, _) in &keyed {
                     self.observe(Some(rule.name()), Outcome::Error);
                 }
-                match snapshot.config.on_error {
+                verdict(match snapshot.config.on_error {
                     OnError::Allow => Verdict::Allow(None),
                     OnError::Deny | OnError::Local => Verdict::Unavailable,
-                }
+                })
             }
         }
     }
@@ -424,7 +492,9 @@ impl<S: Store> Limiter<S> {
     /// Decides `cost` units of `rule` for `key`: the decision API. The key
     /// is used as given (hashed when longer than
     /// [`MAX_KEY_PART_LEN`](crate::rule::MAX_KEY_PART_LEN) bytes). A shadow
-    /// rule's decision is always `allowed`.
+    /// rule's decision is always `allowed`. A rule charged on the answer
+    /// (`count_status`, `cost_header`) is only asked, never charged: see
+    /// [`check_key_with`](Self::check_key_with).
     ///
     /// When the store cannot decide: `on_error = allow` admits (reporting
     /// the full quota, as nothing is known), `deny` returns
@@ -435,23 +505,23 @@ impl<S: Store> Limiter<S> {
         key: &str,
         cost: u64,
     ) -> Result<Decision, CheckError> {
+        self.check_key_with(rule, key, cost, None).await
+    }
+
+    /// [`check_key`](Self::check_key), charging the cost when admitted if
+    /// `charge` is `Some(true)`, only asking if `Some(false)` (charge later
+    /// with [`charge_key`](Self::charge_key)); `None` charges unless the
+    /// rule is charged on the answer.
+    pub async fn check_key_with(
+        &self,
+        rule: &str,
+        key: &str,
+        cost: u64,
+        charge: Option<bool>,
+    ) -> Result<Decision, CheckError> {
         let snapshot = self.shared.snapshot.load_full();
-        let compiled = snapshot
-            .rules
-            .iter()
-            .find(|r| r.name() == rule)
-            .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
+        let compiled = find_rule(&snapshot, rule, cost)?;
         let policy = &compiled.rule.policy;
-        if cost == 0 {
-            return Err(CheckError::ZeroCost);
-        }
-        if cost > policy.capacity() {
-            return Err(CheckError::InsufficientCapacity {
-                rule: rule.to_owned(),
-                cost,
-                capacity: policy.capacity(),
-            });
-        }
         let key = bounded_key(key);
         let now = self.shared.clock.now();
         if !compiled.rule.shadow
@@ -460,7 +530,8 @@ impl<S: Store> Limiter<S> {
             self.observe(Some(compiled.name()), Outcome::Blocked);
             return Ok(penalty_decision(compiled, left));
         }
-        let check = check_of(compiled, &key, cost);
+        let mut check = check_of(compiled, &key, cost);
+        check.probe = !charge.unwrap_or(!compiled.rule.charges_on_answer());
         match self
             .decide(&snapshot.config, std::slice::from_ref(&check))
             .await
@@ -487,6 +558,118 @@ impl<S: Store> Limiter<S> {
                     }),
                     OnError::Deny | OnError::Local => Err(CheckError::Unavailable),
                 }
+            }
+        }
+    }
+
+    /// Charges `cost` units of `rule` to `key` whatever the limit says: the
+    /// second step of the decision API for what already happened (a
+    /// request [asked about](Self::check_key_with) without charging whose
+    /// answer counts). Never refused; the counter may pass the limit, and
+    /// the key is then refused until it has paid it back. Returns what the
+    /// key has left after the charge.
+    ///
+    /// When the store cannot record it: `on_error = local` records it on
+    /// the in-process store, else [`CheckError::Unavailable`].
+    pub async fn charge_key(
+        &self,
+        rule: &str,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
+        let snapshot = self.shared.snapshot.load_full();
+        let compiled = find_rule(&snapshot, rule, cost)?;
+        let key = bounded_key(key);
+        let charge = Check::new(compiled.name(), &compiled.rule.policy, &key, cost);
+        match self
+            .charge(&snapshot.config, std::slice::from_ref(&charge))
+            .await
+        {
+            Some(decisions) => {
+                self.shared.observer.on_charge(compiled.name(), cost);
+                Ok(decisions[0])
+            }
+            None => {
+                self.observe(Some(compiled.name()), Outcome::Error);
+                Err(CheckError::Unavailable)
+            }
+        }
+    }
+
+    /// Charges what a request checked with
+    /// [`check_request_for_answer`](Self::check_request_for_answer) owes,
+    /// now that its answer's `status` and `headers` are known: each rule
+    /// with `count_status` whose statuses hold `status`, and each rule with
+    /// `cost_header` (what the header names), in one store call. Every
+    /// rule's `cost_header` is removed from `headers`: the cost is between
+    /// the upstream and floodgate.
+    ///
+    /// A store failure is logged and counted; the answer goes out as it
+    /// is, uncharged (under `on_error = local`, charged on the in-process
+    /// store).
+    pub async fn charge_answer(
+        &self,
+        pending: Pending,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+    ) {
+        let Some((snapshot, owed)) = pending.owed else {
+            return;
+        };
+        let mut charges: Vec<Check<'_>> = Vec::with_capacity(owed.len());
+        for (index, key) in &owed {
+            let Some(rule) = snapshot.rules.get(*index) else {
+                continue;
+            };
+            if rule
+                .rule
+                .count_status
+                .as_ref()
+                .is_some_and(|counted| !counted.contains(status))
+            {
+                continue;
+            }
+            let cost = match &rule.rule.cost_header {
+                Some(name) => {
+                    let (cost, fallback) =
+                        answer_cost(headers, name, rule.rule.cost, rule.rule.policy.capacity());
+                    if let Some(reason) = fallback {
+                        tracing::debug!(rule = rule.name(), header = %name, reason = reason.as_str(), cost, "the answer's cost header was not charged as named");
+                        self.shared.observer.on_cost_fallback(rule.name(), reason);
+                    }
+                    cost
+                }
+                None => rule.rule.cost,
+            };
+            if cost > 0 {
+                charges.push(Check::new(rule.name(), &rule.rule.policy, key, cost));
+            }
+        }
+        for (index, _) in &owed {
+            if let Some(name) = snapshot
+                .rules
+                .get(*index)
+                .and_then(|r| r.rule.cost_header.as_ref())
+            {
+                headers.remove(name);
+            }
+        }
+        if charges.is_empty() {
+            return;
+        }
+        if self.charge(&snapshot.config, &charges).await.is_some() {
+            for c in &charges {
+                self.shared.observer.on_charge(c.rule, c.cost);
+            }
+        } else {
+            for c in &charges {
+                tracing::warn!(
+                    rule = c.rule,
+                    key = c.key,
+                    cost = c.cost,
+                    "could not charge an answer: the store failed"
+                );
+                self.observe(Some(c.rule), Outcome::Error);
             }
         }
     }
@@ -638,6 +821,34 @@ impl<S: Store> Limiter<S> {
         None
     }
 
+    /// Records `charges` in the store when it is (or may be) up, else in
+    /// the fallback under `on_error = local`; the decisions after, or
+    /// `None` when nothing could record them.
+    async fn charge(&self, config: &LimiterConfig, charges: &[Check<'_>]) -> Option<Vec<Decision>> {
+        if self.shared.health.should_try(self.shared.clock.now()) {
+            match self
+                .store_call(StoreCall::Charge, self.shared.store.charge(charges))
+                .await
+            {
+                Ok(decisions) if decisions.len() == charges.len() => return Some(decisions),
+                Ok(decisions) => tracing::error!(
+                    expected = charges.len(),
+                    got = decisions.len(),
+                    "store answered the wrong number of charges"
+                ),
+                Err(Error::Store(_)) => {}
+                Err(e) => tracing::error!(error = %e, "store refused a charge"),
+            }
+        }
+        if config.on_error == OnError::Local {
+            match self.shared.fallback.charge_now(charges) {
+                Ok(decisions) => return Some(decisions),
+                Err(e) => tracing::error!(error = %e, "local fallback refused a charge"),
+            }
+        }
+        None
+    }
+
     /// Runs one store call bounded by the timeout, timing it and tracking
     /// the store's health.
     async fn store_call<T>(
@@ -749,13 +960,45 @@ impl<S: Store> Limiter<S> {
     }
 }
 
+/// The check of `cost` units of `rule` for `key`: a probe when the rule is
+/// charged on the answer.
 fn check_of<'a>(rule: &'a CompiledRule, key: &'a str, cost: u64) -> Check<'a> {
     let check = Check::new(rule.name(), &rule.rule.policy, key, cost);
-    if rule.rule.shadow {
+    let check = if rule.rule.shadow {
         check.shadow()
     } else {
         check
+    };
+    if rule.rule.charges_on_answer() {
+        check.probe()
+    } else {
+        check
     }
+}
+
+/// The rule named `rule` of `snapshot`, if `cost` is one it can ever admit.
+fn find_rule<'s>(
+    snapshot: &'s Snapshot,
+    rule: &str,
+    cost: u64,
+) -> Result<&'s CompiledRule, CheckError> {
+    let compiled = snapshot
+        .rules
+        .iter()
+        .find(|r| r.name() == rule)
+        .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
+    let capacity = compiled.rule.policy.capacity();
+    if cost == 0 {
+        return Err(CheckError::ZeroCost);
+    }
+    if cost > capacity {
+        return Err(CheckError::InsufficientCapacity {
+            rule: rule.to_owned(),
+            cost,
+            capacity,
+        });
+    }
+    Ok(compiled)
 }
 
 /// The refusal of a request under a cached penalty block lasting `left`.

@@ -8,7 +8,7 @@ use http_body_util::{Either, Full};
 use tower::Service;
 
 use super::future::ResponseFuture;
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, Pending};
 use crate::peer::peer_addr;
 use crate::response::{grpc_verdict_response, is_grpc, verdict_response};
 use crate::verdict::{BadRequestReason, Verdict};
@@ -61,6 +61,7 @@ where
     Svc::Future: Send + 'static,
     S: Store,
     ReqBody: Send + 'static,
+    ResBody: Send,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = Svc::Error;
@@ -96,7 +97,7 @@ where
         };
         let grpc = is_grpc(request.headers());
         ResponseFuture::new(async move {
-            let verdict = match canonical {
+            let (verdict, pending) = match canonical {
                 Ok(true) => {
                     limiter
                         .check_canonical(
@@ -112,7 +113,7 @@ where
                 // Not rewritten: the check canonicalises it itself.
                 Ok(false) => {
                     limiter
-                        .check_request_with_extensions(
+                        .check_request_for_answer(
                             request.method(),
                             request.uri().path(),
                             request.headers(),
@@ -121,7 +122,10 @@ where
                         )
                         .await
                 }
-                Err(e) => limiter.malformed(BadRequestReason::Path(e)),
+                Err(e) => (
+                    limiter.malformed(BadRequestReason::Path(e)),
+                    Pending::default(),
+                ),
             };
             let refusal = if grpc {
                 grpc_verdict_response(&verdict)
@@ -132,6 +136,14 @@ where
                 return Ok(refusal.map(Either::Right));
             }
             let mut response = inner.call(request).await?;
+            if !pending.is_empty() {
+                // Charged before the answer goes out: a client that sees
+                // its answer finds it counted.
+                let status = response.status();
+                limiter
+                    .charge_answer(pending, status, response.headers_mut())
+                    .await;
+            }
             if let Verdict::Allow(Some(decision)) = &verdict {
                 decision.insert_rate_limit_headers(response.headers_mut());
             }

@@ -240,6 +240,11 @@ impl Store for FlakyStore {
         self.inner.check(checks).await
     }
 
+    async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.gate().await?;
+        self.inner.charge(charges).await
+    }
+
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         self.gate().await?;
         self.inner.peek(rule, policy, key).await
