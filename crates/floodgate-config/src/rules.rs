@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use floodgate_core::{Algorithm, Policy};
-use floodgate_tower::{KeySpec, RequestMatch, Rule};
+use floodgate_tower::{KeySpec, RequestMatch, Rule, StatusSet};
 use http::Method;
+use http::header::HeaderName;
 use serde::Deserialize;
 
 use floodgate_core::duration::parse_duration;
@@ -27,6 +28,8 @@ pub(super) struct RawRule {
     cost: Option<i64>,
     block_for: Option<OneOrMany>,
     shadow: bool,
+    count_status: Option<Vec<StatusItem>>,
+    cost_header: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -38,6 +41,14 @@ struct RawMatch {
     methods: Option<Vec<String>>,
     #[serde(flatten)]
     unknown: Unknown,
+}
+
+/// One entry of `count_status`: a code (`401`) or a class (`"4xx"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StatusItem {
+    Code(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +91,8 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "cost",
                 "block_for",
                 "shadow",
+                "count_status",
+                "cost_header",
             ],
         );
         let name = match r.name {
@@ -160,6 +173,25 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             Some(Ok(w)) => Some(w),
         };
         let block_for = validate_block_for(r.block_for, &at, p);
+        let count_status = r.count_status.map(|items| {
+            let texts: Vec<String> = items
+                .into_iter()
+                .map(|item| match item {
+                    StatusItem::Code(code) => code.to_string(),
+                    StatusItem::Text(text) => text,
+                })
+                .collect();
+            StatusSet::new(texts.iter().map(String::as_str))
+                .map_err(|e| p.add(format!("{at} count_status"), e.to_string()))
+        });
+        let cost_header = r.cost_header.map(|name| {
+            HeaderName::try_from(name.as_str()).map_err(|_| {
+                p.add(
+                    format!("{at} cost_header"),
+                    format!("{name:?} is not an HTTP header name"),
+                )
+            })
+        });
         let cost = r.cost.unwrap_or(1);
         if cost < 1 {
             p.add(
@@ -186,14 +218,17 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
         if p.0.len() == before
             && let (Some(key), Some(policy)) = (key, policy)
         {
-            rules.push(Rule {
-                name,
-                matcher,
-                key,
-                policy,
-                cost: cost as u64,
-                shadow: r.shadow,
-            });
+            let mut rule = Rule::new(name, key, policy)
+                .with_match(matcher)
+                .with_cost(cost as u64)
+                .with_shadow(r.shadow);
+            if let Some(Ok(statuses)) = count_status {
+                rule = rule.with_count_status(statuses);
+            }
+            if let Some(Ok(header)) = cost_header {
+                rule = rule.with_cost_header(header);
+            }
+            rules.push(rule);
         }
     }
     rules

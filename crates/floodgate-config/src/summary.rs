@@ -100,6 +100,15 @@ pub fn summary(s: &Settings) -> String {
             },
             if r.shadow { " (shadow)" } else { "" },
         ));
+        if let Some(statuses) = &r.count_status {
+            out.push_str(&format!("    {:<20} counts only answers {statuses}\n", ""));
+        }
+        if let Some(header) = &r.cost_header {
+            out.push_str(&format!(
+                "    {:<20} charges the cost the answer's {header} names\n",
+                ""
+            ));
+        }
     }
     out
 }

@@ -24,6 +24,18 @@ struct CheckRequest {
     key: String,
     #[serde(default = "one")]
     cost: u64,
+    /// `false`: ask without charging (charge later with `/v1/charge`);
+    /// absent: charge unless the rule is charged on the answer.
+    charge: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargeRequest {
+    rule: String,
+    key: String,
+    #[serde(default = "one")]
+    cost: u64,
 }
 
 fn one() -> u64 {
@@ -46,13 +58,39 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
     })
 }
 
-/// `POST /v1/check` `{"rule": "...", "key": "...", "cost": 1}`.
+/// `POST /v1/check` `{"rule": "...", "key": "...", "cost": 1, "charge": true}`.
 pub async fn check(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: CheckRequest = parse_json(&body)?;
     if req.key.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }
-    match state.limiter.check_key(&req.rule, &req.key, req.cost).await {
+    answer(
+        state
+            .limiter
+            .check_key_with(&req.rule, &req.key, req.cost, req.charge)
+            .await,
+    )
+}
+
+/// `POST /v1/charge` `{"rule": "...", "key": "...", "cost": 1}`: records
+/// the cost whatever the limit says (the answer to a request asked about
+/// with `"charge": false` counted).
+pub async fn charge(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChargeRequest = parse_json(&body)?;
+    if req.key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    answer(
+        state
+            .limiter
+            .charge_key(&req.rule, &req.key, req.cost)
+            .await,
+    )
+}
+
+/// The HTTP answer of a decision API call.
+fn answer(result: Result<Decision, CheckError>) -> Result<Response, ApiError> {
+    match result {
         Ok(d) => Ok((StatusCode::OK, Json(decision_json(&d))).into_response()),
         Err(e @ CheckError::UnknownRule(_)) => Err(ApiError::not_found(e.to_string())),
         Err(e @ (CheckError::ZeroCost | CheckError::InsufficientCapacity { .. })) => Err(

@@ -59,6 +59,10 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
             "/v1/check",
             post(api::check).layer(axum::middleware::from_fn(problems_only)),
         )
+        .route(
+            "/v1/charge",
+            post(api::charge).layer(axum::middleware::from_fn(problems_only)),
+        )
         .with_state(state)
         .fallback_service(limited)
 }

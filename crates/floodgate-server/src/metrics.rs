@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use floodgate_tower::{Observer, Outcome, StoreCall};
+use floodgate_tower::{CostFallback, Observer, Outcome, StoreCall};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +22,17 @@ use prometheus_client::registry::Registry;
 struct DecisionLabels {
     rule: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    rule: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +71,10 @@ pub struct Metrics {
     store_up: Gauge,
     /// Times the gateway stopped accepting at `[server] max_connections`.
     connection_limit_reached: Counter,
+    /// Cost units charged on answers, by rule.
+    charged_units: Family<RuleLabels, Counter>,
+    /// Answers whose cost header was not charged as named, by rule and why.
+    cost_fallbacks: Family<FallbackLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +143,18 @@ impl Metrics {
             "Times the gateway reached server.max_connections and stopped accepting until a connection closed",
             connection_limit_reached.clone(),
         );
+        let charged_units = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "charged_units",
+            "Cost units charged once the answer was known (rules with count_status or cost_header)",
+            charged_units.clone(),
+        );
+        let cost_fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "cost_header_fallbacks",
+            "Answers whose cost header was missing or malformed (the rule's cost was charged) or too large (the rule's capacity was charged)",
+            cost_fallbacks.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -136,6 +163,8 @@ impl Metrics {
             active_blocks,
             store_up,
             connection_limit_reached,
+            charged_units,
+            cost_fallbacks,
         }
     }
 
@@ -209,6 +238,23 @@ impl Observer for Metrics {
 
     fn on_store_health(&self, healthy: bool) {
         self.set_store_up(healthy);
+    }
+
+    fn on_charge(&self, rule: &str, cost: u64) {
+        self.charged_units
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+            })
+            .inc_by(cost);
+    }
+
+    fn on_cost_fallback(&self, rule: &str, reason: CostFallback) {
+        self.cost_fallbacks
+            .get_or_create(&FallbackLabels {
+                rule: rule.to_owned(),
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 }
 

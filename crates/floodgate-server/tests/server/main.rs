@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)] // a failed setup step is a test failure
 
 mod admin;
+mod answers;
 mod chaos;
 mod config;
 mod decision_api;

@@ -7,7 +7,9 @@ use std::time::Duration;
 /// A small real upstream: echoes method, uri, headers and body as JSON (with
 /// an `x-upstream: echo` response header), `/slow?ms=N` answers after N ms,
 /// `/drip?chunks=N&ms=M` streams N lines `drip`, each after a pause of M ms,
-/// `/status/<code>` answers with that status.
+/// `/status/<code>` answers with that status, `/login` answers 200 to the
+/// header `x-password: right` and 401 to anything else, `/cost?units=N`
+/// answers with `x-ratelimit-cost: N` (no header without `units`).
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
     /// Requests the echo route has answered.
@@ -61,6 +63,28 @@ impl Upstream {
                         }
                     });
                     axum::body::Body::new(body)
+                }),
+            )
+            .route(
+                "/login",
+                any(|headers: http::HeaderMap| async move {
+                    if headers.get("x-password").is_some_and(|p| p == "right") {
+                        (http::StatusCode::OK, "welcome")
+                    } else {
+                        (http::StatusCode::UNAUTHORIZED, "wrong password")
+                    }
+                }),
+            )
+            .route(
+                "/cost",
+                any(|Query(q): Query<HashMap<String, String>>| async move {
+                    let mut headers = http::HeaderMap::new();
+                    if let Some(units) = q.get("units")
+                        && let Ok(value) = http::HeaderValue::from_str(units)
+                    {
+                        headers.insert("x-ratelimit-cost", value);
+                    }
+                    (headers, "tokens spent")
                 }),
             )
             .route(
