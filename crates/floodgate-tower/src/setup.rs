@@ -29,10 +29,11 @@ use std::time::Duration;
 use floodgate_core::duration::parse_duration;
 use floodgate_core::{Algorithm, Policy, Store};
 use http::Method;
+use http::header::HeaderName;
 use ipnet::IpNet;
 
 use crate::limiter::{ConfigError, ConfigProblem, Limiter, LimiterConfig, OnError};
-use crate::rule::{AppKey, KeyPart, KeySpec, RequestMatch, Rule};
+use crate::rule::{AppKey, KeyPart, KeySpec, RequestMatch, Rule, StatusSet};
 use crate::target::Target;
 
 /// A duration as a config file writes it (`"250ms"`, `"10s"`, `"1m"`,
@@ -75,6 +76,8 @@ pub struct RuleBuilder {
     bad_methods: Vec<String>,
     cost: u64,
     shadow: bool,
+    count_status: Option<Result<StatusSet, String>>,
+    cost_header: Option<Result<HeaderName, String>>,
 }
 
 impl Rule {
@@ -116,6 +119,8 @@ impl RuleBuilder {
             bad_methods: Vec::new(),
             cost: 1,
             shadow: false,
+            count_status: None,
+            cost_header: None,
         }
     }
 
@@ -201,6 +206,37 @@ impl RuleBuilder {
         self
     }
 
+    /// Charge only answers with these statuses (`"401, 403"`, classes
+    /// such as `"5xx"`): the request is checked before it goes ahead and
+    /// charged once its answer's status is known (see
+    /// [`Rule::with_count_status`]).
+    ///
+    /// ```
+    /// use floodgate_tower::Rule;
+    ///
+    /// let login = Rule::sliding_window("login-failures", 3, "15m")
+    ///     .key("header:x-user")
+    ///     .count_status("401, 403");
+    /// ```
+    pub fn count_status(mut self, statuses: &str) -> Self {
+        self.count_status = Some(
+            statuses
+                .parse()
+                .map_err(|e: crate::rule::StatusSetError| e.to_string()),
+        );
+        self
+    }
+
+    /// Charge the cost the answer names in this header (see
+    /// [`Rule::with_cost_header`]).
+    pub fn cost_header(mut self, header: &str) -> Self {
+        self.cost_header = Some(
+            HeaderName::try_from(header)
+                .map_err(|_| format!("{header:?} is not an HTTP header name")),
+        );
+        self
+    }
+
     /// The rule, or every problem found, each naming its field.
     fn build(self) -> Result<Rule, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
@@ -220,6 +256,12 @@ impl RuleBuilder {
             }
         }
         let key = self.key.map_err(|e| problem("key", e)).ok();
+        let count_status = self
+            .count_status
+            .map(|c| c.map_err(|e| problem("count_status", e)).ok());
+        let cost_header = self
+            .cost_header
+            .map(|c| c.map_err(|e| problem("cost_header", e)).ok());
         for m in &self.bad_methods {
             problem("methods", format!("{m:?} is not an HTTP method"));
         }
@@ -246,10 +288,17 @@ impl RuleBuilder {
         });
         match (policy, key) {
             (Some(policy), Some(key)) if problems.is_empty() => {
-                Ok(Rule::new(self.name, key, policy)
+                let mut rule = Rule::new(self.name, key, policy)
                     .with_match(self.matcher)
                     .with_cost(self.cost)
-                    .with_shadow(self.shadow))
+                    .with_shadow(self.shadow);
+                if let Some(Some(statuses)) = count_status {
+                    rule = rule.with_count_status(statuses);
+                }
+                if let Some(Some(header)) = cost_header {
+                    rule = rule.with_cost_header(header);
+                }
+                Ok(rule)
             }
             _ => Err(problems),
         }

@@ -1023,3 +1023,114 @@ async fn a_grpc_refusal_is_resource_exhausted_with_retry_metadata() {
     );
     server.abort();
 }
+
+/// An app whose `/login` answers 200 to `x-password: right`, else 401, and
+/// whose `/generate` names its cost in `x-cost` (from the query `?cost=N`).
+fn answering_app<S: floodgate_core::Store>(limiter: floodgate_tower::Limiter<S>) -> axum::Router {
+    use axum::routing::post;
+    axum::Router::new()
+        .route(
+            "/login",
+            post(|headers: http::HeaderMap| async move {
+                if headers.get("x-password").is_some_and(|p| p == "right") {
+                    (StatusCode::OK, "welcome")
+                } else {
+                    (StatusCode::UNAUTHORIZED, "no")
+                }
+            }),
+        )
+        .route(
+            "/generate",
+            post(|uri: http::Uri| async move {
+                let cost = uri
+                    .query()
+                    .and_then(|q| q.strip_prefix("cost="))
+                    .unwrap_or("")
+                    .to_owned();
+                ([("x-cost", cost)], "text")
+            }),
+        )
+        .layer(floodgate_tower::FloodgateLayer::new(limiter))
+}
+
+fn post_as(path: &str, user: &str, password: &str) -> Request<Body> {
+    request("POST", path, Some("192.0.2.9"))
+        .header("x-user", user)
+        .header("x-password", password)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn count_status_charges_only_the_answers_that_count() {
+    let clock = clock();
+    let store = memory_store(&clock);
+    let config = LimiterConfig::builder()
+        .rule(
+            Rule::fixed_window("login-failures", 2, "1h")
+                .key("header:x-user")
+                .path_prefix("/login")
+                .count_status("401, 5xx"),
+        )
+        .rule(
+            Rule::token_bucket("tokens", 10, "1h")
+                .key("header:x-user")
+                .path_prefix("/generate")
+                .cost_header("x-cost"),
+        )
+        .build(store.clone())
+        .unwrap();
+    let app = answering_app(config);
+    for _ in 0..5 {
+        assert_eq!(
+            send(&app, post_as("/login", "ann", "right")).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            send(&app, post_as("/login", "ann", "wrong")).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let locked = send(&app, post_as("/login", "ann", "right")).await;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.body
+    );
+    assert_eq!(
+        send(&app, post_as("/login", "ben", "right")).await.status,
+        StatusCode::OK
+    );
+
+    // The cost the answer names: 6, then 6 more goes past the 10 held
+    // (admitted: 4 were left), then refused; the header never leaves.
+    for cost in ["6", "6"] {
+        let r = send(&app, post_as(&format!("/generate?cost={cost}"), "ann", "")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.header("x-cost"),
+            None,
+            "the cost header reached the client"
+        );
+    }
+    let refused = send(&app, post_as("/generate?cost=1", "ann", "")).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let tokens = policy(Algorithm::TokenBucket, 10, 3600);
+    assert_eq!(
+        store
+            .peek_now("tokens", &tokens, "header:x-user:ann")
+            .remaining,
+        0
+    );
+    // A malformed cost charges the rule's cost (1).
+    send(&app, post_as("/generate?cost=x", "cat", "")).await;
+    assert_eq!(
+        store
+            .peek_now("tokens", &tokens, "header:x-user:cat")
+            .remaining,
+        9
+    );
+}
