@@ -61,6 +61,7 @@ pub(crate) struct QueuedCheck {
     pub(crate) cost: u64,
     pub(crate) shadow: bool,
     pub(crate) probe: bool,
+    pub(crate) charge: bool,
 }
 
 /// One request's batch, waiting for a call.
@@ -258,6 +259,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             penalties: true,
             shadow: c.shadow,
             probe: c.probe,
+            charge: c.charge,
             cost: c.cost,
         })
         .collect();

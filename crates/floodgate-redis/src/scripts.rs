@@ -49,10 +49,6 @@ pub(crate) static CHECK: LazyLock<LuaScript> =
 pub(crate) static PEEK: LazyLock<LuaScript> =
     lua_script!("peek" "{'no-writes'}": "common", "limits", "peek");
 
-/// `charge.lua`: records costs whatever the limits say.
-pub(crate) static CHARGE: LazyLock<LuaScript> =
-    lua_script!("charge" "{}": "common", "limits", "charge");
-
 /// `block_put.lua`: records a manual or penalty block in the registry.
 pub(crate) static BLOCK_PUT: LazyLock<LuaScript> =
     lua_script!("block_put" "{}": "common", "registry", "block_put");

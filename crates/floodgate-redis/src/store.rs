@@ -19,8 +19,8 @@ use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, Dialect, DialectSwitch, LuaScript, ScriptCall};
 use crate::wire::{
-    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_charges, push_checks,
-    push_policy, unpack_check_reply,
+    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_checks, push_policy,
+    unpack_check_reply,
 };
 
 /// The longest manual block accepted (about 142 years): keeps `now + ttl`
@@ -93,6 +93,8 @@ enum Mode {
     PenaltiesOnly,
     /// Decide only: nothing is written.
     DryRun,
+    /// Record every cost whatever the limits say (Store::charge).
+    Charge,
 }
 
 /// The checks of one batch that share a client key (one hash slot), by
@@ -282,7 +284,7 @@ impl RedisStore {
         mode: Mode,
     ) -> Result<Vec<Decision>, Error> {
         let keys = &self.inner.keys;
-        let guarded = mode != Mode::Commit;
+        let guarded = matches!(mode, Mode::PenaltiesOnly | Mode::DryRun);
         let n = group.len() + usize::from(guarded);
         let mut call = self.script_call(&scripts::CHECK, 2 * n, CHECK_FIXED_ARGS + 2 * n);
         // One buffer for every key name: the command copies each in.
@@ -310,6 +312,7 @@ impl RedisStore {
                     penalties: mode != Mode::DryRun,
                     shadow: c.shadow,
                     probe: c.probe,
+                    charge: mode == Mode::Charge,
                     cost: c.cost,
                 }
             })
@@ -321,6 +324,7 @@ impl RedisStore {
                 penalties: false,
                 shadow: false,
                 probe: false,
+                charge: false,
                 cost: 2,
             });
         }
@@ -329,6 +333,7 @@ impl RedisStore {
             Mode::Commit => "check",
             Mode::PenaltiesOnly => "check (penalties only)",
             Mode::DryRun => "check (dry run)",
+            Mode::Charge => "charge",
         };
         let reply = self.invoke_check(deadline, what, &call).await?;
         if reply.len() != n * DECISION_FIELDS {
@@ -367,6 +372,7 @@ impl RedisStore {
         coalescer: &Arc<Coalescer>,
         deadline: Instant,
         checks: &[Check<'_>],
+        charge: bool,
     ) -> Result<Vec<Decision>, Error> {
         let keys = &self.inner.keys;
         let queued = checks
@@ -378,6 +384,7 @@ impl RedisStore {
                 cost: c.cost,
                 shadow: c.shadow,
                 probe: c.probe,
+                charge,
             })
             .collect();
         let reply = coalescer
@@ -385,48 +392,6 @@ impl RedisStore {
             .await?;
         let all: Vec<usize> = (0..checks.len()).collect();
         self.decisions(deadline, checks, &all, &reply).await
-    }
-
-    /// One `charge.lua` call for the charges of `group` (indices into
-    /// `charges`, one hash slot).
-    async fn charge_group(
-        &self,
-        deadline: Instant,
-        charges: &[Check<'_>],
-        group: &[usize],
-    ) -> Result<Vec<Decision>, Error> {
-        let keys = &self.inner.keys;
-        let n = group.len();
-        let mut call = self.script_call(&scripts::CHARGE, 2 * n, 3 + 2 * n);
-        let mut name = String::new();
-        for &i in group {
-            let c = &charges[i];
-            keys.write_state(&mut name, c.rule, c.key);
-            call.key(name.as_str());
-            keys.write_block(&mut name, c.rule, c.key);
-            call.key(name.as_str());
-        }
-        call.arg(self.now_arg()).arg(self.inner.margin_ms);
-        let args: Vec<(&Policy, u64)> = group
-            .iter()
-            .map(|&i| (charges[i].policy, charges[i].cost))
-            .collect();
-        push_charges(&mut call, &args);
-        let reply: Vec<i64> = self.invoke(deadline, "charge", &call).await?;
-        if reply.len() != n * DECISION_FIELDS {
-            return Err(bad_reply(
-                "charge",
-                format!(
-                    "{} decisions for {n} charges",
-                    reply.len() / DECISION_FIELDS
-                ),
-            ));
-        }
-        group
-            .iter()
-            .zip(reply.chunks_exact(DECISION_FIELDS))
-            .map(|(&i, fields)| decision_from(charges[i].policy, fields))
-            .collect()
     }
 
     /// [`RedisStore::run_group`] for each of `groups`, concurrently.
@@ -590,7 +555,10 @@ impl Store for RedisStore {
         };
         match coalescer.try_lead(self) {
             Some(_lead) => self.run_group(deadline, checks, &all, Mode::Commit).await,
-            None => self.check_coalesced(coalescer, deadline, checks).await,
+            None => {
+                self.check_coalesced(coalescer, deadline, checks, false)
+                    .await
+            }
         }
     }
 
@@ -600,35 +568,41 @@ impl Store for RedisStore {
         Some(self.inner.config.timeout)
     }
 
-    /// One `charge.lua` call; on a cluster, one per client key (hash
-    /// slot), concurrently. Charges are independent of each other, so
-    /// splitting them changes nothing but where they run.
+    /// One atomic `check.lua` call whose checks are all charges, shared
+    /// with other requests' calls like any check; on a cluster, one call per
+    /// client key (hash slot), concurrently. Charges are independent of
+    /// each other, so splitting them changes nothing but where they run.
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_charges(charges)?;
         if charges.is_empty() {
             return Ok(Vec::new());
         }
         let deadline = self.deadline();
-        let groups = if self.inner.link.is_cluster() {
-            slot_groups(charges)
-        } else {
-            vec![SlotGroup {
-                indices: (0..charges.len()).collect(),
-            }]
+        if self.inner.link.is_cluster() {
+            let groups = slot_groups(charges);
+            let all: Vec<&SlotGroup> = groups.iter().collect();
+            let answers = self
+                .run_groups(deadline, charges, &all, Mode::Charge)
+                .await?;
+            let mut decisions: Vec<Option<Decision>> = vec![None; charges.len()];
+            for (g, ds) in groups.iter().zip(answers) {
+                for (&i, d) in g.indices.iter().zip(ds) {
+                    decisions[i] = Some(d);
+                }
+            }
+            return Ok(decisions.into_iter().flatten().collect());
+        }
+        let all: Vec<usize> = (0..charges.len()).collect();
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.run_group(deadline, charges, &all, Mode::Charge).await;
         };
-        let answers = try_join_all(
-            groups
-                .iter()
-                .map(|g| self.charge_group(deadline, charges, &g.indices)),
-        )
-        .await?;
-        let mut decisions: Vec<Option<Decision>> = vec![None; charges.len()];
-        for (g, ds) in groups.iter().zip(answers) {
-            for (&i, d) in g.indices.iter().zip(ds) {
-                decisions[i] = Some(d);
+        match coalescer.try_lead(self) {
+            Some(_lead) => self.run_group(deadline, charges, &all, Mode::Charge).await,
+            None => {
+                self.check_coalesced(coalescer, deadline, charges, true)
+                    .await
             }
         }
-        Ok(decisions.into_iter().flatten().collect())
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

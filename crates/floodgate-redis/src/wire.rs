@@ -29,6 +29,9 @@ pub(crate) struct CheckArg<'a> {
     pub(crate) shadow: bool,
     /// Decided but never charged.
     pub(crate) probe: bool,
+    /// Charged whatever the limit says (Store::charge); `shadow` and
+    /// `probe` do not apply.
+    pub(crate) charge: bool,
     pub(crate) cost: u64,
 }
 
@@ -43,11 +46,12 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
     let mut distinct: Vec<(&Policy, bool, &str)> = Vec::new();
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
-        let mode = match (c.shadow, c.probe) {
-            (false, false) => "0",
-            (true, false) => "1",
-            (false, true) => "2",
-            (true, true) => "3",
+        let mode = match (c.charge, c.shadow, c.probe) {
+            (true, _, _) => "4",
+            (false, false, false) => "0",
+            (false, true, false) => "1",
+            (false, false, true) => "2",
+            (false, true, true) => "3",
         };
         let entry = (c.policy, c.penalties, mode);
         let at = match distinct.iter().position(|d| *d == entry) {
@@ -66,30 +70,6 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
     }
     for (number, c) in numbers.into_iter().zip(checks) {
         call.arg(number).arg(c.cost);
-    }
-}
-
-/// Appends ARGV[3..] of `charge.lua` (see its header): each distinct
-/// policy once, then each charge's policy number and cost.
-pub(crate) fn push_charges(call: &mut ScriptCall, charges: &[(&Policy, u64)]) {
-    let mut distinct: Vec<&Policy> = Vec::new();
-    let mut numbers: Vec<usize> = Vec::with_capacity(charges.len());
-    for (policy, _) in charges {
-        let at = match distinct.iter().position(|d| *d == *policy) {
-            Some(at) => at,
-            None => {
-                distinct.push(policy);
-                distinct.len() - 1
-            }
-        };
-        numbers.push(at + 1);
-    }
-    call.arg(distinct.len());
-    for policy in distinct {
-        push_policy(call, policy, false);
-    }
-    for (number, (_, cost)) in numbers.into_iter().zip(charges) {
-        call.arg(number).arg(*cost);
     }
 }
 

@@ -17,7 +17,9 @@
 --   then 7 per policy (each distinct one once, however many checks use it):
 --     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
 --     none; a block ladder's steps as "step,step,..."), mode: "0" enforce,
---     "1" shadow, "2" probe (enforce, never charge), "3" shadow probe
+--     "1" shadow, "2" probe (enforce, never charge), "3" shadow probe, "4"
+--     charge (Store::charge: record the cost whatever the limit says, never
+--     refuse, start no penalty; its reply is what a peek finds after)
 --   then 2 per check: its policy's number (1..P), cost
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
@@ -51,6 +53,21 @@ local function state_of(key, p)
   return decode_state(values[key], p)
 end
 
+-- Charges check i (policy `p`) `cost` whatever its limit says, at once;
+-- its reply is what a peek finds after. Returned as decide_check does: it
+-- never vetoes its batch, and leaves nothing to commit.
+local function charge_check(i, p, cost)
+  local key = KEYS[2 * i - 1]
+  local a, b, c = state_of(key, p)
+  values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
+  a, b, c = state_of(key, p)
+  local d = peek_decision(p, now, decode_penalty(values[KEYS[2 * i]]), a, b, c)
+  reply[i] = pack_struct('<Bdddd', d[1] + 2 * d[5], d[2], d[3], d[4], 0)
+  admitted_check[i] = false
+  offence_of[i] = 0
+  return true, p, cost, 0, a, b, c
+end
+
 -- Decides the check at ARGV[at] and KEYS[2i-1], KEYS[2i]; its decision goes
 -- to the reply, at the place of check i. Returns whether it lets its batch
 -- be admitted, its policy and cost, the end of the penalty block it starts
@@ -61,6 +78,9 @@ local function decide_check(i, at)
   local cost = num(ARGV[at + 1])
   if not p or not cost then
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
+  end
+  if p.charge then
+    return charge_check(i, p, cost)
   end
   local a, b, c = state_of(KEYS[2 * i - 1], p)
   local until_us, offences = decode_penalty(values[KEYS[2 * i]])
@@ -135,6 +155,7 @@ local function main()
     local mode = ARGV[at + 6]
     p.shadow = mode == '1' or mode == '3'
     p.probe = mode == '2' or mode == '3'
+    p.charge = mode == '4'
     policies[tostring(j)] = p
   end
   local sizes = batch_sizes(n)
