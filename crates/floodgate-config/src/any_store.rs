@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use floodgate_core::{Block, Check, Decision, Error, MemoryStore, Policy, Store};
+use floodgate_core::{
+    Block, Check, Decision, Error, KeyOverride, MemoryStore, OverrideChanges, Policy, Store,
+};
 use floodgate_redis::{RedisConfig, RedisStore, Topology};
 
 use crate::store::{Backend, RedisLayout, StoreSettings};
@@ -73,6 +75,22 @@ impl Store for AnyStore {
 
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         dispatch!(self, s => s.charge(charges))
+    }
+
+    async fn put_override(
+        &self,
+        o: &KeyOverride,
+        ttl: Option<Duration>,
+    ) -> Result<KeyOverride, Error> {
+        dispatch!(self, s => s.put_override(o, ttl))
+    }
+
+    async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        dispatch!(self, s => s.remove_override(rule, key))
+    }
+
+    async fn override_changes(&self, since: u64, max: usize) -> Result<OverrideChanges, Error> {
+        dispatch!(self, s => s.override_changes(since, max))
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

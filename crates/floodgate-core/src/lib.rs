@@ -43,6 +43,7 @@ mod decision;
 pub mod duration;
 mod error;
 mod memory;
+pub mod overrides;
 mod policy;
 mod store;
 
@@ -51,6 +52,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
 pub use decision::Decision;
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
+pub use overrides::{KeyOverride, OverrideChange, OverrideChanges};
 pub use policy::{
     Algorithm, MAX_BLOCK_STEPS, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy,
     PolicyError,

@@ -18,6 +18,7 @@ use crate::block::{Block, BlockSource};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::decision::Decision;
 use crate::error::Error;
+use crate::overrides::{KeyOverride, OverrideBook, OverrideChanges};
 use crate::policy::Policy;
 use crate::store::{Check, Store, admitted, validate_charges, validate_checks};
 
@@ -214,6 +215,7 @@ struct Inner {
     /// they belong to, so they are bounded by `max_keys` with it and a listed
     /// penalty is always one that is enforced.
     manual_blocks: Mutex<HashMap<String, Block>>,
+    overrides: Mutex<OverrideBook>,
 }
 
 /// An in-memory [`Store`]. Cheap to clone; clones share state.
@@ -263,6 +265,7 @@ impl MemoryStore {
                 hasher: KeyHasher(foldhash::fast::RandomState::default()),
                 clock,
                 manual_blocks: Mutex::new(HashMap::new()),
+                overrides: Mutex::default(),
             }),
         }
     }
@@ -445,6 +448,26 @@ impl MemoryStore {
         block
     }
 
+    /// [`Store::put_override`], synchronously.
+    pub fn put_override_now(&self, o: &KeyOverride, ttl: Option<Duration>) -> KeyOverride {
+        let now = self.inner.clock.now();
+        let stored = KeyOverride {
+            expires: ttl.map(|ttl| now.saturating_add(ttl)),
+            ..o.clone()
+        };
+        self.inner
+            .overrides
+            .lock()
+            .put(stored.clone(), now.as_micros());
+        stored
+    }
+
+    /// [`Store::remove_override`], synchronously.
+    pub fn remove_override_now(&self, rule: &str, key: &str) -> bool {
+        let now = self.inner.clock.now().as_micros();
+        self.inner.overrides.lock().remove(rule, key, now)
+    }
+
     /// [`Store::remove_block`], synchronously: the manual block of `target`
     /// and every rule's penalty on it. Penalties are found by a scan of all
     /// state, which is fine for an operator's call.
@@ -563,6 +586,22 @@ impl Store for MemoryStore {
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {
         Ok(self.blocks_now())
+    }
+
+    async fn put_override(
+        &self,
+        o: &KeyOverride,
+        ttl: Option<Duration>,
+    ) -> Result<KeyOverride, Error> {
+        Ok(self.put_override_now(o, ttl))
+    }
+
+    async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        Ok(self.remove_override_now(rule, key))
+    }
+
+    async fn override_changes(&self, since: u64, max: usize) -> Result<OverrideChanges, Error> {
+        Ok(self.inner.overrides.lock().changes(since, max))
     }
 
     async fn ping(&self) -> Result<(), Error> {

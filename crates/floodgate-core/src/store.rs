@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::block::Block;
 use crate::decision::Decision;
 use crate::error::Error;
+use crate::overrides::{KeyOverride, OverrideChanges};
 use crate::policy::Policy;
 
 /// One rule to check for one request.
@@ -179,6 +180,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every block in force, manual and penalty.
     fn blocks(&self) -> impl Future<Output = Result<Vec<Block>, Error>> + Send;
+
+    /// Puts `o` in force for its rule and key, replacing any override of
+    /// them, until `ttl` from now by the store's own clock (`None`: until
+    /// removed; `o.expires` is ignored). Returns it as stored. Expired
+    /// overrides the store finds on its way are dropped.
+    fn put_override(
+        &self,
+        o: &KeyOverride,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<KeyOverride, Error>> + Send;
+
+    /// Removes the override of (rule, key). Returns whether there was one.
+    fn remove_override(
+        &self,
+        rule: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Up to `max` override changes made after change number `since`
+    /// (0: every override there is), oldest first: how instances keep
+    /// their copies in step.
+    fn override_changes(
+        &self,
+        since: u64,
+        max: usize,
+    ) -> impl Future<Output = Result<OverrideChanges, Error>> + Send;
 
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;

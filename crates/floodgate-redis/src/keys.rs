@@ -63,6 +63,14 @@ impl KeyLayout {
         format!("{}:blocks", self.prefix)
     }
 
+    /// The four keys of the per-key overrides (one hash slot, the
+    /// `{overrides}` tag): the map, the change log, the last change's
+    /// number and the expiry index (see `overrides.lua`). No client key's
+    /// name ends like these.
+    pub(crate) fn overrides(&self) -> [String; 4] {
+        ["map", "log", "seq", "expiry"].map(|part| format!("{}:{{overrides}}:{part}", self.prefix))
+    }
+
     fn write_rule_key(&self, out: &mut String, rule: &str, key: &str, suffix: &str) {
         // The rule sits between the tag's `}` and a fixed suffix, so even a
         // rule name containing `:` or braces cannot make two keys collide.

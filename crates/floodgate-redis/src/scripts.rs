@@ -49,6 +49,10 @@ pub(crate) static CHECK: LazyLock<LuaScript> =
 pub(crate) static PEEK: LazyLock<LuaScript> =
     lua_script!("peek" "{'no-writes'}": "common", "limits", "peek");
 
+/// `overrides.lua`: per-key overrides.
+pub(crate) static OVERRIDES: LazyLock<LuaScript> =
+    lua_script!("overrides" "{}": "common", "overrides");
+
 /// `block_put.lua`: records a manual or penalty block in the registry.
 pub(crate) static BLOCK_PUT: LazyLock<LuaScript> =
     lua_script!("block_put" "{}": "common", "registry", "block_put");

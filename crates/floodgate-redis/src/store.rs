@@ -5,8 +5,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use floodgate_core::{
-    Algorithm, Block, BlockSource, Check, Decision, Error, Policy, Store, StoreError,
-    StoreErrorKind, Timestamp, micros_of, validate_charges, validate_checks,
+    Algorithm, Block, BlockSource, Check, Decision, Error, KeyOverride, OverrideChange,
+    OverrideChanges, Policy, Store, StoreError, StoreErrorKind, Timestamp, micros_of,
+    validate_charges, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
@@ -394,6 +395,17 @@ impl RedisStore {
         self.decisions(deadline, checks, &all, &reply).await
     }
 
+    /// A call of `overrides.lua` on its four keys, with ARGV[1] (now) set
+    /// and `args` more arguments to come.
+    fn override_call(&self, args: usize) -> ScriptCall {
+        let mut call = self.script_call(&scripts::OVERRIDES, 4, 1 + args);
+        for key in self.inner.keys.overrides() {
+            call.key(key.as_str());
+        }
+        call.arg(self.now_arg());
+        call
+    }
+
     /// [`RedisStore::run_group`] for each of `groups`, concurrently.
     async fn run_groups(
         &self,
@@ -465,6 +477,71 @@ impl RedisStore {
         }
         Ok(decisions.into_iter().flatten().collect())
     }
+}
+
+/// The override changes an `overrides.lua` "changes" call answered.
+fn override_changes_from(reply: &[redis::Value]) -> Result<OverrideChanges, Error> {
+    let bad = |what: String| bad_reply("override_changes", what);
+    let int = |v: &redis::Value| -> Result<u64, Error> {
+        redis::from_redis_value::<u64>(v.clone()).map_err(|e| bad(e.to_string()))
+    };
+    let [version, reset, more, rest @ ..] = reply else {
+        return Err(bad(format!("{} values", reply.len())));
+    };
+    let mut out = OverrideChanges {
+        version: int(version)?,
+        reset: int(reset)? == 1,
+        more: int(more)? == 1,
+        changes: Vec::with_capacity(rest.len() / 2),
+    };
+    for pair in rest.chunks(2) {
+        let [field, value] = pair else {
+            return Err(bad("a field without a value".to_owned()));
+        };
+        let field: String =
+            redis::from_redis_value(field.clone()).map_err(|e| bad(e.to_string()))?;
+        let (key, rule) =
+            split_registry_field(&field).ok_or_else(|| bad(format!("field {field:?}")))?;
+        let now = match value {
+            redis::Value::Nil => None,
+            v => {
+                let text: String =
+                    redis::from_redis_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+                Some(
+                    parse_override(rule, key, &text)
+                        .ok_or_else(|| bad(format!("value {text:?}")))?,
+                )
+            }
+        };
+        out.changes.push(OverrideChange {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            now,
+        });
+    }
+    Ok(out)
+}
+
+/// An override stored as `<limit>:<window_us>:<burst>:<expires_us>`.
+fn parse_override(rule: &str, key: &str, text: &str) -> Option<KeyOverride> {
+    let mut parts = text.split(':').map(|p| p.parse::<u64>().ok());
+    let (Some(Some(limit)), Some(Some(window)), Some(Some(burst)), Some(Some(expires)), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some(KeyOverride {
+        rule: rule.to_owned(),
+        key: key.to_owned(),
+        limit,
+        window: (window > 0).then(|| Duration::from_micros(window)),
+        burst: (burst > 0).then_some(burst),
+        expires: (expires > 0).then(|| Timestamp::from_micros(expires)),
+    })
 }
 
 /// The checks of `checks` grouped by client key, in first-seen order.
@@ -689,6 +766,47 @@ impl Store for RedisStore {
             cleared?;
         }
         Ok(lifted == "1")
+    }
+
+    async fn put_override(
+        &self,
+        o: &KeyOverride,
+        ttl: Option<Duration>,
+    ) -> Result<KeyOverride, Error> {
+        let value = format!(
+            "{}:{}:{}:",
+            o.limit,
+            o.window.map_or(0, micros_of),
+            o.burst.unwrap_or(0)
+        );
+        let mut call = self.override_call(4);
+        call.arg("put")
+            .arg(registry_field(&o.key, &o.rule))
+            .arg(value)
+            .arg(ttl.map_or(0, |ttl| micros_of(ttl).max(1)));
+        let expires: u64 = self.invoke(self.deadline(), "put_override", &call).await?;
+        Ok(KeyOverride {
+            expires: (expires > 0).then(|| Timestamp::from_micros(expires)),
+            ..o.clone()
+        })
+    }
+
+    async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        let mut call = self.override_call(2);
+        call.arg("remove").arg(registry_field(key, rule));
+        let existed: u64 = self
+            .invoke(self.deadline(), "remove_override", &call)
+            .await?;
+        Ok(existed == 1)
+    }
+
+    async fn override_changes(&self, since: u64, max: usize) -> Result<OverrideChanges, Error> {
+        let mut call = self.override_call(3);
+        call.arg("changes").arg(since).arg(max.max(1));
+        let reply: Vec<redis::Value> = self
+            .invoke(self.deadline(), "override_changes", &call)
+            .await?;
+        override_changes_from(&reply)
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {

@@ -384,6 +384,29 @@ impl Store for RecordingStore {
             .collect())
     }
 
+    async fn put_override(
+        &self,
+        o: &floodgate_core::KeyOverride,
+        _ttl: Option<Duration>,
+    ) -> Result<floodgate_core::KeyOverride, Error> {
+        Ok(o.clone())
+    }
+
+    async fn remove_override(&self, _rule: &str, _key: &str) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    async fn override_changes(
+        &self,
+        since: u64,
+        _max: usize,
+    ) -> Result<floodgate_core::OverrideChanges, Error> {
+        Ok(floodgate_core::OverrideChanges {
+            version: since,
+            ..Default::default()
+        })
+    }
+
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         floodgate_core::validate_charges(charges)?;
         Ok(charges

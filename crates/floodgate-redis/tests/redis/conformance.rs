@@ -698,3 +698,11 @@ proptest! {
         runtime().block_on(assert_conform("conform-prop", &rules, &ops));
     }
 }
+
+/// The overrides' part of the basics on a standalone Redis (the topology
+/// tests run the whole basics, overrides included, on Cluster and
+/// Sentinel).
+#[tokio::test]
+async fn overrides_and_their_change_log_match_memory() {
+    crate::support::assert_basics_like_memory(|clock| redis_on_clock("conform-basics", clock)).await;
+}

@@ -160,6 +160,10 @@ enum Outcome {
     Flag(bool),
     Added(floodgate_core::Block),
     Blocks(Vec<floodgate_core::Block>),
+    /// A page of override changes.
+    Overrides(floodgate_core::OverrideChanges),
+    /// An override as stored.
+    Override(floodgate_core::KeyOverride),
     /// A refusal that started a block ladder's penalty, and the length (µs)
     /// of the block it started.
     Ladder(floodgate_core::Decision, u64),
@@ -216,6 +220,18 @@ pub(crate) async fn assert_basics_like_memory(
             })
             .collect();
         assert_eq!(started, [1, 3, 6, 6, 1, 3, 1], "{algorithm}: ladder steps");
+        // The last page of override changes: the removal, the new one,
+        // then the three expired ones its put dropped.
+        let Some(Outcome::Overrides(last)) = memory.last() else {
+            panic!("{algorithm}: no override changes at the end");
+        };
+        let limits: Vec<Option<u64>> = last
+            .changes
+            .iter()
+            .map(|c| c.now.as_ref().map(|o| o.limit))
+            .collect();
+        assert_eq!(limits, [None, Some(11), None, None, None], "{algorithm}: {last:?}");
+        assert!(!last.more && !last.reset);
         assert!(
             decisions().any(|d| !d.allowed && !d.blocked),
             "{algorithm}: no refusal"
@@ -348,7 +364,55 @@ async fn basics_sequence<S: floodgate_core::Store>(
     steps.push(Outcome::Flag(store.remove_block(ladder).await.unwrap()));
     clock.advance(Duration::from_secs(2));
     offend(&mut steps).await; // 1 s
+
+    override_sequence(store, clock, &mut steps).await;
     steps
+}
+
+/// Per-key overrides: puts with and without a time to live, a replacement,
+/// a removal, expiry (dropped by the next write), and the change log read
+/// in pages, from the start and from the middle, and past its end.
+async fn override_sequence<S: floodgate_core::Store>(
+    store: &S,
+    clock: &ManualClock,
+    steps: &mut Vec<Outcome>,
+) {
+    use floodgate_core::KeyOverride;
+    let o = |rule: &str, key: &str, limit: u64| KeyOverride {
+        rule: rule.to_owned(),
+        key: key.to_owned(),
+        limit,
+        window: (limit % 2 == 0).then(|| Duration::from_secs(limit)),
+        burst: (limit % 3 == 0).then_some(limit * 2),
+        expires: None,
+    };
+    let ttl = Some(Duration::from_secs(5));
+    let mut put = async |o: KeyOverride, ttl: Option<Duration>| {
+        Outcome::Override(store.put_override(&o, ttl).await.unwrap())
+    };
+    steps.push(Outcome::Overrides(store.override_changes(0, 10).await.unwrap()));
+    steps.push(put(o("main", BASIC_KEYS[0], 7), None).await);
+    steps.push(put(o("main", BASIC_KEYS[1], 8), ttl).await);
+    steps.push(put(o("penalised", BASIC_KEYS[1], 9), ttl).await);
+    steps.push(put(o("main", "{odd}:key%", 10), None).await);
+    // Replaced: one change per (rule, key), the latest.
+    steps.push(put(o("main", BASIC_KEYS[0], 12), ttl).await);
+    for (since, max) in [(0, 2), (2, 2), (4, 10), (0, 100), (99, 10)] {
+        steps.push(Outcome::Overrides(
+            store.override_changes(since, max).await.unwrap(),
+        ));
+    }
+    steps.push(Outcome::Flag(
+        store.remove_override("main", "{odd}:key%").await.unwrap(),
+    ));
+    steps.push(Outcome::Flag(
+        store.remove_override("main", "{odd}:key%").await.unwrap(),
+    ));
+    // Past their time to live: the next write drops all three, in order
+    // of expiry.
+    clock.advance(Duration::from_secs(6));
+    steps.push(put(o("penalised", BASIC_KEYS[2], 11), None).await);
+    steps.push(Outcome::Overrides(store.override_changes(5, 100).await.unwrap()));
 }
 
 /// The client key of the block ladder in [`basics_sequence`].

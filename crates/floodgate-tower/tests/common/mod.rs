@@ -245,6 +245,29 @@ impl Store for FlakyStore {
         self.inner.charge(charges).await
     }
 
+    async fn put_override(
+        &self,
+        o: &floodgate_core::KeyOverride,
+        ttl: Option<Duration>,
+    ) -> Result<floodgate_core::KeyOverride, Error> {
+        self.gate().await?;
+        self.inner.put_override(o, ttl).await
+    }
+
+    async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        self.gate().await?;
+        self.inner.remove_override(rule, key).await
+    }
+
+    async fn override_changes(
+        &self,
+        since: u64,
+        max: usize,
+    ) -> Result<floodgate_core::OverrideChanges, Error> {
+        self.gate().await?;
+        self.inner.override_changes(since, max).await
+    }
+
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         self.gate().await?;
         self.inner.peek(rule, policy, key).await
