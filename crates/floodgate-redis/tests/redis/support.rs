@@ -382,12 +382,12 @@ async fn override_sequence<S: floodgate_core::Store>(
         rule: rule.to_owned(),
         key: key.to_owned(),
         limit,
-        window: (limit % 2 == 0).then(|| Duration::from_secs(limit)),
-        burst: (limit % 3 == 0).then_some(limit * 2),
+        window: limit.is_multiple_of(2).then(|| Duration::from_secs(limit)),
+        burst: limit.is_multiple_of(3).then_some(limit * 2),
         expires: None,
     };
     let ttl = Some(Duration::from_secs(5));
-    let mut put = async |o: KeyOverride, ttl: Option<Duration>| {
+    let put = async |o: KeyOverride, ttl: Option<Duration>| {
         Outcome::Override(store.put_override(&o, ttl).await.unwrap())
     };
     steps.push(Outcome::Overrides(store.override_changes(0, 10).await.unwrap()));
