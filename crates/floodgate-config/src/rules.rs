@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floodgate_core::{Algorithm, Policy};
+use floodgate_core::{Algorithm, KeyOverride, Policy};
 use floodgate_tower::{KeySpec, RequestMatch, Rule, StatusSet};
 use http::Method;
 use http::header::HeaderName;
@@ -30,6 +30,20 @@ pub(super) struct RawRule {
     shadow: bool,
     count_status: Option<Vec<StatusItem>>,
     cost_header: Option<String>,
+    #[serde(rename = "override")]
+    overrides: Vec<RawOverride>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// `[[rule.override]]`: a per-key limit fixed in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawOverride {
+    key: Option<String>,
+    limit: Option<i64>,
+    window: Option<String>,
+    burst: Option<i64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -93,6 +107,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "shadow",
                 "count_status",
                 "cost_header",
+                "override",
             ],
         );
         let name = match r.name {
@@ -228,7 +243,28 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             if let Some(Ok(header)) = cost_header {
                 rule = rule.with_cost_header(header);
             }
-            rules.push(rule);
+            let mut seen: Vec<String> = Vec::new();
+            let mut bad = false;
+            for (i, raw) in r.overrides.into_iter().enumerate() {
+                let at = format!("{at} override #{}", i + 1);
+                match validate_override(raw, &rule, &at, p) {
+                    Some(o) if seen.contains(&o.key) => {
+                        p.add(
+                            format!("{at} key"),
+                            format!("{:?} has another override in this rule", o.key),
+                        );
+                        bad = true;
+                    }
+                    Some(o) => {
+                        seen.push(o.key.clone());
+                        rule = rule.with_override(o);
+                    }
+                    None => bad = true,
+                }
+            }
+            if !bad {
+                rules.push(rule);
+            }
         }
     }
     rules
@@ -273,6 +309,87 @@ fn build_policy(
             .ok()?;
     }
     Some(policy)
+}
+
+/// One `[[rule.override]]` of `rule`: a valid policy for it, that admits the
+/// rule's cost.
+fn validate_override(
+    raw: RawOverride,
+    rule: &Rule,
+    at: &str,
+    p: &mut Problems,
+) -> Option<KeyOverride> {
+    p.unknown(at, &raw.unknown, &["key", "limit", "window", "burst"]);
+    let key = match raw.key {
+        Some(k) if !k.is_empty() => k,
+        Some(_) => {
+            p.add(format!("{at} key"), "must not be empty");
+            return None;
+        }
+        None => {
+            p.add(
+                format!("{at} key"),
+                "missing (the key as the rule forms it, e.g. \"ip:203.0.113.7\")",
+            );
+            return None;
+        }
+    };
+    let Some(limit) = raw.limit else {
+        p.add(format!("{at} limit"), "missing");
+        return None;
+    };
+    if limit < 1 {
+        p.add(
+            format!("{at} limit"),
+            format!("must be at least 1, got {limit}"),
+        );
+        return None;
+    }
+    let window = match raw.window.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            p.add(format!("{at} window"), e);
+            return None;
+        }
+    };
+    let burst = match raw.burst {
+        None => None,
+        Some(b) if b >= 1 => Some(b as u64),
+        Some(b) => {
+            p.add(
+                format!("{at} burst"),
+                format!("must be at least 1, got {b}"),
+            );
+            return None;
+        }
+    };
+    let o = KeyOverride {
+        rule: rule.name.clone(),
+        key,
+        limit: limit as u64,
+        window,
+        burst,
+        expires: None,
+    };
+    match o.policy(&rule.policy) {
+        Err(e) => {
+            p.add(at.to_owned(), e.to_string());
+            None
+        }
+        Ok(policy) if policy.capacity() < rule.cost => {
+            p.add(
+                at.to_owned(),
+                format!(
+                    "holds {} at most, less than the rule's cost {}",
+                    policy.capacity(),
+                    rule.cost
+                ),
+            );
+            None
+        }
+        Ok(_) => Some(o),
+    }
 }
 
 /// `block_for`: one duration, or a ladder of them (`["1m", "10m", "1h"]`).

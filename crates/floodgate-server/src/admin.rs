@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and, behind a bearer
-//! token, `/admin/blocks` and `/admin/rules/<rule>/keys/<key>`.
+//! token, `/admin/blocks`, `/admin/rules/<rule>/keys/<key>` and
+//! `/admin/rules/<rule>/overrides[/<key>]`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,8 +12,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use floodgate_core::{Block, Store, Timestamp};
-use floodgate_tower::Target;
+use floodgate_core::duration::format_duration;
+use floodgate_core::{Block, KeyOverride, Store, Timestamp};
+use floodgate_tower::{OverrideError, OverrideSource, Target};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -33,6 +35,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/admin/rules/{rule}/keys/{*key}",
             get(get_key).delete(reset_key),
+        )
+        .route("/admin/rules/{rule}/overrides", get(list_overrides))
+        .route(
+            "/admin/rules/{rule}/overrides/{*key}",
+            get(get_override).put(put_override).delete(remove_override),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -245,7 +252,11 @@ async fn get_key(
     State(state): State<Arc<AppState>>,
     Path((rule, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let policy = find_rule(&state, &rule)?;
+    let mut policy = find_rule(&state, &rule)?;
+    let overridden = state.limiter.override_of(&rule, &key);
+    if let Some((_, _, p)) = &overridden {
+        policy = p.clone();
+    }
     let d = state
         .limiter
         .store()
@@ -256,7 +267,143 @@ async fn get_key(
     body["rule"] = json!(rule);
     body["key"] = json!(key);
     body["blocked"] = json!(d.blocked);
+    body["override"] = match &overridden {
+        Some((o, source, _)) => override_json(o, *source),
+        None => serde_json::Value::Null,
+    };
     Ok(Json(body).into_response())
+}
+
+fn override_json(o: &KeyOverride, source: OverrideSource) -> serde_json::Value {
+    json!({
+        "rule": o.rule,
+        "key": o.key,
+        "limit": o.limit,
+        "window": o.window.map(format_duration),
+        "burst": o.burst,
+        "expires": o.expires.map(rfc3339),
+        "expires_ms": o.expires.map(|t| t.as_micros() / 1000),
+        "source": source.as_str(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOverride {
+    #[serde(deserialize_with = "limit_number")]
+    limit: u64,
+    #[serde(default, deserialize_with = "optional_window")]
+    window: Option<String>,
+    #[serde(default, deserialize_with = "optional_burst")]
+    burst: Option<u64>,
+    #[serde(default, deserialize_with = "optional_ttl")]
+    ttl: Option<String>,
+}
+
+fn limit_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    number_field(d, "limit")
+}
+
+fn optional_burst<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number_field(d, "burst").map(Some)
+}
+
+fn number_field<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<u64, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64().unwrap_or(0)),
+        other => Err(serde::de::Error::custom(format!(
+            "{field} must be a whole number like 1000, not {other}"
+        ))),
+    }
+}
+
+fn optional_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string_field(d, "window", "\"1m\"").map(Some)
+}
+
+fn optional_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string_field(d, "ttl", "\"30d\"").map(Some)
+}
+
+fn override_error(e: OverrideError) -> ApiError {
+    match e {
+        OverrideError::UnknownRule(_) => ApiError::not_found(e.to_string()),
+        OverrideError::Store(e) => ApiError::store(&e),
+        OverrideError::EmptyKey | OverrideError::Invalid(_) | OverrideError::BelowCost { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    }
+}
+
+async fn put_override(
+    State(state): State<Arc<AppState>>,
+    Path((rule, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewOverride = parse_json(&body)?;
+    let window = req
+        .window
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("window: {e}")))?;
+    let ttl = match req.ttl.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() && d <= floodgate_core::MAX_WINDOW => Some(d),
+        Some(Ok(_)) => return Err(ApiError::bad_request("ttl must be between 1ms and 366d")),
+        Some(Err(e)) => return Err(ApiError::bad_request(format!("ttl: {e}"))),
+    };
+    let o = state
+        .limiter
+        .put_override(&rule, &key, req.limit, window, req.burst, ttl)
+        .await
+        .map_err(override_error)?;
+    tracing::info!(rule = %o.rule, key = %o.key, limit = o.limit, "override put");
+    Ok(Json(override_json(&o, OverrideSource::Store)).into_response())
+}
+
+async fn get_override(
+    State(state): State<Arc<AppState>>,
+    Path((rule, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    find_rule(&state, &rule)?;
+    match state.limiter.override_of(&rule, &key) {
+        Some((o, source, _)) => Ok(Json(override_json(&o, source)).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no override of rule {rule:?} for {key:?}"
+        ))),
+    }
+}
+
+async fn list_overrides(
+    State(state): State<Arc<AppState>>,
+    Path(rule): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(list) = state.limiter.overrides(&rule) else {
+        return Err(ApiError::not_found(format!("no rule named {rule:?}")));
+    };
+    Ok(Json(json!({
+        "overrides": list.iter().map(|(o, source)| override_json(o, *source)).collect::<Vec<_>>()
+    }))
+    .into_response())
+}
+
+async fn remove_override(
+    State(state): State<Arc<AppState>>,
+    Path((rule, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if !state
+        .limiter
+        .remove_override(&rule, &key)
+        .await
+        .map_err(override_error)?
+    {
+        return Err(ApiError::not_found(format!(
+            "no override of rule {rule:?} for {key:?} in the store"
+        )));
+    }
+    tracing::info!(rule = %rule, key = %key, "override removed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn reset_key(

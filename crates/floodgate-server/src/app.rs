@@ -136,6 +136,7 @@ pub async fn run(
         tracing::warn!(error = %e, "the store does not answer yet; on_error applies until it does");
     }
     let _ = state.limiter.sync_blocks().await;
+    let _ = state.limiter.sync_overrides().await;
 
     let main_addr = listeners.main.local_addr()?;
     let admin_addr = listeners
@@ -265,6 +266,9 @@ async fn block_sync_loop(state: Arc<AppState>) {
         match state.limiter.sync_blocks().await {
             Ok(n) => state.metrics.set_active_blocks(n),
             Err(e) => tracing::debug!(error = %e, "block sync failed"),
+        }
+        if let Err(e) = state.limiter.sync_overrides().await {
+            tracing::debug!(error = %e, "override sync failed");
         }
         if !state.limiter.store_healthy() {
             // The limiter only learns the store is back from a call that works.

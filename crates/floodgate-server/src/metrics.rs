@@ -75,6 +75,8 @@ pub struct Metrics {
     charged_units: Family<RuleLabels, Counter>,
     /// Answers whose cost header was not charged as named, by rule and why.
     cost_fallbacks: Family<FallbackLabels, Counter>,
+    /// Per-key overrides put in the store, by rule.
+    overrides: Family<RuleLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +157,12 @@ impl Metrics {
             "Answers whose cost header was missing or malformed (the rule's cost was charged) or too large (the rule's capacity was charged)",
             cost_fallbacks.clone(),
         );
+        let overrides = Family::<RuleLabels, Gauge>::default();
+        registry.register(
+            "overrides",
+            "Per-key overrides put in the store (the admin API), by rule, as this instance last read them",
+            overrides.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -165,6 +173,7 @@ impl Metrics {
             connection_limit_reached,
             charged_units,
             cost_fallbacks,
+            overrides,
         }
     }
 
@@ -246,6 +255,14 @@ impl Observer for Metrics {
                 rule: rule.to_owned(),
             })
             .inc_by(cost);
+    }
+
+    fn on_override_count(&self, rule: &str, count: usize) {
+        self.overrides
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     fn on_cost_fallback(&self, rule: &str, reason: CostFallback) {

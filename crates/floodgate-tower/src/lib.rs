@@ -107,7 +107,8 @@ mod verdict;
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
-    LimiterBuilder, LimiterConfig, NoRuntime, OnError, Pending, check_rule_name,
+    LimiterBuilder, LimiterConfig, NoRuntime, OnError, OverrideError, OverrideSource, Pending,
+    check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
 pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};

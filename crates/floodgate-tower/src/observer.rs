@@ -77,18 +77,21 @@ pub enum StoreCall {
     AddBlock,
     /// Lifting a block.
     RemoveBlock,
+    /// Putting, removing or reading per-key overrides.
+    Overrides,
     /// A health check.
     Ping,
 }
 
 impl StoreCall {
     /// Every kind of call, in the order of [`StoreCall::index`].
-    pub const ALL: [StoreCall; 6] = [
+    pub const ALL: [StoreCall; 7] = [
         StoreCall::Check,
         StoreCall::Charge,
         StoreCall::Blocks,
         StoreCall::AddBlock,
         StoreCall::RemoveBlock,
+        StoreCall::Overrides,
         StoreCall::Ping,
     ];
 
@@ -98,8 +101,8 @@ impl StoreCall {
         self as usize
     }
 
-    /// A label: `check`, `charge`, `blocks`, `add_block`, `remove_block`
-    /// or `ping`.
+    /// A label: `check`, `charge`, `blocks`, `add_block`, `remove_block`,
+    /// `overrides` or `ping`.
     pub const fn as_str(self) -> &'static str {
         match self {
             StoreCall::Check => "check",
@@ -107,6 +110,7 @@ impl StoreCall {
             StoreCall::Blocks => "blocks",
             StoreCall::AddBlock => "add_block",
             StoreCall::RemoveBlock => "remove_block",
+            StoreCall::Overrides => "overrides",
             StoreCall::Ping => "ping",
         }
     }
@@ -131,6 +135,12 @@ pub trait Observer: Send + Sync + 'static {
     /// A rule's `cost_header` did not give the cost charged, for `reason`.
     fn on_cost_fallback(&self, rule: &str, reason: CostFallback) {
         let _ = (rule, reason);
+    }
+
+    /// `rule` now has `count` per-key overrides put in the store (as this
+    /// instance knows them).
+    fn on_override_count(&self, rule: &str, count: usize) {
+        let _ = (rule, count);
     }
 
     /// A store call finished (or timed out) after `latency`.
@@ -178,6 +188,7 @@ mod tests {
                 | StoreCall::Blocks
                 | StoreCall::AddBlock
                 | StoreCall::RemoveBlock
+                | StoreCall::Overrides
                 | StoreCall::Ping => {}
             }
         }

@@ -16,7 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use floodgate_core::Policy;
+use floodgate_core::{KeyOverride, Policy};
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method};
 use sha2::{Digest, Sha256};
@@ -489,6 +489,9 @@ pub struct Rule {
     /// The answer names the request's cost in this header, charged once the
     /// answer is known (see [`Rule::with_cost_header`]).
     pub cost_header: Option<HeaderName>,
+    /// Per-key limits fixed with the rule (`[[rule.override]]`); one put
+    /// at run time (kept in the store) wins over one of these.
+    pub overrides: Vec<KeyOverride>,
 }
 
 impl Rule {
@@ -503,7 +506,20 @@ impl Rule {
             shadow: false,
             count_status: None,
             cost_header: None,
+            overrides: Vec::new(),
         }
+    }
+
+    /// The same rule with `o` in force for `o.key` (its `rule` and
+    /// `expires` are ignored).
+    pub fn with_override(mut self, o: KeyOverride) -> Self {
+        self.overrides.retain(|existing| existing.key != o.key);
+        self.overrides.push(KeyOverride {
+            rule: self.name.clone(),
+            expires: None,
+            ..o
+        });
+        self
     }
 
     /// The same rule charging only answers whose status is in `statuses`

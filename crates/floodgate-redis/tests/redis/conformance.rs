@@ -704,5 +704,6 @@ proptest! {
 /// Sentinel).
 #[tokio::test]
 async fn overrides_and_their_change_log_match_memory() {
-    crate::support::assert_basics_like_memory(|clock| redis_on_clock("conform-basics", clock)).await;
+    crate::support::assert_basics_like_memory(|clock| redis_on_clock("conform-basics", clock))
+        .await;
 }

@@ -230,7 +230,11 @@ pub(crate) async fn assert_basics_like_memory(
             .iter()
             .map(|c| c.now.as_ref().map(|o| o.limit))
             .collect();
-        assert_eq!(limits, [None, Some(11), None, None, None], "{algorithm}: {last:?}");
+        assert_eq!(
+            limits,
+            [None, Some(11), None, None, None],
+            "{algorithm}: {last:?}"
+        );
         assert!(!last.more && !last.reset);
         assert!(
             decisions().any(|d| !d.allowed && !d.blocked),
@@ -390,7 +394,9 @@ async fn override_sequence<S: floodgate_core::Store>(
     let put = async |o: KeyOverride, ttl: Option<Duration>| {
         Outcome::Override(store.put_override(&o, ttl).await.unwrap())
     };
-    steps.push(Outcome::Overrides(store.override_changes(0, 10).await.unwrap()));
+    steps.push(Outcome::Overrides(
+        store.override_changes(0, 10).await.unwrap(),
+    ));
     steps.push(put(o("main", BASIC_KEYS[0], 7), None).await);
     steps.push(put(o("main", BASIC_KEYS[1], 8), ttl).await);
     steps.push(put(o("penalised", BASIC_KEYS[1], 9), ttl).await);
@@ -412,7 +418,9 @@ async fn override_sequence<S: floodgate_core::Store>(
     // of expiry.
     clock.advance(Duration::from_secs(6));
     steps.push(put(o("penalised", BASIC_KEYS[2], 11), None).await);
-    steps.push(Outcome::Overrides(store.override_changes(5, 100).await.unwrap()));
+    steps.push(Outcome::Overrides(
+        store.override_changes(5, 100).await.unwrap(),
+    ));
 }
 
 /// The client key of the block ladder in [`basics_sequence`].

@@ -83,7 +83,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 12] = [
+    let cases: [(String, &[&str]); 14] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -116,6 +116,14 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
                 "rule \"per-key\" block_for",
                 "step 2 (10m) is shorter than the step before it (1h)",
             ],
+        ),
+        (
+            good_but("burst = 20", "burst = 20\n[[rule.override]]\nkey = \"ip:192.0.2.1\"\nlimit = 0"),
+            &["rule \"per-key\" override #1 limit", "at least 1, got 0"],
+        ),
+        (
+            good_but("burst = 20", "burst = 20\n[[rule.override]]\nlimit = 5"),
+            &["rule \"per-key\" override #1 key", "missing"],
         ),
         (
             good_but("block_for = \"15m\"", "block_for = []"),

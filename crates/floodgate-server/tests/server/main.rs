@@ -21,6 +21,7 @@ mod gateway;
 mod hostile;
 mod identity;
 mod lifecycle;
+mod overrides;
 mod redis_topologies;
 mod store_failure;
 mod support;

@@ -172,6 +172,25 @@ impl LimiterConfig {
             if !names.insert(name) {
                 problem(Some(name), "name", "another rule has the same name".into());
             }
+            for o in &rule.overrides {
+                match o.policy(&rule.policy) {
+                    Err(e) => problem(Some(name), "override", format!("key {:?}: {e}", o.key)),
+                    Ok(p) if p.capacity() < rule.cost => problem(
+                        Some(name),
+                        "override",
+                        format!(
+                            "key {:?}: holds {} at most, less than the rule's cost {}",
+                            o.key,
+                            p.capacity(),
+                            rule.cost
+                        ),
+                    ),
+                    Ok(_) if o.key.is_empty() => {
+                        problem(Some(name), "override", "a key must not be empty".into())
+                    }
+                    Ok(_) => {}
+                }
+            }
             let capacity = rule.policy.capacity();
             if rule.cost == 0 || rule.cost > capacity {
                 problem(

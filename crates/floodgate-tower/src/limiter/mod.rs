@@ -4,8 +4,10 @@
 mod blocks;
 mod config;
 mod health;
+mod overrides;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use floodgate_core::{
-    Block, Check, Clock, Decision, Error, MemoryStore, Store, StoreError, SystemClock,
+    Block, Check, Clock, Decision, Error, KeyOverride, MemoryStore, Policy, PolicyError, Store,
+    StoreError, SystemClock, Timestamp,
 };
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method, StatusCode};
@@ -26,6 +29,7 @@ pub use self::health::PROBE_INTERVAL;
 
 use self::blocks::BlockCache;
 use self::health::StoreHealth;
+use self::overrides::{OverrideCache, SYNC_PAGE};
 use crate::answer::answer_cost;
 use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
 use crate::path::{PathError, canonical_path};
@@ -68,6 +72,50 @@ pub enum CheckError {
     Unavailable,
 }
 
+/// Why a per-key override could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    /// No rule has this name.
+    #[error("no rule named {0:?}")]
+    UnknownRule(String),
+    /// The key is empty.
+    #[error("the key must not be empty")]
+    EmptyKey,
+    /// The limit, window or burst make no valid policy for the rule.
+    #[error("{0}")]
+    Invalid(PolicyError),
+    /// The override would hold less than one request of the rule costs.
+    #[error("the override holds {capacity} at most, less than the rule's cost {cost}")]
+    BelowCost {
+        /// What the override holds at most.
+        capacity: u64,
+        /// The rule's cost per request.
+        cost: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// Where a key's override comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideSource {
+    /// Put at run time (the admin API), kept in the store.
+    Store,
+    /// `[[rule.override]]` in the configuration.
+    File,
+}
+
+impl OverrideSource {
+    /// `store` or `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverrideSource::Store => "store",
+            OverrideSource::File => "file",
+        }
+    }
+}
+
 /// A rule with its name shared cheaply with verdicts.
 #[derive(Debug)]
 struct CompiledRule {
@@ -76,6 +124,28 @@ struct CompiledRule {
     rule: Rule,
     /// Its name and policy as the RateLimit fields give them.
     label: Arc<RuleLabel>,
+    /// Its `[[rule.override]]`s, by key.
+    file_overrides: HashMap<String, Arc<Overridden>>,
+}
+
+/// The limit a key is decided by instead of its rule's.
+#[derive(Debug)]
+struct Overridden {
+    policy: Policy,
+    label: Arc<RuleLabel>,
+}
+
+impl Overridden {
+    /// `o` in force over `rule`, if it makes a policy that admits the
+    /// rule's cost.
+    fn of(o: &KeyOverride, rule: &Rule) -> Option<Self> {
+        let policy = o.policy(&rule.policy).ok()?;
+        if policy.capacity() < rule.cost {
+            return None;
+        }
+        let label = Arc::new(RuleLabel::new(&rule.name, policy.limit(), policy.window()));
+        Some(Overridden { policy, label })
+    }
 }
 
 impl CompiledRule {
@@ -105,6 +175,11 @@ impl Snapshot {
                 .enumerate()
                 .map(|(index, r)| CompiledRule {
                     index,
+                    file_overrides: r
+                        .overrides
+                        .iter()
+                        .filter_map(|o| Some((o.key.clone(), Arc::new(Overridden::of(o, r)?))))
+                        .collect(),
                     rule: r.clone(),
                     label: Arc::new(RuleLabel::new(&r.name, r.policy.limit(), r.policy.window())),
                 })
@@ -140,6 +215,7 @@ struct Shared<S> {
     fallback: MemoryStore,
     health: StoreHealth,
     blocks: BlockCache,
+    overrides: OverrideCache,
     observer: Arc<dyn Observer>,
     /// Set once a background block sync runs for this limiter.
     syncing: std::sync::atomic::AtomicBool,
@@ -207,6 +283,7 @@ impl<S: Store> LimiterBuilder<S> {
                 fallback,
                 health: StoreHealth::default(),
                 blocks: BlockCache::default(),
+                overrides: OverrideCache::default(),
                 observer: self.observer,
                 syncing: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -214,8 +291,9 @@ impl<S: Store> LimiterBuilder<S> {
     }
 }
 
-/// One matching rule and the key it counts this request on.
-type Keyed<'a> = (&'a CompiledRule, String);
+/// One matching rule, the key it counts this request on, and the override
+/// in force for that key, if any.
+type Keyed<'a> = (&'a CompiledRule, String, Option<Arc<Overridden>>);
 
 /// What an admitted request still owes once its answer is known: the rules
 /// with `count_status` or `cost_header` it matched, and its key on each.
@@ -441,24 +519,31 @@ impl<S: Store> Limiter<S> {
             client: client.as_ref(),
         };
         let keyed: Vec<Keyed<'_>> = matching()
-            .filter_map(|r| Some((r, r.rule.key.key(&info)?)))
+            .filter_map(|r| {
+                let key = r.rule.key.key(&info)?;
+                let overridden = self.overridden(r, &key, now);
+                Some((r, key, overridden))
+            })
             .collect();
         if keyed.is_empty() {
             return verdict(Verdict::Allow(None));
         }
-        for (rule, key) in keyed.iter().filter(|(r, _)| !r.rule.shadow) {
+        for (rule, key, overridden) in keyed.iter().filter(|(r, ..)| !r.rule.shadow) {
             if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
                 self.observe(Some(rule.name()), Outcome::Blocked);
+                let (policy, label) = policy_and_label(rule, overridden.as_deref());
                 return verdict(Verdict::Limited(RuleDecision::labelled(
-                    &rule.label,
-                    penalty_decision(rule, left),
+                    label,
+                    penalty_decision(policy, left),
                 )));
             }
         }
 
         let checks: Vec<Check<'_>> = keyed
             .iter()
-            .map(|(rule, key)| check_of(rule, key, rule.rule.cost))
+            .map(|(rule, key, overridden)| {
+                check_of(rule, overridden.as_deref(), key, rule.rule.cost)
+            })
             .collect();
         match self.decide(&snapshot.config, &checks).await {
             Some(decisions) => {
@@ -466,8 +551,8 @@ impl<S: Store> Limiter<S> {
                 let owed: Vec<(usize, String)> = match &concluded {
                     Verdict::Allow(_) => keyed
                         .iter()
-                        .filter(|(r, _)| r.rule.charges_on_answer())
-                        .map(|(r, key)| (r.index, key.clone()))
+                        .filter(|(r, ..)| r.rule.charges_on_answer())
+                        .map(|(r, key, _)| (r.index, key.clone()))
                         .collect(),
                     _ => Vec::new(),
                 };
@@ -478,7 +563,7 @@ impl<S: Store> Limiter<S> {
                 (concluded, pending)
             }
             None => {
-                for (rule, _) in &keyed {
+                for (rule, ..) in &keyed {
                     self.observe(Some(rule.name()), Outcome::Error);
                 }
                 verdict(match snapshot.config.on_error {
@@ -521,16 +606,24 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Decision, CheckError> {
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
-        let policy = &compiled.rule.policy;
         let key = bounded_key(key);
         let now = self.shared.clock.now();
+        let overridden = self.overridden(compiled, &key, now);
+        let (policy, _) = policy_and_label(compiled, overridden.as_deref());
+        if cost > policy.capacity() {
+            return Err(CheckError::InsufficientCapacity {
+                rule: rule.to_owned(),
+                cost,
+                capacity: policy.capacity(),
+            });
+        }
         if !compiled.rule.shadow
             && let Some(left) = self.shared.blocks.penalty(compiled.name(), &key, now)
         {
             self.observe(Some(compiled.name()), Outcome::Blocked);
-            return Ok(penalty_decision(compiled, left));
+            return Ok(penalty_decision(policy, left));
         }
-        let mut check = check_of(compiled, &key, cost);
+        let mut check = check_of(compiled, overridden.as_deref(), &key, cost);
         check.probe = !charge.unwrap_or(!compiled.rule.charges_on_answer());
         match self
             .decide(&snapshot.config, std::slice::from_ref(&check))
@@ -580,7 +673,16 @@ impl<S: Store> Limiter<S> {
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
         let key = bounded_key(key);
-        let charge = Check::new(compiled.name(), &compiled.rule.policy, &key, cost);
+        let overridden = self.overridden(compiled, &key, self.shared.clock.now());
+        let (policy, _) = policy_and_label(compiled, overridden.as_deref());
+        if cost > policy.capacity() {
+            return Err(CheckError::InsufficientCapacity {
+                rule: rule.to_owned(),
+                cost,
+                capacity: policy.capacity(),
+            });
+        }
+        let charge = Check::new(compiled.name(), policy, &key, cost);
         match self
             .charge(&snapshot.config, std::slice::from_ref(&charge))
             .await
@@ -616,7 +718,9 @@ impl<S: Store> Limiter<S> {
         let Some((snapshot, owed)) = pending.owed else {
             return;
         };
-        let mut charges: Vec<Check<'_>> = Vec::with_capacity(owed.len());
+        let mut charges_of: Vec<(&CompiledRule, &str, u64)> = Vec::with_capacity(owed.len());
+        let mut owed_policies: Vec<(usize, Option<Arc<Overridden>>)> =
+            Vec::with_capacity(owed.len());
         for (index, key) in &owed {
             let Some(rule) = snapshot.rules.get(*index) else {
                 continue;
@@ -629,10 +733,12 @@ impl<S: Store> Limiter<S> {
             {
                 continue;
             }
+            let overridden = self.overridden(rule, key, self.shared.clock.now());
+            let capacity = policy_and_label(rule, overridden.as_deref()).0.capacity();
             let cost = match &rule.rule.cost_header {
                 Some(name) => {
                     let (cost, fallback) =
-                        answer_cost(headers, name, rule.rule.cost, rule.rule.policy.capacity());
+                        answer_cost(headers, name, rule.rule.cost.min(capacity), capacity);
                     if let Some(reason) = fallback {
                         tracing::debug!(rule = rule.name(), header = %name, reason = reason.as_str(), cost, "the answer's cost header was not charged as named");
                         self.shared.observer.on_cost_fallback(rule.name(), reason);
@@ -642,9 +748,18 @@ impl<S: Store> Limiter<S> {
                 None => rule.rule.cost,
             };
             if cost > 0 {
-                charges.push(Check::new(rule.name(), &rule.rule.policy, key, cost));
+                owed_policies.push((charges_of.len(), overridden));
+                charges_of.push((rule, key.as_str(), cost));
             }
         }
+        let charges: Vec<Check<'_>> = charges_of
+            .iter()
+            .zip(&owed_policies)
+            .map(|((rule, key, cost), (_, overridden))| {
+                let (policy, _) = policy_and_label(rule, overridden.as_deref());
+                Check::new(rule.name(), policy, key, *cost)
+            })
+            .collect();
         for (index, _) in &owed {
             if let Some(name) = snapshot
                 .rules
@@ -674,6 +789,175 @@ impl<S: Store> Limiter<S> {
         }
     }
 
+    /// The override in force for `key` on `rule`: one put in the store,
+    /// else one of the rule's own.
+    fn overridden(
+        &self,
+        rule: &CompiledRule,
+        key: &str,
+        now: Timestamp,
+    ) -> Option<Arc<Overridden>> {
+        if let Some(o) = self.shared.overrides.get(rule.name(), key, now) {
+            match Overridden::of(&o, &rule.rule) {
+                Some(overridden) => return Some(Arc::new(overridden)),
+                None => tracing::debug!(
+                    rule = rule.name(),
+                    key,
+                    "an override that no longer fits its rule (reloaded since) is ignored"
+                ),
+            }
+        }
+        if rule.file_overrides.is_empty() {
+            return None;
+        }
+        rule.file_overrides.get(key).cloned()
+    }
+
+    /// Puts a per-key override of `rule` in force for `key`: `limit` per
+    /// `window` (default: the rule's), `burst` (token bucket), for `ttl`
+    /// (default: until removed). Kept in the store, so every instance
+    /// sharing it applies it at its next sync (within a second); this one
+    /// at once. Returns it as stored.
+    pub async fn put_override(
+        &self,
+        rule: &str,
+        key: &str,
+        limit: u64,
+        window: Option<Duration>,
+        burst: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> Result<KeyOverride, OverrideError> {
+        let snapshot = self.shared.snapshot.load_full();
+        let compiled = snapshot
+            .rules
+            .iter()
+            .find(|r| r.name() == rule)
+            .ok_or_else(|| OverrideError::UnknownRule(rule.to_owned()))?;
+        if key.is_empty() {
+            return Err(OverrideError::EmptyKey);
+        }
+        let o = KeyOverride {
+            rule: rule.to_owned(),
+            key: bounded_key(key).into_owned(),
+            limit,
+            window,
+            burst,
+            expires: None,
+        };
+        let policy = o
+            .policy(&compiled.rule.policy)
+            .map_err(OverrideError::Invalid)?;
+        if policy.capacity() < compiled.rule.cost {
+            return Err(OverrideError::BelowCost {
+                capacity: policy.capacity(),
+                cost: compiled.rule.cost,
+            });
+        }
+        let stored = self
+            .store_call(
+                StoreCall::Overrides,
+                self.shared.store.put_override(&o, ttl),
+            )
+            .await?;
+        let n = self.shared.overrides.put(stored.clone());
+        self.shared.observer.on_override_count(rule, n);
+        Ok(stored)
+    }
+
+    /// Removes the override put for `key` on `rule`, in the store and here
+    /// at once. Returns whether there was one. The rule's own
+    /// (`[[rule.override]]`) stay.
+    pub async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, OverrideError> {
+        if !self
+            .shared
+            .snapshot
+            .load()
+            .rules
+            .iter()
+            .any(|r| r.name() == rule)
+        {
+            return Err(OverrideError::UnknownRule(rule.to_owned()));
+        }
+        let key = bounded_key(key);
+        let existed = self
+            .store_call(
+                StoreCall::Overrides,
+                self.shared.store.remove_override(rule, &key),
+            )
+            .await?;
+        let n = self.shared.overrides.remove(rule, &key);
+        self.shared.observer.on_override_count(rule, n);
+        Ok(existed)
+    }
+
+    /// Every override of `rule` in force, by key: those put in the store
+    /// (as of this instance's last sync), then the rule's own that none of
+    /// those replaces. `None` if no rule has that name.
+    pub fn overrides(&self, rule: &str) -> Option<Vec<(KeyOverride, OverrideSource)>> {
+        let snapshot = self.shared.snapshot.load();
+        let compiled = snapshot.rules.iter().find(|r| r.name() == rule)?;
+        let now = self.shared.clock.now();
+        let mut list: Vec<(KeyOverride, OverrideSource)> = self
+            .shared
+            .overrides
+            .of_rule(rule, now)
+            .into_iter()
+            .map(|o| (o, OverrideSource::Store))
+            .collect();
+        for o in &compiled.rule.overrides {
+            if !list.iter().any(|(put, _)| put.key == o.key) {
+                list.push((o.clone(), OverrideSource::File));
+            }
+        }
+        list.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        Some(list)
+    }
+
+    /// The override in force for `key` on `rule`, if any, and the policy
+    /// it decides that key by.
+    pub fn override_of(
+        &self,
+        rule: &str,
+        key: &str,
+    ) -> Option<(KeyOverride, OverrideSource, Policy)> {
+        let snapshot = self.shared.snapshot.load();
+        let compiled = snapshot.rules.iter().find(|r| r.name() == rule)?;
+        let key = bounded_key(key);
+        let now = self.shared.clock.now();
+        if let Some(o) = self.shared.overrides.get(rule, &key, now)
+            && let Some(overridden) = Overridden::of(&o, &compiled.rule)
+        {
+            return Some((o, OverrideSource::Store, overridden.policy));
+        }
+        let o = compiled.rule.overrides.iter().find(|o| o.key == *key)?;
+        let overridden = compiled.file_overrides.get(o.key.as_str())?;
+        Some((o.clone(), OverrideSource::File, overridden.policy.clone()))
+    }
+
+    /// Reads the override changes made since the last sync (by any
+    /// instance sharing the store) into the local copy, a page at a time.
+    /// Returns the number of the last change applied.
+    pub async fn sync_overrides(&self) -> Result<u64, Error> {
+        // Bounded, so one sync never runs away; the rest comes next time.
+        for _ in 0..1000 {
+            let since = self.shared.overrides.version();
+            let page = self
+                .store_call(
+                    StoreCall::Overrides,
+                    self.shared.store.override_changes(since, SYNC_PAGE),
+                )
+                .await?;
+            let more = page.more;
+            for (rule, n) in self.shared.overrides.apply(page) {
+                self.shared.observer.on_override_count(&rule, n);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(self.shared.overrides.version())
+    }
+
     /// Reads every block from the store into the local cache (manual blocks,
     /// and penalty blocks so that an unblock made elsewhere is seen). Returns
     /// how many blocks are cached. On failure the cache is left as it was.
@@ -693,7 +977,8 @@ impl<S: Store> Limiter<S> {
         Ok(manual + penalties)
     }
 
-    /// Runs [`sync_blocks`](Self::sync_blocks) every `every` (use
+    /// Runs [`sync_blocks`](Self::sync_blocks) and
+    /// [`sync_overrides`](Self::sync_overrides) every `every` (use
     /// [`BLOCK_SYNC_INTERVAL`]) until `shutdown` resolves. Failures are
     /// logged by the store health transitions, not per attempt.
     pub async fn sync_blocks_until(&self, every: Duration, shutdown: impl Future<Output = ()>) {
@@ -706,6 +991,9 @@ impl<S: Store> Limiter<S> {
                 _ = tick.tick() => {
                     if let Err(e) = self.sync_blocks().await {
                         tracing::debug!(error = %e, "block sync failed");
+                    }
+                    if let Err(e) = self.sync_overrides().await {
+                        tracing::debug!(error = %e, "override sync failed");
                     }
                 }
             }
@@ -744,8 +1032,12 @@ impl<S: Store> Limiter<S> {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                if let Err(e) = (Limiter { shared }).sync_blocks().await {
+                let limiter = Limiter { shared };
+                if let Err(e) = limiter.sync_blocks().await {
                     tracing::debug!(error = %e, "block sync failed");
+                }
+                if let Err(e) = limiter.sync_overrides().await {
+                    tracing::debug!(error = %e, "override sync failed");
                 }
             }
         });
@@ -901,7 +1193,7 @@ impl<S: Store> Limiter<S> {
     fn conclude(&self, keyed: &[Keyed<'_>], decisions: &[Decision]) -> Verdict {
         let mut refusal: Option<usize> = None;
         let mut tightest: Option<usize> = None;
-        for (i, ((rule, key), d)) in keyed.iter().zip(decisions).enumerate() {
+        for (i, ((rule, key, _), d)) in keyed.iter().zip(decisions).enumerate() {
             self.record(rule, key, d);
             if !d.allowed
                 && !rule.rule.shadow
@@ -913,7 +1205,10 @@ impl<S: Store> Limiter<S> {
                 tightest = Some(i);
             }
         }
-        let pick = |i: usize| RuleDecision::labelled(&keyed[i].0.label, decisions[i]);
+        let pick = |i: usize| {
+            let (_, label) = policy_and_label(keyed[i].0, keyed[i].2.as_deref());
+            RuleDecision::labelled(label, decisions[i])
+        };
         match refusal {
             Some(i) => {
                 tracing::debug!(rule = keyed[i].0.name(), key = %keyed[i].1, "request limited");
@@ -960,10 +1255,28 @@ impl<S: Store> Limiter<S> {
     }
 }
 
-/// The check of `cost` units of `rule` for `key`: a probe when the rule is
-/// charged on the answer.
-fn check_of<'a>(rule: &'a CompiledRule, key: &'a str, cost: u64) -> Check<'a> {
-    let check = Check::new(rule.name(), &rule.rule.policy, key, cost);
+/// The policy a key is decided by, and its RateLimit label: an override's,
+/// else its rule's.
+fn policy_and_label<'a>(
+    rule: &'a CompiledRule,
+    overridden: Option<&'a Overridden>,
+) -> (&'a Policy, &'a Arc<RuleLabel>) {
+    match overridden {
+        Some(o) => (&o.policy, &o.label),
+        None => (&rule.rule.policy, &rule.label),
+    }
+}
+
+/// The check of `cost` units of `rule` (under `overridden` when the key has
+/// an override) for `key`: a probe when the rule is charged on the answer.
+fn check_of<'a>(
+    rule: &'a CompiledRule,
+    overridden: Option<&'a Overridden>,
+    key: &'a str,
+    cost: u64,
+) -> Check<'a> {
+    let (policy, _) = policy_and_label(rule, overridden);
+    let check = Check::new(rule.name(), policy, key, cost);
     let check = if rule.rule.shadow {
         check.shadow()
     } else {
@@ -1002,10 +1315,10 @@ fn find_rule<'s>(
 }
 
 /// The refusal of a request under a cached penalty block lasting `left`.
-fn penalty_decision(rule: &CompiledRule, left: Duration) -> Decision {
+fn penalty_decision(policy: &Policy, left: Duration) -> Decision {
     Decision {
         allowed: false,
-        limit: rule.rule.policy.limit(),
+        limit: policy.limit(),
         remaining: 0,
         reset_after: left,
         retry_after: Some(left),
