@@ -85,10 +85,14 @@ local function main()
     for i = 1, #page, 2 do
       fields[#fields + 1] = page[i]
     end
-    local values = call('HMGET', KEYS[1], unpack(fields))
-    for i, field in ipairs(fields) do
-      reply[#reply + 1] = field
-      reply[#reply + 1] = values[i]
+    -- HMGET in slices: Lua's unpack takes a few thousand values at most.
+    for first = 1, #fields, 1000 do
+      local last = min(first + 999, #fields)
+      local values = call('HMGET', KEYS[1], unpack(fields, first, last))
+      for i = first, last do
+        reply[#reply + 1] = fields[i]
+        reply[#reply + 1] = values[i - first + 1]
+      end
     end
     local version = tonumber(page[#page])
     reply[1] = version

@@ -118,7 +118,10 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
             ],
         ),
         (
-            good_but("burst = 20", "burst = 20\n[[rule.override]]\nkey = \"ip:192.0.2.1\"\nlimit = 0"),
+            good_but(
+                "burst = 20",
+                "burst = 20\n[[rule.override]]\nkey = \"ip:192.0.2.1\"\nlimit = 0",
+            ),
             &["rule \"per-key\" override #1 limit", "at least 1, got 0"],
         ),
         (

@@ -126,27 +126,39 @@ struct CompiledRule {
     label: Arc<RuleLabel>,
     /// Its `[[rule.override]]`s, by key.
     file_overrides: HashMap<String, Arc<Overridden>>,
+    /// Its configuration's number.
+    generation: u64,
 }
 
 /// The limit a key is decided by instead of its rule's.
 #[derive(Debug)]
 struct Overridden {
+    /// The configuration it was compiled for (see [`Snapshot::generation`]).
+    generation: u64,
     policy: Policy,
     label: Arc<RuleLabel>,
 }
 
 impl Overridden {
-    /// `o` in force over `rule`, if it makes a policy that admits the
-    /// rule's cost.
-    fn of(o: &KeyOverride, rule: &Rule) -> Option<Self> {
+    /// `o` in force over `rule` (of configuration `generation`), if it
+    /// makes a policy that admits the rule's cost.
+    fn of(o: &KeyOverride, rule: &Rule, generation: u64) -> Option<Self> {
         let policy = o.policy(&rule.policy).ok()?;
         if policy.capacity() < rule.cost {
             return None;
         }
         let label = Arc::new(RuleLabel::new(&rule.name, policy.limit(), policy.window()));
-        Some(Overridden { policy, label })
+        Some(Overridden {
+            generation,
+            policy,
+            label,
+        })
     }
 }
+
+/// Numbers every compiled configuration, so that what was compiled for one
+/// (an override's policy) is known stale under the next.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl CompiledRule {
     fn name(&self) -> &str {
@@ -168,6 +180,7 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     fn compile(config: LimiterConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Snapshot {
             rules: config
                 .rules
@@ -175,10 +188,13 @@ impl Snapshot {
                 .enumerate()
                 .map(|(index, r)| CompiledRule {
                     index,
+                    generation,
                     file_overrides: r
                         .overrides
                         .iter()
-                        .filter_map(|o| Some((o.key.clone(), Arc::new(Overridden::of(o, r)?))))
+                        .filter_map(|o| {
+                            Some((o.key.clone(), Arc::new(Overridden::of(o, r, generation)?)))
+                        })
                         .collect(),
                     rule: r.clone(),
                     label: Arc::new(RuleLabel::new(&r.name, r.policy.limit(), r.policy.window())),
@@ -797,15 +813,22 @@ impl<S: Store> Limiter<S> {
         key: &str,
         now: Timestamp,
     ) -> Option<Arc<Overridden>> {
-        if let Some(o) = self.shared.overrides.get(rule.name(), key, now) {
-            match Overridden::of(&o, &rule.rule) {
-                Some(overridden) => return Some(Arc::new(overridden)),
-                None => tracing::debug!(
-                    rule = rule.name(),
-                    key,
-                    "an override that no longer fits its rule (reloaded since) is ignored"
-                ),
-            }
+        let put = self
+            .shared
+            .overrides
+            .get(rule.name(), key, now, rule.generation, |o| {
+                let compiled = Overridden::of(o, &rule.rule, rule.generation);
+                if compiled.is_none() {
+                    tracing::debug!(
+                        rule = rule.name(),
+                        key,
+                        "an override that no longer fits its rule (reloaded since) is ignored"
+                    );
+                }
+                compiled
+            });
+        if put.is_some() {
+            return put;
         }
         if rule.file_overrides.is_empty() {
             return None;
@@ -859,7 +882,7 @@ impl<S: Store> Limiter<S> {
                 self.shared.store.put_override(&o, ttl),
             )
             .await?;
-        let n = self.shared.overrides.put(stored.clone());
+        let n = self.shared.overrides.put(&stored);
         self.shared.observer.on_override_count(rule, n);
         Ok(stored)
     }
@@ -924,8 +947,8 @@ impl<S: Store> Limiter<S> {
         let compiled = snapshot.rules.iter().find(|r| r.name() == rule)?;
         let key = bounded_key(key);
         let now = self.shared.clock.now();
-        if let Some(o) = self.shared.overrides.get(rule, &key, now)
-            && let Some(overridden) = Overridden::of(&o, &compiled.rule)
+        if let Some(o) = self.shared.overrides.override_of(rule, &key, now)
+            && let Some(overridden) = Overridden::of(&o, &compiled.rule, compiled.generation)
         {
             return Some((o, OverrideSource::Store, overridden.policy));
         }

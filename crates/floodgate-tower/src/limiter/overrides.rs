@@ -6,22 +6,153 @@
 //! override put or removed on any instance sharing the store applies here
 //! at the next sync (every 500 ms with the block sync). One put or removed
 //! through this instance applies here at once.
+//!
+//! Built for many overrides: an entry is its key and four numbers (about
+//! 100 bytes with the table's share), and the policy it decides by is
+//! compiled once per configuration, on first use, not per request. A key
+//! without an override costs nothing while no override is cached, one
+//! lookup in a small table while few are, and past [`FILTER_FROM`] one bit
+//! read from a 2 MiB bitmap of hashed (rule, key) pairs, with no lock: the
+//! table itself (tens of MB for a million) is only searched for the few
+//! keys whose bit is set.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use floodgate_core::{KeyOverride, OverrideChanges, Timestamp};
 use parking_lot::RwLock;
 
-/// Changes read from the store per call.
-pub(crate) const SYNC_PAGE: usize = 10_000;
+use super::Overridden;
+
+/// Changes read from the store per call: a page must come back within the
+/// store's timeout (50 ms by default).
+pub(crate) const SYNC_PAGE: usize = 1_000;
+
+/// Overrides cached before the bitmap filter is built.
+pub(crate) const FILTER_FROM: usize = 4_096;
+
+/// Bits in the filter: 2^24 (2 MiB). With a million overrides about 6% of
+/// the keys without one find their bit set and search the table.
+const FILTER_BITS: u64 = 1 << 24;
+
+/// A one-hash Bloom filter of the cached (rule, key) pairs: a bit clear
+/// means no override. Bits are only ever set; removals leave theirs set
+/// until the filter is rebuilt.
+struct Filter {
+    words: Box<[AtomicU64]>,
+    /// Removals since it was built.
+    stale: AtomicUsize,
+}
+
+impl Filter {
+    fn new() -> Self {
+        Filter {
+            words: (0..FILTER_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            stale: AtomicUsize::new(0),
+        }
+    }
+
+    fn bit(rule: &str, key: &str) -> (usize, u64) {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(0x666c_6f6f_6467_6174).hash_one((rule, key));
+        let bit = h % FILTER_BITS;
+        ((bit / 64) as usize, 1 << (bit % 64))
+    }
+
+    fn set(&self, rule: &str, key: &str) {
+        let (word, mask) = Self::bit(rule, key);
+        self.words[word].fetch_or(mask, Ordering::Relaxed);
+    }
+
+    fn may_hold(&self, rule: &str, key: &str) -> bool {
+        let (word, mask) = Self::bit(rule, key);
+        self.words[word].load(Ordering::Relaxed) & mask != 0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One override, as compact as it can be kept.
+struct Entry {
+    limit: u64,
+    /// 0: the rule's.
+    window_us: u64,
+    /// 0: none.
+    burst: u64,
+    /// 0: never.
+    expires_us: u64,
+    /// The policy it decides by, compiled for a configuration.
+    compiled: ArcSwapOption<Overridden>,
+}
+
+impl Entry {
+    fn of(o: &KeyOverride) -> Self {
+        Entry {
+            limit: o.limit,
+            window_us: o
+                .window
+                .map_or(0, |w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)),
+            burst: o.burst.unwrap_or(0),
+            expires_us: o.expires.map_or(0, Timestamp::as_micros),
+            compiled: ArcSwapOption::empty(),
+        }
+    }
+
+    fn in_force(&self, now: Timestamp) -> bool {
+        self.expires_us == 0 || self.expires_us > now.as_micros()
+    }
+
+    fn to_override(&self, rule: &str, key: &str) -> KeyOverride {
+        KeyOverride {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            limit: self.limit,
+            window: (self.window_us > 0).then(|| Duration::from_micros(self.window_us)),
+            burst: (self.burst > 0).then_some(self.burst),
+            expires: (self.expires_us > 0).then(|| Timestamp::from_micros(self.expires_us)),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Index {
     /// The number of the last change applied.
     version: u64,
+    /// Overrides cached, over every rule.
+    len: usize,
     /// rule name → key → override.
-    by_rule: HashMap<String, HashMap<String, KeyOverride>>,
+    by_rule: FastMap<Box<str>, FastMap<Box<str>, Entry>>,
+}
+
+impl Index {
+    fn insert(&mut self, o: &KeyOverride) -> usize {
+        let keys = self.by_rule.entry(o.rule.as_str().into()).or_default();
+        if keys.insert(o.key.as_str().into(), Entry::of(o)).is_none() {
+            self.len += 1;
+        }
+        keys.len()
+    }
+
+    fn remove(&mut self, rule: &str, key: &str) -> usize {
+        let Some(keys) = self.by_rule.get_mut(rule) else {
+            return 0;
+        };
+        if keys.remove(key).is_some() {
+            self.len -= 1;
+        }
+        let n = keys.len();
+        if n == 0 {
+            self.by_rule.remove(rule);
+        }
+        n
+    }
+
+    fn count(&self, rule: &str) -> usize {
+        self.by_rule.get(rule).map_or(0, |keys| keys.len())
+    }
 }
 
 /// Per-key overrides known to this instance.
@@ -30,17 +161,86 @@ pub(crate) struct OverrideCache {
     index: RwLock<Index>,
     /// Whether any override is cached: while none is, a check takes no lock.
     any: AtomicBool,
+    /// Past [`FILTER_FROM`] overrides: which (rule, key) pairs may have one.
+    filter: ArcSwapOption<Filter>,
 }
 
 impl OverrideCache {
-    /// The override of (rule, key) in force at `now`.
-    pub(crate) fn get(&self, rule: &str, key: &str, now: Timestamp) -> Option<KeyOverride> {
+    /// The policy (rule, key) is decided by at `now` under configuration
+    /// `generation`, if it has an override in force: compiled by `compile`
+    /// the first time under that configuration, then shared.
+    pub(crate) fn get(
+        &self,
+        rule: &str,
+        key: &str,
+        now: Timestamp,
+        generation: u64,
+        compile: impl FnOnce(&KeyOverride) -> Option<Overridden>,
+    ) -> Option<Arc<Overridden>> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(filter) = &*self.filter.load()
+            && !filter.may_hold(rule, key)
+        {
+            return None;
+        }
+        let index = self.index.read();
+        let entry = index.by_rule.get(rule)?.get(key)?;
+        if !entry.in_force(now) {
+            return None;
+        }
+        if let Some(compiled) = entry.compiled.load_full()
+            && compiled.generation == generation
+        {
+            return Some(compiled);
+        }
+        let compiled = Arc::new(compile(&entry.to_override(rule, key))?);
+        entry.compiled.store(Some(Arc::clone(&compiled)));
+        Some(compiled)
+    }
+
+    /// The override of (rule, key) in force at `now`, as put.
+    pub(crate) fn override_of(&self, rule: &str, key: &str, now: Timestamp) -> Option<KeyOverride> {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
         let index = self.index.read();
-        let o = index.by_rule.get(rule)?.get(key)?;
-        o.in_force(now).then(|| o.clone())
+        let entry = index.by_rule.get(rule)?.get(key)?;
+        entry.in_force(now).then(|| entry.to_override(rule, key))
+    }
+
+    /// After changes to `index` (write-locked): sets the filter's bits of
+    /// what was `added`, builds the filter once there are enough overrides
+    /// to need it, and rebuilds it once a quarter of its bits are stale.
+    fn after_changes<'a>(
+        &self,
+        index: &Index,
+        added: impl Iterator<Item = (&'a str, &'a str)>,
+        removed: usize,
+    ) {
+        self.any.store(index.len > 0, Ordering::Relaxed);
+        let current = self.filter.load_full();
+        let stale = current.as_ref().map_or(0, |f| {
+            f.stale.fetch_add(removed, Ordering::Relaxed) + removed
+        });
+        let rebuild = match &current {
+            None => index.len >= FILTER_FROM,
+            Some(_) => stale > index.len / 4 + FILTER_FROM,
+        };
+        if rebuild {
+            let filter = Filter::new();
+            for (rule, keys) in &index.by_rule {
+                for key in keys.keys() {
+                    filter.set(rule, key);
+                }
+            }
+            self.filter.store(Some(Arc::new(filter)));
+        } else if let Some(filter) = current {
+            for (rule, key) in added {
+                filter.set(rule, key);
+            }
+        }
     }
 
     /// The number of the last change applied: where the next sync starts.
@@ -49,71 +249,68 @@ impl OverrideCache {
     }
 
     /// Applies a page of changes read from the store; returns the number of
-    /// overrides cached per rule that changed, for the metrics.
+    /// overrides cached, per rule that changed, for the metrics.
     pub(crate) fn apply(&self, page: OverrideChanges) -> Vec<(String, usize)> {
         let mut index = self.index.write();
         let mut touched: Vec<String> = Vec::new();
+        let mut removed = 0;
         if page.reset {
-            touched.extend(index.by_rule.keys().cloned());
+            touched.extend(index.by_rule.keys().map(|r| r.to_string()));
+            removed = index.len;
             index.by_rule.clear();
+            index.len = 0;
             index.version = 0;
         } else {
-            for change in page.changes {
+            for change in &page.changes {
                 if !touched.contains(&change.rule) {
                     touched.push(change.rule.clone());
                 }
-                match change.now {
+                match &change.now {
                     Some(o) => {
-                        index
-                            .by_rule
-                            .entry(change.rule)
-                            .or_default()
-                            .insert(change.key, o);
+                        index.insert(o);
                     }
                     None => {
-                        if let Some(keys) = index.by_rule.get_mut(&change.rule) {
-                            keys.remove(&change.key);
-                            if keys.is_empty() {
-                                index.by_rule.remove(&change.rule);
-                            }
-                        }
+                        index.remove(&change.rule, &change.key);
+                        removed += 1;
                     }
                 }
             }
             index.version = index.version.max(page.version);
         }
-        self.any.store(!index.by_rule.is_empty(), Ordering::Relaxed);
+        let added = page
+            .changes
+            .iter()
+            .filter(|c| c.now.is_some())
+            .map(|c| (c.rule.as_str(), c.key.as_str()));
+        self.after_changes(&index, added, removed);
         touched
             .into_iter()
             .map(|rule| {
-                let n = index.by_rule.get(&rule).map_or(0, HashMap::len);
+                let n = index.count(&rule);
                 (rule, n)
             })
             .collect()
     }
 
-    /// Puts `o` in force here at once (made through this instance).
-    pub(crate) fn put(&self, o: KeyOverride) -> usize {
+    /// Puts `o` in force here at once (made through this instance); the
+    /// number of overrides of its rule now.
+    pub(crate) fn put(&self, o: &KeyOverride) -> usize {
         let mut index = self.index.write();
-        let keys = index.by_rule.entry(o.rule.clone()).or_default();
-        keys.insert(o.key.clone(), o);
-        let n = keys.len();
-        self.any.store(true, Ordering::Relaxed);
+        let n = index.insert(o);
+        self.after_changes(
+            &index,
+            std::iter::once((o.rule.as_str(), o.key.as_str())),
+            0,
+        );
         n
     }
 
-    /// Removes the override of (rule, key) here at once.
+    /// Removes the override of (rule, key) here at once; the number of
+    /// overrides of the rule left.
     pub(crate) fn remove(&self, rule: &str, key: &str) -> usize {
         let mut index = self.index.write();
-        let mut n = 0;
-        if let Some(keys) = index.by_rule.get_mut(rule) {
-            keys.remove(key);
-            n = keys.len();
-            if keys.is_empty() {
-                index.by_rule.remove(rule);
-            }
-        }
-        self.any.store(!index.by_rule.is_empty(), Ordering::Relaxed);
+        let n = index.remove(rule, key);
+        self.after_changes(&index, std::iter::empty(), 1);
         n
     }
 
@@ -123,9 +320,98 @@ impl OverrideCache {
         let mut list: Vec<KeyOverride> = index
             .by_rule
             .get(rule)
-            .map(|keys| keys.values().filter(|o| o.in_force(now)).cloned().collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter(|(_, e)| e.in_force(now))
+                    .map(|(key, e)| e.to_override(rule, key))
+                    .collect()
+            })
             .unwrap_or_default();
         list.sort_by(|a, b| a.key.cmp(&b.key));
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use floodgate_core::{OverrideChange, Policy};
+
+    fn o(rule: &str, key: &str, limit: u64) -> KeyOverride {
+        KeyOverride {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            limit,
+            window: None,
+            burst: None,
+            expires: None,
+        }
+    }
+
+    fn compile(o: &KeyOverride) -> Option<Overridden> {
+        let policy = Policy::new(
+            floodgate_core::Algorithm::FixedWindow,
+            o.limit,
+            Duration::from_secs(1),
+        )
+        .ok()?;
+        Some(Overridden {
+            generation: 1,
+            label: Arc::new(super::super::RuleLabel::new(
+                &o.rule,
+                policy.limit(),
+                policy.window(),
+            )),
+            policy,
+        })
+    }
+
+    fn limit_of(cache: &OverrideCache, rule: &str, key: &str) -> Option<u64> {
+        let now = Timestamp::from_micros(1);
+        cache
+            .get(rule, key, now, 1, compile)
+            .map(|c| c.policy.limit())
+    }
+
+    /// Past FILTER_FROM overrides the bitmap answers for keys without one;
+    /// it never hides one that exists, before or after removals rebuild it.
+    #[test]
+    fn the_filter_never_hides_an_override() {
+        let cache = OverrideCache::default();
+        let n = 3 * FILTER_FROM;
+        let changes = (0..n)
+            .map(|i| OverrideChange {
+                rule: "r".into(),
+                key: format!("k{i}"),
+                now: Some(o("r", &format!("k{i}"), 1 + i as u64)),
+            })
+            .collect();
+        cache.apply(OverrideChanges {
+            version: n as u64,
+            reset: false,
+            changes,
+            more: false,
+        });
+        assert!(
+            cache.filter.load().is_some(),
+            "no filter past {FILTER_FROM}"
+        );
+        for i in 0..n {
+            assert_eq!(limit_of(&cache, "r", &format!("k{i}")), Some(1 + i as u64));
+        }
+        assert_eq!(limit_of(&cache, "r", "absent"), None);
+        assert_eq!(limit_of(&cache, "other", "k1"), None);
+        // Remove all but 100: the filter is rebuilt; what is left is found.
+        for i in 100..n {
+            cache.remove("r", &format!("k{i}"));
+        }
+        for i in 0..n {
+            let expected = (i < 100).then_some(1 + i as u64);
+            assert_eq!(limit_of(&cache, "r", &format!("k{i}")), expected, "k{i}");
+        }
+        // One put later, without a sync: found too.
+        cache.put(&o("r", "late", 77));
+        assert_eq!(limit_of(&cache, "r", "late"), Some(77));
     }
 }

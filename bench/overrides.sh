@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# What per-key overrides cost a decision: no overrides, 1M overrides with
+# the decided key not among them, and keys that have one; memory and Redis
+# in the same run (crates/floodgate-server/benches/overrides.rs). Starts its
+# own redis-server unless FLOODGATE_BENCH_REDIS_URL is set. About 3 minutes
+# on 2 cores, most of it putting the million overrides into each store.
+#
+#   bench/overrides.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+need redis-server redis-server
+need cargo "cargo (https://rustup.rs)"
+
+machine() {
+  printf 'machine: %s cores, %s, load average %s\n' "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+machine
+cargo bench -p floodgate-server --bench overrides
+machine
