@@ -77,6 +77,10 @@ impl Store for AnyStore {
         dispatch!(self, s => s.charge(charges))
     }
 
+    async fn refund(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        dispatch!(self, s => s.refund(refunds))
+    }
+
     async fn put_override(
         &self,
         o: &KeyOverride,

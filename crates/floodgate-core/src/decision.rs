@@ -18,6 +18,11 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
     /// Refused because a penalty block (the policy's `block_for`) is in force.
     pub blocked: bool,
+    /// Admitted under a policy with a maximum delay
+    /// ([`Policy::with_max_delay`](crate::Policy::with_max_delay)): how long
+    /// to hold the request before it goes ahead (its place in the bucket is
+    /// that far in the future). Zero otherwise.
+    pub delay: Duration,
 }
 
 impl Decision {
@@ -30,6 +35,7 @@ impl Decision {
             reset_after: Duration::from_micros(reset_after_us),
             retry_after: None,
             blocked: false,
+            delay: Duration::ZERO,
         }
     }
 
@@ -47,6 +53,7 @@ impl Decision {
             reset_after: Duration::from_micros(reset_after_us),
             retry_after: Some(Duration::from_micros(retry_after_us)),
             blocked: false,
+            delay: Duration::ZERO,
         }
     }
 

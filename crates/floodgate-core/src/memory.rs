@@ -415,6 +415,27 @@ impl MemoryStore {
         Ok(decisions)
     }
 
+    /// [`Store::refund`], synchronously.
+    pub fn refund_now(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        validate_charges(refunds)?;
+        let now = self.inner.clock.now().as_micros();
+        let mut decisions = Vec::with_capacity(refunds.len());
+        for c in refunds {
+            let hash = self.hash(c.rule, c.key);
+            let mut shard = self.inner.shards[self.shard_of(hash)].lock();
+            let state = match shard.find_mut(hash, c.rule, c.key) {
+                Some(entry) => {
+                    entry.state.limit.refund(c.policy, now, c.cost);
+                    entry.expires_at = entry.state.expires_at(c.policy);
+                    Some(&entry.state)
+                }
+                None => None,
+            };
+            decisions.push(peek_state(state, c.policy, now));
+        }
+        Ok(decisions)
+    }
+
     /// [`Store::peek`], synchronously.
     pub fn peek_now(&self, rule: &str, policy: &Policy, key: &str) -> Decision {
         let now = self.inner.clock.now().as_micros();
@@ -538,6 +559,7 @@ pub(crate) fn peek_state(state: Option<&KeyState>, policy: &Policy, now: u64) ->
         return state.evaluate(policy, now, 1, true).decision;
     }
     let mut d = state.limit.decide(policy, now, 0);
+    d.delay = Duration::ZERO;
     if d.remaining == 0 {
         // Nothing left: say so, and when a single unit fits again.
         let one = state.limit.decide(policy, now, 1);
@@ -566,6 +588,10 @@ impl Store for MemoryStore {
 
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         self.charge_now(charges)
+    }
+
+    async fn refund(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.refund_now(refunds)
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {

@@ -53,6 +53,9 @@ impl KeyOverride {
         if !steps.is_empty() {
             policy = policy.with_block_ladder(&steps)?;
         }
+        if rule.max_delay_us() > 0 {
+            policy = policy.with_max_delay(Duration::from_micros(rule.max_delay_us()))?;
+        }
         Ok(policy)
     }
 

@@ -113,6 +113,14 @@ pub enum PolicyError {
     /// A block ladder has no steps or more than [`MAX_BLOCK_STEPS`].
     #[error("a block_for ladder has 1 to {MAX_BLOCK_STEPS} steps, got {0}")]
     BlockSteps(usize),
+    /// A maximum delay was given for an algorithm other than token_bucket.
+    #[error(
+        "a delay holds a place in the bucket's future, which only token_bucket keeps, not {0}"
+    )]
+    DelayNotSupported(Algorithm),
+    /// The maximum delay is zero or longer than a year.
+    #[error("max_delay must be between 1ms and 366d, got {0:?}")]
+    MaxDelay(Duration),
     /// A block ladder step is shorter than the one before it.
     #[error(
         "a block_for ladder escalates: step {step} ({}) is shorter than the step before it ({})",
@@ -161,6 +169,9 @@ pub struct Policy {
     block_for_us: Option<u64>,
     /// Every penalty step (µs), when there are more than one.
     block_ladder: Option<Arc<[u64]>>,
+    /// Token bucket: how far in the future a request may take its place
+    /// (µs), held until then; 0 for none.
+    max_delay_us: u64,
     /// `window_us / limit` rounded up, computed once: the token bucket needs
     /// it on every check and a division is not free.
     emission_interval_us: u64,
@@ -185,6 +196,7 @@ impl Policy {
             burst: limit,
             block_for_us: None,
             block_ladder: None,
+            max_delay_us: 0,
             emission_interval_us: micros_of(window).div_ceil(limit.get()).max(1),
         })
     }
@@ -256,6 +268,27 @@ impl Policy {
         self.block_for_us = Some(us[0]);
         self.block_ladder = (us.len() > 1).then(|| us.into());
         Ok(self)
+    }
+
+    /// Token bucket only: a request that does not fit now but will within
+    /// `max_delay` is admitted with a [`Decision::delay`](crate::Decision::delay)
+    /// (its place in the bucket taken now, in the future), instead of being
+    /// refused. The bucket then admits as nginx's `limit_req` with
+    /// `burst`/`delay` does: a burst is spread out at the rate, not refused.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Result<Self, PolicyError> {
+        if self.algorithm != Algorithm::TokenBucket {
+            return Err(PolicyError::DelayNotSupported(self.algorithm));
+        }
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&max_delay) {
+            return Err(PolicyError::MaxDelay(max_delay));
+        }
+        self.max_delay_us = micros_of(max_delay);
+        Ok(self)
+    }
+
+    /// The maximum delay in microseconds; 0 for none.
+    pub fn max_delay_us(&self) -> u64 {
+        self.max_delay_us
     }
 
     /// The counting algorithm.

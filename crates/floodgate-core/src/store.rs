@@ -152,6 +152,16 @@ pub trait Store: Send + Sync + 'static {
         charges: &[Check<'_>],
     ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send;
 
+    /// Gives back the cost of checks admitted under a maximum delay
+    /// ([`Decision::delay`]) whose requests never went ahead (the client
+    /// left while held): a token bucket's place moves back. Does nothing
+    /// for the other algorithms, which hold no places in the future.
+    /// Returns, per check, what a [`Store::peek`] would find after.
+    fn refund(
+        &self,
+        refunds: &[Check<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, Error>> + Send;
+
     /// What a check would find now for (rule, key), without recording
     /// anything: `remaining` is the quota left, `blocked` a penalty in force.
     fn peek(

@@ -62,6 +62,7 @@ pub(crate) struct QueuedCheck {
     pub(crate) shadow: bool,
     pub(crate) probe: bool,
     pub(crate) charge: bool,
+    pub(crate) refund: bool,
 }
 
 /// One request's batch, waiting for a call.
@@ -260,6 +261,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             shadow: c.shadow,
             probe: c.probe,
             charge: c.charge,
+            refund: c.refund,
             cost: c.cost,
         })
         .collect();

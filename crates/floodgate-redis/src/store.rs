@@ -96,6 +96,8 @@ enum Mode {
     DryRun,
     /// Record every cost whatever the limits say (Store::charge).
     Charge,
+    /// Give back held places (Store::refund).
+    Refund,
 }
 
 /// The checks of one batch that share a client key (one hash slot), by
@@ -314,6 +316,7 @@ impl RedisStore {
                     shadow: c.shadow,
                     probe: c.probe,
                     charge: mode == Mode::Charge,
+                    refund: mode == Mode::Refund,
                     cost: c.cost,
                 }
             })
@@ -326,6 +329,7 @@ impl RedisStore {
                 shadow: false,
                 probe: false,
                 charge: false,
+                refund: false,
                 cost: 2,
             });
         }
@@ -335,6 +339,7 @@ impl RedisStore {
             Mode::PenaltiesOnly => "check (penalties only)",
             Mode::DryRun => "check (dry run)",
             Mode::Charge => "charge",
+            Mode::Refund => "refund",
         };
         let reply = self.invoke_check(deadline, what, &call).await?;
         if reply.len() != n * DECISION_FIELDS {
@@ -373,7 +378,7 @@ impl RedisStore {
         coalescer: &Arc<Coalescer>,
         deadline: Instant,
         checks: &[Check<'_>],
-        charge: bool,
+        mode: Mode,
     ) -> Result<Vec<Decision>, Error> {
         let keys = &self.inner.keys;
         let queued = checks
@@ -385,7 +390,8 @@ impl RedisStore {
                 cost: c.cost,
                 shadow: c.shadow,
                 probe: c.probe,
-                charge,
+                charge: mode == Mode::Charge,
+                refund: mode == Mode::Refund,
             })
             .collect();
         let reply = coalescer
@@ -393,6 +399,39 @@ impl RedisStore {
             .await?;
         let all: Vec<usize> = (0..checks.len()).collect();
         self.decisions(deadline, checks, &all, &reply).await
+    }
+
+    /// Charges or refunds (`mode`) every check whatever the limits say: one
+    /// atomic `check.lua` call of checks of that mode, shared with other
+    /// requests' calls like any check; on a cluster, one call per client key
+    /// (hash slot), concurrently. They are independent of each other, so
+    /// splitting them changes nothing but where they run.
+    async fn record_all(&self, checks: &[Check<'_>], mode: Mode) -> Result<Vec<Decision>, Error> {
+        validate_charges(checks)?;
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        if self.inner.link.is_cluster() {
+            let groups = slot_groups(checks);
+            let all: Vec<&SlotGroup> = groups.iter().collect();
+            let answers = self.run_groups(deadline, checks, &all, mode).await?;
+            let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+            for (g, ds) in groups.iter().zip(answers) {
+                for (&i, d) in g.indices.iter().zip(ds) {
+                    decisions[i] = Some(d);
+                }
+            }
+            return Ok(decisions.into_iter().flatten().collect());
+        }
+        let all: Vec<usize> = (0..checks.len()).collect();
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.run_group(deadline, checks, &all, mode).await;
+        };
+        match coalescer.try_lead(self) {
+            Some(_lead) => self.run_group(deadline, checks, &all, mode).await,
+            None => self.check_coalesced(coalescer, deadline, checks, mode).await,
+        }
     }
 
     /// A call of `overrides.lua` on its four keys, with ARGV[1] (now) set
@@ -633,7 +672,7 @@ impl Store for RedisStore {
         match coalescer.try_lead(self) {
             Some(_lead) => self.run_group(deadline, checks, &all, Mode::Commit).await,
             None => {
-                self.check_coalesced(coalescer, deadline, checks, false)
+                self.check_coalesced(coalescer, deadline, checks, Mode::Commit)
                     .await
             }
         }
@@ -645,46 +684,19 @@ impl Store for RedisStore {
         Some(self.inner.config.timeout)
     }
 
-    /// One atomic `check.lua` call whose checks are all charges, shared
-    /// with other requests' calls like any check; on a cluster, one call per
-    /// client key (hash slot), concurrently. Charges are independent of
-    /// each other, so splitting them changes nothing but where they run.
+    /// See [`RedisStore::record_all`].
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
-        validate_charges(charges)?;
-        if charges.is_empty() {
-            return Ok(Vec::new());
-        }
-        let deadline = self.deadline();
-        if self.inner.link.is_cluster() {
-            let groups = slot_groups(charges);
-            let all: Vec<&SlotGroup> = groups.iter().collect();
-            let answers = self
-                .run_groups(deadline, charges, &all, Mode::Charge)
-                .await?;
-            let mut decisions: Vec<Option<Decision>> = vec![None; charges.len()];
-            for (g, ds) in groups.iter().zip(answers) {
-                for (&i, d) in g.indices.iter().zip(ds) {
-                    decisions[i] = Some(d);
-                }
-            }
-            return Ok(decisions.into_iter().flatten().collect());
-        }
-        let all: Vec<usize> = (0..charges.len()).collect();
-        let Some(coalescer) = &self.inner.coalescer else {
-            return self.run_group(deadline, charges, &all, Mode::Charge).await;
-        };
-        match coalescer.try_lead(self) {
-            Some(_lead) => self.run_group(deadline, charges, &all, Mode::Charge).await,
-            None => {
-                self.check_coalesced(coalescer, deadline, charges, true)
-                    .await
-            }
-        }
+        self.record_all(charges, Mode::Charge).await
+    }
+
+    /// As [`charge`](#method.charge), each check giving its cost back.
+    async fn refund(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.record_all(refunds, Mode::Refund).await
     }
 
     async fn peek(&self, rule: &str, policy: &Policy, key: &str) -> Result<Decision, Error> {
         let keys = &self.inner.keys;
-        let mut call = self.script_call(&scripts::PEEK, 2, 8);
+        let mut call = self.script_call(&scripts::PEEK, 2, 9);
         call.key(keys.state(rule, key))
             .key(keys.block(rule, key))
             .arg(self.now_arg())

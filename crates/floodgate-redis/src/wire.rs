@@ -32,6 +32,8 @@ pub(crate) struct CheckArg<'a> {
     /// Charged whatever the limit says (Store::charge); `shadow` and
     /// `probe` do not apply.
     pub(crate) charge: bool,
+    /// Given back (Store::refund); `shadow` and `probe` do not apply.
+    pub(crate) refund: bool,
     pub(crate) cost: u64,
 }
 
@@ -47,6 +49,7 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
         let mode = match (c.charge, c.shadow, c.probe) {
+            _ if c.refund => "5",
             (true, _, _) => "4",
             (false, false, false) => "0",
             (false, true, false) => "1",
@@ -93,6 +96,7 @@ pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: boo
                 .join(","),
         ),
     };
+    call.arg(policy.max_delay_us());
 }
 
 /// Bytes per check in a `check.lua` reply: a flags byte and four doubles.
@@ -150,12 +154,18 @@ pub(crate) fn decision_from(policy: &Policy, fields: &[i64]) -> Result<Decision,
         limit: policy.limit(),
         remaining: micros(remaining)?,
         reset_after: Duration::from_micros(micros(reset)?),
-        retry_after: if retry < 0 {
+        // An admitted check's retry field is its wait under a max_delay.
+        retry_after: if retry < 0 || allowed == 1 {
             None
         } else {
             Some(Duration::from_micros(micros(retry)?))
         },
         blocked: blocked == 1,
+        delay: if allowed == 1 && retry >= 0 {
+            Duration::from_micros(micros(retry)?)
+        } else {
+            Duration::ZERO
+        },
     })
 }
 

@@ -13,21 +13,39 @@ pub struct State {
     pub tat: u64,
 }
 
-/// Decides whether `cost` fits at `now`.
+/// Decides whether `cost` fits at `now`, or (under a maximum delay) will
+/// within it: then admitted with the wait as [`Decision::delay`], and a
+/// refusal's retry is when a request would be admitted with the longest
+/// wait.
 pub fn decide(state: &State, policy: &Policy, now: u64, cost: u64) -> Decision {
     let t = policy.emission_interval_us();
     let tau = t * policy.burst();
+    let slack = policy.max_delay_us();
     let tat = state.tat.max(now);
     let new_tat = tat + t * cost;
     let allow_at = new_tat.saturating_sub(tau);
-    let allowed = allow_at <= now;
+    let allowed = allow_at <= now + slack;
     let (horizon, retry) = if allowed {
         (new_tat, 0)
     } else {
-        (tat, allow_at - now)
+        (tat, allow_at - now - slack)
     };
     let remaining = (now + tau).saturating_sub(horizon) / t;
-    Decision::new(allowed, policy.limit(), remaining, horizon - now, retry)
+    let mut d = Decision::new(allowed, policy.limit(), remaining, horizon - now, retry);
+    if allowed {
+        d.delay = std::time::Duration::from_micros(allow_at.saturating_sub(now));
+    }
+    d
+}
+
+/// Gives back `cost` units a check admitted at a time in the future and that
+/// never went ahead (its client left while held): the bucket's place moves
+/// back, never before `now`.
+pub fn refund(state: &mut State, policy: &Policy, now: u64, cost: u64) {
+    state.tat = state
+        .tat
+        .saturating_sub(policy.emission_interval_us() * cost)
+        .max(now);
 }
 
 /// Records an admitted `cost` at `now`.

@@ -89,6 +89,17 @@ impl LimitState {
         }
     }
 
+    /// Gives back `cost` units admitted under a maximum delay whose request
+    /// never went ahead (see [`gcra::refund`]). Only a token bucket holds
+    /// places in its future; for the other algorithms this does nothing.
+    pub fn refund(&mut self, policy: &Policy, now: u64, cost: u64) {
+        if let LimitState::TokenBucket(s) = self
+            && policy.algorithm() == Algorithm::TokenBucket
+        {
+            gcra::refund(s, policy, now, cost);
+        }
+    }
+
     /// The time (µs) after which this state is the same as an empty one.
     pub fn expires_at(&self, policy: &Policy) -> u64 {
         match self {
@@ -219,6 +230,7 @@ impl KeyState {
             decision.retry_after = Some(left.max(counter_retry));
             decision.reset_after = left.max(counter_reset);
             decision.blocked = true;
+            decision.delay = Duration::ZERO;
             return Evaluation {
                 decision,
                 block_until: None,
@@ -466,5 +478,38 @@ mod tests {
         assert_eq!((over.block_until, over.offence), (Some(T + 60 * SEC), 1));
         assert_eq!(s.penalty.offences(), 0);
         assert_eq!(s.expires_at(&p), T + 60 * SEC);
+    }
+    #[test]
+    fn a_token_bucket_with_a_max_delay_spreads_a_burst_and_refunds_places() {
+        let p = policy(Algorithm::TokenBucket, 5, 1)
+            .with_burst(1)
+            .and_then(|p| p.with_max_delay(Duration::from_secs(1)))
+            .expect("valid policy");
+        let mut s = LimitState::fresh(Algorithm::TokenBucket);
+        let waits: Vec<u64> = (0..6)
+            .map(|_| {
+                let d = take(&mut s, &p, T, 1);
+                assert!(d.allowed, "{d:?}");
+                d.delay.as_millis() as u64
+            })
+            .collect();
+        assert_eq!(waits, [0, 200, 400, 600, 800, 1000]);
+        // The seventh would wait 1.2 s: refused, told when a retry is held
+        // no longer than the most.
+        let over = take(&mut s, &p, T, 1);
+        assert!(!over.allowed && over.delay.is_zero());
+        assert_eq!(over.retry_after, Some(us(200_000)));
+        // A held request that never went ahead gives its place back.
+        s.refund(&p, T, 1);
+        let again = take(&mut s, &p, T, 1);
+        assert!(again.allowed);
+        assert_eq!(again.delay, us(1_000_000));
+        // Without a max delay nothing changes.
+        let plain = policy(Algorithm::TokenBucket, 5, 1).with_burst(1).expect("valid");
+        let mut s = LimitState::fresh(Algorithm::TokenBucket);
+        assert!(take(&mut s, &plain, T, 1).allowed);
+        let refused = take(&mut s, &plain, T, 1);
+        assert!(!refused.allowed && refused.delay.is_zero());
+        assert_eq!(refused.retry_after, Some(us(200_000)));
     }
 }

@@ -368,6 +368,7 @@ fn admitted(policy: &Policy, remaining: u64) -> Decision {
         reset_after: Duration::ZERO,
         retry_after: None,
         blocked: false,
+        delay: std::time::Duration::ZERO,
     }
 }
 
@@ -382,6 +383,10 @@ impl Store for RecordingStore {
                 admitted(c.policy, c.policy.capacity() - c.cost)
             })
             .collect())
+    }
+
+    async fn refund(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.charge(refunds).await
     }
 
     async fn put_override(

@@ -14,17 +14,21 @@
 --               one-rule requests: nothing to parse); "" when every check
 --               forms one batch
 --   ARGV[4]     P, the number of policies
---   then 7 per policy (each distinct one once, however many checks use it):
+--   then 8 per policy (each distinct one once, however many checks use it):
 --     algorithm, limit, window_us, burst, emission_us, block_for_us (0:
---     none; a block ladder's steps as "step,step,..."), mode: "0" enforce,
+--     none; a block ladder's steps as "step,step,..."), max_delay_us (0:
+--     none), mode: "0" enforce,
 --     "1" shadow, "2" probe (enforce, never charge), "3" shadow probe, "4"
 --     charge (Store::charge: record the cost whatever the limit says, never
---     refuse, start no penalty; its reply is what a peek finds after)
+--     refuse, start no penalty; its reply is what a peek finds after), "5"
+--     refund (Store::refund: give back a held request's place in a token
+--     bucket; its reply is what a peek finds after)
 --   then 2 per check: its policy's number (1..P), cost
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
--- little-endian doubles remaining, reset_after_us, retry_after_us (-1 when
--- allowed) and block_until_us (a penalty block this call started, else 0).
+-- little-endian doubles remaining, reset_after_us, retry_after_us (when
+-- allowed: -1, or under a max_delay the wait before the request goes
+-- ahead) and block_until_us (a penalty block this call started, else 0).
 -- One bulk string instead of six integers per check: less for Redis to
 -- write and for the client to parse.
 --
@@ -59,7 +63,14 @@ end
 local function charge_check(i, p, cost)
   local key = KEYS[2 * i - 1]
   local a, b, c = state_of(key, p)
-  values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
+  if p.refund then
+    local v = refund(key, p, now, cost, margin_ms, a)
+    if v then
+      values[key] = v
+    end
+  else
+    values[key] = commit(key, p, now, cost, margin_ms, a, b, c)
+  end
   a, b, c = state_of(key, p)
   local d = peek_decision(p, now, decode_penalty(values[KEYS[2 * i]]), a, b, c)
   reply[i] = pack_struct('<Bdddd', d[1] + 2 * d[5], d[2], d[3], d[4], 0)
@@ -79,15 +90,15 @@ local function decide_check(i, at)
   if not p or not cost then
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
   end
-  if p.charge then
+  if p.charge or p.refund then
     return charge_check(i, p, cost)
   end
   local a, b, c = state_of(KEYS[2 * i - 1], p)
   local until_us, offences = decode_penalty(values[KEYS[2 * i]])
-  local allowed, remaining, reset, retry, blocked, block_until, offence =
+  local allowed, remaining, reset, retry, blocked, block_until, offence, wait =
     evaluate(until_us, offences, p, now, cost, p.shadow, a, b, c)
   reply[i] = pack_struct('<Bdddd', (allowed and 1 or 0) + (blocked and 2 or 0),
-    remaining, reset, retry or -1, block_until)
+    remaining, reset, retry or wait or -1, block_until)
   admitted_check[i] = allowed
   offence_of[i] = offence
   return allowed or p.shadow, p, cost, block_until, a, b, c
@@ -144,18 +155,19 @@ local function main()
   margin_ms = tonumber(ARGV[2])
   local n = #KEYS / 2
   local np = tonumber(ARGV[4])
-  if #KEYS % 2 ~= 0 or not np or np < 0 or np % 1 ~= 0 or #ARGV ~= 4 + 7 * np + 2 * n then
-    error('floodgate: check.lua needs 2 keys and 2 arguments per check and 7 per policy')
+  if #KEYS % 2 ~= 0 or not np or np < 0 or np % 1 ~= 0 or #ARGV ~= 4 + 8 * np + 2 * n then
+    error('floodgate: check.lua needs 2 keys and 2 arguments per check and 8 per policy')
   end
 
   policies = {}
   for j = 1, np do
-    local at = 5 + 7 * (j - 1)
+    local at = 5 + 8 * (j - 1)
     local p = read_policy(at)
-    local mode = ARGV[at + 6]
+    local mode = ARGV[at + 7]
     p.shadow = mode == '1' or mode == '3'
     p.probe = mode == '2' or mode == '3'
     p.charge = mode == '4'
+    p.refund = mode == '5'
     policies[tostring(j)] = p
   end
   local sizes = batch_sizes(n)
@@ -174,7 +186,7 @@ local function main()
     end
   end
 
-  local at = 5 + 7 * np
+  local at = 5 + 8 * np
   local done = 0
   -- The policies, costs and penalty ends of the batch being decided, by
   -- place in the batch.

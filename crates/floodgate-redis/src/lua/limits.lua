@@ -18,6 +18,8 @@
 --              sent as "step,step,..."
 --   memory     how long an offence is remembered after its block ends (µs):
 --              a ladder's last step, else 0
+--   max_delay  token_bucket: how far in the future a request may take its
+--              place, held until then (µs); 0 for none
 --
 -- State encodings (one key per (rule, key)): a tag byte, then the state's
 -- numbers as little-endian doubles (Redis' `struct` library), exact for
@@ -58,7 +60,7 @@ local function floor_div(a, b)
   return q
 end
 
--- The policy whose six fields start at ARGV[at].
+-- The policy whose seven fields start at ARGV[at].
 local function read_policy(at)
   local p = {
     algorithm = ARGV[at],
@@ -68,6 +70,7 @@ local function read_policy(at)
     emission = num(ARGV[at + 4]),
     block_for = num(ARGV[at + 5]),
     memory = 0,
+    max_delay = num(ARGV[at + 6]),
   }
   if not p.block_for then
     local ladder = {}
@@ -78,7 +81,7 @@ local function read_policy(at)
       p.ladder, p.block_for, p.memory = ladder, ladder[1], ladder[#ladder]
     end
   end
-  if not (p.limit and p.window and p.burst and p.emission and p.block_for) then
+  if not (p.limit and p.window and p.burst and p.emission and p.block_for and p.max_delay) then
     error('floodgate: malformed policy arguments at ARGV[' .. at .. ']')
   end
   return p
@@ -293,28 +296,32 @@ end
 
 -- gcra.rs -------------------------------------------------------------------
 
+-- Also returns, when admitted, the wait before the request goes ahead
+-- (Decision::delay; 0 without a max_delay).
 local function token_bucket_decide(p, now, cost, a)
   local t = p.emission
   local tau = t * p.burst
+  local slack = p.max_delay
   local tat = now
   if a then
     tat = max(a, now)
   end
   local new_tat = tat + t * cost
   local allow_at = sat_sub(new_tat, tau)
-  local allowed = allow_at <= now
-  local horizon, retry = tat, allow_at - now
+  local allowed = allow_at <= now + slack
+  local horizon, retry = tat, allow_at - now - slack
   if allowed then
     horizon, retry = new_tat, 0
   end
   local remaining = floor_div(sat_sub(now + tau, horizon), t)
-  return allowed, remaining, horizon - now, retry
+  return allowed, remaining, horizon - now, retry, sat_sub(allow_at, now)
 end
 
 -- algorithm/mod.rs ----------------------------------------------------------
 
 -- LimitState::decide on state (a, b, c): allowed, remaining, reset_after,
--- retry_after (µs; the last one only means something when refused).
+-- retry_after (µs; only meaningful when refused), and for a token bucket the
+-- wait of an admitted request (nil for the other algorithms).
 local function decide(p, now, cost, a, b, c)
   local algorithm = p.algorithm
   if algorithm == 'sliding_window' then
@@ -445,12 +452,13 @@ end
 -- (a, b, c) under a penalty block ending at `until_us` that answered
 -- `offences` offences in a row:
 --   allowed, remaining, reset, retry (µs; nil when allowed), blocked,
---   block_until (a penalty block this check starts, else 0), and the
---   offence that block answers
+--   block_until (a penalty block this check starts, else 0), the offence
+--   that block answers, and under a max_delay the wait of an admitted
+--   request (else nil)
 -- Under a block the refusal's retry and reset also wait for the counter, so
 -- a client is not sent back early only to be refused and blocked anew.
 local function evaluate(until_us, offences, p, now, cost, shadow, a, b, c)
-  local allowed, remaining, reset, retry = decide(p, now, cost, a, b, c)
+  local allowed, remaining, reset, retry, wait = decide(p, now, cost, a, b, c)
   if allowed then
     retry = nil -- only a refusal has one
   end
@@ -468,7 +476,23 @@ local function evaluate(until_us, offences, p, now, cost, shadow, a, b, c)
     local block = block_step(p, offence)
     return false, 0, max(reset, block), max(retry, block), true, now + block, offence
   end
+  if allowed and p.max_delay > 0 then
+    return allowed, remaining, reset, nil, false, 0, 0, wait
+  end
   return allowed, remaining, reset, retry, false, 0, 0
+end
+
+-- gcra::refund (LimitState::refund): a token bucket's place moves back by
+-- `cost` units, never before `now`; the other algorithms hold no places in
+-- the future. Returns the string now stored at `key`, or nil if unchanged.
+local function refund(key, p, now, cost, margin_ms, a)
+  if p.algorithm ~= 'token_bucket' or not a then
+    return nil
+  end
+  local tat = max(sat_sub(a, p.emission * cost), now)
+  local v = pack_struct('<Bd', TAG_TOKEN, tat)
+  call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
+  return v
 end
 
 -- peek_state in memory.rs: what a zero-cost check finds on state (a, b, c)

@@ -9,7 +9,8 @@
 -- ARGV:
 --   ARGV[1]  now (µs since the epoch), or "" to use Redis' TIME
 --   ARGV[2]  unused (the TTL margin of check.lua; nothing is written here)
---   ARGV[3..8]  algorithm, limit, window_us, burst, emission_us, block_for_us
+--   ARGV[3..9]  algorithm, limit, window_us, burst, emission_us, block_for_us,
+--               max_delay_us
 -- Returns 6 integers, as check.lua does for one check:
 --   allowed (1 when quota is left), remaining, reset_after_us,
 --   retry_after_us (-1 for none; when nothing is left, when one unit fits

@@ -49,6 +49,8 @@ enum Op {
     Check(Vec<CheckSpec>),
     /// Charges after the answer, whatever the limits say.
     Charge(Vec<CheckSpec>),
+    /// Gives back what held requests took.
+    Refund(Vec<CheckSpec>),
     Peek {
         rule: usize,
         key: usize,
@@ -123,7 +125,7 @@ async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op
                     }
                 })
             }
-            Op::Charge(specs) => {
+            Op::Charge(specs) | Op::Refund(specs) => {
                 let charges: Vec<Check<'_>> = specs
                     .iter()
                     .map(|s| {
@@ -131,7 +133,11 @@ async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op
                         Check::new(&r.name, &r.policy, KEYS[s.key], s.cost)
                     })
                     .collect();
-                Outcome::Decisions(match store.charge(&charges).await {
+                let result = match op {
+                    Op::Refund(_) => store.refund(&charges).await,
+                    _ => store.charge(&charges).await,
+                };
+                Outcome::Decisions(match result {
                     Ok(d) => Ok(d),
                     Err(e) => {
                         assert!(
@@ -619,6 +625,9 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
             if algorithm == Algorithm::TokenBucket && burst % 3 != 0 {
                 p = p.with_burst(burst).unwrap();
             }
+            if algorithm == Algorithm::TokenBucket && burst % 4 == 1 {
+                p = p.with_max_delay(Duration::from_micros(window_us / 2 + 1000)).unwrap();
+            }
             if !block_steps_us.is_empty() {
                 let steps: Vec<Duration> = block_steps_us
                     .into_iter()
@@ -665,7 +674,8 @@ fn op_strategy(rules: usize) -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         10 => prop::collection::vec(spec.clone(), 1..=3).prop_map(Op::Check),
-        3 => prop::collection::vec(spec, 1..=3).prop_map(Op::Charge),
+        3 => prop::collection::vec(spec.clone(), 1..=3).prop_map(Op::Charge),
+        2 => prop::collection::vec(spec, 1..=2).prop_map(Op::Refund),
         6 => advance.prop_map(Op::Advance),
         1 => (1u64..=5_000_000).prop_map(Op::StepBack),
         2 => (0..rules, 0..KEYS.len()).prop_map(|(rule, key)| Op::Peek { rule, key }),

@@ -245,6 +245,11 @@ impl Store for FlakyStore {
         self.inner.charge(charges).await
     }
 
+    async fn refund(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        self.gate().await?;
+        self.inner.refund(refunds).await
+    }
+
     async fn put_override(
         &self,
         o: &floodgate_core::KeyOverride,
