@@ -32,6 +32,8 @@ pub(super) struct RawRule {
     cost_header: Option<String>,
     #[serde(rename = "override")]
     overrides: Vec<RawOverride>,
+    on_limit: Option<String>,
+    max_delay: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -108,6 +110,8 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "count_status",
                 "cost_header",
                 "override",
+                "on_limit",
+                "max_delay",
             ],
         );
         let name = match r.name {
@@ -188,6 +192,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             Some(Ok(w)) => Some(w),
         };
         let block_for = validate_block_for(r.block_for, &at, p);
+        let delay = validate_on_limit(r.on_limit.as_deref(), r.max_delay.as_deref(), &at, p);
         let count_status = r.count_status.map(|items| {
             let texts: Vec<String> = items
                 .into_iter()
@@ -242,6 +247,24 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             }
             if let Some(Ok(header)) = cost_header {
                 rule = rule.with_cost_header(header);
+            }
+            if let Some(Some(max)) = delay {
+                rule = rule.with_delay(max);
+                // The limiter's own checks of a delaying rule, as problems
+                // of this file.
+                let config = floodgate_tower::LimiterConfig {
+                    rules: vec![rule.clone()],
+                    ..floodgate_tower::LimiterConfig::default()
+                };
+                if let Err(e) = config.validate() {
+                    for problem in e
+                        .problems
+                        .iter()
+                        .filter(|q| matches!(q.field, "on_limit" | "max_delay"))
+                    {
+                        p.add(format!("{at} {}", problem.field), problem.message.clone());
+                    }
+                }
             }
             let mut seen: Vec<String> = Vec::new();
             let mut bad = false;
@@ -309,6 +332,46 @@ fn build_policy(
             .ok()?;
     }
     Some(policy)
+}
+
+/// The default `max_delay`.
+const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// `on_limit` and `max_delay`: `None` for "reject" (the default),
+/// `Some(Some(max))` for "delay", `Some(None)` after a problem.
+fn validate_on_limit(
+    on_limit: Option<&str>,
+    max_delay: Option<&str>,
+    at: &str,
+    p: &mut Problems,
+) -> Option<Option<Duration>> {
+    match on_limit {
+        None | Some("reject") => {
+            if max_delay.is_some() {
+                p.add(
+                    format!("{at} max_delay"),
+                    "only applies with on_limit = \"delay\"",
+                );
+                return Some(None);
+            }
+            None
+        }
+        Some("delay") => match max_delay.map(parse_duration) {
+            None => Some(Some(DEFAULT_MAX_DELAY)),
+            Some(Ok(d)) => Some(Some(d)),
+            Some(Err(e)) => {
+                p.add(format!("{at} max_delay"), e);
+                Some(None)
+            }
+        },
+        Some(other) => {
+            p.add(
+                format!("{at} on_limit"),
+                format!("{other:?} is not \"reject\" or \"delay\""),
+            );
+            Some(None)
+        }
+    }
 }
 
 /// One `[[rule.override]]` of `rule`: a valid policy for it, that admits the

@@ -103,6 +103,20 @@ pub fn summary(s: &Settings) -> String {
         if let Some(statuses) = &r.count_status {
             out.push_str(&format!("    {:<20} counts only answers {statuses}\n", ""));
         }
+        if let floodgate_tower::OnLimit::Delay { max } = r.on_limit {
+            out.push_str(&format!(
+                "    {:<20} holds a request over the limit up to {}\n",
+                "",
+                format_duration(max)
+            ));
+        }
+        if !r.overrides.is_empty() {
+            out.push_str(&format!(
+                "    {:<20} {} per-key override(s)\n",
+                "",
+                r.overrides.len()
+            ));
+        }
         if let Some(header) = &r.cost_header {
             out.push_str(&format!(
                 "    {:<20} charges the cost the answer's {header} names\n",

@@ -114,9 +114,7 @@ pub enum PolicyError {
     #[error("a block_for ladder has 1 to {MAX_BLOCK_STEPS} steps, got {0}")]
     BlockSteps(usize),
     /// A maximum delay was given for an algorithm other than token_bucket.
-    #[error(
-        "a delay holds a place in the bucket's future, which only token_bucket keeps, not {0}"
-    )]
+    #[error("a delay holds a place in the bucket's future, which only token_bucket keeps, not {0}")]
     DelayNotSupported(Algorithm),
     /// The maximum delay is zero or longer than a year.
     #[error("max_delay must be between 1ms and 366d, got {0:?}")]

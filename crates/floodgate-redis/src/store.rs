@@ -430,7 +430,10 @@ impl RedisStore {
         };
         match coalescer.try_lead(self) {
             Some(_lead) => self.run_group(deadline, checks, &all, mode).await,
-            None => self.check_coalesced(coalescer, deadline, checks, mode).await,
+            None => {
+                self.check_coalesced(coalescer, deadline, checks, mode)
+                    .await
+            }
         }
     }
 

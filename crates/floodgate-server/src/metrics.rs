@@ -36,6 +36,12 @@ struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DelayLabels {
+    rule: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     call: &'static str,
 }
@@ -77,6 +83,10 @@ pub struct Metrics {
     cost_fallbacks: Family<FallbackLabels, Counter>,
     /// Per-key overrides put in the store, by rule.
     overrides: Family<RuleLabels, Gauge>,
+    /// Requests held by `on_limit = "delay"`, by rule and how it ended.
+    delayed: Family<DelayLabels, Counter>,
+    /// Requests held right now.
+    held: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +173,18 @@ impl Metrics {
             "Per-key overrides put in the store (the admin API), by rule, as this instance last read them",
             overrides.clone(),
         );
+        let delayed = Family::<DelayLabels, Counter>::default();
+        registry.register(
+            "delayed",
+            "Requests held by a rule with on_limit = delay, by rule and result (admitted, or refused when its wait outgrew max_delay)",
+            delayed.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "held",
+            "Requests being held right now by rules with on_limit = delay",
+            held.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -174,6 +196,8 @@ impl Metrics {
             charged_units,
             cost_fallbacks,
             overrides,
+            delayed,
+            held,
         }
     }
 
@@ -255,6 +279,19 @@ impl Observer for Metrics {
                 rule: rule.to_owned(),
             })
             .inc_by(cost);
+    }
+
+    fn on_delay(&self, rule: &str, admitted: bool, _waited: Duration) {
+        self.delayed
+            .get_or_create(&DelayLabels {
+                rule: rule.to_owned(),
+                result: if admitted { "admitted" } else { "refused" },
+            })
+            .inc();
+    }
+
+    fn on_held(&self, held: usize) {
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     fn on_override_count(&self, rule: &str, count: usize) {

@@ -116,7 +116,8 @@ pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, grpc_verdict_response, is_grpc, verdict_response};
 pub use rule::{
-    AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, RequestMatch, Rule, StatusSet, StatusSetError,
+    AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, OnLimit, RequestMatch, Rule, StatusSet,
+    StatusSetError,
 };
 pub use setup::{ConfigBuilder, IntoDuration, RuleBuilder};
 pub use target::{Target, TargetError};

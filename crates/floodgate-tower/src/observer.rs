@@ -143,6 +143,17 @@ pub trait Observer: Send + Sync + 'static {
         let _ = (rule, count);
     }
 
+    /// A request held by a rule with `on_limit = delay` (named by the rule
+    /// whose wait was longest) was `admitted` or refused after `waited`.
+    fn on_delay(&self, rule: &str, admitted: bool, waited: Duration) {
+        let _ = (rule, admitted, waited);
+    }
+
+    /// Requests held right now.
+    fn on_held(&self, held: usize) {
+        let _ = held;
+    }
+
     /// A store call finished (or timed out) after `latency`.
     fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
         let _ = (call, latency, ok);

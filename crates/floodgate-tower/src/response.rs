@@ -414,6 +414,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
                 retry_after: Some(retry),
                 blocked,
+                delay: Duration::ZERO,
             },
         ))
     }

@@ -492,6 +492,23 @@ pub struct Rule {
     /// Per-key limits fixed with the rule (`[[rule.override]]`); one put
     /// at run time (kept in the store) wins over one of these.
     pub overrides: Vec<KeyOverride>,
+    /// What a request over the limit gets: a 429 at once, or a wait for
+    /// its turn.
+    pub on_limit: OnLimit,
+}
+
+/// What a rule does with a request over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLimit {
+    /// Refuse it at once (429).
+    #[default]
+    Reject,
+    /// Hold it until the limit admits it, if that is at most `max` after it
+    /// arrived; else refuse it at once.
+    Delay {
+        /// The longest a request is held.
+        max: std::time::Duration,
+    },
 }
 
 impl Rule {
@@ -507,6 +524,16 @@ impl Rule {
             count_status: None,
             cost_header: None,
             overrides: Vec::new(),
+            on_limit: OnLimit::Reject,
+        }
+    }
+
+    /// The same rule holding a request over the limit until it is admitted,
+    /// for at most `max` (`on_limit = "delay"`, `max_delay`).
+    pub fn with_delay(self, max: std::time::Duration) -> Self {
+        Rule {
+            on_limit: OnLimit::Delay { max },
+            ..self
         }
     }
 

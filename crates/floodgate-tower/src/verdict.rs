@@ -204,6 +204,7 @@ mod tests {
             reset_after: Duration::from_millis(reset_ms),
             retry_after: retry_ms.map(Duration::from_millis),
             blocked: false,
+            delay: std::time::Duration::ZERO,
         }
     }
 

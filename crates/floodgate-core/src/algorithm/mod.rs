@@ -505,7 +505,9 @@ mod tests {
         assert!(again.allowed);
         assert_eq!(again.delay, us(1_000_000));
         // Without a max delay nothing changes.
-        let plain = policy(Algorithm::TokenBucket, 5, 1).with_burst(1).expect("valid");
+        let plain = policy(Algorithm::TokenBucket, 5, 1)
+            .with_burst(1)
+            .expect("valid");
         let mut s = LimitState::fresh(Algorithm::TokenBucket);
         assert!(take(&mut s, &plain, T, 1).allowed);
         let refused = take(&mut s, &plain, T, 1);

@@ -626,7 +626,9 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
                 p = p.with_burst(burst).unwrap();
             }
             if algorithm == Algorithm::TokenBucket && burst % 4 == 1 {
-                p = p.with_max_delay(Duration::from_micros(window_us / 2 + 1000)).unwrap();
+                p = p
+                    .with_max_delay(Duration::from_micros(window_us / 2 + 1000))
+                    .unwrap();
             }
             if !block_steps_us.is_empty() {
                 let steps: Vec<Duration> = block_steps_us

@@ -83,7 +83,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 14] = [
+    let cases: [(String, &[&str]); 18] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -127,6 +127,37 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
         (
             good_but("burst = 20", "burst = 20\n[[rule.override]]\nlimit = 5"),
             &["rule \"per-key\" override #1 key", "missing"],
+        ),
+        (
+            good_but(
+                "algorithm = \"sliding_window\"",
+                "algorithm = \"fixed_window\"\non_limit = \"delay\"",
+            ),
+            &[
+                "rule \"api-per-client\" on_limit",
+                "\"delay\" needs algorithm = \"token_bucket\", not fixed_window",
+            ],
+        ),
+        (
+            good_but("window = \"1m\"", "window = \"1m\"\nmax_delay = \"1s\""),
+            &[
+                "rule \"api-per-client\" max_delay",
+                "only applies with on_limit = \"delay\"",
+            ],
+        ),
+        (
+            good_but("window = \"1m\"", "window = \"1m\"\non_limit = \"hold\""),
+            &[
+                "rule \"api-per-client\" on_limit",
+                "\"hold\" is not \"reject\" or \"delay\"",
+            ],
+        ),
+        (
+            good_but(
+                "window = \"1m\"",
+                "window = \"1m\"\non_limit = \"delay\"\nmax_delay = \"2m\"",
+            ),
+            &["max_delay", "must be between 1ms and 60s"],
         ),
         (
             good_but("block_for = \"15m\"", "block_for = []"),

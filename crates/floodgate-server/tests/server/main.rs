@@ -15,6 +15,7 @@ mod answers;
 mod chaos;
 mod config;
 mod decision_api;
+mod delay;
 mod deploy_e2e;
 mod deploy_walk;
 mod gateway;

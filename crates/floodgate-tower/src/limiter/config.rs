@@ -16,6 +16,9 @@ use crate::target::Target;
 /// The longest rule name accepted, in bytes.
 pub const MAX_RULE_NAME_LEN: usize = 64;
 
+/// The longest `max_delay`: a held request keeps its connection open.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
 /// What to do with a request when the store cannot decide it (an error, or
 /// no answer within the timeout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +174,32 @@ impl LimiterConfig {
             }
             if !names.insert(name) {
                 problem(Some(name), "name", "another rule has the same name".into());
+            }
+            if let crate::rule::OnLimit::Delay { max } = rule.on_limit {
+                if rule.policy.algorithm() != floodgate_core::Algorithm::TokenBucket {
+                    problem(
+                        Some(name),
+                        "on_limit",
+                        format!(
+                            "\"delay\" needs algorithm = \"token_bucket\", not {}: a held request takes its place in the bucket's future when it arrives, so it knows its wait exactly and a burst leaves at the rate in order; windows only count the past, so held requests could only guess and retry together",
+                            rule.policy.algorithm()
+                        ),
+                    );
+                }
+                if rule.shadow {
+                    problem(
+                        Some(name),
+                        "on_limit",
+                        "a shadow rule never refuses, so it never delays".into(),
+                    );
+                }
+                if max.is_zero() || max > MAX_DELAY {
+                    problem(
+                        Some(name),
+                        "max_delay",
+                        format!("must be between 1ms and 60s, got {max:?}"),
+                    );
+                }
             }
             for o in &rule.overrides {
                 match o.policy(&rule.policy) {

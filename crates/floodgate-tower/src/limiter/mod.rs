@@ -22,7 +22,7 @@ use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method, StatusCode};
 
 pub use self::config::{
-    AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_RULE_NAME_LEN, OnError,
+    AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_DELAY, MAX_RULE_NAME_LEN, OnError,
     UnknownOnError, check_rule_name,
 };
 pub use self::health::PROBE_INTERVAL;
@@ -156,6 +156,18 @@ impl Overridden {
     }
 }
 
+/// `rule` as it is decided: under `on_limit = delay`, its policy admits a
+/// request whose place is within `max_delay` (validated: a token bucket).
+fn with_delay(rule: &Rule) -> Rule {
+    let mut rule = rule.clone();
+    if let crate::rule::OnLimit::Delay { max } = rule.on_limit
+        && let Ok(policy) = rule.policy.clone().with_max_delay(max)
+    {
+        rule.policy = policy;
+    }
+    rule
+}
+
 /// Numbers every compiled configuration, so that what was compiled for one
 /// (an override's policy) is known stale under the next.
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -186,6 +198,7 @@ impl Snapshot {
                 .rules
                 .iter()
                 .enumerate()
+                .map(|(index, r)| (index, with_delay(r)))
                 .map(|(index, r)| CompiledRule {
                     index,
                     generation,
@@ -193,7 +206,7 @@ impl Snapshot {
                         .overrides
                         .iter()
                         .filter_map(|o| {
-                            Some((o.key.clone(), Arc::new(Overridden::of(o, r, generation)?)))
+                            Some((o.key.clone(), Arc::new(Overridden::of(o, &r, generation)?)))
                         })
                         .collect(),
                     rule: r.clone(),
@@ -233,6 +246,8 @@ struct Shared<S> {
     blocks: BlockCache,
     overrides: OverrideCache,
     observer: Arc<dyn Observer>,
+    /// Requests held by rules with `on_limit = delay` right now.
+    held: std::sync::atomic::AtomicUsize,
     /// Set once a background block sync runs for this limiter.
     syncing: std::sync::atomic::AtomicBool,
 }
@@ -301,6 +316,7 @@ impl<S: Store> LimiterBuilder<S> {
                 blocks: BlockCache::default(),
                 overrides: OverrideCache::default(),
                 observer: self.observer,
+                held: std::sync::atomic::AtomicUsize::new(0),
                 syncing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -472,7 +488,10 @@ impl<S: Store> Limiter<S> {
         (snapshot, path)
     }
 
-    /// The check of a request whose `path` is canonical under `snapshot`.
+    /// The check of a request whose `path` is canonical under `snapshot`;
+    /// one refused only by rules with `on_limit = delay` is held until
+    /// they admit it, when that is within their `max_delay`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn check_canonical(
         &self,
         snapshot: Arc<Snapshot>,
@@ -481,6 +500,51 @@ impl<S: Store> Limiter<S> {
         headers: &HeaderMap,
         extensions: Option<&Extensions>,
         peer: Option<SocketAddr>,
+    ) -> (Verdict, Pending) {
+        let mut hold = None;
+        let (verdict, pending) = self
+            .check_canonical_once(snapshot, method, path, headers, extensions, peer, &mut hold)
+            .await;
+        let Some(hold) = hold else {
+            return (verdict, pending);
+        };
+        // Admitted with a place in the future: held until then. A client
+        // that leaves meanwhile drops this future, and the guard gives the
+        // place back.
+        let refusal = Verdict::Limited(RuleDecision::labelled(
+            &hold.label,
+            Decision {
+                allowed: false,
+                limit: hold.limit,
+                remaining: 0,
+                reset_after: hold.wait,
+                retry_after: Some(hold.wait),
+                blocked: false,
+                delay: Duration::ZERO,
+            },
+        ));
+        let Some(slot) = HeldSlot::enter(self, hold) else {
+            // Too many held already: refused at once, the place given back.
+            return (refusal, Pending::default());
+        };
+        let wait = slot.hold.wait;
+        tokio::time::sleep(wait).await;
+        slot.done();
+        (verdict, pending)
+    }
+
+    /// One decision of [`check_canonical`](Self::check_canonical); sets
+    /// `hold` when it admits the request with a place in the future.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_canonical_once(
+        &self,
+        snapshot: Arc<Snapshot>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        extensions: Option<&Extensions>,
+        peer: Option<SocketAddr>,
+        hold: &mut Option<Hold>,
     ) -> (Verdict, Pending) {
         let verdict = |v: Verdict| (v, Pending::default());
         // Matching twice (here and for the keys below) costs two prefix
@@ -564,6 +628,9 @@ impl<S: Store> Limiter<S> {
         match self.decide(&snapshot.config, &checks).await {
             Some(decisions) => {
                 let concluded = self.conclude(&keyed, &decisions);
+                if matches!(concluded, Verdict::Allow(_)) {
+                    *hold = hold_of(&keyed, &checks, &decisions);
+                }
                 let owed: Vec<(usize, String)> = match &concluded {
                     Verdict::Allow(_) => keyed
                         .iter()
@@ -664,6 +731,7 @@ impl<S: Store> Limiter<S> {
                         reset_after: Duration::ZERO,
                         retry_after: None,
                         blocked: false,
+                        delay: std::time::Duration::ZERO,
                     }),
                     OnError::Deny | OnError::Local => Err(CheckError::Unavailable),
                 }
@@ -1278,6 +1346,121 @@ impl<S: Store> Limiter<S> {
     }
 }
 
+/// An admitted request to hold: how long, and what it took, to give back
+/// if it never goes ahead.
+struct Hold {
+    wait: Duration,
+    /// (rule, policy, key, cost) of every check that charged.
+    took: Vec<(String, Policy, String, u64)>,
+    /// The rule whose place is furthest, for the metrics.
+    rule: String,
+    /// That rule's RateLimit label and limit, for a refusal when too many
+    /// are held.
+    label: Arc<RuleLabel>,
+    limit: u64,
+}
+
+/// The hold of an admitted batch: the longest [`Decision::delay`] of its
+/// checks, if any is not zero.
+fn hold_of(keyed: &[Keyed<'_>], checks: &[Check<'_>], decisions: &[Decision]) -> Option<Hold> {
+    let (i, longest) = decisions.iter().enumerate().max_by_key(|(_, d)| d.delay)?;
+    if longest.delay.is_zero() {
+        return None;
+    }
+    let took = checks
+        .iter()
+        .zip(decisions)
+        .filter(|(c, d)| c.charges() && d.allowed)
+        .map(|(c, _)| {
+            (
+                c.rule.to_owned(),
+                c.policy.clone(),
+                c.key.to_owned(),
+                c.cost,
+            )
+        })
+        .collect();
+    let (_, label) = policy_and_label(keyed[i].0, keyed[i].2.as_deref());
+    Some(Hold {
+        wait: longest.delay,
+        took,
+        rule: keyed[i].0.name().to_owned(),
+        label: Arc::clone(label),
+        limit: longest.limit,
+    })
+}
+
+/// Requests held at once per limiter, at most: past this, one that would
+/// be held is refused at once (503) and its place given back, so holding
+/// cannot grow memory without bound.
+pub const MAX_HELD: usize = 10_000;
+
+/// A held request's place among [`MAX_HELD`], and what it took: dropped
+/// before [`done`](HeldSlot::done) (the client left), it gives that back
+/// in the store.
+struct HeldSlot<'a, S: Store> {
+    limiter: &'a Limiter<S>,
+    hold: Hold,
+    arrived: tokio::time::Instant,
+    finished: bool,
+}
+
+impl<'a, S: Store> HeldSlot<'a, S> {
+    fn enter(limiter: &'a Limiter<S>, hold: Hold) -> Option<Self> {
+        let held = &limiter.shared.held;
+        let before = held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let slot = HeldSlot {
+            limiter,
+            hold,
+            arrived: tokio::time::Instant::now(),
+            finished: false,
+        };
+        if before >= MAX_HELD {
+            // Dropped unfinished: the place goes back.
+            return None;
+        }
+        limiter.shared.observer.on_held(before + 1);
+        Some(slot)
+    }
+
+    /// The request goes ahead.
+    fn done(mut self) {
+        self.finished = true;
+    }
+}
+
+impl<S: Store> Drop for HeldSlot<'_, S> {
+    fn drop(&mut self) {
+        let shared = &self.limiter.shared;
+        let before = shared
+            .held
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        shared.observer.on_held(before.saturating_sub(1));
+        shared
+            .observer
+            .on_delay(&self.hold.rule, self.finished, self.arrived.elapsed());
+        if self.finished || self.hold.took.is_empty() {
+            return;
+        }
+        let took = std::mem::take(&mut self.hold.took);
+        let limiter = self.limiter.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let refunds: Vec<Check<'_>> = took
+                    .iter()
+                    .map(|(rule, policy, key, cost)| Check::new(rule, policy, key, *cost))
+                    .collect();
+                if let Err(e) = limiter
+                    .store_call(StoreCall::Charge, limiter.shared.store.refund(&refunds))
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not give back a held request's place");
+                }
+            });
+        }
+    }
+}
+
 /// The policy a key is decided by, and its RateLimit label: an override's,
 /// else its rule's.
 fn policy_and_label<'a>(
@@ -1346,5 +1529,6 @@ fn penalty_decision(policy: &Policy, left: Duration) -> Decision {
         reset_after: left,
         retry_after: Some(left),
         blocked: true,
+        delay: std::time::Duration::ZERO,
     }
 }
