@@ -103,6 +103,11 @@ const DICTIONARY: &[&[u8]] = &[
     b"burst = ",
     b"cost = ",
     b"block_for = ",
+    b"count_status = [401, \"5xx\"]\n",
+    b"cost_header = \"x-cost\"\n",
+    b"on_limit = \"delay\"\n",
+    b"max_delay = \"1s\"\n",
+    b"[[rule.override]]\nkey = \"k\"\nlimit = 5\n",
     b"key = ",
     b"algorithm = \"token_bucket\"\n",
     b"match = { path_prefix = \"/\" }\n",
@@ -387,6 +392,26 @@ const PREFIXES: Pool = Pool {
     ok: &["1", "48", "64", "128"],
     bad: &["0", "129", "255", "256", "-1", "\"64\""],
 };
+const STATUSES: Pool = Pool {
+    ok: &["401", "403", "429", "4xx", "5xx", "5XX", "200"],
+    bad: &["600", "99", "4x", "x", "", "4xxx", "-1"],
+};
+
+const HEADER_NAMES: Pool = Pool {
+    ok: &["x-ratelimit-cost", "x-cost", "X-Tokens-Used"],
+    bad: &["", "bad header", "x:cost", "é"],
+};
+
+const KEYS_OF_OVERRIDES: Pool = Pool {
+    ok: &["ip:192.0.2.1", "header:x-api-key:partner", "global"],
+    bad: &[""],
+};
+
+const ON_LIMIT: Pool = Pool {
+    ok: &["reject", "delay"],
+    bad: &["hold", "", "DELAY"],
+};
+
 const DURATIONS: Pool = Pool {
     ok: &[
         "1ms",
@@ -767,9 +792,66 @@ impl Doc<'_> {
             };
             self.field("cost", cost);
         }
-        self.maybe(30, "block_for", |d| d.string(&DURATIONS));
-        self.maybe(20, "shadow", Self::boolean);
+        if self.noisy() && self.rng.percent(50) {
+            // A ladder, in any order.
+            self.maybe(30, "block_for", |d| d.list(&DURATIONS));
+        } else if self.rng.percent(20) {
+            self.field("block_for", "[\"1m\", \"10m\", \"1h\"]".to_owned());
+        } else {
+            self.maybe(30, "block_for", |d| d.string(&DURATIONS));
+        }
+        let shadow = self.rng.percent(20);
+        if shadow {
+            let value = self.boolean();
+            self.field("shadow", value);
+        }
+        self.maybe(15, "count_status", Self::statuses);
+        self.maybe(10, "cost_header", |d| d.string(&HEADER_NAMES));
+        if self.noisy() || (algorithm == "token_bucket" && !shadow) {
+            if self.rng.percent(15) {
+                let on_limit = self.string(&ON_LIMIT);
+                let delaying = on_limit.contains("delay");
+                self.field("on_limit", on_limit);
+                if delaying || self.noisy() {
+                    self.maybe(60, "max_delay", |d| d.string(&DURATIONS));
+                }
+            }
+        }
         self.unknown_field();
+        for _ in 0..self.rng.len(3) {
+            if !self.rng.percent(30) {
+                break;
+            }
+            self.out.push_str("[[rule.override]]\n");
+            self.maybe(90, "key", |d| d.string(&KEYS_OF_OVERRIDES));
+            if self.noisy() {
+                self.maybe(90, "limit", |d| d.bare(&INTEGERS));
+                self.maybe(30, "window", |d| d.string(&DURATIONS));
+                self.maybe(20, "burst", |d| d.bare(&INTEGERS));
+            } else {
+                self.field("limit", "1000".to_owned());
+            }
+            self.unknown_field();
+        }
+    }
+
+    /// `count_status`: codes as numbers, classes as strings, sometimes
+    /// the wrong way round.
+    fn statuses(&mut self) -> String {
+        if self.noisy() && self.rng.one_in(5) {
+            return self.wrong_type();
+        }
+        let n = self.rng.len(4);
+        let items: Vec<String> = (0..n)
+            .map(|_| {
+                let item = self.raw(&STATUSES);
+                match item.parse::<i64>() {
+                    Ok(code) if !self.rng.one_in(4) => code.to_string(),
+                    _ => toml_string(&item),
+                }
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
     }
 
     fn matcher(&mut self) -> String {
