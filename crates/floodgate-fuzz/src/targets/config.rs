@@ -807,14 +807,12 @@ impl Doc<'_> {
         }
         self.maybe(15, "count_status", Self::statuses);
         self.maybe(10, "cost_header", |d| d.string(&HEADER_NAMES));
-        if self.noisy() || (algorithm == "token_bucket" && !shadow) {
-            if self.rng.percent(15) {
-                let on_limit = self.string(&ON_LIMIT);
-                let delaying = on_limit.contains("delay");
-                self.field("on_limit", on_limit);
-                if delaying || self.noisy() {
-                    self.maybe(60, "max_delay", |d| d.string(&DURATIONS));
-                }
+        if (self.noisy() || (algorithm == "token_bucket" && !shadow)) && self.rng.percent(15) {
+            let on_limit = self.string(&ON_LIMIT);
+            let delaying = on_limit.contains("delay");
+            self.field("on_limit", on_limit);
+            if delaying || self.noisy() {
+                self.maybe(60, "max_delay", |d| d.string(&DURATIONS));
             }
         }
         self.unknown_field();
