@@ -284,6 +284,13 @@ impl Policy {
         Ok(self)
     }
 
+    /// The same policy without a maximum delay: what a caller that cannot
+    /// hold a request (the decision API) decides by.
+    pub fn without_max_delay(mut self) -> Self {
+        self.max_delay_us = 0;
+        self
+    }
+
     /// The maximum delay in microseconds; 0 for none.
     pub fn max_delay_us(&self) -> u64 {
         self.max_delay_us

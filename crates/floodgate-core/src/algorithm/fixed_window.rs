@@ -47,7 +47,10 @@ pub fn commit(state: &mut State, policy: &Policy, now: u64, cost: u64) {
     let (start, count) = current(state, policy, now);
     *state = State {
         window_start: start,
-        count: count + cost,
+        // A charge (Store::charge) may go past the limit; past twice the
+        // limit it changes nothing a decision can see, and the count stays
+        // small enough for Lua's doubles.
+        count: (count + cost).min(2 * policy.limit()),
     };
 }
 

@@ -50,8 +50,15 @@ pub fn refund(state: &mut State, policy: &Policy, now: u64, cost: u64) {
 
 /// Records an admitted `cost` at `now`.
 pub fn commit(state: &mut State, policy: &Policy, now: u64, cost: u64) {
-    state.tat = state.tat.max(now) + policy.emission_interval_us() * cost;
+    let t = policy.emission_interval_us();
+    // Charges (Store::charge) may push the bucket into debt; at most a year
+    // of it is kept, so the time stays exact in Lua's doubles.
+    let ceiling = now + t * policy.burst() + policy.max_delay_us() + MAX_DEBT_US;
+    state.tat = (state.tat.max(now) + t * cost).min(ceiling);
 }
+
+/// The most debt charges can put a bucket into: 366 days.
+pub const MAX_DEBT_US: u64 = 366 * 24 * 3600 * 1_000_000;
 
 /// When this state stops mattering.
 pub fn expires_at(state: &State, _policy: &Policy) -> u64 {

@@ -58,6 +58,13 @@ pub fn commit(state: &mut State, policy: &Policy, now: u64, cost: u64) {
     state
         .entries
         .extend(std::iter::repeat_n(stamp, cost as usize));
+    // Charges may go past the limit: at most twice it is kept, the newest,
+    // so a log stays within its bound whatever is charged.
+    let keep = 2 * policy.limit() as usize;
+    if state.entries.len() > keep {
+        let excess = state.entries.len() - keep;
+        state.entries.drain(..excess);
+    }
 }
 
 /// When this state stops mattering.

@@ -101,7 +101,9 @@ pub fn decide(state: &State, policy: &Policy, now: u64, cost: u64) -> Decision {
 /// Records an admitted `cost` at `now`.
 pub fn commit(state: &mut State, policy: &Policy, now: u64, cost: u64) {
     let mut s = roll(state, policy, now);
-    s.current += cost;
+    // Charges may go past the limit; at most twice it is kept (as
+    // fixed_window does).
+    s.current = (s.current + cost).min(2 * policy.limit());
     *state = s;
 }
 

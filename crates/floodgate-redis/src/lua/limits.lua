@@ -348,7 +348,7 @@ end
 local function commit(key, p, now, cost, margin_ms, a, b, c)
   if p.algorithm == 'fixed_window' then
     local start, count = fixed_window_current(p, now, a, b)
-    local v = pack_struct('<Bdd', TAG_FIXED, start, count + cost)
+    local v = pack_struct('<Bdd', TAG_FIXED, start, min(count + cost, 2 * p.limit))
     if start == a then
       call('SET', key, v, 'KEEPTTL')
     else
@@ -357,7 +357,7 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
     return v
   elseif p.algorithm == 'sliding_window' then
     local start, previous, current = sliding_window_roll(p, now, a, b, c)
-    local v = pack_struct('<Bddd', TAG_SLIDING, start, previous, current + cost)
+    local v = pack_struct('<Bddd', TAG_SLIDING, start, previous, min(current + cost, 2 * p.limit))
     if start == a then
       call('SET', key, v, 'KEEPTTL')
     else
@@ -369,7 +369,8 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
     if a then
       tat = max(a, now)
     end
-    tat = tat + p.emission * cost
+    -- gcra::commit: at most MAX_DEBT_US of debt.
+    tat = min(tat + p.emission * cost, now + p.emission * p.burst + p.max_delay + 31622400000000)
     local v = pack_struct('<Bd', TAG_TOKEN, tat)
     call('SET', key, v, 'PX', int(ttl_ms(tat, now, margin_ms)))
     return v
@@ -402,6 +403,8 @@ local function commit(key, p, now, cost, margin_ms, a, b, c)
       redis.call('RPUSH', key, unpack(batch))
       left = left - chunk
     end
+    -- sliding_log::commit: at most twice the limit, the newest.
+    redis.call('LTRIM', key, -2 * p.limit, -1)
     redis.call('PEXPIRE', key, int(ttl_ms(stamp + p.window, now, margin_ms)))
     return false
   end
