@@ -400,7 +400,7 @@ async fn probes_charge_nothing_and_charges_go_past_the_limit_like_memory() {
         let outcomes = assert_conform(&format!("conform-probe-{algorithm}"), &rules, &ops).await;
         let decisions = |o: &Outcome| match o {
             Outcome::Decisions(Ok(d)) => d.clone(),
-            _ => Vec::new(),
+            other => panic!("{algorithm}: expected decisions, got {other:?}"),
         };
         // Six successes, all admitted, none charged: the seventh probe
         // still finds the full quota.

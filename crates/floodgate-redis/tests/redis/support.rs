@@ -192,7 +192,20 @@ pub(crate) async fn assert_basics_like_memory(
             .unwrap()
             .with_block_ladder(&[1, 3, 6].map(Duration::from_secs))
             .unwrap();
-        let rules = [("main", main), ("penalised", penalised), ("ladder", ladder)];
+        // A token bucket holds requests for their turn; the others cannot.
+        let mut paced = Policy::new(algorithm, 4, Duration::from_secs(2)).unwrap();
+        if algorithm == Algorithm::TokenBucket {
+            paced = paced
+                .with_burst(1)
+                .and_then(|p| p.with_max_delay(Duration::from_secs(1)))
+                .unwrap();
+        }
+        let rules = [
+            ("main", main),
+            ("penalised", penalised),
+            ("ladder", ladder),
+            ("paced", paced),
+        ];
         let clock = manual_clock();
         let memory = basics_sequence(&memory_on_clock(&clock), &clock, &rules).await;
         let redis = basics_sequence(&redis_store(&clock), &clock, &rules).await;
@@ -210,6 +223,11 @@ pub(crate) async fn assert_basics_like_memory(
             })
         };
         assert!(decisions().any(|d| d.blocked), "{algorithm}: no penalty");
+        assert_eq!(
+            decisions().any(|d| d.allowed && !d.delay.is_zero()),
+            algorithm == Algorithm::TokenBucket,
+            "{algorithm}: held requests"
+        );
         // The ladder's offences, in order: each step, the last repeated,
         // then the first again once forgotten, and again after a lift.
         let started: Vec<u64> = memory
@@ -247,7 +265,7 @@ pub(crate) async fn assert_basics_like_memory(
 async fn basics_sequence<S: floodgate_core::Store>(
     store: &S,
     clock: &ManualClock,
-    rules: &[(&str, floodgate_core::Policy); 3],
+    rules: &[(&str, floodgate_core::Policy); 4],
 ) -> Vec<Outcome> {
     use floodgate_core::Check;
 
@@ -368,6 +386,36 @@ async fn basics_sequence<S: floodgate_core::Store>(
     steps.push(Outcome::Flag(store.remove_block(ladder).await.unwrap()));
     clock.advance(Duration::from_secs(2));
     offend(&mut steps).await; // 1 s
+
+    // Probes, charges and refunds, and a token bucket holding requests for
+    // their turn (the others refuse).
+    let one =
+        |r: usize, k: usize, cost: u64| Check::new(rules[r].0, &rules[r].1, BASIC_KEYS[k], cost);
+    clock.advance(Duration::from_secs(30));
+    for _ in 0..6 {
+        steps.push(Outcome::Decisions(
+            store.check(&[one(3, 0, 1)]).await.unwrap(),
+        ));
+    }
+    steps.push(Outcome::Decisions(
+        store.refund(&[one(3, 0, 1)]).await.unwrap(),
+    ));
+    steps.push(Outcome::Decisions(
+        store.check(&[one(3, 0, 1)]).await.unwrap(),
+    ));
+    steps.push(Outcome::Decisions(
+        store
+            .check(&[one(0, 1, 1).probe(), one(3, 1, 1)])
+            .await
+            .unwrap(),
+    ));
+    steps.push(Outcome::Decisions(
+        store
+            .charge(&[one(0, 1, 2), one(3, 1, 1), one(0, 1, 1)])
+            .await
+            .unwrap(),
+    ));
+    steps.push(peek(0, 1).await);
 
     override_sequence(store, clock, &mut steps).await;
     steps

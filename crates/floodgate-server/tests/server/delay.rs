@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use floodgate_testkit::{shared_redis_url, unique_prefix};
 
 use crate::support::http::Http;
-use crate::support::process::Floodgate;
+use crate::support::process::{AUTH, Floodgate};
 use crate::support::wait::eventually;
 
 fn config(store: &str) -> String {
@@ -108,9 +108,12 @@ async fn a_burst_is_held_and_paced_not_refused_on_memory_and_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_held_gives_its_place_back() {
-    let fg = Floodgate::launch(&config("[store]\nbackend = \"memory\"\n")).await;
+    // One request per 2 s: a held request's place is 2 s after the first.
+    let slow = config("[store]\nbackend = \"memory\"\n")
+        .replace("limit = 5\nwindow = \"1s\"", "limit = 1\nwindow = \"2s\"")
+        .replace("max_delay = \"2s\"", "max_delay = \"5s\"");
+    let fg = Floodgate::launch(&slow).await;
     let http = Http::new();
-    // Take the burst, then hold a second request and walk away from it.
     assert_eq!(
         http.get(&fg.url("/api/hello"), &[("x-user", "cy")])
             .await
@@ -134,9 +137,28 @@ async fn a_client_that_leaves_while_held_gives_its_place_back() {
         eventually(Duration::from_secs(1), || gauge("1")).await,
         "the request was not held"
     );
+    // Held, the bucket is full until 4 s from now.
+    let key = "/admin/rules/paced/keys/header:x-user:cy";
+    let before = http.get(&fg.admin_url(key), &[AUTH]).await.json();
+    assert!(
+        before["reset_after_ms"].as_u64().unwrap() > 3_000,
+        "{before}"
+    );
     drop(held);
     assert!(
         eventually(Duration::from_secs(1), || gauge("0")).await,
-        "the place was not given back when the client left"
+        "the place was not taken back when the client left"
+    );
+    // Given back: full only until 2 s after the first request.
+    let given_back = eventually(Duration::from_secs(1), || async {
+        let after = http.get(&fg.admin_url(key), &[AUTH]).await.json();
+        after["reset_after_ms"].as_u64().unwrap() <= 2_000
+    })
+    .await;
+    assert!(given_back, "the held request's place was not given back");
+    let metrics = http.get(&fg.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("floodgate_delayed_total{rule=\"paced\",result=\"refused\"} 1"),
+        "{metrics}"
     );
 }

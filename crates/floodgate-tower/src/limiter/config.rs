@@ -193,6 +193,13 @@ impl LimiterConfig {
                         "a shadow rule never refuses, so it never delays".into(),
                     );
                 }
+                if rule.charges_on_answer() {
+                    problem(
+                        Some(name),
+                        "on_limit",
+                        "a rule charged on the answer (count_status, cost_header) takes no place when it is checked, so it has none to wait for".into(),
+                    );
+                }
                 if max.is_zero() || max > MAX_DELAY {
                     problem(
                         Some(name),

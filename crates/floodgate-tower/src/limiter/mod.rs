@@ -187,6 +187,8 @@ pub(crate) struct Snapshot {
     deny: TargetSet<()>,
     /// The headers the access lists name: each must come at most once.
     access_headers: Vec<HeaderName>,
+    /// Every rule's `cost_header`: never passed on to a client.
+    cost_headers: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -224,6 +226,16 @@ impl Snapshot {
                     Target::Header { name, .. } => Some(name.clone()),
                     _ => None,
                 })
+                .fold(Vec::new(), |mut names, name| {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                    names
+                }),
+            cost_headers: config
+                .rules
+                .iter()
+                .filter_map(|r| r.cost_header.clone())
                 .fold(Vec::new(), |mut names, name| {
                     if !names.contains(&name) {
                         names.push(name);
@@ -625,11 +637,11 @@ impl<S: Store> Limiter<S> {
                 check_of(rule, overridden.as_deref(), key, rule.rule.cost)
             })
             .collect();
-        match self.decide(&snapshot.config, &checks).await {
-            Some(decisions) => {
+        match self.decide_where(&snapshot.config, &checks).await {
+            Some((decisions, local)) => {
                 let concluded = self.conclude(&keyed, &decisions);
                 if matches!(concluded, Verdict::Allow(_)) {
-                    *hold = hold_of(&keyed, &checks, &decisions);
+                    *hold = hold_of(&keyed, &checks, &decisions, local);
                 }
                 let owed: Vec<(usize, String)> = match &concluded {
                     Verdict::Allow(_) => keyed
@@ -693,6 +705,15 @@ impl<S: Store> Limiter<S> {
         let now = self.shared.clock.now();
         let overridden = self.overridden(compiled, &key, now);
         let (policy, _) = policy_and_label(compiled, overridden.as_deref());
+        // The API cannot hold a request: a rule with on_limit = delay is
+        // decided here without its delay, a refusal being the answer.
+        let undelayed;
+        let policy = if policy.max_delay_us() > 0 {
+            undelayed = policy.clone().without_max_delay();
+            &undelayed
+        } else {
+            policy
+        };
         if cost > policy.capacity() {
             return Err(CheckError::InsufficientCapacity {
                 rule: rule.to_owned(),
@@ -707,6 +728,7 @@ impl<S: Store> Limiter<S> {
             return Ok(penalty_decision(policy, left));
         }
         let mut check = check_of(compiled, overridden.as_deref(), &key, cost);
+        check.policy = policy;
         check.probe = !charge.unwrap_or(!compiled.rule.charges_on_answer());
         match self
             .decide(&snapshot.config, std::slice::from_ref(&check))
@@ -779,6 +801,15 @@ impl<S: Store> Limiter<S> {
                 self.observe(Some(compiled.name()), Outcome::Error);
                 Err(CheckError::Unavailable)
             }
+        }
+    }
+
+    /// Removes every rule's `cost_header` from an answer's `headers`: what
+    /// a request cost is between the upstream and floodgate, whether or
+    /// not a rule charged it (the layer calls this on every answer).
+    pub fn remove_cost_headers(&self, headers: &mut HeaderMap) {
+        for name in &self.shared.snapshot.load().cost_headers {
+            headers.remove(name);
         }
     }
 
@@ -1180,12 +1211,24 @@ impl<S: Store> Limiter<S> {
     /// up, else from the fallback under `on_error = local`; `None` when
     /// nothing could decide.
     async fn decide(&self, config: &LimiterConfig, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        self.decide_where(config, checks).await.map(|(d, _)| d)
+    }
+
+    /// [`decide`](Self::decide), and whether the in-process fallback
+    /// decided (`true`) rather than the store.
+    async fn decide_where(
+        &self,
+        config: &LimiterConfig,
+        checks: &[Check<'_>],
+    ) -> Option<(Vec<Decision>, bool)> {
         if self.shared.health.should_try(self.shared.clock.now()) {
             match self
                 .store_call(StoreCall::Check, self.shared.store.check(checks))
                 .await
             {
-                Ok(decisions) if decisions.len() == checks.len() => return Some(decisions),
+                Ok(decisions) if decisions.len() == checks.len() => {
+                    return Some((decisions, false));
+                }
                 Ok(decisions) => tracing::error!(
                     expected = checks.len(),
                     got = decisions.len(),
@@ -1197,7 +1240,7 @@ impl<S: Store> Limiter<S> {
         }
         if config.on_error == OnError::Local {
             match self.shared.fallback.check_now(checks) {
-                Ok(decisions) => return Some(decisions),
+                Ok(decisions) => return Some((decisions, true)),
                 Err(e) => tracing::error!(error = %e, "local fallback refused a check"),
             }
         }
@@ -1354,6 +1397,9 @@ struct Hold {
     took: Vec<(String, Policy, String, u64)>,
     /// The rule whose place is furthest, for the metrics.
     rule: String,
+    /// The in-process fallback decided (the store was down): the places
+    /// are given back there.
+    local: bool,
     /// That rule's RateLimit label and limit, for a refusal when too many
     /// are held.
     label: Arc<RuleLabel>,
@@ -1362,8 +1408,18 @@ struct Hold {
 
 /// The hold of an admitted batch: the longest [`Decision::delay`] of its
 /// checks, if any is not zero.
-fn hold_of(keyed: &[Keyed<'_>], checks: &[Check<'_>], decisions: &[Decision]) -> Option<Hold> {
-    let (i, longest) = decisions.iter().enumerate().max_by_key(|(_, d)| d.delay)?;
+fn hold_of(
+    keyed: &[Keyed<'_>],
+    checks: &[Check<'_>],
+    decisions: &[Decision],
+    local: bool,
+) -> Option<Hold> {
+    // Probes take no place: only what charged is held for.
+    let (i, longest) = decisions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| checks[*i].charges())
+        .max_by_key(|(_, d)| d.delay)?;
     if longest.delay.is_zero() {
         return None;
     }
@@ -1385,13 +1441,14 @@ fn hold_of(keyed: &[Keyed<'_>], checks: &[Check<'_>], decisions: &[Decision]) ->
         wait: longest.delay,
         took,
         rule: keyed[i].0.name().to_owned(),
+        local,
         label: Arc::clone(label),
         limit: longest.limit,
     })
 }
 
 /// Requests held at once per limiter, at most: past this, one that would
-/// be held is refused at once (503) and its place given back, so holding
+/// be held is refused at once (429) and its place given back, so holding
 /// cannot grow memory without bound.
 pub const MAX_HELD: usize = 10_000;
 
@@ -1443,6 +1500,14 @@ impl<S: Store> Drop for HeldSlot<'_, S> {
             return;
         }
         let took = std::mem::take(&mut self.hold.took);
+        if self.hold.local {
+            let refunds: Vec<Check<'_>> = took
+                .iter()
+                .map(|(rule, policy, key, cost)| Check::new(rule, policy, key, *cost))
+                .collect();
+            let _ = shared.fallback.refund_now(&refunds);
+            return;
+        }
         let limiter = self.limiter.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -1495,7 +1560,8 @@ fn check_of<'a>(
     }
 }
 
-/// The rule named `rule` of `snapshot`, if `cost` is one it can ever admit.
+/// The rule named `rule` of `snapshot`, if `cost` is not zero (whether the
+/// key's policy can ever admit it is checked once its override is known).
 fn find_rule<'s>(
     snapshot: &'s Snapshot,
     rule: &str,
@@ -1506,16 +1572,8 @@ fn find_rule<'s>(
         .iter()
         .find(|r| r.name() == rule)
         .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
-    let capacity = compiled.rule.policy.capacity();
     if cost == 0 {
         return Err(CheckError::ZeroCost);
-    }
-    if cost > capacity {
-        return Err(CheckError::InsufficientCapacity {
-            rule: rule.to_owned(),
-            cost,
-            capacity,
-        });
     }
     Ok(compiled)
 }

@@ -144,6 +144,7 @@ where
                     .charge_answer(pending, status, response.headers_mut())
                     .await;
             }
+            limiter.remove_cost_headers(response.headers_mut());
             if let Verdict::Allow(Some(decision)) = &verdict {
                 decision.insert_rate_limit_headers(response.headers_mut());
             }
