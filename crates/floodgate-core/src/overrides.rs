@@ -81,6 +81,11 @@ pub struct OverrideChange {
 pub struct OverrideChanges {
     /// The number of the last change listed: where the next call starts.
     pub version: u64,
+    /// Which life of the change log this is: set when the store first
+    /// records a change (its clock then, in µs), 0 before. A reader that
+    /// sees it change (the store was emptied or replaced, and its numbers
+    /// started again) drops its copy and reads again from 0.
+    pub epoch: u64,
     /// The store no longer knows the changes after the `since` given (it
     /// was emptied or replaced): drop every copy and read again from 0.
     pub reset: bool,
@@ -97,6 +102,8 @@ pub struct OverrideChanges {
 #[derive(Debug, Default)]
 pub(crate) struct OverrideBook {
     seq: u64,
+    /// See [`OverrideChanges::epoch`].
+    epoch: u64,
     /// (rule, key) → (its last change's number, the override, if any).
     by_key: HashMap<(String, String), (u64, Option<KeyOverride>)>,
     /// Change number → (rule, key).
@@ -147,6 +154,7 @@ impl OverrideBook {
 
     /// Puts `o` in force (replacing any override of its rule and key).
     pub(crate) fn put(&mut self, o: KeyOverride, now: u64) {
+        self.start_epoch(now);
         let (rule, key) = (o.rule.clone(), o.key.clone());
         self.record(&rule, &key, Some(o));
         self.purge(now);
@@ -154,6 +162,7 @@ impl OverrideBook {
 
     /// Removes the override of (rule, key); whether there was one.
     pub(crate) fn remove(&mut self, rule: &str, key: &str, now: u64) -> bool {
+        self.start_epoch(now);
         let id = (rule.to_owned(), key.to_owned());
         let existed = self.by_key.get(&id).is_some_and(|(_, o)| o.is_some());
         if existed {
@@ -163,11 +172,19 @@ impl OverrideBook {
         existed
     }
 
+    /// Sets the epoch at the first write.
+    fn start_epoch(&mut self, now: u64) {
+        if self.epoch == 0 {
+            self.epoch = now.max(1);
+        }
+    }
+
     /// Up to `max` changes after `since`.
     pub(crate) fn changes(&self, since: u64, max: usize) -> OverrideChanges {
         if since > self.seq {
             return OverrideChanges {
                 version: 0,
+                epoch: self.epoch,
                 reset: true,
                 changes: Vec::new(),
                 more: true,
@@ -175,6 +192,7 @@ impl OverrideBook {
         }
         let mut out = OverrideChanges {
             version: since,
+            epoch: self.epoch,
             ..OverrideChanges::default()
         };
         for (&seq, (rule, key)) in self.log.range(since + 1..).take(max.max(1)) {

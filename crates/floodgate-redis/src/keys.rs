@@ -63,12 +63,13 @@ impl KeyLayout {
         format!("{}:blocks", self.prefix)
     }
 
-    /// The four keys of the per-key overrides (one hash slot, the
+    /// The five keys of the per-key overrides (one hash slot, the
     /// `{overrides}` tag): the map, the change log, the last change's
-    /// number and the expiry index (see `overrides.lua`). No client key's
+    /// number, the expiry index and the epoch (see `overrides.lua`). No client key's
     /// name ends like these.
-    pub(crate) fn overrides(&self) -> [String; 4] {
-        ["map", "log", "seq", "expiry"].map(|part| format!("{}:{{overrides}}:{part}", self.prefix))
+    pub(crate) fn overrides(&self) -> [String; 5] {
+        ["map", "log", "seq", "expiry", "epoch"]
+            .map(|part| format!("{}:{{overrides}}:{part}", self.prefix))
     }
 
     fn write_rule_key(&self, out: &mut String, rule: &str, key: &str, suffix: &str) {

@@ -124,6 +124,7 @@ pub const ACL_COMMANDS: &[&str] = &[
     "pexpire",
     "pttl",
     "incr",
+    "exists",
     "zadd",
     "zrem",
     "zrangebyscore",

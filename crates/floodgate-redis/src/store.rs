@@ -437,10 +437,10 @@ impl RedisStore {
         }
     }
 
-    /// A call of `overrides.lua` on its four keys, with ARGV[1] (now) set
+    /// A call of `overrides.lua` on its five keys, with ARGV[1] (now) set
     /// and `args` more arguments to come.
     fn override_call(&self, args: usize) -> ScriptCall {
-        let mut call = self.script_call(&scripts::OVERRIDES, 4, 1 + args);
+        let mut call = self.script_call(&scripts::OVERRIDES, 5, 1 + args);
         for key in self.inner.keys.overrides() {
             call.key(key.as_str());
         }
@@ -527,11 +527,12 @@ fn override_changes_from(reply: &[redis::Value]) -> Result<OverrideChanges, Erro
     let int = |v: &redis::Value| -> Result<u64, Error> {
         redis::from_redis_value::<u64>(v.clone()).map_err(|e| bad(e.to_string()))
     };
-    let [version, reset, more, rest @ ..] = reply else {
+    let [version, reset, more, epoch, rest @ ..] = reply else {
         return Err(bad(format!("{} values", reply.len())));
     };
     let mut out = OverrideChanges {
         version: int(version)?,
+        epoch: int(epoch)?,
         reset: int(reset)? == 1,
         more: int(more)? == 1,
         changes: Vec::with_capacity(rest.len() / 2),

@@ -10,6 +10,8 @@
 --            its last change
 --   KEYS[3]  the number of the last change
 --   KEYS[4]  the expiry index, a sorted set: field, scored by its expiry
+--   KEYS[5]  the epoch: the time (µs) of the first change this log
+--            recorded; a reader that sees it change reads everything again
 -- ARGV:
 --   ARGV[1]  now (µs since the epoch), or "" to use Redis' TIME
 --   ARGV[2]  the operation:
@@ -18,8 +20,9 @@
 --                → the expiry stored (µs, 0: none)
 --     "remove"   ARGV[3] field → 1 if there was an override, else 0
 --     "changes"  ARGV[3] since, ARGV[4] max
---                → { version, reset (1/0), more (1/0), then field, value
---                (false when removed) per change, oldest first }
+--                → { version, reset (1/0), more (1/0), epoch (0 before any
+--                change), then field, value (false when removed) per
+--                change, oldest first }
 -- A put or a removal then drops up to 100 overrides expired by now, each a
 -- change of its own (as MemoryStore does). Nothing here has a TTL: the
 -- overrides live until removed or expired, and the log keeps one member
@@ -40,9 +43,19 @@ local function purge(now)
   end
 end
 
+-- Sets the epoch at the first write (OverrideBook::start_epoch).
+local function start_epoch(now)
+  if call('EXISTS', KEYS[5]) == 0 then
+    call('SET', KEYS[5], int(max(now, 1)))
+  end
+end
+
 local function main()
   local now = read_now(ARGV[1])
   local op = ARGV[2]
+  if op == 'put' or op == 'remove' then
+    start_epoch(now)
+  end
   if op == 'put' then
     local field, ttl = ARGV[3], tonumber(ARGV[5])
     if not ttl or ttl < 0 then
@@ -71,13 +84,14 @@ local function main()
     purge(now)
     return existed
   elseif op == 'changes' then
-    local since, max = tonumber(ARGV[3]), tonumber(ARGV[4])
+    local since, page_max = tonumber(ARGV[3]), tonumber(ARGV[4])
     local seq = tonumber(call('GET', KEYS[3]) or '0')
+    local epoch = tonumber(call('GET', KEYS[5]) or '0')
     if since > seq then
-      return { 0, 1, 1 }
+      return { 0, 1, 1, epoch }
     end
-    local page = call('ZRANGEBYSCORE', KEYS[2], '(' .. int(since), '+inf', 'WITHSCORES', 'LIMIT', 0, max)
-    local reply = { since, 0, 0 }
+    local page = call('ZRANGEBYSCORE', KEYS[2], '(' .. int(since), '+inf', 'WITHSCORES', 'LIMIT', 0, page_max)
+    local reply = { since, 0, 0, epoch }
     if #page == 0 then
       return reply
     end

@@ -1070,10 +1070,11 @@ impl<S: Store> Limiter<S> {
                 )
                 .await?;
             let more = page.more;
-            for (rule, n) in self.shared.overrides.apply(page) {
+            let (counts, restarted) = self.shared.overrides.apply(page);
+            for (rule, n) in counts {
                 self.shared.observer.on_override_count(&rule, n);
             }
-            if !more {
+            if !more && !restarted {
                 break;
             }
         }

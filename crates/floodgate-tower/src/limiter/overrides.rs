@@ -121,6 +121,8 @@ impl Entry {
 struct Index {
     /// The number of the last change applied.
     version: u64,
+    /// The change log's epoch, once read (see `OverrideChanges::epoch`).
+    epoch: Option<u64>,
     /// Overrides cached, over every rule.
     len: usize,
     /// rule name → key → override.
@@ -249,12 +251,17 @@ impl OverrideCache {
     }
 
     /// Applies a page of changes read from the store; returns the number of
-    /// overrides cached, per rule that changed, for the metrics.
-    pub(crate) fn apply(&self, page: OverrideChanges) -> Vec<(String, usize)> {
+    /// overrides cached, per rule that changed, for the metrics, and
+    /// whether the copy was dropped to be read again from the start (the
+    /// store's log was emptied or replaced).
+    pub(crate) fn apply(&self, page: OverrideChanges) -> (Vec<(String, usize)>, bool) {
         let mut index = self.index.write();
         let mut touched: Vec<String> = Vec::new();
         let mut removed = 0;
-        if page.reset {
+        let new_life = index.epoch.is_some_and(|known| known != page.epoch);
+        index.epoch = Some(page.epoch);
+        let restart = page.reset || new_life;
+        if restart {
             touched.extend(index.by_rule.keys().map(|r| r.to_string()));
             removed = index.len;
             index.by_rule.clear();
@@ -280,16 +287,17 @@ impl OverrideCache {
         let added = page
             .changes
             .iter()
-            .filter(|c| c.now.is_some())
+            .filter(|c| c.now.is_some() && !restart)
             .map(|c| (c.rule.as_str(), c.key.as_str()));
         self.after_changes(&index, added, removed);
-        touched
+        let counts = touched
             .into_iter()
             .map(|rule| {
                 let n = index.count(&rule);
                 (rule, n)
             })
-            .collect()
+            .collect();
+        (counts, restart)
     }
 
     /// Puts `o` in force here at once (made through this instance); the
@@ -389,6 +397,7 @@ mod tests {
             .collect();
         cache.apply(OverrideChanges {
             version: n as u64,
+            epoch: 7,
             reset: false,
             changes,
             more: false,
@@ -413,5 +422,17 @@ mod tests {
         // One put later, without a sync: found too.
         cache.put(&o("r", "late", 77));
         assert_eq!(limit_of(&cache, "r", "late"), Some(77));
+
+        // The store's log starts a new life (emptied, replaced): the copy
+        // is dropped and read again from the start.
+        let (_, restarted) = cache.apply(OverrideChanges {
+            version: 3,
+            epoch: 8,
+            ..OverrideChanges::default()
+        });
+        assert!(restarted);
+        assert_eq!(cache.version(), 0);
+        assert_eq!(limit_of(&cache, "r", "late"), None);
+        assert_eq!(limit_of(&cache, "r", "k1"), None);
     }
 }
