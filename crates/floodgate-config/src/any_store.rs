@@ -81,6 +81,21 @@ impl Store for AnyStore {
         dispatch!(self, s => s.refund(refunds))
     }
 
+    async fn acquire(
+        &self,
+        slots: &[floodgate_core::Slot<'_>],
+    ) -> Result<Vec<floodgate_core::SlotDecision>, Error> {
+        dispatch!(self, s => s.acquire(slots))
+    }
+
+    async fn release(&self, slots: &[floodgate_core::Slot<'_>]) -> Result<(), Error> {
+        dispatch!(self, s => s.release(slots))
+    }
+
+    async fn renew(&self, slots: &[floodgate_core::Slot<'_>]) -> Result<Vec<bool>, Error> {
+        dispatch!(self, s => s.renew(slots))
+    }
+
     async fn put_override(
         &self,
         o: &KeyOverride,

@@ -39,6 +39,7 @@
 pub mod algorithm;
 mod block;
 mod clock;
+pub mod concurrency;
 mod decision;
 pub mod duration;
 mod error;
@@ -49,6 +50,7 @@ mod store;
 
 pub use block::{Block, BlockSource};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
+pub use concurrency::{Slot, SlotDecision};
 pub use decision::Decision;
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};

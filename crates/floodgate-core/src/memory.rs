@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::algorithm::{Evaluation, KeyState, Penalty};
 use crate::block::{Block, BlockSource};
 use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::concurrency::{Slot, SlotBook, SlotDecision};
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::overrides::{KeyOverride, OverrideBook, OverrideChanges};
@@ -216,6 +217,7 @@ struct Inner {
     /// penalty is always one that is enforced.
     manual_blocks: Mutex<HashMap<String, Block>>,
     overrides: Mutex<OverrideBook>,
+    slots: Mutex<SlotBook>,
 }
 
 /// An in-memory [`Store`]. Cheap to clone; clones share state.
@@ -266,6 +268,7 @@ impl MemoryStore {
                 clock,
                 manual_blocks: Mutex::new(HashMap::new()),
                 overrides: Mutex::default(),
+                slots: Mutex::default(),
             }),
         }
     }
@@ -612,6 +615,22 @@ impl Store for MemoryStore {
 
     async fn blocks(&self) -> Result<Vec<Block>, Error> {
         Ok(self.blocks_now())
+    }
+
+    async fn acquire(&self, slots: &[Slot<'_>]) -> Result<Vec<SlotDecision>, Error> {
+        let now = self.inner.clock.now().as_micros();
+        Ok(self.inner.slots.lock().acquire(slots, now))
+    }
+
+    async fn release(&self, slots: &[Slot<'_>]) -> Result<(), Error> {
+        let now = self.inner.clock.now().as_micros();
+        self.inner.slots.lock().release(slots, now);
+        Ok(())
+    }
+
+    async fn renew(&self, slots: &[Slot<'_>]) -> Result<Vec<bool>, Error> {
+        let now = self.inner.clock.now().as_micros();
+        Ok(self.inner.slots.lock().renew(slots, now))
     }
 
     async fn put_override(

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::block::Block;
+use crate::concurrency::{Slot, SlotDecision};
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::overrides::{KeyOverride, OverrideChanges};
@@ -190,6 +191,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every block in force, manual and penalty.
     fn blocks(&self) -> impl Future<Output = Result<Vec<Block>, Error>> + Send;
+
+    /// Takes a slot of each concurrency limit of `slots` for the request
+    /// `slot.id`, each until `slot.lease` from now (the store's clock), if
+    /// every one has room (fewer than `limit` live slots); else takes none.
+    /// Atomic on one client key; a call naming several keys on a Redis
+    /// Cluster gives back what it took when one of them refuses. Taking a
+    /// slot the request already holds renews it.
+    fn acquire(
+        &self,
+        slots: &[Slot<'_>],
+    ) -> impl Future<Output = Result<Vec<SlotDecision>, Error>> + Send;
+
+    /// Gives back the request's slots (a slot already lapsed is nothing
+    /// to give back).
+    fn release(&self, slots: &[Slot<'_>]) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Renews the request's slots for another `lease`; whether each was
+    /// still held (a lapsed one is not taken again).
+    fn renew(&self, slots: &[Slot<'_>]) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
 
     /// Puts `o` in force for its rule and key, replacing any override of
     /// them, until `ttl` from now by the store's own clock (`None`: until

@@ -41,6 +41,13 @@ impl KeyLayout {
         self.write_rule_key(out, rule, key, "state");
     }
 
+    /// The held slots of (rule, key), a concurrency limit's.
+    pub(crate) fn slots(&self, rule: &str, key: &str) -> String {
+        let mut name = String::new();
+        self.write_rule_key(&mut name, rule, key, "slots");
+        name
+    }
+
     /// [`KeyLayout::block`] into `out` (cleared first).
     pub(crate) fn write_block(&self, out: &mut String, rule: &str, key: &str) {
         self.write_rule_key(out, rule, key, "block");

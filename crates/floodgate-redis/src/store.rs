@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use floodgate_core::{
     Algorithm, Block, BlockSource, Check, Decision, Error, KeyOverride, OverrideChange,
-    OverrideChanges, Policy, Store, StoreError, StoreErrorKind, Timestamp, micros_of,
-    validate_charges, validate_checks,
+    OverrideChanges, Policy, Slot, SlotDecision, Store, StoreError, StoreErrorKind, Timestamp,
+    micros_of, validate_charges, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
@@ -437,6 +437,43 @@ impl RedisStore {
         }
     }
 
+    /// The slots of a call grouped so that each group is one script call:
+    /// all of them on a standalone Redis, one group per client key (hash
+    /// slot) on a cluster.
+    fn slot_call_groups(&self, slots: &[Slot<'_>]) -> Vec<Vec<usize>> {
+        if !self.inner.link.is_cluster() {
+            return vec![(0..slots.len()).collect()];
+        }
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, s) in slots.iter().enumerate() {
+            match groups.iter_mut().find(|(key, _)| *key == s.key) {
+                Some((_, g)) => g.push(i),
+                None => groups.push((s.key, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// One `slots.lua` call of `op` for the slots of `group`.
+    async fn slots_call(
+        &self,
+        deadline: Instant,
+        op: &str,
+        slots: &[Slot<'_>],
+        group: &[usize],
+    ) -> Result<Vec<i64>, Error> {
+        let mut call = self.script_call(&scripts::SLOTS, group.len(), 3 + 3 * group.len());
+        for &i in group {
+            call.key(self.inner.keys.slots(slots[i].rule, slots[i].key).as_str());
+        }
+        call.arg(self.now_arg()).arg(self.inner.margin_ms).arg(op);
+        for &i in group {
+            let s = &slots[i];
+            call.arg(s.limit).arg(micros_of(s.lease).max(1)).arg(s.id);
+        }
+        self.invoke(deadline, op, &call).await
+    }
+
     /// A call of `overrides.lua` on its five keys, with ARGV[1] (now) set
     /// and `args` more arguments to come.
     fn override_call(&self, args: usize) -> ScriptCall {
@@ -782,6 +819,97 @@ impl Store for RedisStore {
             cleared?;
         }
         Ok(lifted == "1")
+    }
+
+    async fn acquire(&self, slots: &[Slot<'_>]) -> Result<Vec<SlotDecision>, Error> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        let groups = self.slot_call_groups(slots);
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|g| self.slots_call(deadline, "acquire", slots, g)),
+        )
+        .await?;
+        let mut decisions: Vec<Option<SlotDecision>> = vec![None; slots.len()];
+        for (g, reply) in groups.iter().zip(&answers) {
+            if reply.len() != 2 * g.len() {
+                return Err(bad_reply(
+                    "acquire",
+                    format!("{} values for {} slots", reply.len(), g.len()),
+                ));
+            }
+            for (&i, pair) in g.iter().zip(reply.chunks_exact(2)) {
+                decisions[i] = Some(SlotDecision {
+                    allowed: pair[0] == 1,
+                    in_flight: u64::try_from(pair[1]).unwrap_or(0),
+                    limit: slots[i].limit,
+                });
+            }
+        }
+        let decisions: Vec<SlotDecision> = decisions.into_iter().flatten().collect();
+        if groups.len() > 1 && decisions.iter().any(|d| !d.allowed) {
+            // Slots spread over hash slots: what the groups that had room
+            // took goes back, so the call takes all or nothing.
+            let taken: Vec<Slot<'_>> = slots
+                .iter()
+                .zip(&decisions)
+                .filter(|(_, d)| d.allowed)
+                .map(|(s, _)| *s)
+                .collect();
+            self.release(&taken).await?;
+            return Ok(decisions
+                .into_iter()
+                .map(|d| SlotDecision {
+                    allowed: false,
+                    in_flight: if d.allowed {
+                        d.in_flight - 1
+                    } else {
+                        d.in_flight
+                    },
+                    ..d
+                })
+                .collect());
+        }
+        Ok(decisions)
+    }
+
+    async fn release(&self, slots: &[Slot<'_>]) -> Result<(), Error> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let deadline = self.deadline();
+        let groups = self.slot_call_groups(slots);
+        try_join_all(
+            groups
+                .iter()
+                .map(|g| self.slots_call(deadline, "release", slots, g)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn renew(&self, slots: &[Slot<'_>]) -> Result<Vec<bool>, Error> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        let groups = self.slot_call_groups(slots);
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|g| self.slots_call(deadline, "renew", slots, g)),
+        )
+        .await?;
+        let mut held = vec![false; slots.len()];
+        for (g, reply) in groups.iter().zip(&answers) {
+            for (&i, v) in g.iter().zip(reply) {
+                held[i] = *v == 1;
+            }
+        }
+        Ok(held)
     }
 
     async fn put_override(

@@ -389,6 +389,28 @@ impl Store for RecordingStore {
         self.charge(refunds).await
     }
 
+    async fn acquire(
+        &self,
+        slots: &[floodgate_core::Slot<'_>],
+    ) -> Result<Vec<floodgate_core::SlotDecision>, Error> {
+        Ok(slots
+            .iter()
+            .map(|s| floodgate_core::SlotDecision {
+                allowed: true,
+                in_flight: 1,
+                limit: s.limit,
+            })
+            .collect())
+    }
+
+    async fn release(&self, _slots: &[floodgate_core::Slot<'_>]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn renew(&self, slots: &[floodgate_core::Slot<'_>]) -> Result<Vec<bool>, Error> {
+        Ok(vec![true; slots.len()])
+    }
+
     async fn put_override(
         &self,
         o: &floodgate_core::KeyOverride,

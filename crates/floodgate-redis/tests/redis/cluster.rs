@@ -482,3 +482,39 @@ async fn a_frozen_node_holds_up_only_the_keys_it_owns() {
     .unwrap_or_else(|e| panic!("{frozen_key} still fails 10 s after its node runs again: {e}"));
     assert!(allowed);
 }
+
+/// A concurrency call whose slots live on different nodes takes all or
+/// nothing: one full key refuses the call, and the other key's slot it took
+/// goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_spread_over_nodes_are_taken_all_or_nothing() {
+    use floodgate_core::Slot;
+    let cluster = RedisCluster::start(3);
+    let clock = manual_clock();
+    let store = cluster_store(&cluster, &unique_prefix("cluster-slots"), &clock);
+    let (a, b) = ("ip:192.0.2.1", "global");
+    assert_ne!(
+        node_of(&cluster, a),
+        node_of(&cluster, b),
+        "the keys should live on two nodes"
+    );
+    let slot = |key: &'static str, id: &'static str| Slot {
+        rule: "inflight",
+        key,
+        limit: 1,
+        lease: Duration::from_secs(30),
+        id,
+    };
+    assert!(store.acquire(&[slot(b, "first")]).await.unwrap()[0].allowed);
+    let both = store
+        .acquire(&[slot(a, "second"), slot(b, "second")])
+        .await
+        .unwrap();
+    assert!(both.iter().all(|d| !d.allowed), "{both:?}");
+    // a's slot went back: another request takes it.
+    let alone = store.acquire(&[slot(a, "third")]).await.unwrap();
+    assert!(alone[0].allowed && alone[0].in_flight == 1, "{alone:?}");
+    // Released, b has room again.
+    store.release(&[slot(b, "first")]).await.unwrap();
+    assert!(store.acquire(&[slot(b, "fourth")]).await.unwrap()[0].allowed);
+}

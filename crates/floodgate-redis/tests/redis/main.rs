@@ -18,5 +18,6 @@ mod expiry;
 mod faults;
 mod sentinel;
 mod skew;
+mod slots;
 mod support;
 mod tls;

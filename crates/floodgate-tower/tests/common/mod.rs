@@ -250,6 +250,24 @@ impl Store for FlakyStore {
         self.inner.refund(refunds).await
     }
 
+    async fn acquire(
+        &self,
+        slots: &[floodgate_core::Slot<'_>],
+    ) -> Result<Vec<floodgate_core::SlotDecision>, Error> {
+        self.gate().await?;
+        self.inner.acquire(slots).await
+    }
+
+    async fn release(&self, slots: &[floodgate_core::Slot<'_>]) -> Result<(), Error> {
+        self.gate().await?;
+        self.inner.release(slots).await
+    }
+
+    async fn renew(&self, slots: &[floodgate_core::Slot<'_>]) -> Result<Vec<bool>, Error> {
+        self.gate().await?;
+        self.inner.renew(slots).await
+    }
+
     async fn put_override(
         &self,
         o: &floodgate_core::KeyOverride,
