@@ -34,6 +34,7 @@ pub(super) struct RawRule {
     overrides: Vec<RawOverride>,
     on_limit: Option<String>,
     max_delay: Option<String>,
+    lease: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -112,6 +113,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "override",
                 "on_limit",
                 "max_delay",
+                "lease",
             ],
         );
         let name = match r.name {
@@ -156,11 +158,93 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
         let key = key
             .map_err(|e| p.add(format!("{at} key"), e.to_string()))
             .ok();
+        if r.algorithm.as_deref() == Some("concurrency") {
+            // Requests in flight, not a rate: its own keys.
+            let mut stray = Vec::new();
+            for (set, field) in [
+                (r.window.is_some(), "window"),
+                (r.burst.is_some(), "burst"),
+                (r.block_for.is_some(), "block_for"),
+                (r.count_status.is_some(), "count_status"),
+                (r.cost_header.is_some(), "cost_header"),
+                (r.on_limit.is_some(), "on_limit"),
+                (r.max_delay.is_some(), "max_delay"),
+                (!r.overrides.is_empty(), "override"),
+                (r.shadow, "shadow"),
+                (r.cost.is_some_and(|c| c != 1), "cost"),
+            ] {
+                if set {
+                    stray.push(field);
+                }
+            }
+            for field in stray {
+                p.add(
+                    format!("{at} {field}"),
+                    "does not apply to algorithm = \"concurrency\" (limit = requests in flight at once, lease = how long a slot outlives a crashed instance)",
+                );
+            }
+            let limit = match r.limit {
+                Some(l) if l >= 1 => Some(l as u64),
+                Some(l) => {
+                    p.add(
+                        format!("{at} limit"),
+                        format!("must be at least 1, got {l}"),
+                    );
+                    None
+                }
+                None => {
+                    p.add(
+                        format!("{at} limit"),
+                        "missing (requests in flight at once)",
+                    );
+                    None
+                }
+            };
+            let lease = match r.lease.as_deref().map(parse_duration) {
+                None => Some(DEFAULT_LEASE),
+                Some(Ok(d))
+                    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) =>
+                {
+                    Some(d)
+                }
+                Some(Ok(d)) => {
+                    p.add(
+                        format!("{at} lease"),
+                        format!("must be between 1s and 1h, got {d:?}"),
+                    );
+                    None
+                }
+                Some(Err(e)) => {
+                    p.add(format!("{at} lease"), e);
+                    None
+                }
+            };
+            if p.0.len() == before
+                && let (Some(key), Some(limit), Some(lease)) = (key, limit, lease)
+            {
+                match Rule::concurrency(name, key, limit, lease) {
+                    Ok(rule) => rules.push(rule.with_match(matcher)),
+                    Err(e) => p.add(format!("{at} limit"), e.to_string()),
+                }
+            }
+            continue;
+        }
+        if r.lease.is_some() {
+            p.add(
+                format!("{at} lease"),
+                "only applies to algorithm = \"concurrency\"",
+            );
+        }
         let algorithm = match r.algorithm.as_deref() {
             None => Some(Algorithm::SlidingWindow),
             Some(text) => text
                 .parse::<Algorithm>()
-                .map_err(|e| p.add(format!("{at} algorithm"), e.to_string()))
+                .map_err(|_| {
+                    p.add(
+                        format!("{at} algorithm"),
+                        format!("unknown algorithm {text:?} (expected fixed_window, sliding_window, sliding_log, token_bucket or concurrency)"),
+                    )
+                })
                 .ok(),
         };
         let limit = match r.limit {
@@ -333,6 +417,9 @@ fn build_policy(
     }
     Some(policy)
 }
+
+/// The default `lease` of a concurrency limit.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// The default `max_delay`.
 const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);

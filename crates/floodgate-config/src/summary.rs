@@ -75,6 +75,16 @@ pub fn summary(s: &Settings) -> String {
     ));
     out.push_str(&format!("  rules     {}\n", s.rules.len()));
     for r in &s.rules {
+        if let Some(c) = r.concurrency {
+            out.push_str(&format!(
+                "    {:<20} concurrency {} in flight key {} lease {}\n",
+                r.name,
+                c.limit,
+                r.key,
+                format_duration(c.lease)
+            ));
+            continue;
+        }
         let p = &r.policy;
         out.push_str(&format!(
             "    {:<20} {} {} per {} key {}{}{}{}\n",

@@ -106,18 +106,18 @@ mod verdict;
 
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
-    AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Limiter,
+    AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Lease, Limiter,
     LimiterBuilder, LimiterConfig, NoRuntime, OnError, OverrideError, OverrideSource, Pending,
     check_rule_name,
 };
-pub use middleware::{Floodgate, FloodgateLayer, ResponseBody, ResponseFuture};
+pub use middleware::{Floodgate, FloodgateLayer, Leased, ResponseBody, ResponseFuture};
 pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, grpc_verdict_response, is_grpc, verdict_response};
 pub use rule::{
-    AppKey, KeyInput, KeyPart, KeySpec, KeySpecError, OnLimit, RequestMatch, Rule, StatusSet,
-    StatusSetError,
+    AppKey, ConcurrencyLimit, KeyInput, KeyPart, KeySpec, KeySpecError, OnLimit, RequestMatch,
+    Rule, StatusSet, StatusSetError,
 };
 pub use setup::{ConfigBuilder, IntoDuration, RuleBuilder};
 pub use target::{Target, TargetError};

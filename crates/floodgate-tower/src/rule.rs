@@ -495,6 +495,20 @@ pub struct Rule {
     /// What a request over the limit gets: a 429 at once, or a wait for
     /// its turn.
     pub on_limit: OnLimit,
+    /// `algorithm = "concurrency"`: a limit on requests in flight, not on
+    /// a rate; the rule's `policy` then only names its limit.
+    pub concurrency: Option<ConcurrencyLimit>,
+}
+
+/// A limit on the requests of one key in flight at once, across every
+/// instance sharing the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyLimit {
+    /// Requests in flight at once.
+    pub limit: u64,
+    /// How long a slot outlives an instance that crashed holding it; a
+    /// long request renews its slot while it runs.
+    pub lease: std::time::Duration,
 }
 
 /// What a rule does with a request over its limit.
@@ -525,7 +539,24 @@ impl Rule {
             cost_header: None,
             overrides: Vec::new(),
             on_limit: OnLimit::Reject,
+            concurrency: None,
         }
+    }
+
+    /// A rule limiting `key`'s requests in flight to `limit` at once, each
+    /// slot a lease of `lease` (renewed while its request runs).
+    pub fn concurrency(
+        name: impl Into<String>,
+        key: KeySpec,
+        limit: u64,
+        lease: std::time::Duration,
+    ) -> Result<Self, floodgate_core::PolicyError> {
+        // The policy only carries the limit (headers, validation).
+        let policy = Policy::new(floodgate_core::Algorithm::FixedWindow, limit, lease)?;
+        Ok(Rule {
+            concurrency: Some(ConcurrencyLimit { limit, lease }),
+            ..Rule::new(name, key, policy)
+        })
     }
 
     /// The same rule holding a request over the limit until it is admitted,

@@ -83,7 +83,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 18] = [
+    let cases: [(String, &[&str]); 20] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -158,6 +158,25 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
                 "window = \"1m\"\non_limit = \"delay\"\nmax_delay = \"2m\"",
             ),
             &["max_delay", "must be between 1ms and 60s"],
+        ),
+        (
+            good_but(
+                "algorithm = \"sliding_window\"\nlimit = 100\nwindow = \"1m\"",
+                "algorithm = \"concurrency\"\nlimit = 4\nwindow = \"1m\"\nlease = \"2h\"",
+            ),
+            &[
+                "rule \"api-per-client\" window",
+                "does not apply to algorithm = \"concurrency\"",
+                "rule \"api-per-client\" lease",
+                "must be between 1s and 1h",
+            ],
+        ),
+        (
+            good_but("window = \"1m\"", "window = \"1m\"\nlease = \"30s\""),
+            &[
+                "rule \"api-per-client\" lease",
+                "only applies to algorithm = \"concurrency\"",
+            ],
         ),
         (
             good_but("block_for = \"15m\"", "block_for = []"),

@@ -13,6 +13,7 @@
 mod admin;
 mod answers;
 mod chaos;
+mod concurrency;
 mod config;
 mod decision_api;
 mod delay;

@@ -208,6 +208,16 @@ impl LimiterConfig {
                     );
                 }
             }
+            if rule.concurrency.is_some()
+                && (!rule.overrides.is_empty() || rule.charges_on_answer() || rule.shadow)
+            {
+                problem(
+                    Some(name),
+                    "algorithm",
+                    "a concurrency limit takes no overrides, count_status, cost_header or shadow"
+                        .into(),
+                );
+            }
             for o in &rule.overrides {
                 match o.policy(&rule.policy) {
                     Err(e) => problem(Some(name), "override", format!("key {:?}: {e}", o.key)),

@@ -189,6 +189,8 @@ pub(crate) struct Snapshot {
     access_headers: Vec<HeaderName>,
     /// Every rule's `cost_header`: never passed on to a client.
     cost_headers: Vec<HeaderName>,
+    /// Whether any rule is a concurrency limit.
+    has_concurrency: bool,
 }
 
 impl Snapshot {
@@ -232,6 +234,7 @@ impl Snapshot {
                     }
                     names
                 }),
+            has_concurrency: config.rules.iter().any(|r| r.concurrency.is_some()),
             cost_headers: config
                 .rules
                 .iter()
@@ -260,6 +263,9 @@ struct Shared<S> {
     observer: Arc<dyn Observer>,
     /// Requests held by rules with `on_limit = delay` right now.
     held: std::sync::atomic::AtomicUsize,
+    /// Names this process's concurrency slots, with `slot_counter`.
+    slot_prefix: String,
+    slot_counter: std::sync::atomic::AtomicU64,
     /// Set once a background block sync runs for this limiter.
     syncing: std::sync::atomic::AtomicBool,
 }
@@ -329,6 +335,13 @@ impl<S: Store> LimiterBuilder<S> {
                 overrides: OverrideCache::default(),
                 observer: self.observer,
                 held: std::sync::atomic::AtomicUsize::new(0),
+                slot_prefix: {
+                    use std::hash::BuildHasher;
+                    let seed = std::collections::hash_map::RandomState::new()
+                        .hash_one((std::process::id(), std::time::SystemTime::now()));
+                    format!("{seed:016x}")
+                },
+                slot_counter: std::sync::atomic::AtomicU64::new(0),
                 syncing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -348,6 +361,59 @@ pub struct Pending {
     /// The configuration the request was checked under (its rules, by
     /// index), and each rule's key.
     owed: Option<Owed>,
+    /// The slots of the concurrency limits the request holds.
+    lease: Option<Lease>,
+}
+
+/// The slots a request holds in its rules' concurrency limits, on every
+/// instance sharing the store. Renewed in the background while held;
+/// given back when dropped. A crashed instance's slots come back by
+/// themselves when their lease ends.
+pub struct Lease {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    renewer: Option<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+/// The concurrency slots of one request, as the store takes them.
+#[derive(Clone)]
+struct HeldSlots {
+    /// (rule, key, limit, lease) of each.
+    slots: Vec<(String, String, u64, Duration)>,
+    id: String,
+    /// Taken from the in-process fallback (the store was down).
+    local: bool,
+}
+
+impl HeldSlots {
+    fn as_slots(&self) -> Vec<floodgate_core::Slot<'_>> {
+        self.slots
+            .iter()
+            .map(|(rule, key, limit, lease)| floodgate_core::Slot {
+                rule,
+                key,
+                limit: *limit,
+                lease: *lease,
+                id: &self.id,
+            })
+            .collect()
+    }
 }
 
 /// The snapshot a request was checked under, and (rule index, key) of each
@@ -355,9 +421,16 @@ pub struct Pending {
 type Owed = (Arc<Snapshot>, Vec<(usize, String)>);
 
 impl Pending {
-    /// Whether nothing is owed: no rule charged on the answer matched.
+    /// Whether nothing is owed: no rule charged on the answer matched, and
+    /// no concurrency slot is held.
     pub fn is_empty(&self) -> bool {
-        self.owed.is_none()
+        self.owed.is_none() && self.lease.is_none()
+    }
+
+    /// The concurrency slots the request holds: keep them until its
+    /// answer's body ends (dropping them gives them back).
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
     }
 }
 
@@ -631,6 +704,26 @@ impl<S: Store> Limiter<S> {
             }
         }
 
+        // Concurrency limits first: a slot taken, then the rates decided; a
+        // refusal by the rates gives the slot back (the lease dropped).
+        let mut lease = None;
+        let keyed = if snapshot.has_concurrency {
+            let (in_flight, rates): (Vec<Keyed<'_>>, Vec<Keyed<'_>>) = keyed
+                .into_iter()
+                .partition(|(r, ..)| r.rule.concurrency.is_some());
+            if !in_flight.is_empty() {
+                match self.acquire_slots(&snapshot.config, &in_flight).await {
+                    Ok(taken) => lease = taken,
+                    Err(refusal) => return verdict(refusal),
+                }
+            }
+            if rates.is_empty() {
+                return (Verdict::Allow(None), Pending { owed: None, lease });
+            }
+            rates
+        } else {
+            keyed
+        };
         let checks: Vec<Check<'_>> = keyed
             .iter()
             .map(|(rule, key, overridden)| {
@@ -654,6 +747,11 @@ impl<S: Store> Limiter<S> {
                 drop(checks);
                 let pending = Pending {
                     owed: (!owed.is_empty()).then(|| (Arc::clone(&snapshot), owed)),
+                    lease: if matches!(concluded, Verdict::Allow(_)) {
+                        lease
+                    } else {
+                        None
+                    },
                 };
                 (concluded, pending)
             }
@@ -801,6 +899,145 @@ impl<S: Store> Limiter<S> {
                 self.observe(Some(compiled.name()), Outcome::Error);
                 Err(CheckError::Unavailable)
             }
+        }
+    }
+
+    /// Takes a slot of every concurrency limit in `in_flight` for one
+    /// request (all or nothing): the lease, `None` when the store could
+    /// not be asked and `on_error = allow`; the refusal otherwise.
+    async fn acquire_slots(
+        &self,
+        config: &LimiterConfig,
+        in_flight: &[Keyed<'_>],
+    ) -> Result<Option<Lease>, Verdict> {
+        let n = self
+            .shared
+            .slot_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut held = HeldSlots {
+            slots: in_flight
+                .iter()
+                .filter_map(|(r, key, _)| {
+                    let c = r.rule.concurrency?;
+                    Some((r.name().to_owned(), key.clone(), c.limit, c.lease))
+                })
+                .collect(),
+            id: format!("{}-{n:x}", self.shared.slot_prefix),
+            local: false,
+        };
+        let mut decisions = None;
+        if self.shared.health.should_try(self.shared.clock.now()) {
+            let slots = held.as_slots();
+            match self
+                .store_call(StoreCall::Check, self.shared.store.acquire(&slots))
+                .await
+            {
+                Ok(d) if d.len() == slots.len() => decisions = Some(d),
+                Ok(_) => tracing::error!("store answered the wrong number of slots"),
+                Err(Error::Store(_)) => {}
+                Err(e) => tracing::error!(error = %e, "store refused a slot"),
+            }
+        }
+        if decisions.is_none() && config.on_error == OnError::Local {
+            decisions = self.shared.fallback.acquire(&held.as_slots()).await.ok();
+            held.local = true;
+        }
+        let Some(decisions) = decisions else {
+            for (rule, ..) in in_flight {
+                self.observe(Some(rule.name()), Outcome::Error);
+            }
+            return match config.on_error {
+                OnError::Allow => Ok(None),
+                OnError::Deny | OnError::Local => Err(Verdict::Unavailable),
+            };
+        };
+        if let Some(i) = decisions
+            .iter()
+            .position(|d| !d.allowed && d.in_flight >= d.limit)
+        {
+            for ((rule, ..), d) in in_flight.iter().zip(&decisions) {
+                let outcome = if d.in_flight >= d.limit {
+                    Outcome::Limited
+                } else {
+                    Outcome::Allowed
+                };
+                self.observe(Some(rule.name()), outcome);
+            }
+            let rule = in_flight[i].0;
+            tracing::debug!(rule = rule.name(), key = %in_flight[i].1, "request limited: too many in flight");
+            return Err(Verdict::Limited(RuleDecision::labelled(
+                &rule.label,
+                Decision {
+                    allowed: false,
+                    limit: decisions[i].limit,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                    // Nothing says when a request in flight ends.
+                    retry_after: Some(Duration::from_secs(1)),
+                    blocked: false,
+                    delay: Duration::ZERO,
+                },
+            )));
+        }
+        for (rule, ..) in in_flight {
+            self.observe(Some(rule.name()), Outcome::Allowed);
+        }
+        Ok(Some(self.lease_of(held)))
+    }
+
+    /// The lease of `held`: renewed every third of the shortest lease
+    /// while it lives, given back when dropped.
+    fn lease_of(&self, held: HeldSlots) -> Lease {
+        let every = held
+            .slots
+            .iter()
+            .map(|(.., lease)| *lease)
+            .min()
+            .unwrap_or(Duration::from_secs(30))
+            / 3;
+        let renewer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (limiter, held) = (self.clone(), held.clone());
+            runtime
+                .spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let slots = held.as_slots();
+                        let renewed = if held.local {
+                            limiter.shared.fallback.renew(&slots).await
+                        } else {
+                            limiter
+                                .store_call(StoreCall::Check, limiter.shared.store.renew(&slots))
+                                .await
+                        };
+                        if let Ok(kept) = renewed
+                            && kept.iter().any(|k| !k)
+                        {
+                            tracing::warn!(id = %held.id, "a request in flight outlived its concurrency lease");
+                        }
+                    }
+                })
+                .abort_handle()
+        });
+        let limiter = self.clone();
+        Lease {
+            release: Some(Box::new(move || {
+                if held.local {
+                    let _ = futures_now(limiter.shared.fallback.release(&held.as_slots()));
+                    return;
+                }
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let slots = held.as_slots();
+                        if let Err(e) = limiter
+                            .store_call(StoreCall::Check, limiter.shared.store.release(&slots))
+                            .await
+                        {
+                            tracing::debug!(error = %e, "could not give back concurrency slots; their lease frees them");
+                        }
+                    });
+                }
+            })),
+            renewer,
         }
     }
 
@@ -1524,6 +1761,19 @@ impl<S: Store> Drop for HeldSlot<'_, S> {
                 }
             });
         }
+    }
+}
+
+/// Polls a future that never waits (the memory store's) to its end.
+fn futures_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::noop();
+    match fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 

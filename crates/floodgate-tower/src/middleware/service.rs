@@ -7,15 +7,17 @@ use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use tower::Service;
 
+use super::Leased;
 use super::future::ResponseFuture;
 use crate::limiter::{Limiter, Pending};
 use crate::peer::peer_addr;
 use crate::response::{grpc_verdict_response, is_grpc, verdict_response};
 use crate::verdict::{BadRequestReason, Verdict};
 
-/// The body of a [`Floodgate`] response: the inner service's, or the
-/// limiter's own problem+json.
-pub type ResponseBody<B> = Either<B, Full<Bytes>>;
+/// The body of a [`Floodgate`] response: the inner service's (holding the
+/// request's concurrency slots until it ends), or the limiter's own
+/// problem+json.
+pub type ResponseBody<B> = Either<Leased<B>, Full<Bytes>>;
 
 /// Decides each request with a [`Limiter`] before the inner service sees it.
 ///
@@ -97,7 +99,7 @@ where
         };
         let grpc = is_grpc(request.headers());
         ResponseFuture::new(async move {
-            let (verdict, pending) = match canonical {
+            let (verdict, mut pending) = match canonical {
                 Ok(true) => {
                     limiter
                         .check_canonical(
@@ -135,6 +137,9 @@ where
             if let Some(refusal) = refusal {
                 return Ok(refusal.map(Either::Right));
             }
+            // Dropped with this future if the inner service fails or the
+            // client goes away first: the slots go back.
+            let lease = pending.take_lease();
             let mut response = inner.call(request).await?;
             if !pending.is_empty() {
                 // Charged before the answer goes out: a client that sees
@@ -148,7 +153,7 @@ where
             if let Verdict::Allow(Some(decision)) = &verdict {
                 decision.insert_rate_limit_headers(response.headers_mut());
             }
-            Ok(response.map(Either::Left))
+            Ok(response.map(|body| Either::Left(Leased::new(body, lease))))
         })
     }
 }
