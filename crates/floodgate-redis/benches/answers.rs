@@ -16,7 +16,10 @@
 //! - `asked`: one `Store::check` of a probe, never charged (a
 //!   `count_status` rule whose answer does not count: a successful login);
 //! - `asked+charged`: the probe, then one `Store::charge` (an answer that
-//!   counts, or any answer under `cost_header`): two store calls.
+//!   counts, or any answer under `cost_header`): two store calls;
+//! - `slot`: a concurrency limit's slot taken (`Store::acquire`) and given
+//!   back (`Store::release`): two store calls (the same for every
+//!   algorithm; measured in each row for the pairing).
 //!
 //! Each is timed in rounds (memory: one thread, 20 000 requests a round;
 //! Redis: 64 tasks sharing one store, 50 requests each a round), the three
@@ -46,9 +49,10 @@ enum Way {
     Plain,
     Asked,
     AskedCharged,
+    Slot,
 }
 
-const WAYS: [Way; 3] = [Way::Plain, Way::Asked, Way::AskedCharged];
+const WAYS: [Way; 4] = [Way::Plain, Way::Asked, Way::AskedCharged, Way::Slot];
 
 impl Way {
     fn name(self) -> &'static str {
@@ -56,6 +60,7 @@ impl Way {
             Way::Plain => "plain",
             Way::Asked => "asked",
             Way::AskedCharged => "asked+charged",
+            Way::Slot => "slot",
         }
     }
 }
@@ -79,6 +84,19 @@ fn keys() -> Vec<String> {
 
 /// Decides one request of `key` the `way` given.
 async fn decide<S: Store>(store: &S, policy: &Policy, key: &str, way: Way) {
+    if way == Way::Slot {
+        let slot = floodgate_core::Slot {
+            rule: "bench-slots",
+            key,
+            limit: 1_000_000,
+            lease: Duration::from_secs(30),
+            id: key,
+        };
+        let d = store.acquire(&[slot]).await.unwrap();
+        assert!(d[0].allowed, "a bench slot was refused");
+        store.release(&[slot]).await.unwrap();
+        return;
+    }
     let check = Check::new("bench", policy, key, 1);
     let check = if way == Way::Plain {
         check
@@ -104,7 +122,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Per way: ns per request (median round) and the median ratio to plain.
 type Row = Vec<(f64, f64)>;
 
-fn summarise(rounds: &[[Duration; 3]], per_round: usize) -> Row {
+fn summarise(rounds: &[[Duration; 4]], per_round: usize) -> Row {
     WAYS.iter()
         .enumerate()
         .map(|(w, _)| {
@@ -131,7 +149,7 @@ async fn memory_row(algorithm: Algorithm, keys: &[String]) -> Row {
     let mut at = 0;
     let mut rounds = Vec::with_capacity(TURNS);
     for turn in 0..=TURNS {
-        let mut times = [Duration::ZERO; 3];
+        let mut times = [Duration::ZERO; 4];
         for (w, way) in WAYS.iter().enumerate() {
             let started = Instant::now();
             for _ in 0..MEMORY_ROUND {
@@ -152,7 +170,7 @@ async fn redis_row(store: &RedisStore, algorithm: Algorithm, keys: &Arc<Vec<Stri
     let policy = Arc::new(admitting(algorithm));
     let mut rounds = Vec::with_capacity(TURNS);
     for turn in 0..=TURNS {
-        let mut times = [Duration::ZERO; 3];
+        let mut times = [Duration::ZERO; 4];
         for (w, way) in WAYS.iter().enumerate() {
             let started = Instant::now();
             let tasks: Vec<_> = (0..TASKS)
@@ -219,12 +237,13 @@ fn main() {
             "per request (median round) and time over plain's in the same turn (median of {TURNS})"
         );
         println!(
-            "{:<7} {:<15} {:>20}   {:>20}   {:>20}",
+            "{:<7} {:<15} {:>20}   {:>20}   {:>20}   {:>20}",
             "store",
             "algorithm",
             WAYS[0].name(),
             WAYS[1].name(),
-            WAYS[2].name()
+            WAYS[2].name(),
+            WAYS[3].name()
         );
         for algorithm in Algorithm::ALL {
             let row = memory_row(algorithm, &keys).await;

@@ -127,7 +127,6 @@ pub const ACL_COMMANDS: &[&str] = &[
     "exists",
     "zremrangebyscore",
     "zcard",
-    "zrange",
     "zscore",
     "zadd",
     "zrem",

@@ -25,11 +25,11 @@ local function live(key, now)
 end
 
 -- Takes (or renews) slot `id` of `key` until `until_us`, and keeps the
--- key until its newest lease ends.
+-- key until then: every slot of a key has the same lease (its rule's), so
+-- the slot taken now ends last.
 local function hold(key, id, until_us, now, margin_ms)
   call('ZADD', key, int(until_us), id)
-  local newest = call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  call('PEXPIRE', key, int(ttl_ms(tonumber(newest[2]), now, margin_ms)))
+  call('PEXPIRE', key, int(ttl_ms(until_us, now, margin_ms)))
 end
 
 local function main()
@@ -52,8 +52,8 @@ local function main()
       local n = counts[i]
       if admit then
         local id = ARGV[3 + 3 * i]
-        hold(KEYS[i], id, now + tonumber(ARGV[2 + 3 * i]), now, margin_ms)
-        n = call('ZCARD', KEYS[i])
+        n = n + call('ZADD', KEYS[i], int(now + tonumber(ARGV[2 + 3 * i])), id)
+        call('PEXPIRE', KEYS[i], int(ttl_ms(now + tonumber(ARGV[2 + 3 * i]), now, margin_ms)))
       end
       reply[#reply + 1] = admit and 1 or 0
       reply[#reply + 1] = n
@@ -61,7 +61,6 @@ local function main()
   elseif op == 'release' then
     for i = 1, #KEYS do
       call('ZREM', KEYS[i], ARGV[3 + 3 * i])
-      live(KEYS[i], now)
     end
   elseif op == 'renew' then
     for i = 1, #KEYS do
