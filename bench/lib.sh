@@ -193,3 +193,11 @@ try_start_floodgate() {
 
 # verdict CONDITION: "met" when the awk condition holds, else "MISSED".
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
+
+# The machine and its load average: other processes on the same cores skew
+# every figure, the paired ratios least.
+machine() {
+  printf 'machine: %s cores, %s, load average %s\n' "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
+}

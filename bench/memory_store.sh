@@ -12,11 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-machine() {
-  printf 'machine: %s cores, %s, load average %s\n' "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)"
-}
+source bench/lib.sh
 
 machine
 cargo bench -p floodgate-core --bench memory_store -- \

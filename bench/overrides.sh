@@ -13,12 +13,6 @@ source bench/lib.sh
 need redis-server redis-server
 need cargo "cargo (https://rustup.rs)"
 
-machine() {
-  printf 'machine: %s cores, %s, load average %s\n' "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)"
-}
-
 machine
 cargo bench -p floodgate-server --bench overrides
 machine

@@ -82,20 +82,8 @@ pub fn validate_checks(checks: &[Check<'_>]) -> Result<(), Error> {
                 key: c.key.to_owned(),
             });
         }
-        if c.cost == 0 {
-            return Err(Error::ZeroCost {
-                rule: c.rule.to_owned(),
-            });
-        }
-        if c.cost > c.policy.capacity() {
-            return Err(Error::InsufficientCapacity {
-                rule: c.rule.to_owned(),
-                cost: c.cost,
-                capacity: c.policy.capacity(),
-            });
-        }
     }
-    Ok(())
+    validate_charges(checks)
 }
 
 /// Rejects charges that can never be recorded: a cost of zero, or more

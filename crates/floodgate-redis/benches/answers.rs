@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use floodgate_core::{Algorithm, Check, MAX_LOG_LIMIT, MemoryStore, Policy, Store};
 use floodgate_redis::{RedisConfig, RedisStore};
-use floodgate_testkit::RedisServer;
 
 const KEYS: usize = 10_000;
 const TURNS: usize = 15;
@@ -218,14 +217,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (_server, url) = match std::env::var("FLOODGATE_BENCH_REDIS_URL") {
-            Ok(url) if !url.is_empty() => (None, url),
-            _ => {
-                let server = RedisServer::start();
-                let url = server.url();
-                (Some(server), url)
-            }
-        };
+        let (_server, url) = floodgate_testkit::bench_redis();
         let store = RedisStore::new(
             RedisConfig::new(url.clone())
                 .with_prefix("fgbench-answers")

@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use floodgate_core::{Algorithm, Check, Policy, Store};
 use floodgate_redis::{DEFAULT_TTL_MARGIN, RedisConfig, RedisStore};
-use floodgate_testkit::RedisServer;
 
 /// Distinct client keys the tasks share out.
 const KEYSPACE: usize = 100_000;
@@ -193,14 +192,7 @@ fn main() {
         .build()
         .unwrap();
     // Our own server unless one was given; dropped (killed) at the end.
-    let (_server, url) = match std::env::var("FLOODGATE_BENCH_REDIS_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let server = RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (_server, url) = floodgate_testkit::bench_redis();
     // A timeout far above any wait here, so a loaded machine cannot turn
     // checks into failures; what the timeout wrapper costs does not depend
     // on its length.

@@ -454,6 +454,25 @@ impl RedisStore {
         groups.into_iter().map(|(_, g)| g).collect()
     }
 
+    /// The `slots.lua` calls of `op` for `slots`, one per group of
+    /// [`slot_call_groups`](Self::slot_call_groups), concurrently: the
+    /// groups and each one's reply.
+    async fn slot_calls(
+        &self,
+        op: &str,
+        slots: &[Slot<'_>],
+    ) -> Result<(Vec<Vec<usize>>, Vec<Vec<i64>>), Error> {
+        let deadline = self.deadline();
+        let groups = self.slot_call_groups(slots);
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|g| self.slots_call(deadline, op, slots, g)),
+        )
+        .await?;
+        Ok((groups, answers))
+    }
+
     /// One `slots.lua` call of `op` for the slots of `group`.
     async fn slots_call(
         &self,
@@ -825,14 +844,7 @@ impl Store for RedisStore {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = self.deadline();
-        let groups = self.slot_call_groups(slots);
-        let answers = try_join_all(
-            groups
-                .iter()
-                .map(|g| self.slots_call(deadline, "acquire", slots, g)),
-        )
-        .await?;
+        let (groups, answers) = self.slot_calls("acquire", slots).await?;
         let mut decisions: Vec<Option<SlotDecision>> = vec![None; slots.len()];
         for (g, reply) in groups.iter().zip(&answers) {
             if reply.len() != 2 * g.len() {
@@ -880,14 +892,7 @@ impl Store for RedisStore {
         if slots.is_empty() {
             return Ok(());
         }
-        let deadline = self.deadline();
-        let groups = self.slot_call_groups(slots);
-        try_join_all(
-            groups
-                .iter()
-                .map(|g| self.slots_call(deadline, "release", slots, g)),
-        )
-        .await?;
+        self.slot_calls("release", slots).await?;
         Ok(())
     }
 
@@ -895,14 +900,7 @@ impl Store for RedisStore {
         if slots.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = self.deadline();
-        let groups = self.slot_call_groups(slots);
-        let answers = try_join_all(
-            groups
-                .iter()
-                .map(|g| self.slots_call(deadline, "renew", slots, g)),
-        )
-        .await?;
+        let (groups, answers) = self.slot_calls("renew", slots).await?;
         let mut held = vec![false; slots.len()];
         for (g, reply) in groups.iter().zip(&answers) {
             for (&i, v) in g.iter().zip(reply) {

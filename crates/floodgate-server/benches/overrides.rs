@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use floodgate_core::{Algorithm, KeyOverride, MemoryStore, Policy, Store};
 use floodgate_redis::{RedisConfig, RedisStore};
-use floodgate_testkit::RedisServer;
 use floodgate_tower::{KeySpec, Limiter, LimiterConfig, Rule};
 
 const OVERRIDES: usize = 1_000_000;
@@ -206,14 +205,7 @@ fn main() {
         let row = measure(limiter(MemoryStore::new(4 * KEYS + 4 * OVERRIDES)), loaded, 1, MEMORY_ROUND).await;
         print_row("memory", &row);
 
-        let (_server, url) = match std::env::var("FLOODGATE_BENCH_REDIS_URL") {
-            Ok(url) if !url.is_empty() => (None, url),
-            _ => {
-                let server = RedisServer::start();
-                let url = server.url();
-                (Some(server), url)
-            }
-        };
+        let (_server, url) = floodgate_testkit::bench_redis();
         let open = |prefix: &str| {
             RedisStore::new(
                 RedisConfig::new(url.clone())

@@ -47,5 +47,5 @@ mod server;
 mod unique;
 
 pub use process::send_signal;
-pub use server::{RedisServer, SHARED_REDIS_URL_VAR, shared_redis_url};
+pub use server::{RedisServer, SHARED_REDIS_URL_VAR, bench_redis, shared_redis_url};
 pub use unique::{free_port, unique_prefix, unique_temp_path};

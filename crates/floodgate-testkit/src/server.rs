@@ -305,6 +305,20 @@ pub(crate) fn ensure_redis_server_installed() {
     });
 }
 
+/// The Redis a benchmark runs against: `$FLOODGATE_BENCH_REDIS_URL` when
+/// set, else a private server started for the run (killed when the
+/// returned handle drops).
+pub fn bench_redis() -> (Option<RedisServer>, String) {
+    match std::env::var("FLOODGATE_BENCH_REDIS_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
+        _ => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1459,55 +1459,62 @@ impl<S: Store> Limiter<S> {
         config: &LimiterConfig,
         checks: &[Check<'_>],
     ) -> Option<(Vec<Decision>, bool)> {
-        if self.shared.health.should_try(self.shared.clock.now()) {
-            match self
-                .store_call(StoreCall::Check, self.shared.store.check(checks))
-                .await
-            {
-                Ok(decisions) if decisions.len() == checks.len() => {
-                    return Some((decisions, false));
-                }
-                Ok(decisions) => tracing::error!(
-                    expected = checks.len(),
-                    got = decisions.len(),
-                    "store answered the wrong number of decisions"
-                ),
-                Err(Error::Store(_)) => {}
-                Err(e) => tracing::error!(error = %e, "store refused a check"),
-            }
-        }
-        if config.on_error == OnError::Local {
-            match self.shared.fallback.check_now(checks) {
-                Ok(decisions) => return Some((decisions, true)),
-                Err(e) => tracing::error!(error = %e, "local fallback refused a check"),
-            }
-        }
-        None
+        self.store_or_fallback(
+            config,
+            StoreCall::Check,
+            "check",
+            checks.len(),
+            self.shared.store.check(checks),
+            || self.shared.fallback.check_now(checks),
+        )
+        .await
     }
 
     /// Records `charges` in the store when it is (or may be) up, else in
     /// the fallback under `on_error = local`; the decisions after, or
     /// `None` when nothing could record them.
     async fn charge(&self, config: &LimiterConfig, charges: &[Check<'_>]) -> Option<Vec<Decision>> {
+        self.store_or_fallback(
+            config,
+            StoreCall::Charge,
+            "charge",
+            charges.len(),
+            self.shared.store.charge(charges),
+            || self.shared.fallback.charge_now(charges),
+        )
+        .await
+        .map(|(decisions, _)| decisions)
+    }
+
+    /// One answer per item of a `what` call: from the store (`call`) when
+    /// it is (or may be) up, else from the in-process fallback (`local`)
+    /// under `on_error = local`, with `true`; `None` when neither could.
+    async fn store_or_fallback<T>(
+        &self,
+        config: &LimiterConfig,
+        kind: StoreCall,
+        what: &str,
+        expected: usize,
+        call: impl Future<Output = Result<Vec<T>, Error>>,
+        local: impl FnOnce() -> Result<Vec<T>, Error>,
+    ) -> Option<(Vec<T>, bool)> {
         if self.shared.health.should_try(self.shared.clock.now()) {
-            match self
-                .store_call(StoreCall::Charge, self.shared.store.charge(charges))
-                .await
-            {
-                Ok(decisions) if decisions.len() == charges.len() => return Some(decisions),
-                Ok(decisions) => tracing::error!(
-                    expected = charges.len(),
-                    got = decisions.len(),
-                    "store answered the wrong number of charges"
+            match self.store_call(kind, call).await {
+                Ok(answers) if answers.len() == expected => return Some((answers, false)),
+                Ok(answers) => tracing::error!(
+                    expected,
+                    got = answers.len(),
+                    what,
+                    "store answered the wrong number of items"
                 ),
                 Err(Error::Store(_)) => {}
-                Err(e) => tracing::error!(error = %e, "store refused a charge"),
+                Err(e) => tracing::error!(error = %e, what, "store refused a call"),
             }
         }
         if config.on_error == OnError::Local {
-            match self.shared.fallback.charge_now(charges) {
-                Ok(decisions) => return Some(decisions),
-                Err(e) => tracing::error!(error = %e, "local fallback refused a charge"),
+            match local() {
+                Ok(answers) => return Some((answers, true)),
+                Err(e) => tracing::error!(error = %e, what, "local fallback refused a call"),
             }
         }
         None
