@@ -81,6 +81,18 @@ enum Outcome {
     Blocks(Vec<Block>),
 }
 
+/// The outcome of a call deciding checks: its decisions, or the error of a
+/// batch the store refuses (never a store failure).
+fn decided(result: Result<Vec<Decision>, floodgate_core::Error>) -> Outcome {
+    Outcome::Decisions(result.map_err(|e| {
+        assert!(
+            !matches!(e, floodgate_core::Error::Store(_)),
+            "store failed: {e}"
+        );
+        e.to_string()
+    }))
+}
+
 /// Runs `ops` on `store` from [`START_US`] and records every outcome.
 async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op]) -> Vec<Outcome> {
     clock.set(Timestamp::from_micros(START_US));
@@ -114,16 +126,7 @@ async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op
                         if s.probe { c.probe() } else { c }
                     })
                     .collect();
-                Outcome::Decisions(match store.check(&checks).await {
-                    Ok(d) => Ok(d),
-                    Err(e) => {
-                        assert!(
-                            !matches!(e, floodgate_core::Error::Store(_)),
-                            "store failed: {e}"
-                        );
-                        Err(e.to_string())
-                    }
-                })
+                decided(store.check(&checks).await)
             }
             Op::Charge(specs) | Op::Refund(specs) => {
                 let charges: Vec<Check<'_>> = specs
@@ -137,16 +140,7 @@ async fn run<S: Store>(store: &S, clock: &ManualClock, rules: &[Rule], ops: &[Op
                     Op::Refund(_) => store.refund(&charges).await,
                     _ => store.charge(&charges).await,
                 };
-                Outcome::Decisions(match result {
-                    Ok(d) => Ok(d),
-                    Err(e) => {
-                        assert!(
-                            !matches!(e, floodgate_core::Error::Store(_)),
-                            "store failed: {e}"
-                        );
-                        Err(e.to_string())
-                    }
-                })
+                decided(result)
             }
             Op::Peek { rule, key } => {
                 let r = &rules[*rule];
