@@ -494,7 +494,8 @@ impl<S: Store> Limiter<S> {
     /// rules keyed by `ip` do not apply.
     ///
     /// A rule with `count_status` or `cost_header` is only checked here,
-    /// never charged: use
+    /// never charged, and a concurrency limit's slot is given back as soon
+    /// as this returns: use
     /// [`check_request_for_answer`](Self::check_request_for_answer) and
     /// [`charge_answer`](Self::charge_answer) to charge it on the answer.
     pub async fn check_request(
@@ -759,10 +760,11 @@ impl<S: Store> Limiter<S> {
                 for (rule, ..) in &keyed {
                     self.observe(Some(rule.name()), Outcome::Error);
                 }
-                verdict(match snapshot.config.on_error {
-                    OnError::Allow => Verdict::Allow(None),
-                    OnError::Deny | OnError::Local => Verdict::Unavailable,
-                })
+                match snapshot.config.on_error {
+                    // Let through: with the slots it holds, if any.
+                    OnError::Allow => (Verdict::Allow(None), Pending { owed: None, lease }),
+                    OnError::Deny | OnError::Local => verdict(Verdict::Unavailable),
+                }
             }
         }
     }
