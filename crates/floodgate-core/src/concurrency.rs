@@ -6,8 +6,10 @@
 //! it was taken or last renewed, so the slots of a crashed instance come
 //! back within a lease. A long request renews its slots while it runs.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
+
+use hashbrown::{Equivalent, HashMap};
 
 use crate::clock::micros_of;
 
@@ -38,23 +40,46 @@ pub struct SlotDecision {
     pub limit: u64,
 }
 
+/// A (rule, key) the slot book holds, looked up by [`Named`] without
+/// allocating.
+#[derive(Debug, PartialEq, Eq)]
+struct Owner {
+    rule: Box<str>,
+    key: Box<str>,
+}
+
+impl Hash for Owner {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Named(&self.rule, &self.key).hash(state);
+    }
+}
+
+/// A (rule, key) as a slot names it.
+#[derive(Hash)]
+struct Named<'a>(&'a str, &'a str);
+
+impl Equivalent<Owner> for Named<'_> {
+    fn equivalent(&self, owner: &Owner) -> bool {
+        *owner.rule == *self.0 && *owner.key == *self.1
+    }
+}
+
 /// The slots of a [`MemoryStore`](crate::MemoryStore): per (rule, key),
 /// each held slot's id and the end of its lease (µs).
 #[derive(Debug, Default)]
 pub(crate) struct SlotBook {
-    held: HashMap<(String, String), Vec<(String, u64)>>,
+    held: HashMap<Owner, Vec<(Box<str>, u64)>>,
 }
 
 impl SlotBook {
     fn live(&mut self, rule: &str, key: &str, now: u64) -> u64 {
-        let id = (rule.to_owned(), key.to_owned());
-        let Some(slots) = self.held.get_mut(&id) else {
+        let Some(slots) = self.held.get_mut(&Named(rule, key)) else {
             return 0;
         };
         slots.retain(|(_, until)| *until > now);
         let n = slots.len() as u64;
         if n == 0 {
-            self.held.remove(&id);
+            self.held.remove(&Named(rule, key));
         }
         n
     }
@@ -72,13 +97,19 @@ impl SlotBook {
             .map(|(s, n)| {
                 if admit {
                     let until = now + micros_of(s.lease);
-                    let held = self
-                        .held
-                        .entry((s.rule.to_owned(), s.key.to_owned()))
-                        .or_default();
-                    match held.iter_mut().find(|(id, _)| id == s.id) {
+                    let held = match self.held.get_mut(&Named(s.rule, s.key)) {
+                        Some(held) => held,
+                        None => self
+                            .held
+                            .entry(Owner {
+                                rule: s.rule.into(),
+                                key: s.key.into(),
+                            })
+                            .or_default(),
+                    };
+                    match held.iter_mut().find(|(id, _)| **id == *s.id) {
                         Some(slot) => slot.1 = until,
-                        None => held.push((s.id.to_owned(), until)),
+                        None => held.push((s.id.into(), until)),
                     }
                     SlotDecision {
                         allowed: true,
@@ -99,11 +130,10 @@ impl SlotBook {
     /// Gives back every slot of `slots`.
     pub(crate) fn release(&mut self, slots: &[Slot<'_>], now: u64) {
         for s in slots {
-            let id = (s.rule.to_owned(), s.key.to_owned());
-            if let Some(held) = self.held.get_mut(&id) {
-                held.retain(|(slot, until)| slot != s.id && *until > now);
+            if let Some(held) = self.held.get_mut(&Named(s.rule, s.key)) {
+                held.retain(|(slot, until)| **slot != *s.id && *until > now);
                 if held.is_empty() {
-                    self.held.remove(&id);
+                    self.held.remove(&Named(s.rule, s.key));
                 }
             }
         }
@@ -115,10 +145,10 @@ impl SlotBook {
             .iter()
             .map(|s| {
                 self.live(s.rule, s.key, now);
-                let Some(held) = self.held.get_mut(&(s.rule.to_owned(), s.key.to_owned())) else {
+                let Some(held) = self.held.get_mut(&Named(s.rule, s.key)) else {
                     return false;
                 };
-                match held.iter_mut().find(|(id, _)| id == s.id) {
+                match held.iter_mut().find(|(id, _)| **id == *s.id) {
                     Some(slot) => {
                         slot.1 = now + micros_of(s.lease);
                         true

@@ -63,6 +63,7 @@ pub(crate) struct QueuedCheck {
     pub(crate) probe: bool,
     pub(crate) charge: bool,
     pub(crate) refund: bool,
+    pub(crate) slot: Option<wire::SlotArg>,
 }
 
 /// One request's batch, waiting for a call.
@@ -263,6 +264,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             charge: c.charge,
             refund: c.refund,
             cost: c.cost,
+            slot: c.slot.as_ref(),
         })
         .collect();
     wire::push_checks(&mut call, &sizes, &args);

@@ -49,9 +49,6 @@ pub(crate) static CHECK: LazyLock<LuaScript> =
 pub(crate) static PEEK: LazyLock<LuaScript> =
     lua_script!("peek" "{'no-writes'}": "common", "limits", "peek");
 
-/// `slots.lua`: concurrency limits.
-pub(crate) static SLOTS: LazyLock<LuaScript> = lua_script!("slots" "{}": "common", "slots");
-
 /// `overrides.lua`: per-key overrides.
 pub(crate) static OVERRIDES: LazyLock<LuaScript> =
     lua_script!("overrides" "{}": "common", "overrides");

@@ -20,8 +20,8 @@ use crate::error::{bad_reply, store_error};
 use crate::keys::{KeyLayout, registry_field, split_registry_field};
 use crate::scripts::{self, Dialect, DialectSwitch, LuaScript, ScriptCall};
 use crate::wire::{
-    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, decision_from, push_checks, push_policy,
-    unpack_check_reply,
+    CHECK_FIXED_ARGS, CheckArg, DECISION_FIELDS, SlotArg, SlotOp, decision_from, push_checks,
+    push_policy, unpack_check_reply,
 };
 
 /// The longest manual block accepted (about 142 years): keeps `now + ttl`
@@ -318,6 +318,7 @@ impl RedisStore {
                     charge: mode == Mode::Charge,
                     refund: mode == Mode::Refund,
                     cost: c.cost,
+                    slot: None,
                 }
             })
             .collect();
@@ -331,6 +332,7 @@ impl RedisStore {
                 charge: false,
                 refund: false,
                 cost: 2,
+                slot: None,
             });
         }
         push_checks(&mut call, "", &args);
@@ -392,6 +394,7 @@ impl RedisStore {
                 probe: c.probe,
                 charge: mode == Mode::Charge,
                 refund: mode == Mode::Refund,
+                slot: None,
             })
             .collect();
         let reply = coalescer
@@ -454,43 +457,98 @@ impl RedisStore {
         groups.into_iter().map(|(_, g)| g).collect()
     }
 
-    /// The `slots.lua` calls of `op` for `slots`, one per group of
-    /// [`slot_call_groups`](Self::slot_call_groups), concurrently: the
-    /// groups and each one's reply.
+    /// `op` on `slots`: a batch of `check.lua` slot operations per group of
+    /// [`slot_call_groups`](Self::slot_call_groups), concurrently, shared
+    /// with other requests' calls through the coalescer where there is
+    /// one; the groups and each one's six integers per slot.
     async fn slot_calls(
         &self,
-        op: &str,
+        op: SlotOp,
         slots: &[Slot<'_>],
     ) -> Result<(Vec<Vec<usize>>, Vec<Vec<i64>>), Error> {
+        if slots.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let deadline = self.deadline();
         let groups = self.slot_call_groups(slots);
-        let answers = try_join_all(
-            groups
+        let answers = try_join_all(groups.iter().map(|g| {
+            let queued: Vec<QueuedCheck> = g
                 .iter()
-                .map(|g| self.slots_call(deadline, op, slots, g)),
-        )
+                .map(|&i| {
+                    let s = &slots[i];
+                    let key = self.inner.keys.slots(s.rule, s.key);
+                    QueuedCheck {
+                        block_key: key.clone(),
+                        state_key: key,
+                        policy: GUARD_POLICY.clone(),
+                        cost: 1,
+                        shadow: false,
+                        probe: false,
+                        charge: false,
+                        refund: false,
+                        slot: Some(SlotArg {
+                            limit: s.limit,
+                            lease_us: micros_of(s.lease).max(1),
+                            id: s.id.to_owned(),
+                            op,
+                        }),
+                    }
+                })
+                .collect();
+            self.queued_call(deadline, queued)
+        }))
         .await?;
+        for (g, reply) in groups.iter().zip(&answers) {
+            if reply.len() != g.len() * DECISION_FIELDS {
+                return Err(bad_reply(
+                    "slots",
+                    format!("{} values for {} slots", reply.len(), g.len()),
+                ));
+            }
+        }
         Ok((groups, answers))
     }
 
-    /// One `slots.lua` call of `op` for the slots of `group`.
-    async fn slots_call(
+    /// One batch of `checks` (one hash slot): through the coalescer when
+    /// another call is on its way, else a call of its own.
+    async fn queued_call(
         &self,
         deadline: Instant,
-        op: &str,
-        slots: &[Slot<'_>],
-        group: &[usize],
+        checks: Vec<QueuedCheck>,
     ) -> Result<Vec<i64>, Error> {
-        let mut call = self.script_call(&scripts::SLOTS, group.len(), 3 + 3 * group.len());
-        for &i in group {
-            call.key(self.inner.keys.slots(slots[i].rule, slots[i].key).as_str());
+        // Counted in flight while this call is made, when it leads.
+        let _lead = match &self.inner.coalescer {
+            Some(coalescer) => match coalescer.try_lead(self) {
+                Some(lead) => Some(lead),
+                None => {
+                    return coalescer
+                        .check(self, checks, deadline, self.inner.config.timeout)
+                        .await;
+                }
+            },
+            None => None,
+        };
+        let n = checks.len();
+        let mut call = self.script_call(&scripts::CHECK, 2 * n, CHECK_FIXED_ARGS + 2 * n);
+        for c in &checks {
+            call.key(c.state_key.as_str()).key(c.block_key.as_str());
         }
-        call.arg(self.now_arg()).arg(self.inner.margin_ms).arg(op);
-        for &i in group {
-            let s = &slots[i];
-            call.arg(s.limit).arg(micros_of(s.lease).max(1)).arg(s.id);
-        }
-        self.invoke(deadline, op, &call).await
+        call.arg(self.now_arg()).arg(self.inner.margin_ms);
+        let args: Vec<CheckArg<'_>> = checks
+            .iter()
+            .map(|c| CheckArg {
+                policy: &c.policy,
+                penalties: false,
+                shadow: false,
+                probe: false,
+                charge: false,
+                refund: false,
+                cost: 1,
+                slot: c.slot.as_ref(),
+            })
+            .collect();
+        push_checks(&mut call, "", &args);
+        self.invoke_check(deadline, "slots", &call).await
     }
 
     /// A call of `overrides.lua` on its five keys, with ARGV[1] (now) set
@@ -841,22 +899,13 @@ impl Store for RedisStore {
     }
 
     async fn acquire(&self, slots: &[Slot<'_>]) -> Result<Vec<SlotDecision>, Error> {
-        if slots.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (groups, answers) = self.slot_calls("acquire", slots).await?;
+        let (groups, answers) = self.slot_calls(SlotOp::Acquire, slots).await?;
         let mut decisions: Vec<Option<SlotDecision>> = vec![None; slots.len()];
         for (g, reply) in groups.iter().zip(&answers) {
-            if reply.len() != 2 * g.len() {
-                return Err(bad_reply(
-                    "acquire",
-                    format!("{} values for {} slots", reply.len(), g.len()),
-                ));
-            }
-            for (&i, pair) in g.iter().zip(reply.chunks_exact(2)) {
+            for (&i, fields) in g.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
                 decisions[i] = Some(SlotDecision {
-                    allowed: pair[0] == 1,
-                    in_flight: u64::try_from(pair[1]).unwrap_or(0),
+                    allowed: fields[0] == 1,
+                    in_flight: u64::try_from(fields[1]).unwrap_or(0),
                     limit: slots[i].limit,
                 });
             }
@@ -889,22 +938,16 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, slots: &[Slot<'_>]) -> Result<(), Error> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        self.slot_calls("release", slots).await?;
+        self.slot_calls(SlotOp::Release, slots).await?;
         Ok(())
     }
 
     async fn renew(&self, slots: &[Slot<'_>]) -> Result<Vec<bool>, Error> {
-        if slots.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (groups, answers) = self.slot_calls("renew", slots).await?;
+        let (groups, answers) = self.slot_calls(SlotOp::Renew, slots).await?;
         let mut held = vec![false; slots.len()];
         for (g, reply) in groups.iter().zip(&answers) {
-            for (&i, v) in g.iter().zip(reply) {
-                held[i] = *v == 1;
+            for (&i, fields) in g.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
+                held[i] = fields[0] == 1;
             }
         }
         Ok(held)

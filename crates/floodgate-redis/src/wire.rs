@@ -35,6 +35,38 @@ pub(crate) struct CheckArg<'a> {
     /// Given back (Store::refund); `shadow` and `probe` do not apply.
     pub(crate) refund: bool,
     pub(crate) cost: u64,
+    /// A concurrency slot operation instead of a check (`policy` unused).
+    pub(crate) slot: Option<&'a SlotArg>,
+}
+
+/// A concurrency slot operation, as `check.lua` takes it in a policy's
+/// place (see its header).
+#[derive(Debug, Clone)]
+pub(crate) struct SlotArg {
+    pub(crate) limit: u64,
+    pub(crate) lease_us: u64,
+    /// The request's id.
+    pub(crate) id: String,
+    pub(crate) op: SlotOp,
+}
+
+/// What a [`SlotArg`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotOp {
+    Acquire,
+    Release,
+    Renew,
+}
+
+impl SlotOp {
+    /// The mode `check.lua` reads.
+    fn mode(self) -> &'static str {
+        match self {
+            SlotOp::Acquire => "6",
+            SlotOp::Release => "7",
+            SlotOp::Renew => "8",
+        }
+    }
 }
 
 /// Appends ARGV[3..] of `check.lua` (see its header): `sizes`, each distinct
@@ -44,10 +76,17 @@ pub(crate) struct CheckArg<'a> {
 /// parses it once.
 pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
     // (policy, penalties, mode) in order of first use; a call holds a
-    // handful at most, one per rule.
+    // handful at most, one per rule. A slot operation is an entry of its
+    // own (its request's id goes with it).
     let mut distinct: Vec<(&Policy, bool, &str)> = Vec::new();
+    let mut slots: Vec<(usize, &SlotArg)> = Vec::new();
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
+        if let Some(slot) = c.slot {
+            slots.push((distinct.len() + slots.len(), slot));
+            numbers.push(distinct.len() + slots.len());
+            continue;
+        }
         let mode = match (c.charge, c.shadow, c.probe) {
             _ if c.refund => "5",
             (true, _, _) => "4",
@@ -66,10 +105,22 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
         };
         numbers.push(at + 1);
     }
-    call.arg(sizes).arg(distinct.len());
+    // Slot calls never mix with checks: their entries are all slots.
+    debug_assert!(slots.is_empty() || distinct.is_empty());
+    call.arg(sizes).arg(distinct.len() + slots.len());
     for (policy, penalties, mode) in distinct {
         push_policy(call, policy, penalties);
         call.arg(mode);
+    }
+    for (_, slot) in slots {
+        call.arg("slots")
+            .arg(slot.limit)
+            .arg(slot.lease_us)
+            .arg(0)
+            .arg(0)
+            .arg(slot.id.as_str())
+            .arg(0)
+            .arg(slot.op.mode());
     }
     for (number, c) in numbers.into_iter().zip(checks) {
         call.arg(number).arg(c.cost);

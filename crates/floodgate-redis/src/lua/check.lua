@@ -23,6 +23,13 @@
 --     refuse, start no penalty; its reply is what a peek finds after), "5"
 --     refund (Store::refund: give back a held request's place in a token
 --     bucket; its reply is what a peek finds after)
+--   or, for a concurrency slot (Store::acquire, release, renew; its
+--     check's two keys are both the slots of (rule, key), a sorted set of
+--     request ids scored by the end of their lease):
+--     "slots", limit, lease_us, 0, 0, the request's id, 0, mode: "6" take
+--     (a batch of takes takes all or none), "7" give back, "8" renew;
+--     the reply's allowed flag says taken (or still held, for "8") and its
+--     remaining field the slots held after
 --   then 2 per check: its policy's number (1..P), cost
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
@@ -46,8 +53,9 @@
 -- for a key that holds none (absent, or a sliding log's list). `reply`: the
 -- packed decision of each check; `admitted_check`: whether it was admitted.
 -- `policies`: by the number checks name them with ("1".."P").
--- `offence_of`: the offence a check's penalty block answers.
-local now, margin_ms, values, reply, admitted_check, offence_of, policies
+-- `offence_of`: the offence a check's penalty block answers. `slot_count`:
+-- the live slots a take found.
+local now, margin_ms, values, reply, admitted_check, offence_of, slot_count, policies
 
 -- The counting state (a, b, c) of a check's key as this call has left it.
 local function state_of(key, p)
@@ -79,6 +87,53 @@ local function charge_check(i, p, cost)
   return true, p, cost, 0, a, b, c
 end
 
+-- Drops the lapsed slots of `key`; how many are left.
+local function live_slots(key)
+  call('ZREMRANGEBYSCORE', key, '-inf', int(now))
+  return call('ZCARD', key)
+end
+
+-- Holds slot `p.id` of `key` for another lease; the key lives as long as
+-- its newest lease (every slot of a key has its rule's lease). Returns 1
+-- if the slot is new, 0 if it was held (renewed).
+local function hold_slot(key, p)
+  local until_us = now + p.lease
+  local added = call('ZADD', key, int(until_us), p.id)
+  call('PEXPIRE', key, int(ttl_ms(until_us, now, margin_ms)))
+  return added
+end
+
+-- A slot operation (concurrency limits), returned as decide_check does.
+-- A take is decided here and made by commit_check, so a batch of takes
+-- takes all or none; a give-back and a renewal happen at once.
+local function slot_check(i, p)
+  local key = KEYS[2 * i - 1]
+  local held
+  if p.slots == '6' then
+    local n = live_slots(key)
+    local fits = n < p.limit
+    slot_count[i] = n
+    -- When taken, commit_check writes the count after.
+    reply[i] = pack_struct('<Bdddd', fits and 1 or 0, n, 0, -1, 0)
+    admitted_check[i] = fits
+    offence_of[i] = 0
+    return fits, p, 1, 0
+  elseif p.slots == '7' then
+    call('ZREM', key, p.id)
+    held = true
+  else
+    live_slots(key)
+    held = call('ZSCORE', key, p.id) ~= false
+    if held then
+      hold_slot(key, p)
+    end
+  end
+  reply[i] = pack_struct('<Bdddd', held and 1 or 0, 0, 0, -1, 0)
+  admitted_check[i] = false
+  offence_of[i] = 0
+  return true, p, 1, 0
+end
+
 -- Decides the check at ARGV[at] and KEYS[2i-1], KEYS[2i]; its decision goes
 -- to the reply, at the place of check i. Returns whether it lets its batch
 -- be admitted, its policy and cost, the end of the penalty block it starts
@@ -89,6 +144,9 @@ local function decide_check(i, at)
   local cost = num(ARGV[at + 1])
   if not p or not cost then
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
+  end
+  if p.slots then
+    return slot_check(i, p)
   end
   if p.charge or p.refund then
     return charge_check(i, p, cost)
@@ -117,7 +175,13 @@ local function start_block(i, p, until_us)
 end
 
 -- KeyState::apply for check i on state (a, b, c); a probe is never charged.
+-- A slot's take is made here.
 local function commit_check(i, p, cost, a, b, c)
+  if p.slots then
+    local added = hold_slot(KEYS[2 * i - 1], p)
+    reply[i] = pack_struct('<Bdddd', 1, slot_count[i] + added, 0, -1, 0)
+    return
+  end
   if p.probe then
     return
   end
@@ -162,8 +226,16 @@ local function main()
   policies = {}
   for j = 1, np do
     local at = 5 + 8 * (j - 1)
-    local p = read_policy(at)
     local mode = ARGV[at + 7]
+    local p
+    if ARGV[at] == 'slots' then
+      p = { slots = mode, limit = num(ARGV[at + 1]), lease = num(ARGV[at + 2]), id = ARGV[at + 5] }
+      if not (p.limit and p.lease) or not (mode == '6' or mode == '7' or mode == '8') then
+        error('floodgate: check.lua: malformed slot arguments at ARGV[' .. at .. ']')
+      end
+    else
+      p = read_policy(at)
+    end
     p.shadow = mode == '1' or mode == '3'
     p.probe = mode == '2' or mode == '3'
     p.charge = mode == '4'
@@ -174,7 +246,7 @@ local function main()
 
   -- Every key read with one MGET per (up to) 512 keys before any check;
   -- later batches then read what earlier ones wrote.
-  values, reply, admitted_check, offence_of = {}, {}, {}, {}
+  values, reply, admitted_check, offence_of, slot_count = {}, {}, {}, {}, {}
   for first = 1, #KEYS, 512 do
     local last = min(first + 511, #KEYS)
     local got = call('MGET', unpack(KEYS, first, last))
@@ -213,6 +285,10 @@ local function main()
       end
       for j = 1, size do
         local i = done + j
+        if not admit and batch_policy[j].slots == '6' then
+          -- Another take of the batch found no room: none is taken.
+          reply[i] = pack_struct('<Bdddd', 0, slot_count[i], 0, -1, 0)
+        end
         if admit and admitted_check[i] then
           -- On the state as it is now: a check earlier in the batch may
           -- have committed to the same key.
@@ -228,6 +304,6 @@ local function main()
     done = done + size
   end
   local packed = table.concat(reply)
-  values, reply, admitted_check, offence_of, policies = nil, nil, nil, nil, nil
+  values, reply, admitted_check, offence_of, slot_count, policies = nil, nil, nil, nil, nil, nil
   return packed
 end
