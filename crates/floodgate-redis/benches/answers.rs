@@ -112,34 +112,11 @@ async fn decide<S: Store>(store: &S, policy: &Policy, key: &str, way: Way) {
     }
 }
 
-/// The median of `xs`.
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// Per way: ns per request (median round) and the median ratio to plain.
 type Row = Vec<(f64, f64)>;
 
 fn summarise(rounds: &[[Duration; 4]], per_round: usize) -> Row {
-    WAYS.iter()
-        .enumerate()
-        .map(|(w, _)| {
-            let ns = median(
-                rounds
-                    .iter()
-                    .map(|r| r[w].as_nanos() as f64 / per_round as f64)
-                    .collect(),
-            );
-            let ratio = median(
-                rounds
-                    .iter()
-                    .map(|r| r[w].as_secs_f64() / r[0].as_secs_f64())
-                    .collect(),
-            );
-            (ns, ratio)
-        })
-        .collect()
+    floodgate_testkit::paired::summarise(rounds, per_round)
 }
 
 async fn memory_row(algorithm: Algorithm, keys: &[String]) -> Row {

@@ -90,30 +90,9 @@ async fn put_all<S: Store + Clone>(store: &S) {
     );
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// ns per decision (median round) and the median ratio to the first way.
 fn summarise(rounds: &[[Duration; 3]], per_round: usize) -> Vec<(f64, f64)> {
-    (0..3)
-        .map(|w| {
-            let ns = median(
-                rounds
-                    .iter()
-                    .map(|r| r[w].as_nanos() as f64 / per_round as f64)
-                    .collect(),
-            );
-            let ratio = median(
-                rounds
-                    .iter()
-                    .map(|r| r[w].as_secs_f64() / r[0].as_secs_f64())
-                    .collect(),
-            );
-            (ns, ratio)
-        })
-        .collect()
+    floodgate_testkit::paired::summarise(rounds, per_round)
 }
 
 /// The key decision `i` of a round names, with or without an override.

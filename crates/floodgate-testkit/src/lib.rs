@@ -39,6 +39,7 @@
 //! # let _ = url;
 //! ```
 
+pub mod paired;
 pub mod topology;
 
 mod command;

@@ -5,21 +5,15 @@
 //! rule's cost and is counted), and the decision API's two steps (ask
 //! without charging, then `POST /v1/charge`).
 
-use floodgate_testkit::{shared_redis_url, unique_prefix};
+use floodgate_testkit::unique_prefix;
 
 use crate::support::http::Http;
-use crate::support::process::Floodgate;
+use crate::support::process::{Floodgate, store_section};
 use crate::support::upstream::Upstream;
 
 /// The gateway in front of `upstream`, on memory or on Redis under `prefix`.
 fn config(upstream: &str, prefix: Option<&str>) -> String {
-    let store = match prefix {
-        None => "[store]\nbackend = \"memory\"\n".to_owned(),
-        Some(prefix) => format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n",
-            shared_redis_url()
-        ),
-    };
+    let store = store_section(prefix);
     format!(
         r#"[server]
 listen = "{{listen}}"

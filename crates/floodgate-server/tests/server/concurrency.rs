@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use floodgate_testkit::{shared_redis_url, unique_prefix};
+use floodgate_testkit::unique_prefix;
 
 use crate::support::http::Http;
-use crate::support::process::Floodgate;
+use crate::support::process::{Floodgate, store_section};
 use crate::support::upstream::Upstream;
 use crate::support::wait::eventually;
 
@@ -17,12 +17,7 @@ fn config(upstream: &str, prefix: &str) -> String {
         r#"[server]
 listen = "{{listen}}"
 upstream = "{upstream}"
-[store]
-backend = "redis"
-url = "{}"
-prefix = "{prefix}"
-timeout = "2s"
-[admin]
+{store}[admin]
 listen = "{{admin}}"
 
 [[rule]]
@@ -32,7 +27,7 @@ algorithm = "concurrency"
 limit = 2
 lease = "2s"
 "#,
-        shared_redis_url()
+        store = store_section(Some(prefix))
     )
 }
 

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use floodgate_testkit::{shared_redis_url, unique_prefix};
+use floodgate_testkit::unique_prefix;
 
 use crate::support::http::Http;
-use crate::support::process::{AUTH, Floodgate};
+use crate::support::process::{AUTH, Floodgate, store_section};
 use crate::support::wait::eventually;
 
 fn config(store: &str) -> String {
@@ -65,12 +65,8 @@ async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_held_and_paced_not_refused_on_memory_and_redis() {
-    let redis = format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\ntimeout = \"2s\"\n",
-        shared_redis_url(),
-        unique_prefix("delay")
-    );
-    let (memory, on_redis) = (config("[store]\nbackend = \"memory\"\n"), config(&redis));
+    let redis = store_section(Some(&unique_prefix("delay")));
+    let (memory, on_redis) = (config(&store_section(None)), config(&redis));
     let (memory, redis) = tokio::join!(Floodgate::launch(&memory), Floodgate::launch(&on_redis));
     tokio::join!(six_at_once(&memory, "ann"), six_at_once(&redis, "ann"));
 
@@ -109,7 +105,7 @@ async fn a_burst_is_held_and_paced_not_refused_on_memory_and_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_held_gives_its_place_back() {
     // One request per 2 s: a held request's place is 2 s after the first.
-    let slow = config("[store]\nbackend = \"memory\"\n")
+    let slow = config(&store_section(None))
         .replace("limit = 5\nwindow = \"1s\"", "limit = 1\nwindow = \"2s\"")
         .replace("max_delay = \"2s\"", "max_delay = \"5s\"");
     let fg = Floodgate::launch(&slow).await;

@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use floodgate_testkit::{free_port, shared_redis_url, unique_prefix};
+use floodgate_testkit::{free_port, unique_prefix};
 
 use crate::support::http::{Http, Reply};
-use crate::support::process::Floodgate;
+use crate::support::process::{Floodgate, store_section};
 use crate::support::raw::RawConn;
 use crate::support::upstream::Upstream;
 use crate::support::wait::{avoid_window_boundary, eventually};
@@ -27,17 +27,6 @@ const ALGORITHMS: [&str; 4] = [
     "token_bucket",
 ];
 const LIMIT: u64 = 3;
-
-/// `[store]` for the memory store, or for the shared Redis under `prefix`.
-fn store_section(redis_prefix: Option<&str>) -> String {
-    match redis_prefix {
-        None => "[store]\nbackend = \"memory\"\n".to_owned(),
-        Some(prefix) => format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n",
-            shared_redis_url()
-        ),
-    }
-}
 
 /// One rule per algorithm and key kind, each on its own path prefix:
 /// `/<algorithm>/ip/` keyed by client IP, `/<algorithm>/hdr/` by `x-api-key`.

@@ -6,22 +6,17 @@
 
 use std::time::{Duration, Instant};
 
-use floodgate_testkit::{shared_redis_url, unique_prefix};
+use floodgate_testkit::unique_prefix;
 
 use crate::support::http::Http;
-use crate::support::process::{AUTH, Floodgate};
+use crate::support::process::{AUTH, Floodgate, store_section};
 use crate::support::wait::eventually;
 
 fn config(prefix: &str) -> String {
     format!(
         r#"[server]
 listen = "{{listen}}"
-[store]
-backend = "redis"
-url = "{}"
-prefix = "{prefix}"
-timeout = "2s"
-[admin]
+{store}[admin]
 listen = "{{admin}}"
 
 [[rule]]
@@ -36,7 +31,7 @@ window = "1h"
 key = "header:x-user:partner"
 limit = 5
 "#,
-        shared_redis_url()
+        store = store_section(Some(prefix))
     )
 }
 

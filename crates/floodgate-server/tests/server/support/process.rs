@@ -451,3 +451,15 @@ fn signal_group(pgid: u32, signal: Signal) {
 fn pid_of(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
+
+/// `[store]` for the memory store, or for the shared Redis under `prefix`
+/// (a timeout of 2 s: a loaded machine does not turn calls into failures).
+pub(crate) fn store_section(redis_prefix: Option<&str>) -> String {
+    match redis_prefix {
+        None => "[store]\nbackend = \"memory\"\n".to_owned(),
+        Some(prefix) => format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n",
+            floodgate_testkit::shared_redis_url()
+        ),
+    }
+}
