@@ -93,9 +93,14 @@ fn answer(result: Result<Decision, CheckError>) -> Result<Response, ApiError> {
     match result {
         Ok(d) => Ok((StatusCode::OK, Json(decision_json(&d))).into_response()),
         Err(e @ CheckError::UnknownRule(_)) => Err(ApiError::not_found(e.to_string())),
-        Err(e @ (CheckError::ZeroCost | CheckError::InsufficientCapacity { .. })) => Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        ),
+        Err(
+            e @ (CheckError::ZeroCost
+            | CheckError::InsufficientCapacity { .. }
+            | CheckError::InFlightRule(_)),
+        ) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
         Err(e @ CheckError::Unavailable) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             e.to_string(),

@@ -70,6 +70,16 @@ async fn requests_in_flight_are_limited_across_instances_and_come_back() {
     // The answers are over: both slots are back, at once.
     let (r5, r6) = tokio::join!(slow(&http, &b, 10), slow(&http, &a, 10));
     assert_eq!((r5.0, r6.0), (200, 200));
+    // The decision API cannot hold a slot: a clear 422, nothing taken.
+    let r = http
+        .post_json(
+            &a.url("/v1/check"),
+            &[],
+            r#"{"rule": "in-flight", "key": "ann"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("requests in flight"), "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

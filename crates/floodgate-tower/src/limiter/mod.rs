@@ -70,6 +70,12 @@ pub enum CheckError {
     /// The store could not decide and `on_error` is `deny`: answer 503.
     #[error("the store could not decide and on_error = deny")]
     Unavailable,
+    /// The rule limits requests in flight, which only a request that
+    /// passes through floodgate can hold.
+    #[error(
+        "rule {0:?} limits requests in flight (algorithm = \"concurrency\"): only requests through the gateway or the layer take its slots"
+    )]
+    InFlightRule(String),
 }
 
 /// Why a per-key override could not be put in force.
@@ -1832,6 +1838,9 @@ fn find_rule<'s>(
         .iter()
         .find(|r| r.name() == rule)
         .ok_or_else(|| CheckError::UnknownRule(rule.to_owned()))?;
+    if compiled.rule.concurrency.is_some() {
+        return Err(CheckError::InFlightRule(rule.to_owned()));
+    }
     if cost == 0 {
         return Err(CheckError::ZeroCost);
     }
