@@ -63,6 +63,11 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
             "/v1/charge",
             post(api::charge).layer(axum::middleware::from_fn(problems_only)),
         )
+        .route(
+            "/v1/authorize",
+            axum::routing::get(crate::authorize::authorize)
+                .layer(axum::middleware::from_fn(problems_only)),
+        )
         .with_state(state)
         .fallback_service(limited)
 }

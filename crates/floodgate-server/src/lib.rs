@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod authorize;
 pub mod demo_api;
 pub mod error;
 pub mod listen;

@@ -12,6 +12,7 @@
 
 mod admin;
 mod answers;
+mod authorize;
 mod chaos;
 mod concurrency;
 mod config;
