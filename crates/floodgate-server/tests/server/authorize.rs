@@ -5,7 +5,9 @@
 //! with floodgate's RateLimit headers on their answers; over the limit the
 //! client gets 429 with Retry-After and the RateLimit headers, and the
 //! upstream never sees the request; a block made through the admin API is
-//! a 403; and `/v1/authorize` itself answers as nginx needs.
+//! a 403; with floodgate gone nginx answers 500 (what nginx does with a
+//! failed auth subrequest); and `/v1/authorize` itself answers as nginx
+//! needs.
 
 use std::time::Duration;
 
@@ -110,6 +112,14 @@ async fn nginx_asks_floodgate_and_turns_its_answers_into_429_and_403() {
         blocked,
         "the block did not reach nginx's clients within 1 s"
     );
+
+    // floodgate gone: nginx answers 500 (an auth subrequest that fails is
+    // an error to nginx), and the upstream sees nothing.
+    let hits = upstream.hits();
+    drop(fg);
+    let r = http.get(&format!("{}/api/hello", nginx.url()), &[]).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(upstream.hits(), hits);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
