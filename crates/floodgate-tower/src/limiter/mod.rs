@@ -1308,6 +1308,7 @@ impl<S: Store> Limiter<S> {
         // Bounded, so one sync never runs away; the rest comes next time.
         for _ in 0..1000 {
             let since = self.shared.overrides.version();
+            let writes = self.shared.overrides.writes();
             let page = self
                 .store_call(
                     StoreCall::Overrides,
@@ -1315,7 +1316,7 @@ impl<S: Store> Limiter<S> {
                 )
                 .await?;
             let more = page.more;
-            let (counts, restarted) = self.shared.overrides.apply(page);
+            let (counts, restarted) = self.shared.overrides.apply(page, writes);
             for (rule, n) in counts {
                 self.shared.observer.on_override_count(&rule, n);
             }

@@ -165,6 +165,9 @@ pub(crate) struct OverrideCache {
     any: AtomicBool,
     /// Past [`FILTER_FROM`] overrides: which (rule, key) pairs may have one.
     filter: ArcSwapOption<Filter>,
+    /// Puts and removals made through this instance so far: a page read
+    /// while one was made may not have it, and is not applied.
+    writes: AtomicU64,
 }
 
 impl OverrideCache {
@@ -245,6 +248,12 @@ impl OverrideCache {
         }
     }
 
+    /// Puts and removals made through this instance so far (see
+    /// [`apply`](Self::apply)).
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
     /// The number of the last change applied: where the next sync starts.
     pub(crate) fn version(&self) -> u64 {
         self.index.read().version
@@ -254,8 +263,20 @@ impl OverrideCache {
     /// overrides cached, per rule that changed, for the metrics, and
     /// whether the copy was dropped to be read again from the start (the
     /// store's log was emptied or replaced).
-    pub(crate) fn apply(&self, page: OverrideChanges) -> (Vec<(String, usize)>, bool) {
+    ///
+    /// A page read while this instance put or removed an override (the
+    /// count of writes is not `writes_before` any more) may predate that
+    /// write: it is dropped, the version stays, and the next sync reads the
+    /// changes again, the write among them.
+    pub(crate) fn apply(
+        &self,
+        page: OverrideChanges,
+        writes_before: u64,
+    ) -> (Vec<(String, usize)>, bool) {
         let mut index = self.index.write();
+        if self.writes.load(Ordering::Acquire) != writes_before {
+            return (Vec::new(), false);
+        }
         let mut touched: Vec<String> = Vec::new();
         let mut removed = 0;
         let new_life = index.epoch.is_some_and(|known| known != page.epoch);
@@ -304,6 +325,7 @@ impl OverrideCache {
     /// number of overrides of its rule now.
     pub(crate) fn put(&self, o: &KeyOverride) -> usize {
         let mut index = self.index.write();
+        self.writes.fetch_add(1, Ordering::AcqRel);
         let n = index.insert(o);
         self.after_changes(
             &index,
@@ -317,6 +339,7 @@ impl OverrideCache {
     /// overrides of the rule left.
     pub(crate) fn remove(&self, rule: &str, key: &str) -> usize {
         let mut index = self.index.write();
+        self.writes.fetch_add(1, Ordering::AcqRel);
         let n = index.remove(rule, key);
         self.after_changes(&index, std::iter::empty(), 1);
         n
@@ -395,13 +418,16 @@ mod tests {
                 now: Some(o("r", &format!("k{i}"), 1 + i as u64)),
             })
             .collect();
-        cache.apply(OverrideChanges {
-            version: n as u64,
-            epoch: 7,
-            reset: false,
-            changes,
-            more: false,
-        });
+        cache.apply(
+            OverrideChanges {
+                version: n as u64,
+                epoch: 7,
+                reset: false,
+                changes,
+                more: false,
+            },
+            cache.writes(),
+        );
         assert!(
             cache.filter.load().is_some(),
             "no filter past {FILTER_FROM}"
@@ -425,14 +451,43 @@ mod tests {
 
         // The store's log starts a new life (emptied, replaced): the copy
         // is dropped and read again from the start.
-        let (_, restarted) = cache.apply(OverrideChanges {
-            version: 3,
-            epoch: 8,
-            ..OverrideChanges::default()
-        });
+        let (_, restarted) = cache.apply(
+            OverrideChanges {
+                version: 3,
+                epoch: 8,
+                ..OverrideChanges::default()
+            },
+            cache.writes(),
+        );
         assert!(restarted);
         assert_eq!(cache.version(), 0);
         assert_eq!(limit_of(&cache, "r", "late"), None);
         assert_eq!(limit_of(&cache, "r", "k1"), None);
+    }
+
+    /// A page read before a put made through this instance (so without
+    /// it) is not applied over it: the put stays, the version does not
+    /// move, and the next read has the put.
+    #[test]
+    fn a_page_read_before_a_local_put_does_not_undo_it() {
+        let cache = OverrideCache::default();
+        let before = cache.writes();
+        // The sync reads its page (an older value of the key)...
+        let stale = OverrideChanges {
+            version: 5,
+            epoch: 1,
+            changes: vec![OverrideChange {
+                rule: "r".into(),
+                key: "k".into(),
+                now: Some(o("r", "k", 1)),
+            }],
+            ..OverrideChanges::default()
+        };
+        // ...while an admin put goes through this instance.
+        cache.put(&o("r", "k", 99));
+        let (counts, restarted) = cache.apply(stale, before);
+        assert!(counts.is_empty() && !restarted);
+        assert_eq!(limit_of(&cache, "r", "k"), Some(99));
+        assert_eq!(cache.version(), 0, "the page is read again next time");
     }
 }
