@@ -125,10 +125,15 @@ impl RawConn {
 
     fn fill(&mut self) -> Result<(), String> {
         let mut buf = [0u8; 16 * 1024];
-        let n = self
-            .stream
-            .read(&mut buf)
-            .map_err(|e| format!("read: {e}"))?;
+        let n = loop {
+            match self.stream.read(&mut buf) {
+                Ok(n) => break n,
+                // A signal delivered to this thread (the tests signal the
+                // processes they start): nothing was read, read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        };
         if n == 0 {
             return Err("connection closed by the server".into());
         }
