@@ -472,6 +472,24 @@ impl MemoryStore {
         block
     }
 
+    /// [`Store::acquire`], synchronously.
+    pub fn acquire_now(&self, slots: &[Slot<'_>]) -> Vec<SlotDecision> {
+        let now = self.inner.clock.now().as_micros();
+        self.inner.slots.lock().acquire(slots, now)
+    }
+
+    /// [`Store::release`], synchronously.
+    pub fn release_now(&self, slots: &[Slot<'_>]) {
+        let now = self.inner.clock.now().as_micros();
+        self.inner.slots.lock().release(slots, now);
+    }
+
+    /// [`Store::renew`], synchronously.
+    pub fn renew_now(&self, slots: &[Slot<'_>]) -> Vec<bool> {
+        let now = self.inner.clock.now().as_micros();
+        self.inner.slots.lock().renew(slots, now)
+    }
+
     /// [`Store::put_override`], synchronously.
     pub fn put_override_now(&self, o: &KeyOverride, ttl: Option<Duration>) -> KeyOverride {
         let now = self.inner.clock.now();
@@ -618,19 +636,16 @@ impl Store for MemoryStore {
     }
 
     async fn acquire(&self, slots: &[Slot<'_>]) -> Result<Vec<SlotDecision>, Error> {
-        let now = self.inner.clock.now().as_micros();
-        Ok(self.inner.slots.lock().acquire(slots, now))
+        Ok(self.acquire_now(slots))
     }
 
     async fn release(&self, slots: &[Slot<'_>]) -> Result<(), Error> {
-        let now = self.inner.clock.now().as_micros();
-        self.inner.slots.lock().release(slots, now);
+        self.release_now(slots);
         Ok(())
     }
 
     async fn renew(&self, slots: &[Slot<'_>]) -> Result<Vec<bool>, Error> {
-        let now = self.inner.clock.now().as_micros();
-        Ok(self.inner.slots.lock().renew(slots, now))
+        Ok(self.renew_now(slots))
     }
 
     async fn put_override(

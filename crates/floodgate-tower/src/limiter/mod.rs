@@ -947,7 +947,7 @@ impl<S: Store> Limiter<S> {
             }
         }
         if decisions.is_none() && config.on_error == OnError::Local {
-            decisions = self.shared.fallback.acquire(&held.as_slots()).await.ok();
+            decisions = Some(self.shared.fallback.acquire_now(&held.as_slots()));
             held.local = true;
         }
         let Some(decisions) = decisions else {
@@ -1011,7 +1011,7 @@ impl<S: Store> Limiter<S> {
                         tokio::time::sleep(every).await;
                         let slots = held.as_slots();
                         let renewed = if held.local {
-                            limiter.shared.fallback.renew(&slots).await
+                            Ok(limiter.shared.fallback.renew_now(&slots))
                         } else {
                             limiter
                                 .store_call(StoreCall::Check, limiter.shared.store.renew(&slots))
@@ -1030,7 +1030,7 @@ impl<S: Store> Limiter<S> {
         Lease {
             release: Some(Box::new(move || {
                 if held.local {
-                    let _ = futures_now(limiter.shared.fallback.release(&held.as_slots()));
+                    limiter.shared.fallback.release_now(&held.as_slots());
                     return;
                 }
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -1777,19 +1777,6 @@ impl<S: Store> Drop for HeldSlot<'_, S> {
                 }
             });
         }
-    }
-}
-
-/// Polls a future that never waits (the memory store's) to its end.
-fn futures_now<F: Future>(fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let waker = std::task::Waker::noop();
-    match fut
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(waker))
-    {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => None,
     }
 }
 
