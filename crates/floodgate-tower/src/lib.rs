@@ -89,6 +89,7 @@
 //! here within a second; the sync ends by itself with the limiter.
 
 mod answer;
+pub mod descriptor;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
@@ -104,11 +105,12 @@ mod target_set;
 mod text;
 mod verdict;
 
+pub use descriptor::{Descriptor, DescriptorError, DescriptorMatch};
 pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
-    AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, Lease, Limiter,
-    LimiterBuilder, LimiterConfig, NoRuntime, OnError, OverrideError, OverrideSource, Pending,
-    check_rule_name,
+    AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, DescriptorStatus,
+    DescriptorVerdict, Lease, Limiter, LimiterBuilder, LimiterConfig, NoRuntime, OnError,
+    OverrideError, OverrideSource, Pending, check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, Leased, ResponseBody, ResponseFuture};
 pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};

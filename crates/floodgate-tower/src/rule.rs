@@ -22,6 +22,7 @@ use http::{Extensions, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
 pub use crate::answer::{StatusSet, StatusSetError};
+use crate::descriptor::DescriptorMatch;
 use crate::path::starts_with_prefix;
 use crate::target::Target;
 
@@ -498,6 +499,11 @@ pub struct Rule {
     /// `algorithm = "concurrency"`: a limit on requests in flight, not on
     /// a rate; the rule's `policy` then only names its limit.
     pub concurrency: Option<ConcurrencyLimit>,
+    /// `descriptor = { domain, entries }`: the rule decides the Envoy rate
+    /// limit descriptors it matches, keyed by their values (see
+    /// [`descriptor`](crate::descriptor)), and no request through the
+    /// gateway or `auth_request`.
+    pub descriptor: Option<DescriptorMatch>,
 }
 
 /// A limit on the requests of one key in flight at once, across every
@@ -540,6 +546,7 @@ impl Rule {
             overrides: Vec::new(),
             on_limit: OnLimit::Reject,
             concurrency: None,
+            descriptor: None,
         }
     }
 
@@ -578,6 +585,15 @@ impl Rule {
             ..o
         });
         self
+    }
+
+    /// The same rule deciding the Envoy rate limit descriptors `m` matches
+    /// instead of requests.
+    pub fn with_descriptor(self, m: DescriptorMatch) -> Self {
+        Rule {
+            descriptor: Some(m),
+            ..self
+        }
     }
 
     /// The same rule charging only answers whose status is in `statuses`

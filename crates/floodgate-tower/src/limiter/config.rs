@@ -218,6 +218,22 @@ impl LimiterConfig {
                         .into(),
                 );
             }
+            if rule.descriptor.is_some() {
+                if rule.concurrency.is_some() || rule.charges_on_answer() {
+                    problem(
+                        Some(name),
+                        "descriptor",
+                        "a rule deciding Envoy descriptors cannot be a concurrency limit or be charged on the answer (count_status, cost_header): the rate limit service hears of a request once, before it runs, and never of its end or its answer".into(),
+                    );
+                }
+                if rule.matcher != crate::rule::RequestMatch::default() {
+                    problem(
+                        Some(name),
+                        "descriptor",
+                        "a rule deciding Envoy descriptors takes no match: it decides descriptors, not requests".into(),
+                    );
+                }
+            }
             for o in &rule.overrides {
                 match o.policy(&rule.policy) {
                     Err(e) => problem(Some(name), "override", format!("key {:?}: {e}", o.key)),

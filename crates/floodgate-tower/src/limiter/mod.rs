@@ -3,6 +3,7 @@
 
 mod blocks;
 mod config;
+mod descriptors;
 mod health;
 mod overrides;
 
@@ -28,6 +29,7 @@ pub use self::config::{
 pub use self::health::PROBE_INTERVAL;
 
 use self::blocks::BlockCache;
+pub use self::descriptors::{DescriptorStatus, DescriptorVerdict};
 use self::health::StoreHealth;
 use self::overrides::{OverrideCache, SYNC_PAGE};
 use crate::answer::answer_cost;
@@ -643,10 +645,9 @@ impl<S: Store> Limiter<S> {
         // comparisons per rule; collecting the matches would cost an
         // allocation on every request.
         let matching = || {
-            snapshot
-                .rules
-                .iter()
-                .filter(move |r| r.rule.matcher.matches(method, path))
+            snapshot.rules.iter().filter(move |r| {
+                r.rule.descriptor.is_none() && r.rule.matcher.matches(method, path)
+            })
         };
         let repeated = snapshot
             .access_headers
