@@ -5,7 +5,8 @@
 # deploy walk, which runs DEPLOY.md's commands, a C compiler for ring, pm2
 # from npm), starts a shared
 # redis-server on a free port for the tests that only need "a Redis", and
-# stops it on exit. Tests that kill or restart Redis start their own instances
+# stops it on exit. The Node client's tests (clients/node) run after cargo
+# test, with express installed by npm ci. Tests that kill or restart Redis start their own instances
 # on their own free ports, as do the Redis Cluster, Sentinel and TLS tests; the deploy end-to-end tests start their own nginx
 # and PM2 daemon (FLOODGATE_TEST_NGINX, FLOODGATE_TEST_PM2). The deploy walk
 # (tests/server/deploy_walk.rs) follows docs/DEPLOY.md §3 in namespaces of its own
@@ -91,6 +92,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
+# The Node client's tests run the binary the integration tests above built
+# and a real express app, installed from npm as package-lock.json pins it.
+log "Node client (clients/node): npm ci, node --test"
+floodgate_bin="$PWD/target/debug/floodgate"
+[ -x "$floodgate_bin" ] || cargo build -p floodgate-server --locked
+(cd clients/node && npm ci --no-audit --no-fund --update-notifier=false --loglevel=error >/dev/null &&
+  FLOODGATE_BIN="$floodgate_bin" node --test)
 # Publishability: every published crate packages (testkit and fuzz are
 # `publish = false`). The working tree is what is tested, committed or not.
 log "cargo package (floodgate-core, -redis, -tower, -config, -server)"
