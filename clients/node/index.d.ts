@@ -37,7 +37,7 @@ export interface FloodgateOptions {
   timeoutMs?: number;
   /** The decision when floodgate is down, too slow or failing. Default "allow". */
   onError?: "allow" | "deny";
-  /** Told each time onError decided, e.g. to log or count it. */
+  /** Told each time onError decided, e.g. to log or count it; what it throws is ignored. */
   onUnavailable?: (error: FloodgateUnavailableError) => void;
   /** The agent to connect with. Default: a keep-alive agent of the client's own. */
   agent?: Agent;

@@ -25,7 +25,7 @@ class Floodgate {
    * @param {string | URL} options.url floodgate's main listener, e.g. "http://127.0.0.1:8080"
    * @param {number} [options.timeoutMs] the longest a decision may take (default 100)
    * @param {"allow" | "deny"} [options.onError] the decision when floodgate cannot give one (default "allow")
-   * @param {(error: FloodgateUnavailableError) => void} [options.onUnavailable] told each time onError decided
+   * @param {(error: FloodgateUnavailableError) => void} [options.onUnavailable] told each time onError decided (what it throws is ignored)
    * @param {import("node:http").Agent} [options.agent] the agent to connect with (default: a keep-alive agent of this client's own)
    */
   constructor(options) {
@@ -67,7 +67,15 @@ class Floodgate {
       return await this.#call("/v1/check", payload);
     } catch (error) {
       if (!(error instanceof FloodgateUnavailableError)) throw error;
-      if (this.#onUnavailable) this.#onUnavailable(error);
+      if (this.#onUnavailable) {
+        // A failing logger must not turn an outage the app chose to ride
+        // out into errors of its own.
+        try {
+          this.#onUnavailable(error);
+        } catch {
+          // ignored, as documented
+        }
+      }
       return fallback(this.onError, error);
     }
   }

@@ -175,3 +175,23 @@ test("charge() rejects when floodgate cannot record it, whatever onError says", 
     }
   }
 });
+
+test("an onUnavailable that throws does not turn an outage into errors", async () => {
+  const fg = new Floodgate({
+    url: closed,
+    timeoutMs: TIMEOUT_MS,
+    onError: "allow",
+    onUnavailable: () => {
+      throw new Error("the logger is down too");
+    },
+  });
+  const app = await appWith(fg);
+  try {
+    const res = await fetch(`${app.url}/hello`, { headers: { "x-api-key": "alice" } });
+    assert.equal(res.status, 200);
+    assert.deepEqual(app.state.errors, []);
+  } finally {
+    await app.close();
+    fg.close();
+  }
+});
