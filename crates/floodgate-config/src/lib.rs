@@ -41,6 +41,7 @@
 mod access;
 mod admin;
 mod any_store;
+mod grpc;
 mod overrides;
 mod problems;
 mod rules;
@@ -55,6 +56,7 @@ use serde::Deserialize;
 
 pub use self::admin::{AdminSettings, DEFAULT_ADMIN_LISTEN};
 pub use self::any_store::AnyStore;
+pub use self::grpc::GrpcSettings;
 pub use self::overrides::Overrides;
 pub use self::problems::{ConfigError, Problem};
 pub use self::server::{
@@ -67,6 +69,7 @@ pub use self::summary::summary;
 
 use self::access::{RawAccess, validate_access};
 use self::admin::{RawAdmin, validate_admin};
+use self::grpc::{RawGrpc, validate_grpc};
 use self::problems::{Problems, Unknown, line_col};
 use self::rules::{RawRule, validate_rules};
 use self::server::{RawServer, validate_server};
@@ -79,6 +82,7 @@ pub struct RawConfig {
     server: RawServer,
     store: RawStore,
     admin: RawAdmin,
+    grpc: RawGrpc,
     access: RawAccess,
     #[serde(rename = "rule")]
     rules: Vec<RawRule>,
@@ -147,11 +151,12 @@ impl RawConfig {
         p.unknown(
             "",
             &self.unknown,
-            &["server", "store", "admin", "access", "rule"],
+            &["server", "store", "admin", "grpc", "access", "rule"],
         );
         let server = validate_server(self.server, overrides, &mut p);
         let store = validate_store(self.store, overrides, &mut p);
         let admin = validate_admin(self.admin, overrides, &mut p);
+        let grpc = validate_grpc(self.grpc, &mut p);
         let (allow, deny) = validate_access(self.access, &mut p);
         let rules = validate_rules(self.rules, &mut p);
         if p.0.is_empty() {
@@ -160,6 +165,7 @@ impl RawConfig {
                 server,
                 store,
                 admin,
+                grpc,
                 allow,
                 deny,
                 rules,

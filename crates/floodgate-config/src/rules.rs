@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use floodgate_core::{Algorithm, KeyOverride, Policy};
-use floodgate_tower::{KeySpec, RequestMatch, Rule, StatusSet};
+use floodgate_tower::{DescriptorMatch, KeySpec, RequestMatch, Rule, StatusSet};
 use http::Method;
 use http::header::HeaderName;
 use serde::Deserialize;
@@ -35,6 +35,18 @@ pub(super) struct RawRule {
     on_limit: Option<String>,
     max_delay: Option<String>,
     lease: Option<String>,
+    descriptor: Option<RawDescriptor>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// `descriptor = { domain, entries }`: the Envoy rate limit descriptors a
+/// rule decides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDescriptor {
+    domain: Option<String>,
+    entries: Option<Vec<String>>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -114,8 +126,10 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "on_limit",
                 "max_delay",
                 "lease",
+                "descriptor",
             ],
         );
+        let descriptor = validate_descriptor(&r, &at, p);
         let name = match r.name {
             Some(n) if floodgate_tower::check_rule_name(&n).is_ok() => n,
             Some(n) => {
@@ -172,6 +186,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 (!r.overrides.is_empty(), "override"),
                 (r.shadow, "shadow"),
                 (r.cost.is_some_and(|c| c != 1), "cost"),
+                (r.descriptor.is_some(), "descriptor"),
             ] {
                 if set {
                     stray.push(field);
@@ -332,6 +347,9 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             if let Some(Ok(header)) = cost_header {
                 rule = rule.with_cost_header(header);
             }
+            if let Some(m) = descriptor {
+                rule = rule.with_descriptor(m);
+            }
             if let Some(Some(max)) = delay {
                 rule = rule.with_delay(max);
                 // The limiter's own checks of a delaying rule, as problems
@@ -375,6 +393,62 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
         }
     }
     rules
+}
+
+/// A rule's `descriptor`, checked with what it excludes: `match` and `key`
+/// (the descriptor says what it decides and its values make the key), and
+/// what the rate limit service never learns (`count_status`,
+/// `cost_header`: the answer).
+fn validate_descriptor(r: &RawRule, at: &str, p: &mut Problems) -> Option<DescriptorMatch> {
+    let raw = r.descriptor.as_ref()?;
+    let at = format!("{at} descriptor");
+    p.unknown(&at, &raw.unknown, &["domain", "entries"]);
+    for (set, field, why) in [
+        (
+            r.matcher.is_some(),
+            "match",
+            "it decides Envoy descriptors, not requests",
+        ),
+        (
+            r.key.is_some(),
+            "key",
+            "the descriptor's entry values are the key",
+        ),
+        (
+            r.count_status.is_some(),
+            "count_status",
+            "the rate limit service never sees the answer",
+        ),
+        (
+            r.cost_header.is_some(),
+            "cost_header",
+            "the rate limit service never sees the answer",
+        ),
+    ] {
+        if set {
+            p.add(
+                at.clone(),
+                format!("a rule with a descriptor takes no {field}: {why}"),
+            );
+        }
+    }
+    let Some(domain) = raw.domain.as_deref() else {
+        p.add(
+            format!("{at}.domain"),
+            "missing (the domain Envoy's filter sends, e.g. \"edge\")",
+        );
+        return None;
+    };
+    let Some(entries) = raw.entries.as_ref() else {
+        p.add(
+            format!("{at}.entries"),
+            "missing (the descriptor's entry keys in order, e.g. [\"remote_address\"])",
+        );
+        return None;
+    };
+    DescriptorMatch::new(domain, entries.iter().map(String::as_str))
+        .map_err(|e| p.add(at.clone(), e.to_string()))
+        .ok()
 }
 
 fn build_policy(

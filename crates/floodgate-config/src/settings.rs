@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use floodgate_tower::{AccessLists, ClientIpConfig, LimiterConfig, Rule, Target};
 
 use super::admin::AdminSettings;
+use super::grpc::GrpcSettings;
 use super::server::ServerSettings;
 use super::store::StoreSettings;
 
@@ -19,6 +20,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// `[admin]`.
     pub admin: AdminSettings,
+    /// `[grpc]`.
+    pub grpc: GrpcSettings,
     /// `[access]` allow list: bypasses every rule.
     pub allow: Vec<Target>,
     /// `[access]` deny list: always 403.

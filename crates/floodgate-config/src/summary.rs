@@ -68,6 +68,11 @@ pub fn summary(s: &Settings) -> String {
             ),
         }
     ));
+    if let Some(grpc) = s.grpc.listen {
+        out.push_str(&format!(
+            "  grpc      {grpc} (Envoy rate limit service, health, reflection)\n"
+        ));
+    }
     out.push_str(&format!(
         "  access    {} allow, {} deny\n",
         s.allow.len(),
@@ -110,6 +115,12 @@ pub fn summary(s: &Settings) -> String {
             },
             if r.shadow { " (shadow)" } else { "" },
         ));
+        if let Some(d) = &r.descriptor {
+            out.push_str(&format!(
+                "    {:<20} decides Envoy descriptors {d} (not gateway requests)\n",
+                ""
+            ));
+        }
         if let Some(statuses) = &r.count_status {
             out.push_str(&format!("    {:<20} counts only answers {statuses}\n", ""));
         }

@@ -96,6 +96,8 @@ pub struct Listeners {
     pub main: TcpListener,
     /// The admin listener, when enabled.
     pub admin: Option<TcpListener>,
+    /// The gRPC listener (Envoy's rate limit service), when enabled.
+    pub grpc: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -115,9 +117,18 @@ impl Listeners {
                 .map(|a| listen::bind(a, reuse))
                 .transpose()?,
         };
+        let grpc = match listen::inherited(listen::GRPC_FD_ENV)? {
+            Some(l) => Some(l),
+            None => settings
+                .grpc
+                .listen
+                .map(|a| listen::bind(a, reuse))
+                .transpose()?,
+        };
         Ok(Listeners {
             main: TcpListener::from_std(main)?,
             admin: admin.map(TcpListener::from_std).transpose()?,
+            grpc: grpc.map(TcpListener::from_std).transpose()?,
         })
     }
 }
@@ -159,9 +170,15 @@ pub async fn run(
         }
         let _ = state.admin_addr.set(addr);
     }
+    let grpc_addr = listeners
+        .grpc
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     tracing::info!(
         listen = %main_addr,
         admin = %admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        grpc = %grpc_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
         store = backend,
         rules = state.limiter.config().rules.len(),
         upstream = %state.settings.load().server.upstream.as_ref().map_or_else(|| "built-in demo API".to_owned(), ToString::to_string),
@@ -206,6 +223,13 @@ pub async fn run(
             || {},
         ))
     });
+    let grpc = listeners.grpc.map(|l| {
+        tokio::spawn(crate::rls::serve(
+            l,
+            state.clone(),
+            gateway_stop.signalled(),
+        ))
+    });
     let sync = tokio::spawn({
         let state = state.clone();
         let stop = admin_stop.signalled();
@@ -229,7 +253,14 @@ pub async fn run(
     crate::notify::stopping();
     state.draining.store(true, Ordering::SeqCst);
     gateway_stop.signal();
-    let drained = tokio::time::timeout(drain_timeout, gateway).await;
+    let drained = tokio::time::timeout(drain_timeout, async move {
+        let gateway = gateway.await;
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
+        gateway
+    })
+    .await;
     admin_stop.signal();
     if let Some(admin) = admin {
         // Admin requests are short; do not let one hold the exit up.

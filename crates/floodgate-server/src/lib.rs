@@ -37,6 +37,7 @@ pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod rls;
 pub mod serve;
 pub mod state;
 pub mod supervisor;

@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub const LISTEN_FD_ENV: &str = "FLOODGATE_LISTEN_FD";
 /// The environment variable naming the inherited admin listener's fd.
 pub const ADMIN_FD_ENV: &str = "FLOODGATE_ADMIN_FD";
+/// The environment variable naming the inherited gRPC listener's fd.
+pub const GRPC_FD_ENV: &str = "FLOODGATE_GRPC_FD";
 
 /// Binds a listening TCP socket, with SO_REUSEPORT when asked.
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {

@@ -81,6 +81,8 @@ struct Supervisor {
     admin_addr: Option<std::net::SocketAddr>,
     listen_fd: i32,
     admin_fd: Option<i32>,
+    /// The shared gRPC listener's fd, passed to every worker.
+    grpc_fd: Option<i32>,
     events_tx: mpsc::UnboundedSender<Event>,
     next_generation: u64,
     /// Per slot: the current worker.
@@ -106,12 +108,18 @@ pub fn run(
         .listen
         .map(|a| listen::bind(a, settings.server.reuse_port))
         .transpose()?;
+    let grpc = settings
+        .grpc
+        .listen
+        .map(|a| listen::bind(a, settings.server.reuse_port))
+        .transpose()?;
     let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
     let listen_fd = listen::share_with_children(&main)?;
     let admin_fd = admin
         .as_ref()
         .map(listen::share_with_children)
         .transpose()?;
+    let grpc_fd = grpc.as_ref().map(listen::share_with_children).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,6 +134,7 @@ pub fn run(
         admin_addr,
         listen_fd,
         admin_fd,
+        grpc_fd,
         events_tx,
         next_generation: 0,
         slots: (0..workers).map(|_| None).collect(),
@@ -141,7 +150,7 @@ pub fn run(
     tracing::info!(workers, listen = %settings.server.listen, "supervisor starting workers");
     let result = runtime.block_on(sup.run(events_rx));
     // The listeners stay open until every worker has exited.
-    drop((main, admin));
+    drop((main, admin, grpc));
     result
 }
 
@@ -231,6 +240,7 @@ impl Supervisor {
         cmd.env(WORKER_ENV, slot.to_string())
             .env(listen::LISTEN_FD_ENV, self.listen_fd.to_string())
             .env_remove(listen::ADMIN_FD_ENV)
+            .env_remove(listen::GRPC_FD_ENV)
             // Only the supervisor speaks to systemd.
             .env_remove(notify::SOCKET_ENV)
             .stdin(Stdio::null())
@@ -239,6 +249,9 @@ impl Supervisor {
             .kill_on_drop(false);
         if let Some(fd) = self.admin_fd {
             cmd.env(listen::ADMIN_FD_ENV, fd.to_string());
+        }
+        if let Some(fd) = self.grpc_fd {
+            cmd.env(listen::GRPC_FD_ENV, fd.to_string());
         }
         let mut child = cmd.spawn().context("cannot start a worker")?;
         let pid = child.id();

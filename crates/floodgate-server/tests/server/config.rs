@@ -83,7 +83,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 20] = [
+    let cases: [(String, &[&str]); 24] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -170,6 +170,38 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
                 "rule \"api-per-client\" lease",
                 "must be between 1s and 1h",
             ],
+        ),
+        (
+            good_but(
+                "window = \"1m\"",
+                "window = \"1m\"\ndescriptor = { domain = \"edge\", entries = [\"remote_address\"] }",
+            ),
+            &[
+                "rule \"api-per-client\" descriptor",
+                "takes no match: it decides Envoy descriptors, not requests",
+                "takes no key",
+            ],
+        ),
+        (
+            good_but(
+                "window = \"1m\"",
+                "window = \"1m\"\ndescriptor = { domain = \"edge\" }",
+            ),
+            &["rule \"api-per-client\" descriptor.entries", "missing"],
+        ),
+        (
+            good_but(
+                "algorithm = \"sliding_window\"\nlimit = 100\nwindow = \"1m\"",
+                "algorithm = \"concurrency\"\nlimit = 4\ndescriptor = { domain = \"edge\", entries = [\"a\"] }",
+            ),
+            &[
+                "rule \"api-per-client\" descriptor",
+                "does not apply to algorithm = \"concurrency\"",
+            ],
+        ),
+        (
+            good_but("[admin]", "[grpc]\nlisten = \"nowhere\"\n[admin]"),
+            &["grpc.listen", "nowhere"],
         ),
         (
             good_but("window = \"1m\"", "window = \"1m\"\nlease = \"30s\""),

@@ -26,5 +26,6 @@ mod identity;
 mod lifecycle;
 mod overrides;
 mod redis_topologies;
+mod rls;
 mod store_failure;
 mod support;

@@ -1,0 +1,472 @@
+//! The Envoy rate limit service (RLS v3) on `[grpc] listen`, asked by a
+//! tonic client built from the `envoy-types` crate's generated types, as
+//! Envoy's `envoy.filters.http.ratelimit` filter asks it: limits shared by
+//! two instances on one Redis, `hits_addend` at both levels, `key=value`
+//! entries, descriptors and domains no rule decides, shadow rules, blocks
+//! on `remote_address`, a store that is down under each `on_error`, reload
+//! on SIGHUP, gRPC health checking, and malformed requests. (Reflection
+//! and a client the project did not generate: tests/rls_grpcio.py.)
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, rate_limit::Unit};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic::transport::Channel;
+
+use crate::support::host::free_addr;
+use crate::support::http::Http;
+use crate::support::process::{AUTH, Floodgate, store_section};
+use crate::support::wait::eventually;
+
+const RULES: &str = "\
+[[rule]]
+name = \"per-client\"
+algorithm = \"fixed_window\"
+limit = 3
+window = \"1m\"
+descriptor = { domain = \"edge\", entries = [\"remote_address\"] }
+
+[[rule]]
+name = \"slow-path\"
+algorithm = \"sliding_window\"
+limit = 10
+window = \"10s\"
+descriptor = { domain = \"edge\", entries = [\"generic_key=slow\", \"user\"] }
+
+[[rule]]
+name = \"watch\"
+algorithm = \"fixed_window\"
+limit = 1
+window = \"1h\"
+shadow = true
+descriptor = { domain = \"edge\", entries = [\"watched\"] }
+";
+
+/// A config with the rules above, `store`, and a gRPC listener at `grpc`.
+fn config(store: &str, grpc: std::net::SocketAddr, rules: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\n{store}\n[admin]\nlisten = \"{{admin}}\"\n[grpc]\nlisten = \"{grpc}\"\n{rules}"
+    )
+}
+
+async fn client(addr: std::net::SocketAddr) -> RateLimitServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    RateLimitServiceClient::new(channel)
+}
+
+fn descriptor(entries: &[(&str, &str)], hits: Option<u64>) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(key, value)| Entry {
+                key: (*key).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect(),
+        hits_addend: hits.map(|value| UInt64Value { value }),
+        ..RateLimitDescriptor::default()
+    }
+}
+
+fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>, hits: u32) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors,
+        hits_addend: hits,
+    }
+}
+
+async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    request: RateLimitRequest,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn header<'a>(r: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    r.response_headers_to_add
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn client_of(ip: &str) -> RateLimitDescriptor {
+    descriptor(&[("remote_address", ip)], None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_the_limit_and_answer_as_envoy_expects() {
+    let prefix = format!("rls-shared-{}", std::process::id());
+    let grpc = [free_addr(), free_addr()];
+    let a = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[0], RULES)).await;
+    let b = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[1], RULES)).await;
+    let mut clients = [client(grpc[0]).await, client(grpc[1]).await];
+
+    // One client address, asked alternately through both instances.
+    for (i, left) in [2u32, 1, 0].into_iter().enumerate() {
+        let r = ask(
+            &mut clients[i % 2],
+            request("edge", vec![client_of("192.0.2.10")], 0),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "request {i}: {r:?}");
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.limit_remaining, left);
+        let limit = s
+            .current_limit
+            .as_ref()
+            .expect("a one-minute window is a unit");
+        assert_eq!(
+            (limit.name.as_str(), limit.requests_per_unit, limit.unit),
+            ("per-client", 3, Unit::Minute as i32)
+        );
+        let reset = s
+            .duration_until_reset
+            .as_ref()
+            .expect("duration_until_reset");
+        assert!((0..=60).contains(&reset.seconds), "{reset:?}");
+        assert!(
+            header(&r, "ratelimit").is_some_and(|v| v.contains(&format!("r={left}"))),
+            "{r:?}"
+        );
+    }
+    let r = ask(
+        &mut clients[1],
+        request("edge", vec![client_of("192.0.2.10")], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    assert!(
+        header(&r, "retry-after")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)))
+    );
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        Some(r#""per-client";q=3;w=60"#)
+    );
+    assert_eq!(header(&r, "x-floodgate-status"), Some("429"));
+    assert_eq!(header(&r, "content-type"), Some("application/problem+json"));
+    let body: serde_json::Value = serde_json::from_slice(&r.raw_body).expect("raw_body is JSON");
+    assert_eq!(body["status"], 429);
+    assert!(
+        body["detail"].as_str().unwrap().contains("per-client"),
+        "{body}"
+    );
+
+    // Another client is counted apart.
+    let r = ask(
+        &mut clients[0],
+        request("edge", vec![client_of("192.0.2.11")], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+
+    // Several descriptors in one request: one status each, in order; the
+    // one no rule decides is OK without a limit; one over its limit makes
+    // the whole request OVER_LIMIT.
+    let r = ask(
+        &mut clients[0],
+        request(
+            "edge",
+            vec![
+                descriptor(&[("generic_key", "slow"), ("user", "alice")], None),
+                descriptor(&[("generic_key", "fast"), ("user", "alice")], None),
+                client_of("192.0.2.10"),
+            ],
+            0,
+        ),
+    )
+    .await;
+    assert_eq!(r.statuses.len(), 3);
+    assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 9);
+    assert!(
+        r.statuses[0].current_limit.is_none(),
+        "a 10 s window is not a unit the protocol has"
+    );
+    assert_eq!(r.statuses[1].code, Code::Ok as i32);
+    assert_eq!(r.statuses[1].current_limit, None);
+    assert_eq!(r.statuses[1].limit_remaining, 0);
+    assert_eq!(r.statuses[2].code, Code::OverLimit as i32);
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_addend_is_the_cost_and_a_descriptors_own_wins() {
+    let grpc = free_addr();
+    let _fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let mut c = client(grpc).await;
+    let slow = |user: &str, hits: Option<u64>| {
+        descriptor(&[("generic_key", "slow"), ("user", user)], hits)
+    };
+    // Request-level 4.
+    let r = ask(&mut c, request("edge", vec![slow("bob", None)], 4)).await;
+    assert_eq!(r.statuses[0].limit_remaining, 6);
+    // The descriptor's 5 wins over the request's 4.
+    let r = ask(&mut c, request("edge", vec![slow("bob", Some(5))], 4)).await;
+    assert_eq!(r.statuses[0].limit_remaining, 1);
+    // 0 means 1, at both levels.
+    let r = ask(&mut c, request("edge", vec![slow("bob", Some(0))], 0)).await;
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    // More than is left: refused, nothing counted; more than the limit
+    // ever holds: refused too.
+    let r = ask(&mut c, request("edge", vec![slow("carol", None)], 11)).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let r = ask(&mut c, request("edge", vec![slow("carol", Some(10))], 0)).await;
+    assert_eq!(
+        r.overall_code,
+        Code::Ok as i32,
+        "the refusal counted nothing: {r:?}"
+    );
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_domains_and_descriptors_pass_and_shadow_rules_only_say_so() {
+    let grpc = free_addr();
+    let _fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let mut c = client(grpc).await;
+    for _ in 0..5 {
+        let r = ask(
+            &mut c,
+            request("elsewhere", vec![client_of("192.0.2.20")], 0),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 1);
+        assert_eq!(r.statuses[0].current_limit, None);
+        assert!(r.response_headers_to_add.is_empty(), "{r:?}");
+        let r = ask(
+            &mut c,
+            request("edge", vec![descriptor(&[("unheard_of", "x")], None)], 0),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    // The shadow rule (limit 1 an hour) would refuse the second: OK, with
+    // r=0 in its RateLimit header.
+    let watched = || descriptor(&[("watched", "mallory")], None);
+    let r = ask(&mut c, request("edge", vec![watched()], 0)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let r = ask(&mut c, request("edge", vec![watched()], 0)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+    assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    assert!(
+        header(&r, "ratelimit").is_some_and(|v| v.starts_with(r#""watch";r=0"#)),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_the_remote_address_refuses_every_descriptor_with_403() {
+    let grpc = free_addr();
+    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let mut c = client(grpc).await;
+    let http = Http::new();
+    let r = http
+        .post_json(
+            &fg.admin_url("/admin/blocks"),
+            &[AUTH],
+            r#"{"target": "ip:198.51.100.7", "ttl": "1m", "reason": "scraping"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let both = || {
+        request(
+            "edge",
+            vec![
+                descriptor(&[("generic_key", "slow"), ("user", "eve")], None),
+                client_of("198.51.100.7"),
+            ],
+            0,
+        )
+    };
+    let r = ask(&mut c, both()).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
+    assert!(r.statuses.iter().all(|s| s.code == Code::OverLimit as i32));
+    assert_eq!(header(&r, "x-floodgate-status"), Some("403"));
+    let body: serde_json::Value = serde_json::from_slice(&r.raw_body).unwrap();
+    assert_eq!(body["status"], 403);
+    // Another address is not blocked.
+    let r = ask(&mut c, request("edge", vec![client_of("198.51.100.8")], 0)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    // Lifted: answered again.
+    let r = http
+        .delete(&fg.admin_url("/admin/blocks/ip%3A198.51.100.7"), &[AUTH])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let lifted = eventually(Duration::from_secs(2), || {
+        let mut c = c.clone();
+        async move { ask(&mut c, both()).await.overall_code == Code::Ok as i32 }
+    })
+    .await;
+    assert!(lifted, "still refused after the block was lifted");
+}
+
+/// Redis on a port nothing listens on.
+fn dead_store(on_error: &str) -> String {
+    let port = free_addr().port();
+    format!(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\ntimeout = \"100ms\"\non_error = \"{on_error}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_is_unavailable_under_deny_and_ok_under_allow() {
+    let grpc = [free_addr(), free_addr(), free_addr()];
+    let deny = Floodgate::launch(config(&dead_store("deny"), grpc[0], RULES)).await;
+    let allow = Floodgate::launch(config(&dead_store("allow"), grpc[1], RULES)).await;
+    let local = Floodgate::launch(config(&dead_store("local"), grpc[2], RULES)).await;
+
+    let started = std::time::Instant::now();
+    let e = client(grpc[0])
+        .await
+        .should_rate_limit(request("edge", vec![client_of("192.0.2.30")], 0))
+        .await
+        .expect_err("on_error = deny with the store down");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let r = ask(
+        &mut client(grpc[1]).await,
+        request("edge", vec![client_of("192.0.2.30")], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].current_limit, None, "nothing is known: {r:?}");
+
+    // local: decided by the instance's own memory, the limit still holds.
+    let mut c = client(grpc[2]).await;
+    let codes: Vec<i32> = {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(
+                ask(&mut c, request("edge", vec![client_of("192.0.2.30")], 0))
+                    .await
+                    .overall_code,
+            );
+        }
+        codes
+    };
+    assert_eq!(
+        codes,
+        [Code::Ok, Code::Ok, Code::Ok, Code::OverLimit].map(|c| c as i32)
+    );
+    drop((deny, allow, local));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_descriptor_rules_health_answers_and_bad_requests_are_refused() {
+    let grpc = free_addr();
+    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    let mut c = RateLimitServiceClient::new(channel.clone());
+    let r = ask(&mut c, request("edge", vec![client_of("192.0.2.40")], 0)).await;
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        3
+    );
+
+    fg.rewrite_config(&config(
+        &store_section(None),
+        grpc,
+        &RULES.replace("limit = 3\nwindow = \"1m\"", "limit = 50\nwindow = \"1h\""),
+    ));
+    fg.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move {
+            let r = ask(&mut c, request("edge", vec![client_of("192.0.2.41")], 0)).await;
+            r.statuses[0]
+                .current_limit
+                .as_ref()
+                .is_some_and(|l| l.requests_per_unit == 50 && l.unit == Unit::Hour as i32)
+        }
+    })
+    .await;
+    assert!(
+        reloaded,
+        "the new limit is not in force after SIGHUP\n{}",
+        fg.log()
+    );
+
+    // Malformed requests are INVALID_ARGUMENT, never a panic.
+    for bad in [
+        request("", vec![client_of("192.0.2.42")], 0),
+        request("edge", vec![], 0),
+        request("edge", vec![descriptor(&[], None)], 0),
+        request(
+            "edge",
+            (0..65).map(|_| client_of("192.0.2.42")).collect(),
+            0,
+        ),
+    ] {
+        let e = c.should_rate_limit(bad).await.expect_err("malformed");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+    let mut negative = descriptor(&[("remote_address", "192.0.2.42")], Some(1));
+    negative.is_negative_hits = true;
+    let e = c
+        .should_rate_limit(request("edge", vec![negative], 0))
+        .await
+        .expect_err("is_negative_hits");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_rules_do_not_limit_requests_through_the_gateway() {
+    let grpc = free_addr();
+    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let http = Http::new();
+    for _ in 0..6 {
+        let r = http.get(&fg.url("/api/hello"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("ratelimit"), None);
+    }
+}
