@@ -3,7 +3,7 @@
 # tests against real servers. Installs what the tests need when it is missing
 # (redis-server, redis-cli and nginx from Debian, openssl and curl for the
 # deploy walk, which runs DEPLOY.md's commands, a C compiler for ring, pm2
-# from npm), starts a shared
+# from npm, Python grpcio from PyPI into a virtualenv), starts a shared
 # redis-server on a free port for the tests that only need "a Redis", and
 # stops it on exit. The Node client's tests (clients/node) run after cargo
 # test, with express installed by npm ci. Tests that kill or restart Redis start their own instances
@@ -61,6 +61,25 @@ npm install --prefix "$walk_npm" --prefer-offline --no-audit --no-fund --update-
   --loglevel=error pm2@7 >/dev/null || { echo "pm2@7 could not be cached for the deploy walk" >&2; exit 1; }
 rm -rf "$walk_npm"
 export FLOODGATE_TEST_PM2
+# Python grpcio for the Envoy rate limit service tests (tests/server/rls.rs):
+# a private virtualenv, kept between runs, from PyPI.
+command -v python3 >/dev/null 2>&1 || { echo "python3 is needed (apt-get install python3 python3-venv)" >&2; exit 1; }
+grpc_venv="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/floodgate-test/grpcio"
+grpc_pins=(grpcio==1.85.3 grpcio-reflection==1.81.1 grpcio-health-checking==1.81.1 protobuf==6.33.6)
+if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1; then
+  log "installing ${grpc_pins[*]} into $grpc_venv"
+  if ! python3 -m venv "$grpc_venv" >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$grpc_venv"
+  fi
+  "$grpc_venv/bin/pip" install -q --disable-pip-version-check "${grpc_pins[@]}"
+fi
+FLOODGATE_TEST_PYTHON="$grpc_venv/bin/python"
+"$FLOODGATE_TEST_PYTHON" -c 'import grpc, grpc_reflection, grpc_health' || { echo "grpcio could not be installed into $grpc_venv" >&2; exit 1; }
+export FLOODGATE_TEST_PYTHON
+
 log "nginx: $FLOODGATE_TEST_NGINX ($("$FLOODGATE_TEST_NGINX" -v 2>&1)); pm2: $FLOODGATE_TEST_PM2"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }

@@ -31,6 +31,11 @@ fn main() {
 fn descriptors() -> Result<Vec<u8>, String> {
     let set_path = envoy_types_dir()?.join("src/generated/types.bin");
     println!("cargo::rerun-if-changed={}", set_path.display());
+    // The tests speak to the service with classes built from this set.
+    println!(
+        "cargo::rustc-env=FLOODGATE_ENVOY_DESCRIPTOR_SET={}",
+        set_path.display()
+    );
     let bytes =
         std::fs::read(&set_path).map_err(|e| format!("cannot read {}: {e}", set_path.display()))?;
     let set = FileDescriptorSet::decode(bytes.as_slice())

@@ -470,3 +470,62 @@ async fn descriptor_rules_do_not_limit_requests_through_the_gateway() {
         assert_eq!(r.header("ratelimit"), None);
     }
 }
+
+/// The same service asked by Python's grpcio, with message classes built
+/// from Envoy's published schema (the descriptor set envoy-types ships),
+/// health checking from grpcio-health-checking and reflection read by
+/// grpcio-reflection: tests/server/rls_grpcio.py, run here against two
+/// instances on one Redis and two whose Redis is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_speaks_to_the_service_from_envoys_published_schema() {
+    let python = std::env::var("FLOODGATE_TEST_PYTHON").expect(
+        "FLOODGATE_TEST_PYTHON must name a Python with grpcio, grpcio-reflection and \
+         grpcio-health-checking (./scripts/test.sh makes one)",
+    );
+    let set = option_env!("FLOODGATE_ENVOY_DESCRIPTOR_SET")
+        .filter(|p| !p.is_empty())
+        .expect("the build found no envoy-types descriptor set (see build.rs's warning)");
+    let prefix = format!("rls-grpcio-{}", std::process::id());
+    let grpc = [free_addr(), free_addr(), free_addr(), free_addr()];
+    let a = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[0], RULES)).await;
+    let b = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[1], RULES)).await;
+    let deny = Floodgate::launch(config(&dead_store("deny"), grpc[2], RULES)).await;
+    let allow = Floodgate::launch(config(&dead_store("allow"), grpc[3], RULES)).await;
+    let args = serde_json::json!({
+        "descriptor_set": set,
+        "shared": [grpc[0].to_string(), grpc[1].to_string()],
+        "admin": format!("http://{}", a.admin),
+        "token": crate::support::process::TOKEN,
+        "deny": grpc[2].to_string(),
+        "allow": grpc[3].to_string(),
+    });
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/rls_grpcio.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(args.to_string())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "rls_grpcio.py failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    for step in [
+        "shared_limit",
+        "costs_entries_and_domains",
+        "blocks",
+        "store_down",
+        "malformed",
+        "health_and_reflection",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {step}")),
+            "{step} did not run:\n{stdout}"
+        );
+    }
+    drop((a, b, deny, allow));
+}
