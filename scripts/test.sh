@@ -65,8 +65,8 @@ export FLOODGATE_TEST_PM2
 # a private virtualenv, kept between runs, from PyPI.
 command -v python3 >/dev/null 2>&1 || { echo "python3 is needed (apt-get install python3 python3-venv)" >&2; exit 1; }
 grpc_venv="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/floodgate-test/grpcio"
-grpc_pins=(grpcio==1.85.3 grpcio-reflection==1.81.1 grpcio-health-checking==1.81.1 protobuf==6.33.6)
-if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1; then
+grpc_pins=(grpcio==1.85.3 grpcio-reflection==1.81.1 grpcio-health-checking==1.81.1 protobuf==6.33.6 pyyaml==6.0.3)
+if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health, yaml' >/dev/null 2>&1; then
   log "installing ${grpc_pins[*]} into $grpc_venv"
   if ! python3 -m venv "$grpc_venv" >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -77,7 +77,7 @@ if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/de
   "$grpc_venv/bin/pip" install -q --disable-pip-version-check "${grpc_pins[@]}"
 fi
 FLOODGATE_TEST_PYTHON="$grpc_venv/bin/python"
-"$FLOODGATE_TEST_PYTHON" -c 'import grpc, grpc_reflection, grpc_health' || { echo "grpcio could not be installed into $grpc_venv" >&2; exit 1; }
+"$FLOODGATE_TEST_PYTHON" -c 'import grpc, grpc_reflection, grpc_health, yaml' || { echo "grpcio could not be installed into $grpc_venv" >&2; exit 1; }
 export FLOODGATE_TEST_PYTHON
 
 log "nginx: $FLOODGATE_TEST_NGINX ($("$FLOODGATE_TEST_NGINX" -v 2>&1)); pm2: $FLOODGATE_TEST_PM2"

@@ -529,3 +529,37 @@ async fn python_grpcio_speaks_to_the_service_from_envoys_published_schema() {
     }
     drop((a, b, deny, allow));
 }
+
+/// deploy/envoy.yaml parses as Envoy's Bootstrap against Envoy's published
+/// schema, and every descriptor its routes send is decided by a rule of
+/// deploy/envoy-floodgate.toml, which `check-config` accepts.
+#[test]
+fn the_shipped_envoy_config_fits_envoys_schema_and_floodgates_rules() {
+    let root = crate::support::host::repo_root();
+    let toml = std::fs::read_to_string(root.join("deploy/envoy-floodgate.toml")).unwrap();
+    let (code, stdout, stderr) = crate::support::process::check_config(&toml);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("decides Envoy descriptors edge [remote_address]"),
+        "{stdout}"
+    );
+    let python = std::env::var("FLOODGATE_TEST_PYTHON").expect(
+        "FLOODGATE_TEST_PYTHON must name a Python with protobuf and PyYAML (./scripts/test.sh makes one)",
+    );
+    let set = option_env!("FLOODGATE_ENVOY_DESCRIPTOR_SET")
+        .filter(|p| !p.is_empty())
+        .expect("the build found no envoy-types descriptor set (see build.rs's warning)");
+    let output = std::process::Command::new(&python)
+        .arg(root.join("crates/floodgate-server/tests/server/envoy_config.py"))
+        .arg(set)
+        .arg(root.join("deploy/envoy.yaml"))
+        .arg(root.join("deploy/envoy-floodgate.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
