@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Decisions per second through the Envoy rate limit service (gRPC) against
+# the JSON decision API (POST /v1/check), one floodgate process, same rule,
+# 64 callers each way, memory store then Redis, in the same run
+# (crates/floodgate-server/benches/rls.rs). Starts its own redis-server
+# unless FLOODGATE_BENCH_REDIS_URL is set. About a minute on 2 cores after
+# the build.
+#
+#   bench/rls.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+need redis-server redis-server
+need cargo "cargo (https://rustup.rs)"
+
+machine
+cargo bench -p floodgate-server --bench rls
+machine

@@ -1,0 +1,300 @@
+//! Decisions per second through the Envoy rate limit service (RLS v3, gRPC)
+//! against the JSON decision API (`POST /v1/check`), on one floodgate
+//! process, same rule, same run; memory store, then Redis.
+//!
+//! ```text
+//! bench/rls.sh
+//! cargo bench -p floodgate-server --bench rls
+//! ```
+//!
+//! The floodgate binary cargo built for the bench serves both. 64 callers
+//! each way: RLS callers share 4 HTTP/2 connections, as an Envoy with 4
+//! worker threads does; JSON callers each keep an HTTP/1.1 connection
+//! alive. Each caller asks about one of 10 000 client addresses in turn, on
+//! a rule far from its limit. The two ways run in turns of `ROUND` each,
+//! alternating, `TURNS` times; the figure is each turn's decisions per
+//! second, the ratio RLS / JSON per turn, and the median over turns.
+//! Redis: `$FLOODGATE_BENCH_REDIS_URL` when set, else a private
+//! `redis-server` started for the run.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tonic::transport::Channel;
+
+const CALLERS: usize = 64;
+/// RLS connections, unless `FLOODGATE_BENCH_RLS_CONNECTIONS` says otherwise.
+const RLS_CONNECTIONS: usize = 4;
+const KEYS: u64 = 10_000;
+const ROUND: Duration = Duration::from_millis(1500);
+const TURNS: usize = 9;
+
+const RULE: &str = "\
+[[rule]]
+name = \"edge-per-client\"
+algorithm = \"sliding_window\"
+limit = 1000000000
+window = \"1m\"
+descriptor = { domain = \"edge\", entries = [\"remote_address\"] }
+";
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], floodgate_testkit::free_port()))
+}
+
+fn start(store: &str) -> Server {
+    let (http, admin, grpc) = (free(), free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floodgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{http}\"\n{store}\n[admin]\nlisten = \"{admin}\"\n[grpc]\nlisten = \"{grpc}\"\n{RULE}"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(http).is_err() || std::net::TcpStream::connect(grpc).is_err()
+    {
+        assert!(Instant::now() < deadline, "floodgate did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child,
+        http,
+        grpc,
+        _dir: dir,
+    }
+}
+
+/// The server's CPU time so far (user + system), from /proc.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line, in clock ticks (USER_HZ, 100).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A round's decisions per second and the server's CPU per decision.
+struct Round {
+    rate: f64,
+    cpu_us: f64,
+}
+
+async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round: F) -> Round {
+    let (started, cpu_before) = (Instant::now(), cpu(pid));
+    let done = round.await as f64;
+    let (elapsed, used) = (started.elapsed(), cpu(pid) - cpu_before);
+    Round {
+        rate: done / elapsed.as_secs_f64(),
+        cpu_us: used.as_secs_f64() * 1e6 / done,
+    }
+}
+
+fn address(i: u64) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+/// Decisions made through RLS during `ROUND`.
+async fn rls_round(channels: &[Channel]) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let mut client = RateLimitServiceClient::new(channels[c % channels.len()].clone());
+            let (done, stop) = (done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = RateLimitRequest {
+                        domain: "edge".into(),
+                        descriptors: vec![RateLimitDescriptor {
+                            entries: vec![Entry {
+                                key: "remote_address".into(),
+                                value: address(i % KEYS),
+                            }],
+                            ..RateLimitDescriptor::default()
+                        }],
+                        hits_addend: 1,
+                    };
+                    let r = client
+                        .should_rate_limit(request)
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(r.overall_code, 1, "not OK: {r:?}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += CALLERS as u64;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(ROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Decisions made through `POST /v1/check` during `ROUND`.
+async fn json_round(client: &HttpClient, addr: SocketAddr) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url: http::Uri = format!("http://{addr}/v1/check").parse().unwrap();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let (client, url, done, stop) =
+                (client.clone(), url.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = format!(
+                        r#"{{"rule":"edge-per-client","key":"{}","cost":1}}"#,
+                        address(i % KEYS)
+                    );
+                    let request = http::Request::post(url.clone())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap();
+                    let r = client.request(request).await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    let body = r.into_body().collect().await.unwrap().to_bytes();
+                    assert!(body.starts_with(br#"{"allowed":true"#), "{body:?}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += CALLERS as u64;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(ROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}
+
+async fn measure(label: &str, server: &Server) {
+    let mut channels = Vec::new();
+    for _ in 0..rls_connections() {
+        channels.push(
+            Channel::from_shared(format!("http://{}", server.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CALLERS)
+        .build_http();
+    // Warm both: connections open, keys in the store.
+    rls_round(&channels).await;
+    json_round(&client, server.http).await;
+    let pid = server.child.id();
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    for turn in 0..TURNS {
+        // Alternate which goes first.
+        let (r, j) = if turn % 2 == 0 {
+            let r = timed(pid, rls_round(&channels)).await;
+            (r, timed(pid, json_round(&client, server.http)).await)
+        } else {
+            let j = timed(pid, json_round(&client, server.http)).await;
+            (timed(pid, rls_round(&channels)).await, j)
+        };
+        rows.push([r.rate, j.rate, r.cpu_us, j.cpu_us]);
+    }
+    let median = |f: &dyn Fn(&[f64; 4]) -> f64| {
+        floodgate_testkit::paired::median(rows.iter().map(f).collect())
+    };
+    println!(
+        "{label:<7} RLS {:>7.0}/s {:>5.1} us CPU   JSON {:>7.0}/s {:>5.1} us CPU   RLS/JSON: rate {:.2}x, server CPU per decision {:.2}x",
+        median(&|r| r[0]),
+        median(&|r| r[2]),
+        median(&|r| r[1]),
+        median(&|r| r[3]),
+        median(&|r| r[0] / r[1]),
+        median(&|r| r[2] / r[3]),
+    );
+}
+
+fn rls_connections() -> usize {
+    std::env::var("FLOODGATE_BENCH_RLS_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=CALLERS).contains(n))
+        .unwrap_or(RLS_CONNECTIONS)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("rls: run with `cargo bench` (bench/rls.sh)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!(
+            "decisions per second, {CALLERS} callers each way, median of {TURNS} turns of {ROUND:?}; RLS over {} HTTP/2 connections, JSON over {CALLERS} keep-alive HTTP/1.1 connections",
+            rls_connections()
+        );
+        let memory = start("[store]\nbackend = \"memory\"\n");
+        measure("memory", &memory).await;
+        drop(memory);
+        let (_redis, url) = floodgate_testkit::bench_redis();
+        let redis = start(&format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"fgbench-rls-{}\"\ntimeout = \"2s\"\n",
+            std::process::id()
+        ));
+        measure("redis", &redis).await;
+    });
+}
