@@ -12,6 +12,7 @@
 
 mod admin;
 mod answers;
+mod auth_request_pm2;
 mod authorize;
 mod chaos;
 mod concurrency;
