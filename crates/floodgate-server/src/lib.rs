@@ -31,6 +31,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod authorize;
+pub mod cli;
 pub mod demo_api;
 pub mod error;
 pub mod listen;

@@ -15,6 +15,7 @@ mod answers;
 mod auth_request_pm2;
 mod authorize;
 mod chaos;
+mod cli;
 mod concurrency;
 mod config;
 mod decision_api;
