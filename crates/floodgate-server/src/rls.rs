@@ -27,12 +27,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus as Status, RateLimit, rate_limit::Unit,
-};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use floodgate_tower::descriptor::REMOTE_ADDRESS;
@@ -40,6 +38,7 @@ use floodgate_tower::{
     Descriptor, DescriptorStatus, DescriptorVerdict, RuleDecision, Verdict, verdict_response,
 };
 use http::HeaderMap;
+use prost::Message;
 
 use crate::state::AppState;
 
@@ -50,32 +49,182 @@ pub const MAX_ENTRIES: usize = 32;
 /// The largest request message (Envoy's are a few hundred bytes).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The service's name, as gRPC routes and health checking know it.
+pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+/// Its one method's path.
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
 /// The service, answering from the server's limiter.
+///
+/// A unary call is handled here on hyper's HTTP/2 server directly: the one
+/// length-prefixed message is read whole, decoded, decided, and the answer
+/// goes out as one data frame and the `grpc-status` trailer, without
+/// tonic's streaming codec (a per-call decode buffer, an encode stream and
+/// their boxed futures) between them. tonic still serves the listener,
+/// health checking, reflection and `grpc-timeout`.
+#[derive(Clone)]
 pub struct Rls {
     state: Arc<AppState>,
 }
 
 impl Rls {
-    /// The tonic service for `state`.
-    pub fn service(state: Arc<AppState>) -> RateLimitServiceServer<Rls> {
-        RateLimitServiceServer::new(Rls { state }).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    /// The service for `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Rls { state }
     }
-}
 
-#[tonic::async_trait]
-impl RateLimitService for Rls {
-    async fn should_rate_limit(
-        &self,
-        request: tonic::Request<RateLimitRequest>,
-    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-        let request = request.into_inner();
-        let (descriptors, client) = read_request(&request)?;
+    /// Answers one call.
+    async fn call(
+        self,
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if request.uri().path() != SHOULD_RATE_LIMIT {
+            return tonic::Status::unimplemented(format!(
+                "{} is not a method of {SERVICE}",
+                request.uri().path()
+            ))
+            .into_http();
+        }
+        if request
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|e| e != "identity")
+        {
+            return tonic::Status::unimplemented("compressed requests are not accepted")
+                .into_http();
+        }
+        let message = match read_message(request.into_body()).await {
+            Ok(m) => m,
+            Err(status) => return status.into_http(),
+        };
+        let request = match RateLimitRequest::decode(message) {
+            Ok(r) => r,
+            Err(e) => {
+                return tonic::Status::invalid_argument(format!("not a RateLimitRequest: {e}"))
+                    .into_http();
+            }
+        };
+        let (descriptors, client) = match read_request(&request) {
+            Ok(read) => read,
+            Err(status) => return status.into_http(),
+        };
         let verdict = self
             .state
             .limiter
             .check_descriptors(&request.domain, &descriptors, client)
             .await;
-        answer(verdict, descriptors.len()).map(tonic::Response::new)
+        match answer(verdict, descriptors.len()) {
+            Ok(response) => unary_response(&response),
+            Err(status) => status.into_http(),
+        }
+    }
+}
+
+impl tonic::server::NamedService for Rls {
+    const NAME: &'static str = SERVICE;
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Rls {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.call(request).await) })
+    }
+}
+
+/// The one message of a unary call: the body is a 5-byte prefix (not
+/// compressed, the length) and the message.
+async fn read_message(body: tonic::body::Body) -> Result<Bytes, tonic::Status> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, 5 + MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                tonic::Status::resource_exhausted(format!(
+                    "the request is over {MAX_MESSAGE_BYTES} bytes"
+                ))
+            } else {
+                tonic::Status::cancelled(format!("the request broke off: {e}"))
+            }
+        })?
+        .to_bytes();
+    let Some((&flag, rest)) = bytes.split_first() else {
+        return Err(tonic::Status::invalid_argument("no message"));
+    };
+    if flag != 0 {
+        return Err(tonic::Status::unimplemented(
+            "compressed requests are not accepted",
+        ));
+    }
+    let len = rest
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| tonic::Status::invalid_argument("a broken message prefix"))?;
+    if bytes.len() != 5 + len {
+        return Err(tonic::Status::invalid_argument(
+            "a unary call carries exactly one message",
+        ));
+    }
+    Ok(bytes.slice(5..))
+}
+
+/// `response` as a unary call's answer: one length-prefixed message, then
+/// the trailer `grpc-status: 0`.
+fn unary_response(response: &RateLimitResponse) -> http::Response<tonic::body::Body> {
+    let len = response.encoded_len();
+    let mut buf = bytes::BytesMut::with_capacity(5 + len);
+    buf.extend_from_slice(&[0]);
+    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    response.encode_raw(&mut buf);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut http = http::Response::new(tonic::body::Body::new(Unary {
+        data: Some(buf.freeze()),
+        trailers: Some(trailers),
+    }));
+    http.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    http
+}
+
+/// A body of one data frame and trailers.
+struct Unary {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for Unary {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
     }
 }
 
@@ -301,14 +450,16 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RateLimitServiceServer<Rls>>().await;
+    health
+        .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     let (reflection, reflection_alpha) = reflection_services();
     let stop = {
         let health = health.clone();
         async move {
             stop.await;
             health
-                .set_not_serving::<RateLimitServiceServer<Rls>>()
+                .set_service_status(SERVICE, tonic_health::ServingStatus::NotServing)
                 .await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -320,7 +471,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_optional_service(reflection_alpha)
-        .add_service(Rls::service(state))
+        .add_service(Rls::new(state))
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     if let Err(e) = served {
