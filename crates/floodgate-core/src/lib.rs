@@ -12,6 +12,7 @@
 //! - `store`: the [`Store`] trait, where limit state lives and is changed atomically.
 //! - `memory`: [`MemoryStore`], the in-process store; `floodgate-redis` shares state instead.
 //! - `clock`: [`Clock`], time as the limiter sees it; [`ManualClock`] for tests.
+//! - [`top`]: top clients per rule in bounded memory ([`TopWindow`], Space-Saving), merged across instances.
 //! - [`duration`]: `"250ms"`, `"1m"`, `"1d"`: parsing and printing durations.
 //! - `error`: [`Error`], the limiter could not decide, and whether retrying helps.
 //!
@@ -47,6 +48,7 @@ mod memory;
 pub mod overrides;
 mod policy;
 mod store;
+pub mod top;
 
 pub use block::{Block, BlockSource};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
@@ -60,6 +62,7 @@ pub use policy::{
     PolicyError,
 };
 pub use store::{Check, Store, admitted, validate_charges, validate_checks};
+pub use top::{RuleSummary, TopEntry, TopSummary, TopWindow};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

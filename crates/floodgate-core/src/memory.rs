@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::overrides::{KeyOverride, OverrideBook, OverrideChanges};
 use crate::policy::Policy;
 use crate::store::{Check, Store, admitted, validate_charges, validate_checks};
+use crate::top::TopSummary;
 
 /// The default bound on stored keys.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -218,6 +219,9 @@ struct Inner {
     manual_blocks: Mutex<HashMap<String, Block>>,
     overrides: Mutex<OverrideBook>,
     slots: Mutex<SlotBook>,
+    /// Top-clients summaries by instance, with when each expires: only
+    /// those of limiters sharing this store (one process).
+    top: Mutex<HashMap<String, (TopSummary, Timestamp)>>,
 }
 
 /// An in-memory [`Store`]. Cheap to clone; clones share state.
@@ -269,6 +273,7 @@ impl MemoryStore {
                 manual_blocks: Mutex::new(HashMap::new()),
                 overrides: Mutex::default(),
                 slots: Mutex::default(),
+                top: Mutex::default(),
             }),
         }
     }
@@ -666,6 +671,24 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    async fn put_top(&self, summary: &TopSummary, ttl: Duration) -> Result<(), Error> {
+        let now = self.inner.clock.now();
+        let mut top = self.inner.top.lock();
+        top.retain(|_, (_, expires)| *expires > now);
+        top.insert(
+            summary.instance.clone(),
+            (summary.clone(), now.saturating_add(ttl)),
+        );
+        Ok(())
+    }
+
+    async fn top_summaries(&self) -> Result<Vec<TopSummary>, Error> {
+        let now = self.inner.clock.now();
+        let mut top = self.inner.top.lock();
+        top.retain(|_, (_, expires)| *expires > now);
+        Ok(top.values().map(|(s, _)| s.clone()).collect())
     }
 }
 

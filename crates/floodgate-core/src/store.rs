@@ -9,6 +9,7 @@ use crate::decision::Decision;
 use crate::error::Error;
 use crate::overrides::{KeyOverride, OverrideChanges};
 use crate::policy::Policy;
+use crate::top::TopSummary;
 
 /// One rule to check for one request.
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +225,28 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         max: usize,
     ) -> impl Future<Output = Result<OverrideChanges, Error>> + Send;
+
+    /// Keeps `summary` (one instance's top clients, replacing what that
+    /// instance published before) for `ttl` from now by the store's clock,
+    /// so a stopped instance's counts leave the merge by themselves.
+    ///
+    /// The default keeps nothing: a store that shares no summaries.
+    fn put_top(
+        &self,
+        summary: &TopSummary,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (summary, ttl);
+        async { Ok(()) }
+    }
+
+    /// Every instance's last [`put_top`](Store::put_top) summary whose time
+    /// to live has not run out, in one call.
+    ///
+    /// The default has none.
+    fn top_summaries(&self) -> impl Future<Output = Result<Vec<TopSummary>, Error>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
