@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use floodgate_core::{
     Block, Check, Decision, Error, KeyOverride, MemoryStore, OverrideChanges, Policy, Store,
+    TopSummary,
 };
 use floodgate_redis::{RedisConfig, RedisStore, Topology};
 
@@ -134,6 +135,14 @@ impl Store for AnyStore {
 
     async fn ping(&self) -> Result<(), Error> {
         dispatch!(self, s => s.ping())
+    }
+
+    async fn put_top(&self, summary: &TopSummary, ttl: Duration) -> Result<(), Error> {
+        dispatch!(self, s => s.put_top(summary, ttl))
+    }
+
+    async fn top_summaries(&self) -> Result<Vec<TopSummary>, Error> {
+        dispatch!(self, s => s.top_summaries())
     }
 
     fn call_timeout(&self) -> Option<Duration> {

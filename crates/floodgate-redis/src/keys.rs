@@ -6,6 +6,8 @@
 //! every rule — lands in one Redis Cluster slot, and a script touching them
 //! runs unchanged on a cluster. `<prefix>:blocks` is the block registry.
 //! `<prefix>:{<hash tag>}:guard` is named in dry runs and never written.
+//! `<prefix>:{top}:summaries` and `<prefix>:{top}:expiry` hold every
+//! instance's top-clients summary (one slot: one call reads them all).
 
 /// Builds the names of every key the store uses.
 #[derive(Debug, Clone)]
@@ -77,6 +79,13 @@ impl KeyLayout {
     pub(crate) fn overrides(&self) -> [String; 5] {
         ["map", "log", "seq", "expiry", "epoch"]
             .map(|part| format!("{}:{{overrides}}:{part}", self.prefix))
+    }
+
+    /// The two keys of the top-clients summaries (one hash slot, the
+    /// `{top}` tag): the summaries by instance and their expiry index (see
+    /// `top.lua`). No client key's name ends like these.
+    pub(crate) fn top(&self) -> [String; 2] {
+        ["summaries", "expiry"].map(|part| format!("{}:{{top}}:{part}", self.prefix))
     }
 
     fn write_rule_key(&self, out: &mut String, rule: &str, key: &str, suffix: &str) {

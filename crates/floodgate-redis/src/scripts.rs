@@ -53,6 +53,9 @@ pub(crate) static PEEK: LazyLock<LuaScript> =
 pub(crate) static OVERRIDES: LazyLock<LuaScript> =
     lua_script!("overrides" "{}": "common", "overrides");
 
+/// `top.lua`: every instance's top-clients summary.
+pub(crate) static TOP: LazyLock<LuaScript> = lua_script!("top" "{}": "common", "top");
+
 /// `block_put.lua`: records a manual or penalty block in the registry.
 pub(crate) static BLOCK_PUT: LazyLock<LuaScript> =
     lua_script!("block_put" "{}": "common", "registry", "block_put");

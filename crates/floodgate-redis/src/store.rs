@@ -7,7 +7,7 @@ use std::time::Duration;
 use floodgate_core::{
     Algorithm, Block, BlockSource, Check, Decision, Error, KeyOverride, OverrideChange,
     OverrideChanges, Policy, Slot, SlotDecision, Store, StoreError, StoreErrorKind, Timestamp,
-    micros_of, validate_charges, validate_checks,
+    TopSummary, micros_of, validate_charges, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
@@ -562,6 +562,17 @@ impl RedisStore {
         call
     }
 
+    /// A call of `top.lua` on its two keys, with ARGV[1] (now) set and
+    /// `args` more arguments to come.
+    fn top_call(&self, args: usize) -> ScriptCall {
+        let mut call = self.script_call(&scripts::TOP, 2, 1 + args);
+        for key in self.inner.keys.top() {
+            call.key(key.as_str());
+        }
+        call.arg(self.now_arg());
+        call
+    }
+
     /// [`RedisStore::run_group`] for each of `groups`, concurrently.
     async fn run_groups(
         &self,
@@ -1020,6 +1031,30 @@ impl Store for RedisStore {
         }
         blocks.sort_by(|a, b| (&a.target, &a.source).cmp(&(&b.target, &b.source)));
         Ok(blocks)
+    }
+
+    /// One `top.lua` call: the summary is a field of a hash shared by every
+    /// instance, with its expiry in a sorted set beside it.
+    async fn put_top(&self, summary: &TopSummary, ttl: Duration) -> Result<(), Error> {
+        let mut call = self.top_call(4);
+        call.arg("put")
+            .arg(summary.instance.as_str())
+            .arg(summary.encode())
+            .arg(micros_of(ttl).max(1));
+        let _: i64 = self.invoke(self.deadline(), "put_top", &call).await?;
+        Ok(())
+    }
+
+    /// One `top.lua` call. A summary this version cannot read (one written
+    /// by another floodgate version during an upgrade) is left out.
+    async fn top_summaries(&self) -> Result<Vec<TopSummary>, Error> {
+        let mut call = self.top_call(1);
+        call.arg("list");
+        let reply: Vec<String> = self.invoke(self.deadline(), "top_summaries", &call).await?;
+        Ok(reply
+            .iter()
+            .filter_map(|text| TopSummary::decode(text).ok())
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -21,3 +21,4 @@ mod skew;
 mod slots;
 mod support;
 mod tls;
+mod top;
