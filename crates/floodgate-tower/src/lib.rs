@@ -110,7 +110,8 @@ pub use identity::{ClientIpConfig, ForwardedHeader};
 pub use limiter::{
     AccessLists, BLOCK_SYNC_INTERVAL, CheckError, ConfigError, ConfigProblem, DescriptorStatus,
     DescriptorVerdict, Lease, Limiter, LimiterBuilder, LimiterConfig, NoRuntime, OnError,
-    OverrideError, OverrideSource, Pending, check_rule_name,
+    OverrideError, OverrideSource, Pending, TOP_PUBLISH_INTERVAL, TOP_TTL, TopClient, TopError,
+    check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, Leased, ResponseBody, ResponseFuture};
 pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};

@@ -135,6 +135,7 @@ impl<S: Store + Clone> Limiter<S> {
             if p.cost > policy.capacity() {
                 // More than the rule ever admits at once: refused, nothing
                 // counted.
+                p.rule.tally(&p.key, false);
                 self.observe(Some(p.rule.name()), Outcome::Limited);
                 decisions[j] = Some(Decision {
                     allowed: false,
@@ -150,6 +151,7 @@ impl<S: Store + Clone> Limiter<S> {
             if !p.rule.rule.shadow
                 && let Some(left) = self.shared.blocks.penalty(p.rule.name(), &p.key, now)
             {
+                p.rule.tally(&p.key, false);
                 self.observe(Some(p.rule.name()), Outcome::Blocked);
                 decisions[j] = Some(penalty_decision(policy, left));
                 continue;

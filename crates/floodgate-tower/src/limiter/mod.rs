@@ -6,6 +6,7 @@ mod config;
 mod descriptors;
 mod health;
 mod overrides;
+mod top;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use floodgate_core::{
     Block, Check, Clock, Decision, Error, KeyOverride, MemoryStore, Policy, PolicyError, Store,
-    StoreError, SystemClock, Timestamp,
+    StoreError, SystemClock, Timestamp, TopSummary,
 };
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method, StatusCode};
@@ -27,11 +28,13 @@ pub use self::config::{
     UnknownOnError, check_rule_name,
 };
 pub use self::health::PROBE_INTERVAL;
+pub use self::top::{TOP_PUBLISH_INTERVAL, TOP_TTL};
 
 use self::blocks::BlockCache;
 pub use self::descriptors::{DescriptorStatus, DescriptorVerdict};
 use self::health::StoreHealth;
 use self::overrides::{OverrideCache, SYNC_PAGE};
+use self::top::{RuleTop, TopClients};
 use crate::answer::answer_cost;
 use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
 use crate::path::{PathError, canonical_path};
@@ -124,6 +127,34 @@ impl OverrideSource {
     }
 }
 
+/// One of the heaviest clients of a rule, from [`Limiter::top`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopClient {
+    /// The rule.
+    pub rule: String,
+    /// The rule key, e.g. `ip:203.0.113.7`.
+    pub key: String,
+    /// Admitted decisions counted (never more than the truth).
+    pub admitted: u64,
+    /// Refused decisions counted, penalty blocks included (never more than
+    /// the truth).
+    pub refused: u64,
+    /// The most decisions the key may have made that are not counted: the
+    /// truth lies in `[admitted + refused, admitted + refused + error]`.
+    pub error: u64,
+}
+
+/// Why [`Limiter::top`] could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    /// No rule has this name.
+    #[error("no rule named {0:?}")]
+    UnknownRule(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
 /// A rule with its name shared cheaply with verdicts.
 #[derive(Debug)]
 struct CompiledRule {
@@ -136,6 +167,9 @@ struct CompiledRule {
     file_overrides: HashMap<String, Arc<Overridden>>,
     /// Its configuration's number.
     generation: u64,
+    /// Its decisions per key over the last minutes (top clients), kept
+    /// across reloads.
+    top: Arc<RuleTop>,
 }
 
 /// The limit a key is decided by instead of its rule's.
@@ -184,6 +218,11 @@ impl CompiledRule {
     fn name(&self) -> &str {
         self.label.name()
     }
+
+    /// Counts one decision of this rule for `key` among its top clients.
+    fn tally(&self, key: &str, admitted: bool) {
+        self.top.lock().record(key, admitted);
+    }
 }
 
 /// A validated configuration, ready to be consulted on every request.
@@ -202,7 +241,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn compile(config: LimiterConfig) -> Result<Self, ConfigError> {
+    fn compile(config: LimiterConfig, top: &TopClients) -> Result<Self, ConfigError> {
         config.validate()?;
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Snapshot {
@@ -214,6 +253,7 @@ impl Snapshot {
                 .map(|(index, r)| CompiledRule {
                     index,
                     generation,
+                    top: top.of_rule(&r.name),
                     file_overrides: r
                         .overrides
                         .iter()
@@ -276,6 +316,8 @@ struct Shared<S> {
     slot_counter: std::sync::atomic::AtomicU64,
     /// Set once a background block sync runs for this limiter.
     syncing: std::sync::atomic::AtomicBool,
+    /// Every rule's top clients.
+    top: TopClients,
 }
 
 /// Decides requests against a [`LimiterConfig`] and a [`Store`].
@@ -329,7 +371,8 @@ impl<S: Store> LimiterBuilder<S> {
 
     /// The limiter, if the configuration is valid.
     pub fn build(self) -> Result<Limiter<S>, ConfigError> {
-        let snapshot = Snapshot::compile(self.config)?;
+        let top = TopClients::default();
+        let snapshot = Snapshot::compile(self.config, &top)?;
         let fallback =
             MemoryStore::with_clock(snapshot.config.local_max_keys, Arc::clone(&self.clock));
         Ok(Limiter {
@@ -351,6 +394,7 @@ impl<S: Store> LimiterBuilder<S> {
                 },
                 slot_counter: std::sync::atomic::AtomicU64::new(0),
                 syncing: std::sync::atomic::AtomicBool::new(false),
+                top,
             }),
         })
     }
@@ -461,7 +505,7 @@ impl<S: Store> Limiter<S> {
     /// Replaces the configuration atomically. Requests already being decided
     /// finish under the old one. An invalid configuration changes nothing.
     pub fn reload(&self, config: LimiterConfig) -> Result<(), ConfigError> {
-        let snapshot = Snapshot::compile(config)?;
+        let snapshot = Snapshot::compile(config, &self.shared.top)?;
         let rules = snapshot.rules.len();
         self.shared.snapshot.store(Arc::new(snapshot));
         tracing::info!(rules, "limiter configuration reloaded");
@@ -703,6 +747,7 @@ impl<S: Store> Limiter<S> {
         }
         for (rule, key, overridden) in keyed.iter().filter(|(r, ..)| !r.rule.shadow) {
             if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
+                rule.tally(key, false);
                 self.observe(Some(rule.name()), Outcome::Blocked);
                 let (policy, label) = policy_and_label(rule, overridden.as_deref());
                 return verdict(Verdict::Limited(RuleDecision::labelled(
@@ -831,6 +876,7 @@ impl<S: Store> Limiter<S> {
         if !compiled.rule.shadow
             && let Some(left) = self.shared.blocks.penalty(compiled.name(), &key, now)
         {
+            compiled.tally(&key, false);
             self.observe(Some(compiled.name()), Outcome::Blocked);
             return Ok(penalty_decision(policy, left));
         }
@@ -964,8 +1010,10 @@ impl<S: Store> Limiter<S> {
             .iter()
             .position(|d| !d.allowed && d.in_flight >= d.limit)
         {
-            for ((rule, ..), d) in in_flight.iter().zip(&decisions) {
-                let outcome = if d.in_flight >= d.limit {
+            for ((rule, key, _), d) in in_flight.iter().zip(&decisions) {
+                let refused = d.in_flight >= d.limit;
+                rule.tally(key, !refused);
+                let outcome = if refused {
                     Outcome::Limited
                 } else {
                     Outcome::Allowed
@@ -988,7 +1036,8 @@ impl<S: Store> Limiter<S> {
                 },
             )));
         }
-        for (rule, ..) in in_flight {
+        for (rule, key, _) in in_flight {
+            rule.tally(key, true);
             self.observe(Some(rule.name()), Outcome::Allowed);
         }
         Ok(Some(self.lease_of(held)))
@@ -1365,6 +1414,7 @@ impl<S: Store> Limiter<S> {
                     if let Err(e) = self.sync_overrides().await {
                         tracing::debug!(error = %e, "override sync failed");
                     }
+                    self.publish_top_if_due().await;
                 }
             }
         }
@@ -1409,9 +1459,82 @@ impl<S: Store> Limiter<S> {
                 if let Err(e) = limiter.sync_overrides().await {
                     tracing::debug!(error = %e, "override sync failed");
                 }
+                limiter.publish_top_if_due().await;
             }
         });
         Ok(())
+    }
+
+    /// This instance's top clients of every rule as of now: each rule's
+    /// window moved on to the current minute.
+    pub fn top_summary(&self) -> TopSummary {
+        self.shared
+            .top
+            .summary(&self.shared.slot_prefix, self.shared.clock.now())
+    }
+
+    /// Publishes [`top_summary`](Self::top_summary) to the store for
+    /// [`TOP_TTL`], where [`top`](Self::top) on any instance sharing the
+    /// store finds it. Bounded by the store timeout; the store's health and
+    /// metrics are left alone (a publish is not a decision).
+    pub async fn publish_top(&self) -> Result<(), Error> {
+        let summary = self.top_summary();
+        self.bounded(self.shared.store.put_top(&summary, TOP_TTL))
+            .await
+    }
+
+    /// [`publish_top`](Self::publish_top) if [`TOP_PUBLISH_INTERVAL`] has
+    /// passed since the last one; a failure is logged. The block syncs
+    /// ([`sync_blocks_until`](Self::sync_blocks_until), the background
+    /// one) call this on every tick.
+    pub async fn publish_top_if_due(&self) {
+        if !self.shared.top.publish_due(self.shared.clock.now()) {
+            return;
+        }
+        if let Err(e) = self.publish_top().await {
+            tracing::debug!(error = %e, "top clients publish failed");
+        }
+    }
+
+    /// The `n` heaviest (rule, key) pairs by decisions (admitted + refused)
+    /// over the last five minutes, across every instance that published to
+    /// the store, this one counted as of now; only `rule`'s if given. See
+    /// `floodgate_core::top` for the bound each count is within.
+    pub async fn top(&self, rule: Option<&str>, n: usize) -> Result<Vec<TopClient>, TopError> {
+        if let Some(rule) = rule
+            && !self
+                .shared
+                .snapshot
+                .load()
+                .rules
+                .iter()
+                .any(|r| r.name() == rule)
+        {
+            return Err(TopError::UnknownRule(rule.to_owned()));
+        }
+        let mine = self.top_summary();
+        let mut summaries = self.bounded(self.shared.store.top_summaries()).await?;
+        summaries.retain(|s| s.instance != mine.instance);
+        summaries.push(mine);
+        Ok(floodgate_core::top::heaviest(&summaries, rule, n)
+            .into_iter()
+            .map(|(head, e)| TopClient {
+                rule: head.rule,
+                key: e.key,
+                admitted: e.admitted,
+                refused: e.refused,
+                error: e.error,
+            })
+            .collect())
+    }
+
+    /// `fut`, failing with a timeout after the configured store timeout.
+    async fn bounded<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let timeout = self.shared.snapshot.load().config.timeout;
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Store(StoreError::timeout(timeout))),
+        }
     }
 
     /// Blocks `target` for `ttl` in the store (so every instance sees it at
@@ -1610,6 +1733,7 @@ impl<S: Store> Limiter<S> {
     /// Reports one rule's decision, logs a shadow refusal, and caches a
     /// penalty block the decision started.
     fn record(&self, rule: &CompiledRule, key: &str, d: &Decision) {
+        rule.tally(key, d.allowed);
         let outcome = if d.allowed {
             Outcome::Allowed
         } else if rule.rule.shadow {
