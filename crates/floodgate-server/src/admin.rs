@@ -1,12 +1,12 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and, behind a bearer
-//! token, `/admin/blocks`, `/admin/rules/<rule>/keys/<key>` and
-//! `/admin/rules/<rule>/overrides[/<key>]`.
+//! token, `/admin/blocks`, `/admin/rules/<rule>/keys/<key>`,
+//! `/admin/rules/<rule>/overrides[/<key>]` and `/admin/top`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use floodgate_core::duration::format_duration;
 use floodgate_core::{Block, KeyOverride, Store, Timestamp};
-use floodgate_tower::{OverrideError, OverrideSource, Target};
+use floodgate_tower::{OverrideError, OverrideSource, Target, TopError};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_key).delete(reset_key),
         )
         .route("/admin/rules/{rule}/overrides", get(list_overrides))
+        .route("/admin/top", get(top_clients))
         .route(
             "/admin/rules/{rule}/overrides/{*key}",
             get(get_override).put(put_override).delete(remove_override),
@@ -404,6 +405,59 @@ async fn remove_override(
     }
     tracing::info!(rule = %rule, key = %key, "override removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The most keys `/admin/top` lists.
+const MAX_TOP: usize = 1000;
+
+/// `/admin/top` lists this many keys without `n`.
+const DEFAULT_TOP: usize = 20;
+
+/// `/admin/top?rule=<rule>&n=<n>`: the heaviest keys over the last five
+/// minutes across every instance sharing the store.
+async fn top_clients(
+    State(state): State<Arc<AppState>>,
+    query: Result<
+        Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(unknown) = query.keys().find(|k| *k != "rule" && *k != "n") {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {unknown:?}: only rule and n"
+        )));
+    }
+    let n = match query.get("n") {
+        None => DEFAULT_TOP,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=MAX_TOP).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "n must be a whole number from 1 to {MAX_TOP}, not {n:?}"
+                )));
+            }
+        },
+    };
+    let rule = query.get("rule").map(String::as_str);
+    let top = state.limiter.top(rule, n).await.map_err(|e| match e {
+        TopError::UnknownRule(_) => ApiError::not_found(e.to_string()),
+        TopError::Store(e) => ApiError::store(&e),
+    })?;
+    Ok(Json(
+        top.iter()
+            .map(|c| {
+                json!({
+                    "rule": c.rule,
+                    "key": c.key,
+                    "admitted": c.admitted,
+                    "refused": c.refused,
+                    "error": c.error,
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
 }
 
 async fn reset_key(

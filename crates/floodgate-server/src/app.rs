@@ -306,6 +306,9 @@ async fn block_sync_loop(state: Arc<AppState>) {
         if let Err(e) = state.limiter.sync_overrides().await {
             tracing::debug!(error = %e, "override sync failed");
         }
+        // Every TOP_PUBLISH_INTERVAL: this instance's top clients, for
+        // /admin/top on every instance.
+        state.limiter.publish_top_if_due().await;
         if !state.limiter.store_healthy() {
             // The limiter only learns the store is back from a call that works.
             let _ = state.limiter.ping().await;

@@ -31,3 +31,4 @@ mod redis_topologies;
 mod rls;
 mod store_failure;
 mod support;
+mod top;
