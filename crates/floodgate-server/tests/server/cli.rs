@@ -137,7 +137,10 @@ async fn blocks_are_listed_made_and_lifted_from_the_command_line() {
     let r = Http::new()
         .get(&fg.url("/api/hello"), &[("x-forwarded-for", "203.0.113.9")])
         .await;
-    assert_eq!(r.status, 200, "lifted at once on the instance that lifted it");
+    assert_eq!(
+        r.status, 200,
+        "lifted at once on the instance that lifted it"
+    );
     let err = failed(&run(&["unblock", "ip:203.0.113.9"], t));
     assert!(err.starts_with("floodgate: 404 Not Found: "), "{err}");
 
@@ -188,7 +191,9 @@ async fn keys_are_inspected_and_overridden_and_failures_exit_1() {
         t,
     ));
     assert!(
-        out.starts_with("override set for ip:127.0.0.1 on rule per-client: limit 50 per 1m, until "),
+        out.starts_with(
+            "override set for ip:127.0.0.1 on rule per-client: limit 50 per 1m, until "
+        ),
         "{out}"
     );
     let table = ok(&run(vec!["inspect", "per-client", "ip:127.0.0.1"], t));
@@ -230,4 +235,40 @@ async fn keys_are_inspected_and_overridden_and_failures_exit_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_lists_the_heaviest_clients() {
+    let fg = Floodgate::launch(CONFIG.replace("{store}", &store_section(None))).await;
+    let http = Http::new();
+    for (client, n) in [("203.0.113.1", 8), ("203.0.113.2", 3)] {
+        for _ in 0..n {
+            http.get(&fg.url("/api/hello"), &[("x-forwarded-for", client)])
+                .await;
+        }
+    }
+    let admin = fg.admin;
+    let table = ok(&floodgate(admin, Some(TOKEN), &["top", "-n", "5"]));
+    let first = table
+        .lines()
+        .position(|l| l.contains("ip:203.0.113.1"))
+        .expect("the heaviest client is listed");
+    let second = table
+        .lines()
+        .position(|l| l.contains("ip:203.0.113.2"))
+        .expect("the second client is listed");
+    assert!(first < second, "heaviest first:\n{table}");
+    let row = table.lines().nth(first).unwrap();
+    // 8 requests on a limit of 5: 5 admitted, 3 refused.
+    assert!(row.contains(" 5 ") && row.contains(" 3 "), "{row}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&floodgate(
+        admin,
+        Some(TOKEN),
+        &["top", "--rule", "per-client", "-n", "1", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+    assert_eq!(json[0]["key"], "ip:203.0.113.1");
+    let err = failed(&floodgate(admin, Some(TOKEN), &["top", "--rule", "nope"]));
+    assert!(err.contains("404"), "{err}");
 }
