@@ -3,7 +3,8 @@
 # tests against real servers. Installs what the tests need when it is missing
 # (redis-server, redis-cli and nginx from Debian, openssl and curl for the
 # deploy walk, which runs DEPLOY.md's commands, a C compiler for ring, pm2
-# from npm, Python grpcio from PyPI into a virtualenv), starts a shared
+# from npm, Python grpcio from PyPI into a virtualenv, chromium and
+# chromium-driver for the dashboard's browser test), starts a shared
 # redis-server on a free port for the tests that only need "a Redis", and
 # stops it on exit. The Node client's tests (clients/node) run after cargo
 # test, with express installed by npm ci. Tests that kill or restart Redis start their own instances
@@ -29,6 +30,10 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 [ -n "$(find_nginx)" ] || need_apt+=(nginx)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The dashboard's browser test (tests/server/dashboard.rs): Debian's chromium
+# driven over WebDriver by chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

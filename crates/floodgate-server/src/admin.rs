@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and, behind a bearer
 //! token, `/admin/blocks`, `/admin/rules/<rule>/keys/<key>`,
-//! `/admin/rules/<rule>/overrides[/<key>]` and `/admin/top`.
+//! `/admin/rules/<rule>/overrides[/<key>]`, `/admin/top` and
+//! `/admin/overview`; and the dashboard (`/`, see [`crate::dashboard`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,12 +39,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/rules/{rule}/overrides", get(list_overrides))
         .route("/admin/top", get(top_clients))
+        .route("/admin/overview", get(crate::dashboard::overview))
         .route(
             "/admin/rules/{rule}/overrides/{*key}",
             get(get_override).put(put_override).delete(remove_override),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard.js", get(crate::dashboard::script))
+        .route("/dashboard.css", get(crate::dashboard::style))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -32,6 +32,7 @@ pub mod api;
 pub mod app;
 pub mod authorize;
 pub mod cli;
+pub mod dashboard;
 pub mod demo_api;
 pub mod error;
 pub mod listen;

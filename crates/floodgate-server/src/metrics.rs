@@ -226,6 +226,31 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Decisions so far by rule (`""`: decisions of no rule, such as access
+    /// lists and manual blocks), each as `(outcome, count)` for every
+    /// outcome of [`Outcome::ALL`] seen: what the dashboard charts.
+    pub fn decision_counts(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let known = self
+            .decision_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts: Vec<(String, Vec<(&'static str, u64)>)> = known
+            .iter()
+            .map(|(rule, by)| {
+                let outcomes = Outcome::ALL
+                    .iter()
+                    .zip(by)
+                    .filter_map(|(o, c)| Some((o.as_str(), c.as_ref()?.get())))
+                    .collect();
+                (rule.to_string(), outcomes)
+            })
+            .collect();
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        counts
+    }
+}
+
 impl Observer for Metrics {
     fn on_decision(&self, rule: Option<&str>, outcome: Outcome) {
         let rule = rule.unwrap_or("");

@@ -18,6 +18,7 @@ mod chaos;
 mod cli;
 mod concurrency;
 mod config;
+mod dashboard;
 mod decision_api;
 mod delay;
 mod deploy_e2e;
