@@ -55,7 +55,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
 pub use concurrency::{Slot, SlotDecision};
 pub use decision::Decision;
 pub use error::{Error, StoreError, StoreErrorKind};
-pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
+pub use memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreStats};
 pub use overrides::{KeyOverride, OverrideChange, OverrideChanges};
 pub use policy::{
     Algorithm, MAX_BLOCK_STEPS, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Policy,

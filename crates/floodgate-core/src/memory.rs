@@ -134,6 +134,12 @@ struct Room<'a> {
 #[derive(Default)]
 struct Shard {
     table: HashTable<Entry>,
+    /// Expired states dropped to make room or by
+    /// [`MemoryStore::purge_expired`], since the start.
+    reclaimed: u64,
+    /// Unexpired states evicted to make room, since the start: counters
+    /// forgotten before their time, which operators must see.
+    evicted: u64,
 }
 
 impl Shard {
@@ -176,9 +182,13 @@ impl Shard {
     /// Drops expired entries; if that frees nothing, evicts the eighth of the
     /// entries that expire soonest (amortised O(1) per insert).
     fn make_room(&mut self, room: Room<'_>) {
+        let full = self.table.len();
         self.table.retain(|e| e.expires_at > room.now);
-        if self.table.len() >= room.cap {
+        let live = self.table.len();
+        self.reclaimed += (full - live) as u64;
+        if live >= room.cap {
             self.evict_soonest_eighth();
+            self.evicted += (live - self.table.len()) as u64;
         }
         // A table that grew past the size `cap` needs (tombstones left by
         // earlier evictions use up its free slots) goes back to that size.
@@ -222,6 +232,22 @@ struct Inner {
     /// Top-clients summaries by instance, with when each expires: only
     /// those of limiters sharing this store (one process).
     top: Mutex<HashMap<String, (TopSummary, Timestamp)>>,
+}
+
+/// What [`MemoryStore::stats`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStoreStats {
+    /// (rule, key) states held, expired ones not yet dropped included.
+    pub keys: usize,
+    /// The most states the store holds ([`MemoryStore::max_keys`]).
+    pub max_keys: usize,
+    /// Unexpired states evicted to make room for new keys since the store
+    /// was made: each a counter forgotten early, so a client it limited
+    /// starts again from a full quota.
+    pub evicted: u64,
+    /// Expired states dropped (to make room, or by
+    /// [`MemoryStore::purge_expired`]): harmless, they held nothing.
+    pub reclaimed: u64,
 }
 
 /// An in-memory [`Store`]. Cheap to clone; clones share state.
@@ -298,6 +324,23 @@ impl MemoryStore {
         self.inner.shards.len() * self.inner.shard_cap
     }
 
+    /// How full the store is and what it has dropped to stay within
+    /// [`max_keys`](Self::max_keys): for metrics, read when they are
+    /// scraped (it takes every shard's lock in turn), never per request.
+    pub fn stats(&self) -> MemoryStoreStats {
+        let mut stats = MemoryStoreStats {
+            max_keys: self.max_keys(),
+            ..MemoryStoreStats::default()
+        };
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            stats.keys += shard.table.len();
+            stats.reclaimed += shard.reclaimed;
+            stats.evicted += shard.evicted;
+        }
+        stats
+    }
+
     /// Drops every expired state and block; returns how many states went.
     /// Optional: full shards reclaim expired state on their own.
     pub fn purge_expired(&self) -> usize {
@@ -307,7 +350,9 @@ impl MemoryStore {
             let mut shard = shard.lock();
             let before = shard.table.len();
             shard.table.retain(|e| e.expires_at > now);
-            purged += before - shard.table.len();
+            let gone = before - shard.table.len();
+            shard.reclaimed += gone as u64;
+            purged += gone;
         }
         self.inner
             .manual_blocks
@@ -693,8 +738,63 @@ impl Store for MemoryStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{MemoryStore, shard_layout, table_capacity};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{MemoryStore, MemoryStoreStats, shard_layout, table_capacity};
+    use crate::clock::{ManualClock, Timestamp};
+    use crate::policy::{Algorithm, Policy};
+    use crate::store::Check;
+
+    /// Issue 17: a flood of distinct keys past `max_keys` used to leave no
+    /// trace; the evictions of live counters are now counted, apart from
+    /// the harmless reclaiming of expired ones.
+    #[test]
+    fn stats_count_live_evictions_apart_from_expired_reclaims() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(1_000_000)));
+        let store = MemoryStore::with_clock(1_000, clock.clone());
+        let policy = Policy::new(Algorithm::FixedWindow, 10, Duration::from_secs(60)).unwrap();
+        let flood = |from: u32, n: u32| {
+            for i in from..from + n {
+                let key = format!("ip:{i}");
+                store
+                    .check_one(&Check::new("per-ip", &policy, &key, 1))
+                    .unwrap();
+            }
+        };
+        assert_eq!(
+            store.stats(),
+            MemoryStoreStats {
+                keys: 0,
+                max_keys: store.max_keys(),
+                evicted: 0,
+                reclaimed: 0
+            }
+        );
+        flood(0, 30_000);
+        let flooded = store.stats();
+        assert!(flooded.keys <= flooded.max_keys, "{flooded:?}");
+        assert!(flooded.keys > flooded.max_keys / 2, "{flooded:?}");
+        // Every key past the bound pushed a live one out.
+        assert!(
+            flooded.evicted >= 30_000 - flooded.max_keys as u64,
+            "{flooded:?}"
+        );
+        assert_eq!(flooded.reclaimed, 0, "{flooded:?}");
+        // A window later everything held has expired: new keys reclaim it,
+        // evicting nothing live.
+        clock.advance(Duration::from_secs(61));
+        flood(100_000, 300);
+        let later = store.stats();
+        assert_eq!(later.evicted, flooded.evicted, "{later:?}");
+        assert!(later.reclaimed > 0, "{later:?}");
+        clock.advance(Duration::from_secs(61));
+        let purged = store.purge_expired() as u64;
+        assert_eq!(store.stats().reclaimed, later.reclaimed + purged);
+        assert_eq!(store.stats().keys, 0);
+    }
 
     #[test]
     fn small_bounds_keep_sixteen_keys_a_shard() {
