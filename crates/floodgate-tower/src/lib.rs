@@ -114,7 +114,7 @@ pub use limiter::{
     check_rule_name,
 };
 pub use middleware::{Floodgate, FloodgateLayer, Leased, ResponseBody, ResponseFuture};
-pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall};
+pub use observer::{CostFallback, NoopObserver, Observer, Outcome, StoreCall, StoreFallback};
 pub use path::{EncodedSlashes, PathError, canonical_path};
 pub use peer::{PeerAddr, peer_addr};
 pub use response::{Problem, grpc_verdict_response, is_grpc, verdict_response};

@@ -116,6 +116,26 @@ impl StoreCall {
     }
 }
 
+/// What the limiter did with rule decisions the store could not make, as
+/// `on_error` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreFallback {
+    /// Decided (or charged) on the in-process store: `on_error = "local"`.
+    Local,
+    /// Let through unchecked: `on_error = "allow"`.
+    Allow,
+}
+
+impl StoreFallback {
+    /// A label: `local` or `allow`, as `on_error` names them.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreFallback::Local => "local",
+            StoreFallback::Allow => "allow",
+        }
+    }
+}
+
 /// Receives what the limiter does. Every method defaults to doing nothing;
 /// they are called on the request path, so they must be quick.
 pub trait Observer: Send + Sync + 'static {
@@ -157,6 +177,14 @@ pub trait Observer: Send + Sync + 'static {
     /// A store call finished (or timed out) after `latency`.
     fn on_store_call(&self, call: StoreCall, latency: Duration, ok: bool) {
         let _ = (call, latency, ok);
+    }
+
+    /// The store could not make `decisions` rule decisions (one per rule a
+    /// request matched, or per charge) and `on_error` dealt with them as
+    /// `fallback` says. Not called under `on_error = "deny"`, nor when the
+    /// local fallback fails too: those are [`Outcome::Error`] decisions.
+    fn on_store_fallback(&self, fallback: StoreFallback, decisions: usize) {
+        let _ = (fallback, decisions);
     }
 
     /// The store went down (`false`) or came back (`true`). Called once per

@@ -36,7 +36,7 @@ use self::health::StoreHealth;
 use self::overrides::{OverrideCache, SYNC_PAGE};
 use self::top::{RuleTop, TopClients};
 use crate::answer::answer_cost;
-use crate::observer::{NoopObserver, Observer, Outcome, StoreCall};
+use crate::observer::{NoopObserver, Observer, Outcome, StoreCall, StoreFallback};
 use crate::path::{PathError, canonical_path};
 use crate::rule::{KeyInput, Rule, bounded_key};
 use crate::target::Target;
@@ -996,13 +996,21 @@ impl<S: Store> Limiter<S> {
         if decisions.is_none() && config.on_error == OnError::Local {
             decisions = Some(self.shared.fallback.acquire_now(&held.as_slots()));
             held.local = true;
+            self.shared
+                .observer
+                .on_store_fallback(StoreFallback::Local, in_flight.len());
         }
         let Some(decisions) = decisions else {
             for (rule, ..) in in_flight {
                 self.observe(Some(rule.name()), Outcome::Error);
             }
             return match config.on_error {
-                OnError::Allow => Ok(None),
+                OnError::Allow => {
+                    self.shared
+                        .observer
+                        .on_store_fallback(StoreFallback::Allow, in_flight.len());
+                    Ok(None)
+                }
                 OnError::Deny | OnError::Local => Err(Verdict::Unavailable),
             };
         };
@@ -1571,6 +1579,13 @@ impl<S: Store> Limiter<S> {
         Ok(lifted)
     }
 
+    /// The in-process store that decides while the store is down under
+    /// `on_error = local` (bounded by `local_max_keys`): for its
+    /// [`stats`](MemoryStore::stats) in metrics.
+    pub fn local_fallback(&self) -> &MemoryStore {
+        &self.shared.fallback
+    }
+
     /// Asks the store whether it answers, within the timeout; updates
     /// [`store_healthy`](Self::store_healthy).
     pub async fn ping(&self) -> Result<(), Error> {
@@ -1644,11 +1659,23 @@ impl<S: Store> Limiter<S> {
                 Err(e) => tracing::error!(error = %e, what, "store refused a call"),
             }
         }
-        if config.on_error == OnError::Local {
-            match local() {
-                Ok(answers) => return Some((answers, true)),
+        match config.on_error {
+            OnError::Local => match local() {
+                Ok(answers) => {
+                    self.shared
+                        .observer
+                        .on_store_fallback(StoreFallback::Local, expected);
+                    return Some((answers, true));
+                }
                 Err(e) => tracing::error!(error = %e, what, "local fallback refused a call"),
-            }
+            },
+            // Every caller of a check lets its requests through now; a
+            // charge that cannot be recorded is lost, not let through.
+            OnError::Allow if kind == StoreCall::Check => self
+                .shared
+                .observer
+                .on_store_fallback(StoreFallback::Allow, expected),
+            OnError::Allow | OnError::Deny => {}
         }
         None
     }
