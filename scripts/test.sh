@@ -34,6 +34,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # driven over WebDriver by chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# promtool (Debian's prometheus package) validates deploy/prometheus-alerts.yml
+# (tests/server/metrics.rs).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -45,6 +48,8 @@ command -v redis-server >/dev/null || { echo "redis-server could not be installe
 FLOODGATE_TEST_NGINX=$(find_nginx)
 [ -n "$FLOODGATE_TEST_NGINX" ] || { echo "nginx could not be installed" >&2; exit 1; }
 export FLOODGATE_TEST_NGINX
+FLOODGATE_TEST_PROMTOOL=$(command -v promtool) || { echo "promtool could not be installed" >&2; exit 1; }
+export FLOODGATE_TEST_PROMTOOL
 
 # pm2: the one on PATH, else a private copy (npm install, kept between runs).
 if command -v pm2 >/dev/null 2>&1; then
