@@ -3,6 +3,10 @@
 //! server reflection, taken from the descriptor set the `envoy-types`
 //! crate ships. Without it (a source layout where the set cannot be found)
 //! the server runs without reflection, and the build says so.
+//!
+//! Also names the commit built, for `floodgate_build_info`:
+//! `FLOODGATE_COMMIT` from the environment when set (a build from a source
+//! archive), else `git rev-parse --short HEAD`, else `unknown`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ const ROOT: &str = "envoy/service/ratelimit/v3/rls.proto";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rustc-env=FLOODGATE_COMMIT={}", commit());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("rls_descriptors.bin");
     let bytes = match descriptors() {
@@ -25,6 +30,44 @@ fn main() {
         }
     };
     std::fs::write(&out, bytes).expect("OUT_DIR is writable");
+}
+
+/// The commit this build is of; `unknown` outside a git checkout or
+/// without git. Never fails the build.
+fn commit() -> String {
+    println!("cargo::rerun-if-env-changed=FLOODGATE_COMMIT");
+    if let Some(commit) = std::env::var("FLOODGATE_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+    {
+        return commit.trim().to_owned();
+    }
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args(args)
+            .current_dir(std::env::var_os("CARGO_MANIFEST_DIR")?)
+            .output()
+            .ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        (output.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    // Built again when HEAD moves: a checkout or a commit changes HEAD or
+    // the branch it names. Only files that exist are named, as cargo
+    // rebuilds every time for one that does not.
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let dir = PathBuf::from(dir);
+        let mut watched = vec![dir.join("HEAD"), dir.join("packed-refs")];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watched.push(dir.join(branch));
+        }
+        for path in watched.iter().filter(|p| p.exists()) {
+            println!("cargo::rerun-if-changed={}", path.display());
+        }
+    }
+    commit
 }
 
 /// The rate limit service's file and every file it imports, encoded.

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use crate::config::AnyStore;
 use crate::config::{self, Overrides, Settings};
 use crate::error::{ApiError, problems_only};
+use crate::metrics::{CountRequests, RouteKind};
 use crate::state::AppState;
 use crate::{admin, api, demo_api, listen, serve};
 
@@ -52,21 +53,30 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
         .map_response(IntoResponse::into_response);
     // Refused before any rule counts them.
     let limited = tower::ServiceBuilder::new()
+        .layer(CountRequests::new(state.metrics.route(RouteKind::Gateway)))
         .layer(axum::middleware::from_fn(refuse_tunnels))
         .service(limited);
+    let decision_api = CountRequests::new(state.metrics.route(RouteKind::DecisionApi));
     Router::new()
         .route(
             "/v1/check",
-            post(api::check).layer(axum::middleware::from_fn(problems_only)),
+            post(api::check)
+                .layer::<_, Infallible>(axum::middleware::from_fn(problems_only))
+                .layer(decision_api.clone()),
         )
         .route(
             "/v1/charge",
-            post(api::charge).layer(axum::middleware::from_fn(problems_only)),
+            post(api::charge)
+                .layer::<_, Infallible>(axum::middleware::from_fn(problems_only))
+                .layer(decision_api),
         )
         .route(
             "/v1/authorize",
             axum::routing::get(crate::authorize::authorize)
-                .layer(axum::middleware::from_fn(problems_only)),
+                .layer::<_, Infallible>(axum::middleware::from_fn(problems_only))
+                .layer(CountRequests::new(
+                    state.metrics.route(RouteKind::Authorize),
+                )),
         )
         .with_state(state)
         .fallback_service(limited)
@@ -216,7 +226,8 @@ pub async fn run(
     let admin = listeners.admin.map(|l| {
         tokio::spawn(serve::serve(
             l,
-            admin::router(state.clone()),
+            admin::router(state.clone())
+                .layer(CountRequests::new(state.metrics.route(RouteKind::Admin))),
             admin_limits,
             || {},
             admin_stop.signalled(),
@@ -359,13 +370,16 @@ fn reload_from(state: &AppState, path: Option<&std::path::Path>, overrides: &Ove
     match config::load(path, overrides) {
         Ok(new) => match state.reload(new) {
             Ok(()) => {
+                state.metrics.count_reload(true);
                 tracing::info!(config = %path.display(), rules = state.limiter.config().rules.len(), "config reloaded")
             }
             Err(e) => {
+                state.metrics.count_reload(false);
                 tracing::error!(config = %path.display(), "config reload refused, keeping the old config: {e:#}")
             }
         },
         Err(e) => {
+            state.metrics.count_reload(false);
             tracing::error!(config = %path.display(), "config reload refused, keeping the old config: {e}")
         }
     }

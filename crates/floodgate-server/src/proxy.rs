@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::problem;
+use crate::metrics::{UpstreamFailure, UpstreamMetrics};
 
 /// Forwards requests to one upstream.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct Proxy {
     client: Client<HttpConnector, Body>,
     upstream: Uri,
     timeout: Duration,
+    /// Times the upstream's answers and counts its failures.
+    metrics: UpstreamMetrics,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -45,8 +48,9 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 impl Proxy {
-    /// A proxy to `upstream` (an `http://host:port[/base]` URL).
-    pub fn new(upstream: Uri, timeout: Duration) -> Self {
+    /// A proxy to `upstream` (an `http://host:port[/base]` URL), timed and
+    /// counted by `metrics`.
+    pub fn new(upstream: Uri, timeout: Duration, metrics: UpstreamMetrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
@@ -57,6 +61,7 @@ impl Proxy {
             client,
             upstream,
             timeout,
+            metrics,
         }
     }
 
@@ -114,8 +119,10 @@ impl Proxy {
             failed: Arc::clone(&body_failed),
         });
         let upstream_req = Request::from_parts(parts, body);
+        let started = std::time::Instant::now();
         match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
             Ok(Ok(res)) => {
+                self.metrics.answered(started.elapsed());
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body))
@@ -131,15 +138,23 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, upstream = %self.upstream, "upstream request failed");
+                self.metrics.failed(if e.is_connect() {
+                    UpstreamFailure::Connect
+                } else {
+                    UpstreamFailure::Other
+                });
                 problem(
                     StatusCode::BAD_GATEWAY,
                     "the upstream API could not be reached",
                 )
             }
-            Err(_) => problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream API did not answer in time",
-            ),
+            Err(_) => {
+                self.metrics.failed(UpstreamFailure::Timeout);
+                problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream API did not answer in time",
+                )
+            }
         }
     }
 }
@@ -270,6 +285,7 @@ mod tests {
         let p = Proxy::new(
             "http://127.0.0.1:3000/base/".parse().expect("uri"),
             Duration::from_secs(1),
+            UpstreamMetrics::default(),
         );
         let t = p
             .target(&"/api/x?y=1".parse().expect("uri"))

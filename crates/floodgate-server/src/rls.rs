@@ -40,6 +40,7 @@ use floodgate_tower::{
 use http::HeaderMap;
 use prost::Message;
 
+use crate::metrics::{RouteKind, RouteMetrics, grpc_status_class};
 use crate::state::AppState;
 
 /// Descriptors one request may carry.
@@ -65,12 +66,16 @@ const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/Sh
 #[derive(Clone)]
 pub struct Rls {
     state: Arc<AppState>,
+    /// Counts calls by the HTTP class of their gRPC status
+    /// ([`grpc_status_class`]): `OVER_LIMIT` is an answer, so 2xx.
+    requests: Arc<RouteMetrics>,
 }
 
 impl Rls {
     /// The service for `state`.
     pub fn new(state: Arc<AppState>) -> Self {
-        Rls { state }
+        let requests = state.metrics.route(RouteKind::Rls);
+        Rls { state, requests }
     }
 
     /// Answers one call.
@@ -140,7 +145,20 @@ impl tower::Service<http::Request<tonic::body::Body>> for Rls {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.call(request).await) })
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let requests = Arc::clone(&this.requests);
+            let response = this.call(request).await;
+            // A failed call carries its status in the head; an answered
+            // one, in the trailer after its message: `OK`.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
+                .unwrap_or(0);
+            requests.record(grpc_status_class(code), started.elapsed());
+            Ok(response)
+        })
     }
 }
 

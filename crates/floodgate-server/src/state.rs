@@ -39,14 +39,18 @@ impl AppState {
     /// The state for `settings` over `store`.
     pub fn new(settings: Settings, store: AnyStore) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
+        if let AnyStore::Memory(memory) = &store {
+            metrics.watch_memory_store("primary", memory.clone());
+        }
         let limiter = Limiter::builder(settings.limiter_config(), store)
             .observer(metrics.clone())
             .build()
             .context("invalid limiter configuration")?;
+        metrics.watch_memory_store("local_fallback", limiter.local_fallback().clone());
         Ok(Arc::new(AppState {
             limiter,
+            proxy: ArcSwapOption::new(proxy_for(&settings, &metrics).map(Arc::new)),
             metrics,
-            proxy: ArcSwapOption::new(proxy_for(&settings).map(Arc::new)),
             admin_token: ArcSwapOption::new(settings.admin.token.clone().map(Arc::new)),
             draining: AtomicBool::new(false),
             settings: ArcSwap::new(Arc::new(settings)),
@@ -71,7 +75,8 @@ impl AppState {
         if old.server.upstream != new.server.upstream
             || old.server.upstream_timeout != new.server.upstream_timeout
         {
-            self.proxy.store(proxy_for(&new).map(Arc::new));
+            self.proxy
+                .store(proxy_for(&new, &self.metrics).map(Arc::new));
         }
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
@@ -123,10 +128,10 @@ pub fn reload_refusals(old: &Settings, new: &Settings, admin: Option<SocketAddr>
     refusals
 }
 
-fn proxy_for(settings: &Settings) -> Option<Proxy> {
+fn proxy_for(settings: &Settings, metrics: &Metrics) -> Option<Proxy> {
     settings
         .server
         .upstream
         .clone()
-        .map(|u| Proxy::new(u, settings.server.upstream_timeout))
+        .map(|u| Proxy::new(u, settings.server.upstream_timeout, metrics.upstream()))
 }

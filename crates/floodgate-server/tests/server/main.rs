@@ -27,6 +27,7 @@ mod gateway;
 mod hostile;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod overrides;
 mod redis_topologies;
 mod rls;
