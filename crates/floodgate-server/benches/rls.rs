@@ -25,10 +25,9 @@
 )]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -40,12 +39,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
+mod common;
+use common::{Server, address, start, timed};
+
 const CALLERS: usize = 64;
 /// RLS connections, unless `FLOODGATE_BENCH_RLS_CONNECTIONS` says otherwise.
 const RLS_CONNECTIONS: usize = 4;
 const KEYS: u64 = 10_000;
 const ROUND: Duration = Duration::from_millis(1500);
 const TURNS: usize = 9;
+
+const TOKEN: &str = "bench-admin-token";
 
 const RULE: &str = "\
 [[rule]]
@@ -55,88 +59,6 @@ limit = 1000000000
 window = \"1m\"
 descriptor = { domain = \"edge\", entries = [\"remote_address\"] }
 ";
-
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], floodgate_testkit::free_port()))
-}
-
-fn start(store: &str) -> Server {
-    let (http, admin, grpc) = (free(), free(), free());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("floodgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"{http}\"\n{store}\n[admin]\nlisten = \"{admin}\"\n[grpc]\nlisten = \"{grpc}\"\n{RULE}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(http).is_err() || std::net::TcpStream::connect(grpc).is_err()
-    {
-        assert!(Instant::now() < deadline, "floodgate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server {
-        child,
-        http,
-        grpc,
-        _dir: dir,
-    }
-}
-
-/// The server's CPU time so far (user + system), from /proc.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 14th and 15th of the line, in clock ticks (USER_HZ, 100).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// A round's decisions per second and the server's CPU per decision.
-struct Round {
-    rate: f64,
-    cpu_us: f64,
-}
-
-async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round: F) -> Round {
-    let (started, cpu_before) = (Instant::now(), cpu(pid));
-    let done = round.await as f64;
-    let (elapsed, used) = (started.elapsed(), cpu(pid) - cpu_before);
-    Round {
-        rate: done / elapsed.as_secs_f64(),
-        cpu_us: used.as_secs_f64() * 1e6 / done,
-    }
-}
-
-fn address(i: u64) -> String {
-    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
-}
 
 /// Decisions made through RLS during `ROUND`.
 async fn rls_round(channels: &[Channel]) -> u64 {
@@ -287,14 +209,17 @@ fn main() {
             "decisions per second, {CALLERS} callers each way, median of {TURNS} turns of {ROUND:?}; RLS over {} HTTP/2 connections, JSON over {CALLERS} keep-alive HTTP/1.1 connections",
             rls_connections()
         );
-        let memory = start("[store]\nbackend = \"memory\"\n");
+        let memory = start(&format!("[store]\nbackend = \"memory\"\n{RULE}"), TOKEN);
         measure("memory", &memory).await;
         drop(memory);
         let (_redis, url) = floodgate_testkit::bench_redis();
-        let redis = start(&format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"fgbench-rls-{}\"\ntimeout = \"2s\"\n",
-            std::process::id()
-        ));
+        let redis = start(
+            &format!(
+                "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"fgbench-rls-{}\"\ntimeout = \"2s\"\n{RULE}",
+                std::process::id()
+            ),
+            TOKEN,
+        );
         measure("redis", &redis).await;
     });
 }

@@ -1,0 +1,101 @@
+//! What the server benchmarks share: a floodgate process started from the
+//! binary cargo built, its CPU time read from /proc, and timed rounds.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `floodgate serve`, killed on drop.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) http: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) grpc: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], floodgate_testkit::free_port()))
+}
+
+/// Starts floodgate with its three listeners on free ports and `rest`
+/// (the `[store]`, `[[rule]]` ... sections) in its config; `token` for the
+/// admin API.
+pub(crate) fn start(rest: &str, token: &str) -> Server {
+    let (http, admin, grpc) = (free(), free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floodgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{http}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n[grpc]\nlisten = \"{grpc}\"\n{rest}"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("FLOODGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [http, admin, grpc]
+        .iter()
+        .any(|a| std::net::TcpStream::connect(a).is_err())
+    {
+        assert!(Instant::now() < deadline, "floodgate did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child,
+        http,
+        admin,
+        grpc,
+        _dir: dir,
+    }
+}
+
+/// A process's CPU time so far (user + system), from /proc.
+pub(crate) fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line, in clock ticks (USER_HZ, 100).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A round's operations per second and the server's CPU per operation.
+pub(crate) struct Round {
+    pub(crate) rate: f64,
+    pub(crate) cpu_us: f64,
+}
+
+/// Runs `round` (which returns how many operations it made) and reads the
+/// server `pid`'s CPU time around it.
+pub(crate) async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round: F) -> Round {
+    let (started, cpu_before) = (Instant::now(), cpu(pid));
+    let done = round.await as f64;
+    let (elapsed, used) = (started.elapsed(), cpu(pid) - cpu_before);
+    Round {
+        rate: done / elapsed.as_secs_f64(),
+        cpu_us: used.as_secs_f64() * 1e6 / done,
+    }
+}
+
+/// A client address of 10.0.0.0/8 for `i`.
+pub(crate) fn address(i: u64) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}

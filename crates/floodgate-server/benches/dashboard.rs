@@ -1,0 +1,165 @@
+//! What open dashboards cost the gateway: requests per second and the
+//! server's CPU per request through the gateway, with no dashboard open
+//! and with 10 polling as the page does (`/admin/overview`,
+//! `/admin/top?n=20` and `/admin/blocks` every two seconds each), in
+//! alternating turns of the same run.
+//!
+//! ```text
+//! bench/dashboard.sh
+//! cargo bench -p floodgate-server --bench dashboard
+//! ```
+//!
+//! The gateway load: 64 callers on keep-alive HTTP/1.1 connections asking
+//! for the demo API's `/api/hello` as 10 000 client addresses, under one
+//! memory-store rule far from its limit. Turns of `ROUND`, `TURNS` of each
+//! way; the figure is the median over turns of each way's rate and CPU per
+//! request, and of their ratio within a turn.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+mod common;
+use common::{Round, Server, address, start, timed};
+
+const CALLERS: usize = 64;
+const DASHBOARDS: usize = 10;
+const POLL: Duration = Duration::from_secs(2);
+const KEYS: u64 = 10_000;
+const ROUND: Duration = Duration::from_secs(4);
+const TURNS: usize = 9;
+const TOKEN: &str = "bench-admin-token";
+
+const REST: &str = "\
+[store]
+backend = \"memory\"
+
+[[rule]]
+name = \"per-client\"
+match = { path_prefix = \"/api/\" }
+key = \"ip\"
+algorithm = \"sliding_window\"
+limit = 1000000000
+window = \"1m\"
+";
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// Requests answered through the gateway during `ROUND`, with `dashboards`
+/// polling the admin API meanwhile.
+async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url: http::Uri = format!("http://{}/api/hello", server.http).parse().unwrap();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let (client, url, done, stop) =
+                (client.clone(), url.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = http::Request::get(url.clone())
+                        .header("x-forwarded-for", address(i % KEYS))
+                        .body(Empty::new())
+                        .unwrap();
+                    let r = client.request(request).await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.into_body().collect().await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += CALLERS as u64;
+                }
+            })
+        })
+        .collect();
+    let admin = server.admin;
+    let pages: Vec<_> = (0..dashboards)
+        .map(|d| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Spread the pages over the poll period, as tabs opened at
+                // different times are.
+                tokio::time::sleep(POLL * d as u32 / DASHBOARDS as u32).await;
+                while !stop.load(Ordering::Relaxed) {
+                    for path in ["/admin/overview", "/admin/top?n=20", "/admin/blocks"] {
+                        let request = http::Request::get(format!("http://{admin}{path}"))
+                            .header("authorization", format!("Bearer {TOKEN}"))
+                            .body(Empty::new())
+                            .unwrap();
+                        let r = client.request(request).await.unwrap();
+                        assert_eq!(r.status(), 200, "{path}");
+                        r.into_body().collect().await.unwrap();
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(ROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    // The pages may be between polls: stopped where they are, so the round
+    // ends when the gateway's callers do.
+    for page in pages {
+        page.abort();
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("dashboard: run with `cargo bench` (bench/dashboard.sh)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = start(REST, TOKEN);
+        let pid = server.child.id();
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(CALLERS + DASHBOARDS)
+            .build_http();
+        round(&client, &server, DASHBOARDS).await; // warm up
+        let mut rows: Vec<(Round, Round)> = Vec::new();
+        for turn in 0..TURNS {
+            let (none, open) = if turn % 2 == 0 {
+                let none = timed(pid, round(&client, &server, 0)).await;
+                (none, timed(pid, round(&client, &server, DASHBOARDS)).await)
+            } else {
+                let open = timed(pid, round(&client, &server, DASHBOARDS)).await;
+                (timed(pid, round(&client, &server, 0)).await, open)
+            };
+            rows.push((none, open));
+        }
+        let median = |f: &dyn Fn(&(Round, Round)) -> f64| {
+            floodgate_testkit::paired::median(rows.iter().map(f).collect())
+        };
+        println!(
+            "gateway with {CALLERS} callers, median of {TURNS} turns of {ROUND:?}: no dashboard {:.0} req/s {:.1} us CPU/req; {DASHBOARDS} dashboards open {:.0} req/s {:.1} us CPU/req; open / none: rate {:.3}x, CPU per request {:.3}x (turns: rate {:.3}-{:.3}x)",
+            median(&|r| r.0.rate),
+            median(&|r| r.0.cpu_us),
+            median(&|r| r.1.rate),
+            median(&|r| r.1.cpu_us),
+            median(&|r| r.1.rate / r.0.rate),
+            median(&|r| r.1.cpu_us / r.0.cpu_us),
+            rows.iter().map(|r| r.1.rate / r.0.rate).fold(f64::INFINITY, f64::min),
+            rows.iter().map(|r| r.1.rate / r.0.rate).fold(0.0, f64::max),
+        );
+    });
+}
