@@ -563,3 +563,111 @@ fn the_shipped_envoy_config_fits_envoys_schema_and_floodgates_rules() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `--workers 2`: the supervisor binds the gRPC listener once and every
+/// worker answers on it; the limit is shared through Redis; after a SIGHUP
+/// rolling restart the workers answer with the new rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_grpc_listener_and_a_rolling_restart_applies_new_rules() {
+    let prefix = format!("rls-workers-{}", std::process::id());
+    let grpc = free_addr();
+    let file = config(&store_section(Some(&prefix)), grpc, RULES);
+    let fg = tokio::task::spawn_blocking(move || {
+        Floodgate::start_with_args(&file, &["--workers", "2"], &[])
+    })
+    .await
+    .unwrap();
+    assert!(
+        fg.wait_for_log("all workers serving", Duration::from_secs(30)),
+        "{}",
+        fg.log()
+    );
+    // New connections land on either worker; the limit of 3 is shared.
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let r = ask(
+            &mut client(grpc).await,
+            request("edge", vec![client_of("192.0.2.70")], 0),
+        )
+        .await;
+        codes.push(r.overall_code);
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::OverLimit,
+            Code::OverLimit
+        ]
+        .map(|c| c as i32)
+    );
+    fg.rewrite_config(&config(
+        &store_section(Some(&prefix)),
+        grpc,
+        &RULES.replace("limit = 3\nwindow = \"1m\"", "limit = 7\nwindow = \"1h\""),
+    ));
+    fg.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(30), || async {
+        // Several new connections: every worker must have the new rules.
+        let mut all = true;
+        for _ in 0..4 {
+            let r = ask(
+                &mut client(grpc).await,
+                request("edge", vec![client_of("192.0.2.71")], 0),
+            )
+            .await;
+            all &= r.statuses[0]
+                .current_limit
+                .as_ref()
+                .is_some_and(|l| l.requests_per_unit == 7);
+        }
+        all
+    })
+    .await;
+    assert!(reloaded, "not every worker has the new rules\n{}", fg.log());
+}
+
+/// SIGTERM while a call waits on a slow store: the call is answered, not
+/// cut off, and no new connection is accepted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_the_calls_in_flight() {
+    let redis = floodgate_testkit::RedisServer::start();
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"5s\"\non_error = \"deny\"\n",
+        redis.url()
+    );
+    let grpc = free_addr();
+    let mut fg = Floodgate::launch(config(&store, grpc, RULES)).await;
+    let mut c = client(grpc).await;
+    // Warm: the connection and the store's scripts.
+    assert_eq!(
+        ask(&mut c, request("edge", vec![client_of("192.0.2.80")], 0))
+            .await
+            .overall_code,
+        Code::Ok as i32
+    );
+    redis.pause();
+    let call = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            c.should_rate_limit(request("edge", vec![client_of("192.0.2.81")], 0))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fg.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        std::net::TcpStream::connect(grpc).is_err(),
+        "the gRPC listener still accepts during the drain"
+    );
+    redis.resume();
+    let answer = call.await.unwrap().expect("the call in flight is answered");
+    assert_eq!(answer.into_inner().overall_code, Code::Ok as i32);
+    let code = tokio::task::spawn_blocking(move || fg.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
