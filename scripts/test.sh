@@ -34,7 +34,7 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # driven over WebDriver by chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
-# promtool (Debian's prometheus package) validates deploy/prometheus-alerts.yml
+# promtool (Debian's prometheus package) validates deploy/prometheus/alerts.yml
 # (tests/server/metrics.rs).
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -2,8 +2,8 @@
 //! of route and status class, the upstream's latency and failures, the
 //! fallbacks of `on_error`, the memory store's evictions, config reloads,
 //! build info and the process; and that every metric the shipped alert
-//! rules (deploy/prometheus-alerts.yml) and Grafana dashboard
-//! (deploy/grafana/floodgate-dashboard.json) name is one a running
+//! rules (deploy/prometheus/alerts.yml) and Grafana dashboard
+//! (deploy/grafana/floodgate.json) name is one a running
 //! instance exports.
 
 use std::collections::BTreeSet;
@@ -576,7 +576,7 @@ fn missing_from(text: &str, exprs: &[String]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_rules_and_the_grafana_dashboard_name_only_exported_metrics() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let rules_path = format!("{root}/deploy/prometheus-alerts.yml");
+    let rules_path = format!("{root}/deploy/prometheus/alerts.yml");
     let rules_text = std::fs::read_to_string(&rules_path).unwrap();
     let docs = yaml_rust2::YamlLoader::load_from_str(&rules_text).unwrap();
     let mut alert_exprs = Vec::new();
@@ -598,8 +598,7 @@ async fn the_alert_rules_and_the_grafana_dashboard_name_only_exported_metrics() 
     assert!(alert_exprs.len() >= 8, "{alert_exprs:?}");
 
     let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{root}/deploy/grafana/floodgate-dashboard.json"))
-            .unwrap(),
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/floodgate.json")).unwrap(),
     )
     .unwrap();
     let mut panel_exprs = Vec::new();
@@ -684,22 +683,28 @@ async fn the_alert_rules_and_the_grafana_dashboard_name_only_exported_metrics() 
         );
     }
 
-    // promtool, when installed (scripts/test.sh installs it): the rules
-    // file is valid as Prometheus reads it.
-    let promtool = std::env::var("FLOODGATE_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    match std::process::Command::new(&promtool)
+    // promtool (scripts/test.sh installs Debian's prometheus package): the
+    // rules file is valid as Prometheus reads it.
+    let promtool = crate::support::host::find_program(
+        "FLOODGATE_TEST_PROMTOOL",
+        "promtool",
+        &["/usr/bin/promtool"],
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "promtool is not installed: the alert rules are checked with it. \
+                 Run scripts/test.sh (it installs Debian's prometheus package), \
+                 or set FLOODGATE_TEST_PROMTOOL"
+        )
+    });
+    let out = std::process::Command::new(&promtool)
         .args(["check", "rules", &rules_path])
         .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool check rules:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) if std::env::var_os("FLOODGATE_TEST_PROMTOOL").is_some() => {
-            panic!("cannot run {promtool}: {e}")
-        }
-        Err(e) => eprintln!("promtool not run ({e}): install Debian's prometheus package"),
-    }
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
