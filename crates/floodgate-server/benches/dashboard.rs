@@ -22,8 +22,6 @@
     missing_docs
 )]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 mod common;
-use common::{Round, Server, address, start, timed};
+use common::{Round, Server, address, calls_for, start, timed};
 
 const CALLERS: usize = 64;
 const DASHBOARDS: usize = 10;
@@ -60,38 +58,16 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Emp
 /// Requests answered through the gateway during `ROUND`, with `dashboards`
 /// polling the admin API meanwhile.
 async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let url: http::Uri = format!("http://{}/api/hello", server.http).parse().unwrap();
-    let callers: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (client, url, done, stop) =
-                (client.clone(), url.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = c as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let request = http::Request::get(url.clone())
-                        .header("x-forwarded-for", address(i % KEYS))
-                        .body(Empty::new())
-                        .unwrap();
-                    let r = client.request(request).await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    r.into_body().collect().await.unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += CALLERS as u64;
-                }
-            })
-        })
-        .collect();
     let admin = server.admin;
     let pages: Vec<_> = (0..dashboards)
         .map(|d| {
-            let (client, stop) = (client.clone(), stop.clone());
+            let client = client.clone();
             tokio::spawn(async move {
                 // Spread the pages over the poll period, as tabs opened at
                 // different times are.
                 tokio::time::sleep(POLL * d as u32 / DASHBOARDS as u32).await;
-                while !stop.load(Ordering::Relaxed) {
+                loop {
                     for path in ["/admin/overview", "/admin/top?n=20", "/admin/blocks"] {
                         let request = http::Request::get(format!("http://{admin}{path}"))
                             .header("authorization", format!("Bearer {TOKEN}"))
@@ -106,17 +82,26 @@ async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
             })
         })
         .collect();
-    tokio::time::sleep(ROUND).await;
-    stop.store(true, Ordering::Relaxed);
+    let client = client.clone();
+    let done = calls_for(CALLERS, ROUND, move |_, i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let request = http::Request::get(url)
+                .header("x-forwarded-for", address(i % KEYS))
+                .body(Empty::new())
+                .unwrap();
+            let r = client.request(request).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.into_body().collect().await.unwrap();
+        }
+    })
+    .await;
     // The pages may be between polls: stopped where they are, so the round
     // ends when the gateway's callers do.
     for page in pages {
         page.abort();
     }
-    for caller in callers {
-        caller.await.unwrap();
-    }
-    done.load(Ordering::Relaxed)
+    done
 }
 
 fn main() {

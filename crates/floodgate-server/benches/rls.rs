@@ -25,8 +25,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +38,7 @@ use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
 mod common;
-use common::{Server, address, start, timed};
+use common::{Server, address, calls_for, start, timed};
 
 const CALLERS: usize = 64;
 /// RLS connections, unless `FLOODGATE_BENCH_RLS_CONNECTIONS` says otherwise.
@@ -62,84 +60,59 @@ descriptor = { domain = \"edge\", entries = [\"remote_address\"] }
 
 /// Decisions made through RLS during `ROUND`.
 async fn rls_round(channels: &[Channel]) -> u64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let mut client = RateLimitServiceClient::new(channels[c % channels.len()].clone());
-            let (done, stop) = (done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = c as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let request = RateLimitRequest {
-                        domain: "edge".into(),
-                        descriptors: vec![RateLimitDescriptor {
-                            entries: vec![Entry {
-                                key: "remote_address".into(),
-                                value: address(i % KEYS),
-                            }],
-                            ..RateLimitDescriptor::default()
-                        }],
-                        hits_addend: 1,
-                    };
-                    let r = client
-                        .should_rate_limit(request)
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    assert_eq!(r.overall_code, 1, "not OK: {r:?}");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += CALLERS as u64;
-                }
-            })
-        })
+    let clients: Vec<_> = channels
+        .iter()
+        .map(|c| RateLimitServiceClient::new(c.clone()))
         .collect();
-    tokio::time::sleep(ROUND).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed)
+    calls_for(CALLERS, ROUND, move |c, i| {
+        let mut client = clients[c % clients.len()].clone();
+        async move {
+            let request = RateLimitRequest {
+                domain: "edge".into(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "remote_address".into(),
+                        value: address(i % KEYS),
+                    }],
+                    ..RateLimitDescriptor::default()
+                }],
+                hits_addend: 1,
+            };
+            let r = client
+                .should_rate_limit(request)
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.overall_code, 1, "not OK: {r:?}");
+        }
+    })
+    .await
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// Decisions made through `POST /v1/check` during `ROUND`.
 async fn json_round(client: &HttpClient, addr: SocketAddr) -> u64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let url: http::Uri = format!("http://{addr}/v1/check").parse().unwrap();
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (client, url, done, stop) =
-                (client.clone(), url.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = c as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = format!(
-                        r#"{{"rule":"edge-per-client","key":"{}","cost":1}}"#,
-                        address(i % KEYS)
-                    );
-                    let request = http::Request::post(url.clone())
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap();
-                    let r = client.request(request).await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    let body = r.into_body().collect().await.unwrap().to_bytes();
-                    assert!(body.starts_with(br#"{"allowed":true"#), "{body:?}");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += CALLERS as u64;
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(ROUND).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed)
+    let client = client.clone();
+    calls_for(CALLERS, ROUND, move |_, i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body = format!(
+                r#"{{"rule":"edge-per-client","key":"{}","cost":1}}"#,
+                address(i % KEYS)
+            );
+            let request = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let r = client.request(request).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.starts_with(br#"{"allowed":true"#), "{body:?}");
+        }
+    })
+    .await
 }
 
 async fn measure(label: &str, server: &Server) {

@@ -27,54 +27,94 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 /// How long one command waits for the admin API.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the admin API is and how to print; the token comes only from
+/// `FLOODGATE_ADMIN_TOKEN`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's URL.
+    #[arg(long = "admin", env = "FLOODGATE_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    pub url: String,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `floodgate block`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct BlockArgs {
+    /// What to block: ip:203.0.113.7, ip:203.0.113.0/24, header:x-api-key:KEY.
+    pub target: String,
+    /// How long (1ms to 366d); the admin API's default when absent.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Why, shown in listings.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `floodgate unblock`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct UnblockArgs {
+    /// The target, or a penalty block's key.
+    pub target: String,
+}
+
+/// `floodgate inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct InspectArgs {
+    /// The rule.
+    pub rule: String,
+    /// The key, as the rule builds it (ip:203.0.113.7 for key = "ip").
+    pub key: String,
+}
+
+/// `floodgate override`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct OverrideArgs {
+    /// The rule.
+    pub rule: String,
+    /// The key, as the rule builds it.
+    pub key: String,
+    /// Its limit.
+    #[arg(long)]
+    pub limit: u64,
+    /// Its window (default: the rule's).
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Its burst (token_bucket rules).
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// How long it lasts (default: until removed).
+    #[arg(long)]
+    pub ttl: Option<String>,
+}
+
+/// `floodgate top`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct TopArgs {
+    /// One rule (default: every rule).
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// How many.
+    #[arg(short = 'n', default_value_t = 20)]
+    pub n: u32,
+}
+
 /// One operating command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     /// `GET /admin/blocks`.
     Blocks,
     /// `POST /admin/blocks`.
-    Block {
-        /// `ip:203.0.113.7`, `header:x-api-key:k1`, ...
-        target: String,
-        /// How long (`10m`); the API's default when `None`.
-        ttl: Option<String>,
-        /// Why, shown in listings.
-        reason: Option<String>,
-    },
+    Block(BlockArgs),
     /// `DELETE /admin/blocks/<target>`.
-    Unblock {
-        /// The target or penalty key to lift.
-        target: String,
-    },
+    Unblock(UnblockArgs),
     /// `GET /admin/rules/<rule>/keys/<key>`.
-    Inspect {
-        /// The rule.
-        rule: String,
-        /// The key, as the rule builds it.
-        key: String,
-    },
+    Inspect(InspectArgs),
     /// `PUT /admin/rules/<rule>/overrides/<key>`.
-    Override {
-        /// The rule.
-        rule: String,
-        /// The key.
-        key: String,
-        /// Its own limit.
-        limit: u64,
-        /// Its own window (default: the rule's).
-        window: Option<String>,
-        /// Its own burst (token bucket).
-        burst: Option<u64>,
-        /// How long it lasts (default: until removed).
-        ttl: Option<String>,
-    },
+    Override(OverrideArgs),
     /// `GET /admin/top`.
-    Top {
-        /// One rule, or every rule.
-        rule: Option<String>,
-        /// How many.
-        n: u32,
-    },
+    Top(TopArgs),
 }
 
 /// How to print.
@@ -154,11 +194,11 @@ pub fn run(
 fn request_of(op: &Operation) -> (Method, String, Option<Value>) {
     match op {
         Operation::Blocks => (Method::GET, "/admin/blocks".into(), None),
-        Operation::Block {
+        Operation::Block(BlockArgs {
             target,
             ttl,
             reason,
-        } => {
+        }) => {
             let mut body = json!({ "target": target });
             if let Some(ttl) = ttl {
                 body["ttl"] = json!(ttl);
@@ -168,24 +208,24 @@ fn request_of(op: &Operation) -> (Method, String, Option<Value>) {
             }
             (Method::POST, "/admin/blocks".into(), Some(body))
         }
-        Operation::Unblock { target } => (
+        Operation::Unblock(UnblockArgs { target }) => (
             Method::DELETE,
             format!("/admin/blocks/{}", encode(target)),
             None,
         ),
-        Operation::Inspect { rule, key } => (
+        Operation::Inspect(InspectArgs { rule, key }) => (
             Method::GET,
             format!("/admin/rules/{}/keys/{}", encode(rule), encode(key)),
             None,
         ),
-        Operation::Override {
+        Operation::Override(OverrideArgs {
             rule,
             key,
             limit,
             window,
             burst,
             ttl,
-        } => {
+        }) => {
             let mut body = json!({ "limit": limit });
             if let Some(w) = window {
                 body["window"] = json!(w);
@@ -202,7 +242,7 @@ fn request_of(op: &Operation) -> (Method, String, Option<Value>) {
                 Some(body),
             )
         }
-        Operation::Top { rule, n } => {
+        Operation::Top(TopArgs { rule, n }) => {
             let mut query = format!("n={n}");
             if let Some(rule) = rule {
                 let _ = write!(query, "&rule={}", encode(rule));
@@ -365,18 +405,18 @@ fn render(op: &Operation, v: &Value, colour: bool) -> String {
             }
             format!("{t}\n{} block(s)", blocks.len())
         }
-        Operation::Block { .. } => format!(
+        Operation::Block(_) => format!(
             "{} {} until {} ({}); every instance sharing the store refuses it within a second",
             paint(colour, RED, "blocked"),
             text_of(&v["target"]),
             text_of(&v["until"]),
             in_human(v["until_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms())),
         ),
-        Operation::Unblock { target } => format!(
+        Operation::Unblock(UnblockArgs { target }) => format!(
             "{} {target}; every instance sharing the store lets it through within a second",
             paint(colour, GREEN, "unblocked")
         ),
-        Operation::Inspect { .. } => {
+        Operation::Inspect(_) => {
             let mut t = table(colour, &["FIELD", "VALUE"]);
             let allowed = v["allowed"].as_bool().unwrap_or(false);
             let state = if v["blocked"].as_bool().unwrap_or(false) {
@@ -430,7 +470,7 @@ fn render(op: &Operation, v: &Value, colour: bool) -> String {
             }
             t.to_string()
         }
-        Operation::Override { .. } => format!(
+        Operation::Override(_) => format!(
             "{} {} on rule {}: limit {}{}{}{}; every instance sharing the store applies it within a second",
             paint(colour, GREEN, "override set for"),
             text_of(&v["key"]),
@@ -449,7 +489,7 @@ fn render(op: &Operation, v: &Value, colour: bool) -> String {
                 .map(|e| format!(", until {e}"))
                 .unwrap_or_default(),
         ),
-        Operation::Top { .. } => {
+        Operation::Top(_) => {
             let rows = v.as_array().cloned().unwrap_or_default();
             if rows.is_empty() {
                 return "no decisions in the last 5 minutes".into();

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use floodgate_server::cli::{self, AdminArgs, Operation};
 use floodgate_server::config::{self, Overrides};
 
 /// mimalloc instead of the C library's allocator. Requests allocate and free
@@ -70,77 +71,39 @@ enum Command {
     },
     /// Block a client on every instance sharing the store.
     Block {
-        /// What to block: ip:203.0.113.7, ip:203.0.113.0/24, header:x-api-key:KEY.
-        target: String,
-        /// How long (1ms to 366d); the admin API's default when absent.
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Why, shown in listings.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        args: cli::BlockArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Lift a block (manual, or a penalty block by its key).
     Unblock {
-        /// The target or penalty key.
-        target: String,
+        #[command(flatten)]
+        args: cli::UnblockArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Show one key's counters and override on a rule, taking nothing.
     Inspect {
-        /// The rule.
-        rule: String,
-        /// The key, as the rule builds it (e.g. 203.0.113.7 for key = "ip").
-        key: String,
+        #[command(flatten)]
+        args: cli::InspectArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Give one key a limit of its own on a rule, on every instance.
     Override {
-        /// The rule.
-        rule: String,
-        /// The key.
-        key: String,
-        /// Its limit.
-        #[arg(long)]
-        limit: u64,
-        /// Its window (default: the rule's).
-        #[arg(long)]
-        window: Option<String>,
-        /// Its burst (token_bucket rules).
-        #[arg(long)]
-        burst: Option<u64>,
-        /// How long it lasts (default: until removed).
-        #[arg(long)]
-        ttl: Option<String>,
+        #[command(flatten)]
+        args: cli::OverrideArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// The heaviest clients of the last 5 minutes, over every instance.
     Top {
-        /// One rule (default: every rule).
-        #[arg(long)]
-        rule: Option<String>,
-        /// How many.
-        #[arg(short = 'n', default_value_t = 20)]
-        n: u32,
+        #[command(flatten)]
+        args: cli::TopArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
-}
-
-/// Where the admin API is and how to print; the token comes only from
-/// FLOODGATE_ADMIN_TOKEN.
-#[derive(clap::Args)]
-struct AdminArgs {
-    /// The admin API's URL.
-    #[arg(long = "admin", env = "FLOODGATE_ADMIN_URL", default_value = floodgate_server::cli::DEFAULT_ADMIN_URL)]
-    url: String,
-    /// Print the admin API's JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -162,8 +125,7 @@ fn init_logging(format: LogFormat) {
 
 /// Runs an operating command; prints its result or the API's refusal.
 #[allow(clippy::print_stdout)] // the command's output
-fn operate(op: floodgate_server::cli::Operation, admin: &AdminArgs) -> ExitCode {
-    use floodgate_server::cli;
+fn operate(op: Operation, admin: &AdminArgs) -> ExitCode {
     let token = std::env::var("FLOODGATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -186,45 +148,14 @@ fn operate(op: floodgate_server::cli::Operation, admin: &AdminArgs) -> ExitCode 
 
 #[allow(clippy::print_stdout)] // check-config's summary is the command's output
 fn main() -> ExitCode {
-    use floodgate_server::cli::Operation;
     let cli = Cli::parse();
     match cli.command {
         Command::Blocks { admin } => operate(Operation::Blocks, &admin),
-        Command::Block {
-            target,
-            ttl,
-            reason,
-            admin,
-        } => operate(
-            Operation::Block {
-                target,
-                ttl,
-                reason,
-            },
-            &admin,
-        ),
-        Command::Unblock { target, admin } => operate(Operation::Unblock { target }, &admin),
-        Command::Inspect { rule, key, admin } => operate(Operation::Inspect { rule, key }, &admin),
-        Command::Override {
-            rule,
-            key,
-            limit,
-            window,
-            burst,
-            ttl,
-            admin,
-        } => operate(
-            Operation::Override {
-                rule,
-                key,
-                limit,
-                window,
-                burst,
-                ttl,
-            },
-            &admin,
-        ),
-        Command::Top { rule, n, admin } => operate(Operation::Top { rule, n }, &admin),
+        Command::Block { args, admin } => operate(Operation::Block(args), &admin),
+        Command::Unblock { args, admin } => operate(Operation::Unblock(args), &admin),
+        Command::Inspect { args, admin } => operate(Operation::Inspect(args), &admin),
+        Command::Override { args, admin } => operate(Operation::Override(args), &admin),
+        Command::Top { args, admin } => operate(Operation::Top(args), &admin),
         Command::CheckConfig { file } => match config::load(&file, &Overrides::from_env()) {
             Ok(settings) => {
                 println!("{}", config::summary(&settings));

@@ -99,3 +99,37 @@ pub(crate) async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round:
 pub(crate) fn address(i: u64) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
 }
+
+/// Runs `callers` tasks for `round`, each calling `op(caller, i)` over and
+/// over (`i`: the caller's number, then stepping by `callers`, so callers
+/// spread over keys); how many calls were made. Calls in flight when the
+/// round ends finish and count.
+pub(crate) async fn calls_for<F, Fut>(callers: usize, round: Duration, op: F) -> u64
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let (op, done, stop) = (op.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    op(c, i).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += callers as u64;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(round).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}

@@ -87,6 +87,26 @@ async fn wait_text(
     panic!("{css}: still {last:?} after {within:?}");
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn type_in(client: &Client, css: &str, text: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
 async fn gone(client: &Client, css: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -121,39 +141,15 @@ async fn the_dashboard_shows_refusals_blocks_a_top_client_and_unblocks_it() {
     client.goto(&fg.admin_url("/")).await.unwrap();
 
     // A wrong token is refused and the form comes back.
-    client
-        .find(Locator::Id("token-input"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("token-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&client, "#token-input", "not-the-token").await;
+    click(&client, "#token-submit").await;
     wait_text(&client, "#error", Duration::from_secs(10), |t| {
         t.contains("token was refused")
     })
     .await;
 
-    client
-        .find(Locator::Id("token-input"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("token-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&client, "#token-input", TOKEN).await;
+    click(&client, "#token-submit").await;
     let refused = "#rules-table tr[data-rule='per-client'] td.refused";
     wait_text(&client, refused, Duration::from_secs(10), |t| t == "0").await;
     let status = wait_text(&client, "#store-status", Duration::from_secs(5), |t| {
@@ -189,13 +185,7 @@ async fn the_dashboard_shows_refusals_blocks_a_top_client_and_unblocks_it() {
         t.contains("per-client")
     })
     .await;
-    client
-        .find(Locator::Css(&format!("{row} button.block")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("{row} button.block")).await;
     let block_row = format!("#blocks-table tr[data-target='ip:{CLIENT}']");
     let listed = wait_text(&client, &block_row, Duration::from_secs(10), |t| {
         t.contains("manual")
@@ -219,13 +209,7 @@ async fn the_dashboard_shows_refusals_blocks_a_top_client_and_unblocks_it() {
     assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
 
     // Unblock it: over its limit again, not blocked.
-    client
-        .find(Locator::Css(&format!("{block_row} button.unblock")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("{block_row} button.unblock")).await;
     gone(&client, &block_row, Duration::from_secs(10)).await;
     let r = http
         .get(&fg.url("/api/hello"), &[("x-forwarded-for", CLIENT)])

@@ -12,8 +12,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 
+use crate::support::grpc::rls_client;
 use crate::support::host::free_addr;
 use crate::support::http::Http;
 use crate::support::process::Floodgate;
@@ -76,18 +76,6 @@ fn requests(text: &str, kind: &str, class: &str) -> f64 {
         "floodgate_requests_total",
         &[("kind", kind), ("class", class)],
     )
-}
-
-async fn rls_client(
-    addr: std::net::SocketAddr,
-) -> RateLimitServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap();
-    RateLimitServiceClient::new(channel)
 }
 
 fn rls_request(domain: &str, user: &str) -> RateLimitRequest {

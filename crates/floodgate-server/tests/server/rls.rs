@@ -54,13 +54,7 @@ fn config(store: &str, grpc: std::net::SocketAddr, rules: &str) -> String {
 }
 
 async fn client(addr: std::net::SocketAddr) -> RateLimitServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap();
-    RateLimitServiceClient::new(channel)
+    crate::support::grpc::rls_client(addr).await
 }
 
 fn descriptor(entries: &[(&str, &str)], hits: Option<u64>) -> RateLimitDescriptor {

@@ -1289,18 +1289,21 @@ impl<S: Store> Limiter<S> {
         Ok(stored)
     }
 
-    /// Removes the override put for `key` on `rule`, in the store and here
-    /// at once. Returns whether there was one. The rule's own
-    /// (`[[rule.override]]`) stay.
-    pub async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, OverrideError> {
-        if !self
-            .shared
+    /// Whether the configuration in force has a rule named `rule`.
+    fn has_rule(&self, rule: &str) -> bool {
+        self.shared
             .snapshot
             .load()
             .rules
             .iter()
             .any(|r| r.name() == rule)
-        {
+    }
+
+    /// Removes the override put for `key` on `rule`, in the store and here
+    /// at once. Returns whether there was one. The rule's own
+    /// (`[[rule.override]]`) stay.
+    pub async fn remove_override(&self, rule: &str, key: &str) -> Result<bool, OverrideError> {
+        if !self.has_rule(rule) {
             return Err(OverrideError::UnknownRule(rule.to_owned()));
         }
         let key = bounded_key(key);
@@ -1510,13 +1513,7 @@ impl<S: Store> Limiter<S> {
     /// `floodgate_core::top` for the bound each count is within.
     pub async fn top(&self, rule: Option<&str>, n: usize) -> Result<Vec<TopClient>, TopError> {
         if let Some(rule) = rule
-            && !self
-                .shared
-                .snapshot
-                .load()
-                .rules
-                .iter()
-                .any(|r| r.name() == rule)
+            && !self.has_rule(rule)
         {
             return Err(TopError::UnknownRule(rule.to_owned()));
         }

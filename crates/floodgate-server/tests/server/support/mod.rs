@@ -3,9 +3,10 @@
 //! behind the gateway, nginx and PM2 in front of it.
 //!
 //! From the top (each uses only those below it): `nginx`, `pm2` and `load`;
-//! `http` and `raw` (clients); `process` (the `floodgate` binary, process
+//! `http`, `raw` and `grpc` (clients); `process` (the `floodgate` binary, process
 //! groups); `upstream`, `logs`, `wait`, `procfs`, `machine`, `host`.
 
+pub(crate) mod grpc;
 pub(crate) mod host;
 pub(crate) mod http;
 pub(crate) mod load;
