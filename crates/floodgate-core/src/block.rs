@@ -52,3 +52,14 @@ pub struct Block {
     /// Who put it in place.
     pub source: BlockSource,
 }
+
+/// The reason a penalty block is listed with: the rule, and under a
+/// block ladder which offence in a row (so which step) it answers.
+pub fn penalty_reason(rule: &str, offence: u32) -> String {
+    match offence {
+        0 => format!("over the limit of rule {rule}"),
+        // What the Redis store's reply can carry.
+        63.. => format!("over the limit of rule {rule} (offence 63 or more in a row)"),
+        n => format!("over the limit of rule {rule} (offence {n} in a row)"),
+    }
+}

@@ -50,7 +50,7 @@ mod policy;
 mod store;
 pub mod top;
 
-pub use block::{Block, BlockSource};
+pub use block::{Block, BlockSource, penalty_reason};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp, micros_of};
 pub use concurrency::{Slot, SlotDecision};
 pub use decision::Decision;

@@ -600,7 +600,7 @@ impl MemoryStore {
                     .map(|e| Block {
                         target: e.key().to_owned(),
                         until: Timestamp::from_micros(e.state.blocked_until()),
-                        reason: format!("over the limit of rule {}", e.rule()),
+                        reason: crate::block::penalty_reason(e.rule(), e.state.penalty.offences()),
                         source: BlockSource::Rule(e.rule().to_owned()),
                     }),
             );

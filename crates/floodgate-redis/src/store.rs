@@ -257,7 +257,13 @@ impl RedisStore {
     /// so `blocks()` shows it with the rule as source. Best effort: the
     /// penalty itself is already in force (its key was written by the
     /// decision), only its listing can be missed if Redis fails now.
-    async fn register_penalty(&self, deadline: Instant, check: &Check<'_>, until: u64) {
+    async fn register_penalty(
+        &self,
+        deadline: Instant,
+        check: &Check<'_>,
+        until: u64,
+        offence: u32,
+    ) {
         let mut put = self.script_call(&scripts::BLOCK_PUT, 1, 6);
         put.key(self.inner.keys.registry())
             .arg(self.now_arg())
@@ -265,7 +271,7 @@ impl RedisStore {
             .arg(registry_field(check.key, check.rule))
             .arg(until)
             .arg("")
-            .arg(penalty_reason(check.rule));
+            .arg(floodgate_core::penalty_reason(check.rule, offence));
         let _ = self
             .invoke::<u64>(deadline, "penalty registration", &put)
             .await;
@@ -367,7 +373,8 @@ impl RedisStore {
             let c = &checks[i];
             decisions.push(decision_from(c.policy, fields)?);
             if let Ok(until @ 1..) = u64::try_from(fields[5]) {
-                self.register_penalty(deadline, c, until).await;
+                self.register_penalty(deadline, c, until, crate::wire::ladder_offence(fields))
+                    .await;
             }
         }
         Ok(decisions)
@@ -722,11 +729,6 @@ fn slot_groups(checks: &[Check<'_>]) -> Vec<SlotGroup> {
         }
     }
     groups.into_iter().map(|(_, g)| g).collect()
-}
-
-/// The reason a penalty block is listed with (as MemoryStore words it).
-fn penalty_reason(rule: &str) -> String {
-    format!("over the limit of rule {rule}")
 }
 
 /// The policy of the never-fitting check a dry or penalties-only run adds:

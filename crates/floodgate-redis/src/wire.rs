@@ -150,6 +150,15 @@ pub(crate) fn push_policy(call: &mut ScriptCall, policy: &Policy, penalties: boo
     call.arg(policy.max_delay_us());
 }
 
+/// The offence of the ladder block a check started (0: none, or not a
+/// ladder), from its unpacked fields.
+pub(crate) fn ladder_offence(fields: &[i64]) -> u32 {
+    fields
+        .get(4)
+        .and_then(|blocked| u32::try_from(blocked >> 1).ok())
+        .unwrap_or(0)
+}
+
 /// Bytes per check in a `check.lua` reply: a flags byte and four doubles.
 const PACKED_DECISION_LEN: usize = 33;
 
@@ -166,9 +175,6 @@ pub(crate) fn unpack_check_reply(what: &str, packed: &[u8]) -> Result<Vec<i64>, 
     }
     let mut fields = Vec::with_capacity(decisions.len() * DECISION_FIELDS);
     for [flags, doubles @ ..] in decisions {
-        if *flags > 3 {
-            return Err(bad_reply(what, format!("decision flags {flags}")));
-        }
         let mut numbers = [0i64; 4];
         for (n, bytes) in numbers.iter_mut().zip(doubles.as_chunks::<8>().0) {
             let v = f64::from_le_bytes(*bytes);
@@ -185,6 +191,8 @@ pub(crate) fn unpack_check_reply(what: &str, packed: &[u8]) -> Result<Vec<i64>, 
             remaining,
             reset,
             retry,
+            // Blocked, and a ladder block's offence above it (see
+            // `ladder_offence`).
             i64::from(flags >> 1),
             block_until,
         ]);
@@ -211,7 +219,7 @@ pub(crate) fn decision_from(policy: &Policy, fields: &[i64]) -> Result<Decision,
         } else {
             Some(Duration::from_micros(micros(retry)?))
         },
-        blocked: blocked == 1,
+        blocked: blocked & 1 == 1,
         delay: if allowed == 1 && retry >= 0 {
             Duration::from_micros(micros(retry)?)
         } else {
@@ -267,7 +275,6 @@ mod tests {
                 [good.clone(), vec![0]].concat(),
                 "bytes of packed decisions",
             ),
-            (packed(4, [1.0, 2.0, -1.0, 0.0]), "decision flags 4"),
             (packed(1, [f64::NAN, 2.0, -1.0, 0.0]), "NaN"),
             (packed(1, [1.0, f64::INFINITY, -1.0, 0.0]), "inf"),
         ] {

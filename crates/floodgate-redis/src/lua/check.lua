@@ -155,7 +155,14 @@ local function decide_check(i, at)
   local until_us, offences = decode_penalty(values[KEYS[2 * i]])
   local allowed, remaining, reset, retry, blocked, block_until, offence, wait =
     evaluate(until_us, offences, p, now, cost, p.shadow, a, b, c)
-  reply[i] = pack_struct('<Bdddd', (allowed and 1 or 0) + (blocked and 2 or 0),
+  -- Flags: 1 admitted, 2 blocked, and for a block started under a ladder,
+  -- its offence (at most 63) from the third bit up: the block's listing
+  -- names its step.
+  local ladder_offence = 0
+  if p.ladder and block_until > 0 then
+    ladder_offence = math.min(offence, 63)
+  end
+  reply[i] = pack_struct('<Bdddd', (allowed and 1 or 0) + (blocked and 2 or 0) + 4 * ladder_offence,
     remaining, reset, retry or wait or -1, block_until)
   admitted_check[i] = allowed
   offence_of[i] = offence

@@ -477,6 +477,26 @@ async fn ladder_climbs(first: &Floodgate, second: &Floodgate) {
         (4..=5).contains(&retry),
         "the second offence, remembered, gets the second step: Retry-After {retry}"
     );
+    // The block's listing names its step.
+    let listed = http
+        .get(
+            &first.admin_url("/admin/blocks"),
+            &[crate::support::process::AUTH],
+        )
+        .await
+        .json();
+    let reasons: Vec<&str> = listed["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["source"] == "ladder")
+        .filter_map(|b| b["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["over the limit of rule ladder (offence 2 in a row)"],
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
