@@ -36,6 +36,7 @@ pub(super) struct RawRule {
     max_delay: Option<String>,
     lease: Option<String>,
     descriptor: Option<RawDescriptor>,
+    consistency: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -127,8 +128,20 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "max_delay",
                 "lease",
                 "descriptor",
+                "consistency",
             ],
         );
+        match r.consistency.as_deref() {
+            None | Some("exact") => {}
+            Some("batched") => p.add(
+                format!("{at} consistency"),
+                "\"batched\" is not available in this version: every decision is exact, one atomic store call (use \"exact\" or leave it out)",
+            ),
+            Some(other) => p.add(
+                format!("{at} consistency"),
+                format!("{other:?} is not \"exact\""),
+            ),
+        }
         let descriptor = validate_descriptor(&r, &at, p);
         let name = match r.name {
             Some(n) if floodgate_tower::check_rule_name(&n).is_ok() => n,

@@ -36,6 +36,7 @@ limit = 10
 window = "10s"
 burst = 20
 block_for = "15m"
+consistency = "exact"
 "#;
 
 /// `GOOD` with one line replaced.
@@ -83,7 +84,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 24] = [
+    let cases: [(String, &[&str]); 25] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -197,6 +198,16 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
             &[
                 "rule \"api-per-client\" descriptor",
                 "does not apply to algorithm = \"concurrency\"",
+            ],
+        ),
+        (
+            good_but(
+                "window = \"1m\"",
+                "window = \"1m\"\nconsistency = \"batched\"",
+            ),
+            &[
+                "rule \"api-per-client\" consistency",
+                "not available in this version",
             ],
         ),
         (
