@@ -47,6 +47,10 @@ use crate::state::AppState;
 pub const MAX_DESCRIPTORS: usize = 64;
 /// Entries one descriptor may carry.
 pub const MAX_ENTRIES: usize = 32;
+/// The longest a call may take, its message included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls one connection may have open at once.
+const MAX_STREAMS: u32 = 1024;
 /// The largest request message (Envoy's are a few hundred bytes).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -486,6 +490,13 @@ pub async fn serve(
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
+        // A call is one decision, bounded by the store's timeout: one that
+        // takes longer (a client sending its message slowly) is cut off,
+        // and one connection cannot open streams without end.
+        .timeout(CALL_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_optional_service(reflection_alpha)
