@@ -14,6 +14,10 @@ export interface Decision {
   reset_after_ms: number;
   /** Refused: milliseconds until a retry of the same cost can succeed; admitted: null. */
   retry_after_ms: number | null;
+  /** Whether the key is under a penalty block of the rule. */
+  blocked: boolean;
+  /** The window the key is counted over (its override's, else the rule's), in milliseconds. */
+  window_ms: number | null;
   unavailable?: undefined;
 }
 
@@ -26,6 +30,8 @@ export interface FallbackDecision {
   reset_after_ms: null;
   /** null under "allow"; 1000 under "deny", as floodgate's own 503 says Retry-After: 1. */
   retry_after_ms: number | null;
+  blocked?: undefined;
+  window_ms?: undefined;
   /** Why floodgate could not decide. */
   unavailable: FloodgateUnavailableError;
 }

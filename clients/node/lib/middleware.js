@@ -71,16 +71,17 @@ function retryAfterSeconds(decision) {
 }
 
 /**
- * `RateLimit-Policy: "rule";q=<limit>` and `RateLimit: "rule";r=<remaining>;t=<s>`,
- * appended after any items already set (by the app or another of these
- * middlewares), as floodgate appends its own after an upstream's. `t` is
- * the seconds until the quota is whole again, or the Retry-After delay
- * when refused. The policy has no `w`: the decision API does not tell the
- * rule's window.
+ * `RateLimit-Policy: "rule";q=<limit>;w=<window s>` and
+ * `RateLimit: "rule";r=<remaining>;t=<s>`, appended after any items already
+ * set (by the app or another of these middlewares), as floodgate appends
+ * its own after an upstream's. `t` is the seconds until the quota is whole
+ * again, or the Retry-After delay when refused. `w` comes from the answer's
+ * `window_ms` (left out if an older floodgate does not send it).
  */
 function rateLimitHeaders(res, quoted, decision) {
   const t = decision.allowed ? ceilSeconds(decision.reset_after_ms) : retryAfterSeconds(decision);
-  appendHeader(res, "RateLimit-Policy", `${quoted};q=${decision.limit}`);
+  const w = typeof decision.window_ms === "number" ? `;w=${Math.max(1, ceilSeconds(decision.window_ms))}` : "";
+  appendHeader(res, "RateLimit-Policy", `${quoted};q=${decision.limit}${w}`);
   appendHeader(res, "RateLimit", `${quoted};r=${decision.remaining};t=${t}`);
 }
 
@@ -98,7 +99,9 @@ function limited(res, rule, quoted, decision) {
   const wait = retryAfterSeconds(decision);
   res.setHeader("Retry-After", String(wait));
   problem(res, 429, {
-    detail: `over the limit of rule ${quoted}; retry in ${wait} s`,
+    detail: decision.blocked
+      ? `blocked by rule ${quoted} for going over its limit; retry in ${wait} s`
+      : `over the limit of rule ${quoted}; retry in ${wait} s`,
     status: 429,
     title: "Quota Exceeded",
     type: QUOTA_EXCEEDED,

@@ -39,12 +39,16 @@ test("admits up to the limit, then refuses with when to retry", async () => {
   const first = await fg.check({ rule: "api-per-client", key: "alice", cost: 1 });
   assert.deepEqual(Object.keys(first).sort(), [
     "allowed",
+    "blocked",
     "limit",
     "remaining",
     "reset_after_ms",
     "retry_after_ms",
+    "window_ms",
   ]);
   assert.equal(first.allowed, true);
+  assert.equal(first.blocked, false);
+  assert.equal(first.window_ms, 60_000);
   assert.equal(first.limit, 3);
   assert.equal(first.remaining, 2);
   assert.equal(first.retry_after_ms, null);

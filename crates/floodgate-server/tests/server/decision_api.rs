@@ -51,13 +51,18 @@ async fn answers_in_the_spec_shape_and_counts_costs() {
         fields,
         [
             "allowed",
+            "blocked",
             "limit",
             "remaining",
             "reset_after_ms",
-            "retry_after_ms"
-        ]
+            "retry_after_ms",
+            "window_ms"
+        ],
+        "the SPEC's five, and blocked and window_ms"
     );
     assert_eq!(first["allowed"], true);
+    assert_eq!(first["blocked"], false);
+    assert_eq!(first["window_ms"], 60_000);
     assert_eq!(first["limit"], 5);
     assert_eq!(first["remaining"], 4);
     assert_eq!(first["retry_after_ms"], serde_json::Value::Null);
