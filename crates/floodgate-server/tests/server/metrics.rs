@@ -37,6 +37,26 @@ fn config(upstream: &str, store: &str, limit: u64, grpc: std::net::SocketAddr) -
 const MEMORY: &str = "[store]\nbackend = \"memory\"";
 
 /// `/metrics` of `fg`.
+/// Rewrites `fg`'s config to `text`, sends SIGHUP, and waits until
+/// `floodgate_config_reloads_total{result}` counts it.
+async fn reload_counted(http: &Http, fg: &Floodgate, text: &str, result: &str) {
+    fg.rewrite_config(text);
+    fg.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let text = scrape(http, fg).await;
+            count(
+                &text,
+                "floodgate_config_reloads_total",
+                &[("result", result)],
+            ) == 1.0
+        })
+        .await,
+        "no reload {result}:\n{}",
+        fg.log()
+    );
+}
+
 async fn scrape(http: &Http, fg: &Floodgate) -> String {
     let r = http.get(&fg.admin_url("/metrics"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -297,21 +317,7 @@ async fn reloads_applied_and_refused_are_counted_with_their_time() {
         0.0
     );
 
-    fg.rewrite_config(&config(&url, MEMORY, 5, grpc));
-    fg.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let text = scrape(&http, &fg).await;
-            count(
-                &text,
-                "floodgate_config_reloads_total",
-                &[("result", "applied")],
-            ) == 1.0
-        })
-        .await,
-        "no reload applied:\n{}",
-        fg.log()
-    );
+    reload_counted(&http, &fg, &config(&url, MEMORY, 5, grpc), "applied").await;
     let text = scrape(&http, &fg).await;
     assert!(
         count(
@@ -326,21 +332,7 @@ async fn reloads_applied_and_refused_are_counted_with_their_time() {
     );
 
     // Not TOML: refused, the old config kept.
-    fg.rewrite_config("[server\n");
-    fg.signal("HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let text = scrape(&http, &fg).await;
-            count(
-                &text,
-                "floodgate_config_reloads_total",
-                &[("result", "refused")],
-            ) == 1.0
-        })
-        .await,
-        "no reload refused:\n{}",
-        fg.log()
-    );
+    reload_counted(&http, &fg, "[server\n", "refused").await;
     let text = scrape(&http, &fg).await;
     assert_eq!(
         count(&text, "floodgate_config_last_reload_successful", &[]),
