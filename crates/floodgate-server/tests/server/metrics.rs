@@ -21,12 +21,12 @@ use crate::support::upstream::Upstream;
 use crate::support::wait::eventually;
 
 /// A gateway to `upstream` with one rule of `limit` per client header on
-/// `/api/`, a gRPC listener at `grpc` with one descriptor rule, and
-/// `store`.
-fn config(upstream: &str, store: &str, limit: u64, grpc: std::net::SocketAddr) -> String {
+/// `/api/`, a gRPC listener (`Floodgate::grpc`) with one descriptor rule,
+/// and `store`.
+fn config(upstream: &str, store: &str, limit: u64) -> String {
     format!(
         "[server]\nlisten = \"{{listen}}\"\nupstream = \"{upstream}\"\nupstream_timeout = \"300ms\"\n\
-         {store}\n[admin]\nlisten = \"{{admin}}\"\n[grpc]\nlisten = \"{grpc}\"\n\
+         {store}\n[admin]\nlisten = \"{{admin}}\"\n[grpc]\nlisten = \"{{grpc}}\"\n\
          [[rule]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api/\" }}\nkey = \"header:x-client\"\n\
          algorithm = \"fixed_window\"\nlimit = {limit}\nwindow = \"1h\"\n\
          [[rule]]\nname = \"edge\"\nalgorithm = \"fixed_window\"\nlimit = 100\nwindow = \"1h\"\n\
@@ -115,14 +115,7 @@ fn rls_request(domain: &str, user: &str) -> RateLimitRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_counted_by_kind_and_status_class_with_build_and_process_info() {
     let upstream = Upstream::start().await;
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(
-        &format!("http://{}", upstream.addr),
-        MEMORY,
-        2,
-        grpc,
-    ))
-    .await;
+    let fg = Floodgate::launch(config(&format!("http://{}", upstream.addr), MEMORY, 2)).await;
     let http = Http::new();
     let before = scrape(&http, &fg).await;
     for kind in ["gateway", "decision_api", "authorize", "rls", "admin"] {
@@ -156,7 +149,7 @@ async fn requests_are_counted_by_kind_and_status_class_with_build_and_process_in
     assert_eq!(http.get(&fg.url("/v1/authorize"), &[]).await.status, 400);
     // Envoy: an answer (OK), and a request without a domain
     // (INVALID_ARGUMENT, a 4xx).
-    let mut rls = rls_client(grpc).await;
+    let mut rls = rls_client(fg.grpc).await;
     rls.should_rate_limit(rls_request("edge", "u1"))
         .await
         .unwrap();
@@ -233,13 +226,7 @@ async fn upstream_failures_are_counted_by_reason() {
     let http = Http::new();
     // Nothing listens: connect.
     let closed = free_addr();
-    let fg = Floodgate::launch(config(
-        &format!("http://{closed}"),
-        MEMORY,
-        100,
-        free_addr(),
-    ))
-    .await;
+    let fg = Floodgate::launch(config(&format!("http://{closed}"), MEMORY, 100)).await;
     assert_eq!(
         http.get(&fg.url("/api/x"), &[("x-client", "a")])
             .await
@@ -268,13 +255,7 @@ async fn upstream_failures_are_counted_by_reason() {
 
     // Slower than upstream_timeout (300ms): timeout.
     let upstream = Upstream::start().await;
-    let fg = Floodgate::launch(config(
-        &format!("http://{}", upstream.addr),
-        MEMORY,
-        100,
-        free_addr(),
-    ))
-    .await;
+    let fg = Floodgate::launch(config(&format!("http://{}", upstream.addr), MEMORY, 100)).await;
     let r = http.get(&fg.url("/slow?ms=2000"), &[]).await;
     assert_eq!(r.status, 504, "{}", r.text());
     let text = scrape(&http, &fg).await;
@@ -300,8 +281,7 @@ async fn upstream_failures_are_counted_by_reason() {
 async fn reloads_applied_and_refused_are_counted_with_their_time() {
     let upstream = Upstream::start().await;
     let url = format!("http://{}", upstream.addr);
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(&url, MEMORY, 2, grpc)).await;
+    let fg = Floodgate::launch(config(&url, MEMORY, 2)).await;
     let http = Http::new();
     let text = scrape(&http, &fg).await;
     assert_eq!(
@@ -317,7 +297,7 @@ async fn reloads_applied_and_refused_are_counted_with_their_time() {
         0.0
     );
 
-    reload_counted(&http, &fg, &config(&url, MEMORY, 5, grpc), "applied").await;
+    reload_counted(&http, &fg, &config(&url, MEMORY, 5), "applied").await;
     let text = scrape(&http, &fg).await;
     assert!(
         count(
@@ -363,7 +343,6 @@ async fn a_flood_of_keys_past_max_keys_shows_as_evictions() {
         "http://127.0.0.1:9",
         "[store]\nbackend = \"memory\"\nmax_keys = 200",
         100,
-        free_addr(),
     ))
     .await;
     let http = Http::new();
@@ -432,7 +411,6 @@ async fn decisions_without_the_store_are_counted_by_what_on_error_did() {
             &format!("http://{}", upstream.addr),
             &dead_redis(on_error),
             100,
-            free_addr(),
         ))
         .await;
         for _ in 0..3 {
@@ -607,14 +585,7 @@ async fn the_alert_rules_and_the_grafana_dashboard_name_only_exported_metrics() 
     // A live instance, a few requests of each kind so their series exist
     // (most exist from zero anyway).
     let upstream = Upstream::start().await;
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(
-        &format!("http://{}", upstream.addr),
-        MEMORY,
-        1,
-        grpc,
-    ))
-    .await;
+    let fg = Floodgate::launch(config(&format!("http://{}", upstream.addr), MEMORY, 1)).await;
     let http = Http::new();
     for _ in 0..2 {
         http.get(&fg.url("/api/x"), &[("x-client", "a")]).await;
@@ -622,7 +593,7 @@ async fn the_alert_rules_and_the_grafana_dashboard_name_only_exported_metrics() 
     http.check(&fg, "api", "b", 1).await;
     http.get(&fg.url("/v1/authorize"), &[("x-original-uri", "/api/y")])
         .await;
-    rls_client(grpc)
+    rls_client(fg.grpc)
         .await
         .should_rate_limit(rls_request("edge", "u"))
         .await

@@ -46,10 +46,11 @@ shadow = true
 descriptor = { domain = \"edge\", entries = [\"watched\"] }
 ";
 
-/// A config with the rules above, `store`, and a gRPC listener at `grpc`.
-fn config(store: &str, grpc: std::net::SocketAddr, rules: &str) -> String {
+/// A config with `rules`, `store`, and a gRPC listener (its address picked
+/// at start: `Floodgate::grpc`).
+fn config(store: &str, rules: &str) -> String {
     format!(
-        "[server]\nlisten = \"{{listen}}\"\n{store}\n[admin]\nlisten = \"{{admin}}\"\n[grpc]\nlisten = \"{grpc}\"\n{rules}"
+        "[server]\nlisten = \"{{listen}}\"\n{store}\n[admin]\nlisten = \"{{admin}}\"\n[grpc]\nlisten = \"{{grpc}}\"\n{rules}"
     )
 }
 
@@ -104,10 +105,9 @@ fn client_of(ip: &str) -> RateLimitDescriptor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_redis_share_the_limit_and_answer_as_envoy_expects() {
     let prefix = format!("rls-shared-{}", std::process::id());
-    let grpc = [free_addr(), free_addr()];
-    let a = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[0], RULES)).await;
-    let b = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[1], RULES)).await;
-    let mut clients = [client(grpc[0]).await, client(grpc[1]).await];
+    let a = Floodgate::launch(config(&store_section(Some(&prefix)), RULES)).await;
+    let b = Floodgate::launch(config(&store_section(Some(&prefix)), RULES)).await;
+    let mut clients = [client(a.grpc).await, client(b.grpc).await];
 
     // One client address, asked alternately through both instances.
     for (i, left) in [2u32, 1, 0].into_iter().enumerate() {
@@ -204,9 +204,8 @@ async fn two_instances_on_one_redis_share_the_limit_and_answer_as_envoy_expects(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_addend_is_the_cost_and_a_descriptors_own_wins() {
-    let grpc = free_addr();
-    let _fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
-    let mut c = client(grpc).await;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
+    let mut c = client(fg.grpc).await;
     let slow = |user: &str, hits: Option<u64>| {
         descriptor(&[("generic_key", "slow"), ("user", user)], hits)
     };
@@ -234,9 +233,8 @@ async fn hits_addend_is_the_cost_and_a_descriptors_own_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_domains_and_descriptors_pass_and_shadow_rules_only_say_so() {
-    let grpc = free_addr();
-    let _fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
-    let mut c = client(grpc).await;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
+    let mut c = client(fg.grpc).await;
     for _ in 0..5 {
         let r = ask(
             &mut c,
@@ -270,9 +268,8 @@ async fn unknown_domains_and_descriptors_pass_and_shadow_rules_only_say_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_on_the_remote_address_refuses_every_descriptor_with_403() {
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
-    let mut c = client(grpc).await;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
+    let mut c = client(fg.grpc).await;
     let http = Http::new();
     let r = http
         .post_json(
@@ -324,10 +321,10 @@ fn dead_store(on_error: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_is_down_is_unavailable_under_deny_and_ok_under_allow() {
-    let grpc = [free_addr(), free_addr(), free_addr()];
-    let deny = Floodgate::launch(config(&dead_store("deny"), grpc[0], RULES)).await;
-    let allow = Floodgate::launch(config(&dead_store("allow"), grpc[1], RULES)).await;
-    let local = Floodgate::launch(config(&dead_store("local"), grpc[2], RULES)).await;
+    let deny = Floodgate::launch(config(&dead_store("deny"), RULES)).await;
+    let allow = Floodgate::launch(config(&dead_store("allow"), RULES)).await;
+    let local = Floodgate::launch(config(&dead_store("local"), RULES)).await;
+    let grpc = [deny.grpc, allow.grpc, local.grpc];
 
     let started = std::time::Instant::now();
     let e = client(grpc[0])
@@ -372,8 +369,8 @@ async fn a_store_that_is_down_is_unavailable_under_deny_and_ok_under_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_descriptor_rules_health_answers_and_bad_requests_are_refused() {
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
+    let grpc = fg.grpc;
     let channel = Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
@@ -409,7 +406,6 @@ async fn sighup_reloads_the_descriptor_rules_health_answers_and_bad_requests_are
 
     fg.rewrite_config(&config(
         &store_section(None),
-        grpc,
         &RULES.replace("limit = 3\nwindow = \"1m\"", "limit = 50\nwindow = \"1h\""),
     ));
     fg.signal("HUP");
@@ -455,8 +451,7 @@ async fn sighup_reloads_the_descriptor_rules_health_answers_and_bad_requests_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_rules_do_not_limit_requests_through_the_gateway() {
-    let grpc = free_addr();
-    let fg = Floodgate::launch(config(&store_section(None), grpc, RULES)).await;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
     let http = Http::new();
     for _ in 0..6 {
         let r = http.get(&fg.url("/api/hello"), &[]).await;
@@ -480,11 +475,11 @@ async fn python_grpcio_speaks_to_the_service_from_envoys_published_schema() {
         .filter(|p| !p.is_empty())
         .expect("the build found no envoy-types descriptor set (see build.rs's warning)");
     let prefix = format!("rls-grpcio-{}", std::process::id());
-    let grpc = [free_addr(), free_addr(), free_addr(), free_addr()];
-    let a = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[0], RULES)).await;
-    let b = Floodgate::launch(config(&store_section(Some(&prefix)), grpc[1], RULES)).await;
-    let deny = Floodgate::launch(config(&dead_store("deny"), grpc[2], RULES)).await;
-    let allow = Floodgate::launch(config(&dead_store("allow"), grpc[3], RULES)).await;
+    let a = Floodgate::launch(config(&store_section(Some(&prefix)), RULES)).await;
+    let b = Floodgate::launch(config(&store_section(Some(&prefix)), RULES)).await;
+    let deny = Floodgate::launch(config(&dead_store("deny"), RULES)).await;
+    let allow = Floodgate::launch(config(&dead_store("allow"), RULES)).await;
+    let grpc = [a.grpc, b.grpc, deny.grpc, allow.grpc];
     let args = serde_json::json!({
         "descriptor_set": set,
         "shared": [grpc[0].to_string(), grpc[1].to_string()],
@@ -564,13 +559,13 @@ fn the_shipped_envoy_config_fits_envoys_schema_and_floodgates_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_share_the_grpc_listener_and_a_rolling_restart_applies_new_rules() {
     let prefix = format!("rls-workers-{}", std::process::id());
-    let grpc = free_addr();
-    let file = config(&store_section(Some(&prefix)), grpc, RULES);
+    let file = config(&store_section(Some(&prefix)), RULES);
     let fg = tokio::task::spawn_blocking(move || {
         Floodgate::start_with_args(&file, &["--workers", "2"], &[])
     })
     .await
     .unwrap();
+    let grpc = fg.grpc;
     assert!(
         fg.wait_for_log("all workers serving", Duration::from_secs(30)),
         "{}",
@@ -599,7 +594,6 @@ async fn workers_share_the_grpc_listener_and_a_rolling_restart_applies_new_rules
     );
     fg.rewrite_config(&config(
         &store_section(Some(&prefix)),
-        grpc,
         &RULES.replace("limit = 3\nwindow = \"1m\"", "limit = 7\nwindow = \"1h\""),
     ));
     fg.signal("HUP");
@@ -632,8 +626,8 @@ async fn a_drain_finishes_the_calls_in_flight() {
         "[store]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"5s\"\non_error = \"deny\"\n",
         redis.url()
     );
-    let grpc = free_addr();
-    let mut fg = Floodgate::launch(config(&store, grpc, RULES)).await;
+    let mut fg = Floodgate::launch(config(&store, RULES)).await;
+    let grpc = fg.grpc;
     let mut c = client(grpc).await;
     // Warm: the connection and the store's scripts.
     assert_eq!(

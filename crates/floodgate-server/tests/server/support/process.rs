@@ -32,6 +32,8 @@ pub(crate) struct Floodgate {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
     pub(crate) admin: SocketAddr,
+    /// The gRPC listener's address, for a config that says `{grpc}`.
+    pub(crate) grpc: SocketAddr,
     pub(crate) config_path: PathBuf,
     log_path: PathBuf,
     _dir: TempDir,
@@ -67,9 +69,10 @@ impl Floodgate {
         Self::on_free_ports(|| {
             let addr: SocketAddr = format!("{host}:{}", free_port()).parse().unwrap();
             let admin = free_addr();
+            let grpc = free_addr();
             let dir = host::temp_dir("server");
             let config_path = dir.path().join("floodgate.toml");
-            std::fs::write(&config_path, fill(config, addr, admin)).unwrap();
+            std::fs::write(&config_path, fill(config, addr, admin, grpc)).unwrap();
             // JSON logs, so every line is held to the strict parse on drop;
             // the demo (below) logs as text, held to "no colour codes".
             let mut args: Vec<std::ffi::OsString> = vec![
@@ -80,7 +83,7 @@ impl Floodgate {
                 config_path.clone().into(),
             ];
             args.extend(extra.iter().map(Into::into));
-            Self::spawn(&args, addr, admin, dir, config_path, env)
+            Self::spawn(&args, [addr, admin, grpc], dir, config_path, env)
         })
     }
 
@@ -94,7 +97,7 @@ impl Floodgate {
             let args = ["serve".into(), "--listen".into(), addr.to_string().into()];
             let admin_text = admin.to_string();
             let env = [("FLOODGATE_ADMIN_LISTEN", admin_text.as_str())];
-            Self::spawn(&args, addr, admin, dir, config_path, &env)
+            Self::spawn(&args, [addr, admin, free_addr()], dir, config_path, &env)
         })
     }
 
@@ -116,8 +119,7 @@ impl Floodgate {
     /// Starts the binary; `Err` with its log when it exits before listening.
     fn spawn(
         args: &[std::ffi::OsString],
-        addr: SocketAddr,
-        admin: SocketAddr,
+        [addr, admin, grpc]: [SocketAddr; 3],
         dir: TempDir,
         config_path: PathBuf,
         env: &[(&str, &str)],
@@ -150,6 +152,7 @@ impl Floodgate {
             child,
             addr,
             admin,
+            grpc,
             config_path,
             log_path,
             _dir: dir,
@@ -188,7 +191,14 @@ impl Floodgate {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exit {status}"));
             }
-            if TcpStream::connect(self.admin).is_ok() && TcpStream::connect(self.addr).is_ok() {
+            // Both addresses accepting is not enough: a port picked as free
+            // may have been taken by another test's instance meanwhile, and
+            // this one, failing to bind it, is about to exit. It says
+            // "floodgate serving" once it has bound every listener.
+            if TcpStream::connect(self.admin).is_ok()
+                && TcpStream::connect(self.addr).is_ok()
+                && (!logs_info() || self.log().contains("floodgate serving"))
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -247,7 +257,7 @@ impl Floodgate {
 
     /// Rewrites the config file (same listen/admin addresses), atomically.
     pub(crate) fn rewrite_config(&self, config: &str) {
-        let text = fill(config, self.addr, self.admin);
+        let text = fill(config, self.addr, self.admin, self.grpc);
         let tmp = self.config_path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp).unwrap();
         f.write_all(text.as_bytes()).unwrap();
@@ -268,10 +278,20 @@ impl Floodgate {
     }
 }
 
-fn fill(config: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+/// Whether instances log at info level (FLOODGATE_TEST_LOG can lower it).
+fn logs_info() -> bool {
+    std::env::var("FLOODGATE_TEST_LOG").map_or(true, |level| {
+        ["info", "debug", "trace"]
+            .iter()
+            .any(|l| level.to_ascii_lowercase().contains(l))
+    })
+}
+
+fn fill(config: &str, addr: SocketAddr, admin: SocketAddr, grpc: SocketAddr) -> String {
     config
         .replace("{listen}", &addr.to_string())
         .replace("{admin}", &admin.to_string())
+        .replace("{grpc}", &grpc.to_string())
         .replace("{admin_port}", &admin.port().to_string())
 }
 
@@ -299,7 +319,7 @@ impl Drop for Floodgate {
 pub(crate) fn check_config(config: &str) -> (i32, String, String) {
     let dir = host::temp_dir("check");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, fill(config, free_addr(), free_addr())).unwrap();
+    std::fs::write(&path, fill(config, free_addr(), free_addr(), free_addr())).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .arg("check-config")
         .arg(&path)
@@ -320,7 +340,7 @@ pub(crate) fn check_config(config: &str) -> (i32, String, String) {
 pub(crate) fn serve_expecting_exit(config: &str) -> (i32, String) {
     let dir = host::temp_dir("serve");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, fill(config, free_addr(), free_addr())).unwrap();
+    std::fs::write(&path, fill(config, free_addr(), free_addr(), free_addr())).unwrap();
     let log_path = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .arg("serve")
