@@ -24,13 +24,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 mod common;
-use common::{Round, Server, address, calls_for, start, timed};
+use common::{HttpClient, Round, Server, gateway_calls, http_client, start, timed};
 
 const CALLERS: usize = 64;
 const DASHBOARDS: usize = 10;
@@ -53,12 +50,9 @@ limit = 1000000000
 window = \"1m\"
 ";
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
 /// Requests answered through the gateway during `ROUND`, with `dashboards`
 /// polling the admin API meanwhile.
 async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
-    let url: http::Uri = format!("http://{}/api/hello", server.http).parse().unwrap();
     let admin = server.admin;
     let pages: Vec<_> = (0..dashboards)
         .map(|d| {
@@ -82,20 +76,7 @@ async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
             })
         })
         .collect();
-    let client = client.clone();
-    let done = calls_for(CALLERS, ROUND, move |_, i| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let request = http::Request::get(url)
-                .header("x-forwarded-for", address(i % KEYS))
-                .body(Empty::new())
-                .unwrap();
-            let r = client.request(request).await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.into_body().collect().await.unwrap();
-        }
-    })
-    .await;
+    let done = gateway_calls(client, server.http, CALLERS, KEYS, ROUND).await;
     // The pages may be between polls: stopped where they are, so the round
     // ends when the gateway's callers do.
     for page in pages {
@@ -117,9 +98,7 @@ fn main() {
     runtime.block_on(async {
         let server = start(REST, TOKEN);
         let pid = server.child.id();
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(CALLERS + DASHBOARDS)
-            .build_http();
+        let client = http_client(CALLERS + DASHBOARDS);
         round(&client, &server, DASHBOARDS).await; // warm up
         let mut rows: Vec<(Round, Round)> = Vec::new();
         for turn in 0..TURNS {

@@ -237,6 +237,17 @@ impl Supervisor {
         if let Some(listen) = self.overrides.listen {
             cmd.arg("--listen").arg(listen.to_string());
         }
+        // The workers share the host's cores: each runs a share of them,
+        // not one thread per core each (N workers of one thread per core
+        // each would put N threads on every core). TOKIO_WORKER_THREADS,
+        // when the operator sets it, wins.
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            cmd.env(
+                "TOKIO_WORKER_THREADS",
+                (cores / self.slots.len().max(1)).max(1).to_string(),
+            );
+        }
         cmd.env(WORKER_ENV, slot.to_string())
             .env(listen::LISTEN_FD_ENV, self.listen_fd.to_string())
             .env_remove(listen::ADMIN_FD_ENV)

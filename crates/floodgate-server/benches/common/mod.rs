@@ -18,6 +18,15 @@ pub(crate) struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first: a supervisor stops its workers with it.
+        floodgate_testkit::send_signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -31,6 +40,11 @@ fn free() -> SocketAddr {
 /// (the `[store]`, `[[rule]]` ... sections) in its config; `token` for the
 /// admin API.
 pub(crate) fn start(rest: &str, token: &str) -> Server {
+    start_with(rest, token, &[])
+}
+
+/// [`start`] with more arguments after `serve --config FILE`.
+pub(crate) fn start_with(rest: &str, token: &str, args: &[&str]) -> Server {
     let (http, admin, grpc) = (free(), free(), free());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("floodgate.toml");
@@ -44,6 +58,7 @@ pub(crate) fn start(rest: &str, token: &str) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .args(["serve", "--config"])
         .arg(&path)
+        .args(args)
         .env("FLOODGATE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -77,6 +92,23 @@ pub(crate) fn cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The CPU time so far of a process and of every process below it (a
+/// supervisor's workers), from /proc.
+pub(crate) fn tree_cpu(pid: u32) -> Duration {
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    cpu(pid) + children.into_iter().map(tree_cpu).sum::<Duration>()
+}
+
 /// A round's operations per second and the server's CPU per operation.
 pub(crate) struct Round {
     pub(crate) rate: f64,
@@ -84,11 +116,11 @@ pub(crate) struct Round {
 }
 
 /// Runs `round` (which returns how many operations it made) and reads the
-/// server `pid`'s CPU time around it.
+/// CPU time of the server `pid` (and its workers) around it.
 pub(crate) async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round: F) -> Round {
-    let (started, cpu_before) = (Instant::now(), cpu(pid));
+    let (started, cpu_before) = (Instant::now(), tree_cpu(pid));
     let done = round.await as f64;
-    let (elapsed, used) = (started.elapsed(), cpu(pid) - cpu_before);
+    let (elapsed, used) = (started.elapsed(), tree_cpu(pid).saturating_sub(cpu_before));
     Round {
         rate: done / elapsed.as_secs_f64(),
         cpu_us: used.as_secs_f64() * 1e6 / done,
@@ -132,4 +164,46 @@ where
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed)
+}
+
+/// An HTTP/1.1 client keeping its connections alive.
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A client keeping up to `idle` connections per host alive.
+pub(crate) fn http_client(idle: usize) -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(idle)
+        .build_http()
+}
+
+/// Requests answered by the gateway at `addr` during `round`, from
+/// `callers` callers asking for the demo API's `/api/hello` as `keys`
+/// client addresses in turn (`X-Forwarded-For`; loopback is a trusted
+/// proxy).
+pub(crate) async fn gateway_calls(
+    client: &HttpClient,
+    addr: SocketAddr,
+    callers: usize,
+    keys: u64,
+    round: Duration,
+) -> u64 {
+    use http_body_util::BodyExt;
+    let url: http::Uri = format!("http://{addr}/api/hello").parse().unwrap();
+    let client = client.clone();
+    calls_for(callers, round, move |_, i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let request = http::Request::get(url)
+                .header("x-forwarded-for", address(i % keys))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let r = client.request(request).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.into_body().collect().await.unwrap();
+        }
+    })
+    .await
 }

@@ -1,0 +1,111 @@
+//! Which a 2-core host should run: one floodgate process, or
+//! `--workers 2` (a supervisor and two worker processes on one port). The
+//! same gateway load on both, alternating turns, on the memory store and
+//! on Redis; requests per second and floodgate's CPU per request (the
+//! supervisor and its workers summed).
+//!
+//! ```text
+//! bench/workers.sh
+//! cargo bench -p floodgate-server --bench workers
+//! ```
+//!
+//! Load: 64 callers on keep-alive HTTP/1.1 connections asking for the demo
+//! API's `/api/hello` as 10 000 client addresses, under one rule far from
+//! its limit. The load generator shares the two cores, as wrk does in
+//! bench/gateway.sh. Turns of `ROUND`, `TURNS` of each; medians over turns.
+//! Redis: `$FLOODGATE_BENCH_REDIS_URL` when set, else a private
+//! `redis-server` started for the run.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
+
+use std::time::Duration;
+
+mod common;
+use common::{Round, gateway_calls, http_client, start_with, timed};
+
+const CALLERS: usize = 64;
+const KEYS: u64 = 10_000;
+const ROUND: Duration = Duration::from_secs(3);
+const TURNS: usize = 9;
+const TOKEN: &str = "bench-admin-token";
+
+const RULE: &str = "\
+[[rule]]
+name = \"per-client\"
+match = { path_prefix = \"/api/\" }
+key = \"ip\"
+algorithm = \"sliding_window\"
+limit = 1000000000
+window = \"1m\"
+";
+
+async fn compare(label: &str, store: &str) {
+    let rest = format!("{store}\n{RULE}");
+    let one = start_with(&rest, TOKEN, &[]);
+    let two = start_with(&rest, TOKEN, &["--workers", "2"]);
+    let client = http_client(CALLERS);
+    // Warm both (the workers may still be starting).
+    gateway_calls(&client, one.http, CALLERS, KEYS, ROUND).await;
+    gateway_calls(&client, two.http, CALLERS, KEYS, ROUND).await;
+    let mut rows: Vec<(Round, Round)> = Vec::new();
+    for turn in 0..TURNS {
+        let run = |server: &common::Server| {
+            timed(
+                server.child.id(),
+                gateway_calls(&client, server.http, CALLERS, KEYS, ROUND),
+            )
+        };
+        let (a, b) = if turn % 2 == 0 {
+            let a = run(&one).await;
+            (a, run(&two).await)
+        } else {
+            let b = run(&two).await;
+            (run(&one).await, b)
+        };
+        rows.push((a, b));
+    }
+    let median = |f: &dyn Fn(&(Round, Round)) -> f64| {
+        floodgate_testkit::paired::median(rows.iter().map(f).collect())
+    };
+    println!(
+        "{label:<7} one process {:>7.0} req/s {:>5.1} us CPU/req; --workers 2 {:>7.0} req/s {:>5.1} us CPU/req; workers / one: rate {:.2}x, CPU per request {:.2}x",
+        median(&|r| r.0.rate),
+        median(&|r| r.0.cpu_us),
+        median(&|r| r.1.rate),
+        median(&|r| r.1.cpu_us),
+        median(&|r| r.1.rate / r.0.rate),
+        median(&|r| r.1.cpu_us / r.0.cpu_us),
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("workers: run with `cargo bench` (bench/workers.sh)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!(
+            "gateway, {CALLERS} keep-alive callers, median of {TURNS} turns of {ROUND:?} each way"
+        );
+        compare("memory", "[store]\nbackend = \"memory\"").await;
+        let (_redis, url) = floodgate_testkit::bench_redis();
+        compare(
+            "redis",
+            &format!(
+                "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"fgbench-workers-{}\"\ntimeout = \"2s\"",
+                std::process::id()
+            ),
+        )
+        .await;
+    });
+}
