@@ -668,3 +668,32 @@ fn past_max_connections_a_connection_waits_until_one_closes() {
         .unwrap_or_else(|| panic!("no floodgate_connection_limit_reached_total in\n{text}"));
     assert!(reached >= 1, "{text}");
 }
+
+/// `--workers 2`: each worker's runtime gets its share of the cores
+/// (`TOKIO_WORKER_THREADS` = cores / 2, at least 1), not a thread per core.
+#[test]
+fn workers_share_the_cores() {
+    let fg = Floodgate::start_with_args(&config(5), &["--workers", "2"], &[]);
+    assert!(
+        fg.wait_for_log("all workers serving", Duration::from_secs(30)),
+        "{}",
+        fg.log()
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // An operator's own setting (inherited from this test's environment)
+    // wins.
+    let expected = format!(
+        "TOKIO_WORKER_THREADS={}",
+        std::env::var("TOKIO_WORKER_THREADS").unwrap_or_else(|_| (cores / 2).max(1).to_string())
+    );
+    let workers = procfs::live_children(fg.pid());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for pid in workers {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        assert!(
+            vars.contains(&expected.as_bytes()),
+            "worker {pid} runs without {expected}"
+        );
+    }
+}
