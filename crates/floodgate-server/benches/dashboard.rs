@@ -27,7 +27,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 
 mod common;
-use common::{HttpClient, Round, Server, gateway_calls, http_client, start, timed};
+use common::{HttpClient, Round, Server, bench_main, gateway_calls, http_client, start, timed};
 
 const CALLERS: usize = 64;
 const DASHBOARDS: usize = 10;
@@ -86,16 +86,7 @@ async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("dashboard: run with `cargo bench` (bench/dashboard.sh)");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    bench_main("dashboard", "bench/dashboard.sh", || async {
         let server = start(REST, TOKEN);
         let pid = server.child.id();
         let client = http_client(CALLERS + DASHBOARDS);
@@ -122,7 +113,9 @@ fn main() {
             median(&|r| r.1.cpu_us),
             median(&|r| r.1.rate / r.0.rate),
             median(&|r| r.1.cpu_us / r.0.cpu_us),
-            rows.iter().map(|r| r.1.rate / r.0.rate).fold(f64::INFINITY, f64::min),
+            rows.iter()
+                .map(|r| r.1.rate / r.0.rate)
+                .fold(f64::INFINITY, f64::min),
             rows.iter().map(|r| r.1.rate / r.0.rate).fold(0.0, f64::max),
         );
     });

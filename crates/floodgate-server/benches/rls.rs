@@ -38,7 +38,7 @@ use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
 mod common;
-use common::{Server, address, calls_for, start, timed};
+use common::{Server, address, bench_main, calls_for, start, timed};
 
 const CALLERS: usize = 64;
 /// RLS connections, unless `FLOODGATE_BENCH_RLS_CONNECTIONS` says otherwise.
@@ -168,16 +168,7 @@ fn rls_connections() -> usize {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("rls: run with `cargo bench` (bench/rls.sh)");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    bench_main("rls", "bench/rls.sh", || async {
         println!(
             "decisions per second, {CALLERS} callers each way, median of {TURNS} turns of {ROUND:?}; RLS over {} HTTP/2 connections, JSON over {CALLERS} keep-alive HTTP/1.1 connections",
             rls_connections()

@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 mod common;
-use common::{Round, gateway_calls, http_client, start_with, timed};
+use common::{Round, bench_main, gateway_calls, http_client, start_with, timed};
 
 const CALLERS: usize = 64;
 const KEYS: u64 = 10_000;
@@ -84,16 +84,7 @@ async fn compare(label: &str, store: &str) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("workers: run with `cargo bench` (bench/workers.sh)");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    bench_main("workers", "bench/workers.sh", || async {
         println!(
             "gateway, {CALLERS} keep-alive callers, median of {TURNS} turns of {ROUND:?} each way"
         );

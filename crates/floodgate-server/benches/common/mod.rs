@@ -207,3 +207,22 @@ pub(crate) async fn gateway_calls(
     })
     .await
 }
+
+/// A bench's `main`: runs `body` on a two-thread runtime under
+/// `cargo bench`; under `cargo test` (no `--bench`) only says how to run it.
+pub(crate) fn bench_main<F: std::future::Future<Output = ()>>(
+    name: &str,
+    script: &str,
+    body: impl FnOnce() -> F,
+) {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: run with `cargo bench` ({script})");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body());
+}
