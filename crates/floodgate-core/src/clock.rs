@@ -70,7 +70,8 @@ pub struct SystemClock;
 /// The process-wide state behind [`SystemClock`].
 struct WallClock {
     counter: quanta::Clock,
-    base: quanta::Instant,
+    /// The counter's raw reading at start: the clock's zero.
+    base: u64,
     /// Wall-clock µs minus counter µs since `base`.
     offset_us: AtomicU64,
     /// Counter µs since `base` at the last resync.
@@ -85,7 +86,7 @@ impl WallClock {
         static CLOCK: OnceLock<WallClock> = OnceLock::new();
         CLOCK.get_or_init(|| {
             let counter = quanta::Clock::new();
-            let base = counter.now();
+            let base = counter.raw();
             let clock = WallClock {
                 counter,
                 base,
@@ -107,7 +108,9 @@ impl WallClock {
     }
 
     fn now_us(&self) -> u64 {
-        let counter_us = micros_of(self.counter.now().duration_since(self.base));
+        // Raw counter to nanoseconds in one multiply and shift, then to µs:
+        // no `Instant` or `Duration` on the way.
+        let counter_us = self.counter.delta_as_nanos(self.base, self.counter.raw()) / 1_000;
         if counter_us.saturating_sub(self.synced_at_us.load(Ordering::Relaxed)) >= RESYNC_EVERY_US {
             self.resync(counter_us);
         }
