@@ -49,6 +49,9 @@ pub const MAX_DESCRIPTORS: usize = 64;
 pub const MAX_ENTRIES: usize = 32;
 /// The longest a call may take, its message included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection accepted just before a drain has to send its
+/// first call before every connection is told to finish.
+const ACCEPTED_GRACE: Duration = Duration::from_millis(500);
 /// Calls one connection may have open at once.
 const MAX_STREAMS: u32 = 1024;
 /// The largest request message (Envoy's are a few hundred bytes).
@@ -476,10 +479,18 @@ pub async fn serve(
         .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
         .await;
     let (reflection, reflection_alpha) = reflection_services();
-    let stop = {
+    // The drain in two steps. First this process stops accepting (another
+    // worker sharing the socket takes new connections; alone, the socket
+    // closes) and health says NOT_SERVING. Then, ACCEPTED_GRACE later,
+    // every connection is told to finish (GOAWAY) and the calls in flight
+    // run to their end. A connection accepted just before the drain thus
+    // gets its first call answered, not a GOAWAY before it could send it.
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    tokio::spawn({
         let health = health.clone();
         async move {
             stop.await;
+            let _ = draining_tx.send(true);
             health
                 .set_service_status(SERVICE, tonic_health::ServingStatus::NotServing)
                 .await;
@@ -487,8 +498,34 @@ pub async fn serve(
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         }
+    });
+    let shutdown = {
+        let mut draining = draining.clone();
+        async move {
+            let _ = draining.wait_for(|d| *d).await;
+            tokio::time::sleep(ACCEPTED_GRACE).await;
+        }
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let accepting = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = futures_util::stream::unfold(
+        (Some(accepting), draining),
+        |(accepting, mut draining)| async move {
+            let mut accepting = accepting?;
+            let accepted = tokio::select! {
+                accepted = futures_util::StreamExt::next(&mut accepting) => Some(accepted),
+                _ = draining.wait_for(|d| *d) => None,
+            };
+            match accepted {
+                Some(accepted) => Some((accepted?, (Some(accepting), draining))),
+                None => {
+                    // Closes this process's copy of the socket, then waits
+                    // for the shutdown to end the serving.
+                    drop(accepting);
+                    std::future::pending().await
+                }
+            }
+        },
+    );
     let served = tonic::transport::Server::builder()
         // A call is one decision, bounded by the store's timeout: one that
         // takes longer (a client sending its message slowly) is cut off,
@@ -501,7 +538,7 @@ pub async fn serve(
         .add_optional_service(reflection)
         .add_optional_service(reflection_alpha)
         .add_service(Rls::new(state))
-        .serve_with_incoming_shutdown(incoming, stop)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "the gRPC listener failed");
