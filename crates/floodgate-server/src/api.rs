@@ -64,11 +64,12 @@ pub async fn check(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
     if req.key.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }
-    let result = state
-        .limiter
-        .check_key_with(&req.rule, &req.key, req.cost, req.charge)
-        .await;
-    answer(result, || window_of(&state, &req.rule, &req.key))
+    answer(
+        state
+            .limiter
+            .check_key_in_window(&req.rule, &req.key, req.cost, req.charge)
+            .await,
+    )
 }
 
 /// `POST /v1/charge` `{"rule": "...", "key": "...", "cost": 1}`: records
@@ -79,40 +80,23 @@ pub async fn charge(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     if req.key.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }
-    let result = state
-        .limiter
-        .charge_key(&req.rule, &req.key, req.cost)
-        .await;
-    answer(result, || window_of(&state, &req.rule, &req.key))
-}
-
-/// The window `key` is counted over on `rule`: its override's, else the
-/// rule's.
-fn window_of(state: &AppState, rule: &str, key: &str) -> Option<std::time::Duration> {
-    if let Some((_, _, policy)) = state.limiter.override_of(rule, key) {
-        return Some(policy.window());
-    }
-    state
-        .limiter
-        .config()
-        .rules
-        .iter()
-        .find(|r| r.name == rule)
-        .map(|r| r.policy.window())
+    answer(
+        state
+            .limiter
+            .charge_key_in_window(&req.rule, &req.key, req.cost)
+            .await,
+    )
 }
 
 /// The HTTP answer of a decision API call: the decision, whether the key
 /// is under a penalty block, and the window it is counted over (for a
 /// `RateLimit-Policy` header's `w`).
-fn answer(
-    result: Result<Decision, CheckError>,
-    window: impl FnOnce() -> Option<std::time::Duration>,
-) -> Result<Response, ApiError> {
+fn answer(result: Result<(Decision, Duration), CheckError>) -> Result<Response, ApiError> {
     match result {
-        Ok(d) => {
+        Ok((d, window)) => {
             let mut body = decision_json(&d);
             body["blocked"] = json!(d.blocked);
-            body["window_ms"] = json!(window().map(ceil_ms));
+            body["window_ms"] = json!(ceil_ms(window));
             Ok((StatusCode::OK, Json(body)).into_response())
         }
         Err(e @ CheckError::UnknownRule(_)) => Err(ApiError::not_found(e.to_string())),

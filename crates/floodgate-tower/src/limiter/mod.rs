@@ -851,6 +851,21 @@ impl<S: Store> Limiter<S> {
         cost: u64,
         charge: Option<bool>,
     ) -> Result<Decision, CheckError> {
+        self.check_key_in_window(rule, key, cost, charge)
+            .await
+            .map(|(decision, _)| decision)
+    }
+
+    /// [`check_key_with`](Self::check_key_with), and the window the key is
+    /// counted over (its override's, else the rule's): what a
+    /// `RateLimit-Policy` header's `w` says.
+    pub async fn check_key_in_window(
+        &self,
+        rule: &str,
+        key: &str,
+        cost: u64,
+        charge: Option<bool>,
+    ) -> Result<(Decision, Duration), CheckError> {
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
         let key = bounded_key(key);
@@ -878,7 +893,7 @@ impl<S: Store> Limiter<S> {
         {
             compiled.tally(&key, false);
             self.observe(Some(compiled.name()), Outcome::Blocked);
-            return Ok(penalty_decision(policy, left));
+            return Ok((penalty_decision(policy, left), policy.window()));
         }
         let mut check = check_of(compiled, overridden.as_deref(), &key, cost);
         check.policy = policy;
@@ -894,20 +909,23 @@ impl<S: Store> Limiter<S> {
                     decision.allowed = true;
                     decision.retry_after = None;
                 }
-                Ok(decision)
+                Ok((decision, policy.window()))
             }
             None => {
                 self.observe(Some(compiled.name()), Outcome::Error);
                 match snapshot.config.on_error {
-                    OnError::Allow => Ok(Decision {
-                        allowed: true,
-                        limit: policy.limit(),
-                        remaining: policy.capacity() - cost,
-                        reset_after: Duration::ZERO,
-                        retry_after: None,
-                        blocked: false,
-                        delay: std::time::Duration::ZERO,
-                    }),
+                    OnError::Allow => Ok((
+                        Decision {
+                            allowed: true,
+                            limit: policy.limit(),
+                            remaining: policy.capacity() - cost,
+                            reset_after: Duration::ZERO,
+                            retry_after: None,
+                            blocked: false,
+                            delay: std::time::Duration::ZERO,
+                        },
+                        policy.window(),
+                    )),
                     OnError::Deny | OnError::Local => Err(CheckError::Unavailable),
                 }
             }
@@ -929,6 +947,19 @@ impl<S: Store> Limiter<S> {
         key: &str,
         cost: u64,
     ) -> Result<Decision, CheckError> {
+        self.charge_key_in_window(rule, key, cost)
+            .await
+            .map(|(decision, _)| decision)
+    }
+
+    /// [`charge_key`](Self::charge_key), and the window the key is counted
+    /// over (see [`check_key_in_window`](Self::check_key_in_window)).
+    pub async fn charge_key_in_window(
+        &self,
+        rule: &str,
+        key: &str,
+        cost: u64,
+    ) -> Result<(Decision, Duration), CheckError> {
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
         let key = bounded_key(key);
@@ -948,7 +979,7 @@ impl<S: Store> Limiter<S> {
         {
             Some(decisions) => {
                 self.shared.observer.on_charge(compiled.name(), cost);
-                Ok(decisions[0])
+                Ok((decisions[0], policy.window()))
             }
             None => {
                 self.observe(Some(compiled.name()), Outcome::Error);
