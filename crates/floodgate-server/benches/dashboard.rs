@@ -27,28 +27,15 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 
 mod common;
-use common::{HttpClient, Round, Server, bench_main, gateway_calls, http_client, start, timed};
+use common::{
+    CALLERS, GATEWAY_RULE, HttpClient, KEYS, Round, Server, TOKEN, bench_main, gateway_calls,
+    http_client, start, timed,
+};
 
-const CALLERS: usize = 64;
 const DASHBOARDS: usize = 10;
 const POLL: Duration = Duration::from_secs(2);
-const KEYS: u64 = 10_000;
 const ROUND: Duration = Duration::from_secs(4);
 const TURNS: usize = 9;
-const TOKEN: &str = "bench-admin-token";
-
-const REST: &str = "\
-[store]
-backend = \"memory\"
-
-[[rule]]
-name = \"per-client\"
-match = { path_prefix = \"/api/\" }
-key = \"ip\"
-algorithm = \"sliding_window\"
-limit = 1000000000
-window = \"1m\"
-";
 
 /// Requests answered through the gateway during `ROUND`, with `dashboards`
 /// polling the admin API meanwhile.
@@ -87,7 +74,10 @@ async fn round(client: &HttpClient, server: &Server, dashboards: usize) -> u64 {
 
 fn main() {
     bench_main("dashboard", "bench/dashboard.sh", || async {
-        let server = start(REST, TOKEN);
+        let server = start(
+            &format!("[store]\nbackend = \"memory\"\n{GATEWAY_RULE}"),
+            TOKEN,
+        );
         let pid = server.child.id();
         let client = http_client(CALLERS + DASHBOARDS);
         round(&client, &server, DASHBOARDS).await; // warm up

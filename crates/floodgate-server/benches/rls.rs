@@ -38,16 +38,12 @@ use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
 mod common;
-use common::{Server, address, bench_main, calls_for, start, timed};
+use common::{CALLERS, KEYS, Server, TOKEN, address, bench_main, calls_for, start, timed};
 
-const CALLERS: usize = 64;
 /// RLS connections, unless `FLOODGATE_BENCH_RLS_CONNECTIONS` says otherwise.
 const RLS_CONNECTIONS: usize = 4;
-const KEYS: u64 = 10_000;
 const ROUND: Duration = Duration::from_millis(1500);
 const TURNS: usize = 9;
-
-const TOKEN: &str = "bench-admin-token";
 
 const RULE: &str = "\
 [[rule]]

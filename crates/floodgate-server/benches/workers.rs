@@ -26,26 +26,16 @@
 use std::time::Duration;
 
 mod common;
-use common::{Round, bench_main, gateway_calls, http_client, start_with, timed};
+use common::{
+    CALLERS, GATEWAY_RULE, KEYS, Round, TOKEN, bench_main, gateway_calls, http_client, start_with,
+    timed,
+};
 
-const CALLERS: usize = 64;
-const KEYS: u64 = 10_000;
 const ROUND: Duration = Duration::from_secs(3);
 const TURNS: usize = 9;
-const TOKEN: &str = "bench-admin-token";
-
-const RULE: &str = "\
-[[rule]]
-name = \"per-client\"
-match = { path_prefix = \"/api/\" }
-key = \"ip\"
-algorithm = \"sliding_window\"
-limit = 1000000000
-window = \"1m\"
-";
 
 async fn compare(label: &str, store: &str) {
-    let rest = format!("{store}\n{RULE}");
+    let rest = format!("{store}\n{GATEWAY_RULE}");
     let one = start_with(&rest, TOKEN, &[]);
     let two = start_with(&rest, TOKEN, &["--workers", "2"]);
     let client = http_client(CALLERS);

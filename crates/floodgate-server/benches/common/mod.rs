@@ -7,6 +7,24 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Callers each way in the server benches.
+pub(crate) const CALLERS: usize = 64;
+/// Client addresses the callers ask about in turn.
+pub(crate) const KEYS: u64 = 10_000;
+/// The admin token every bench instance runs with.
+pub(crate) const TOKEN: &str = "bench-admin-token";
+/// The gateway benches' rule: every `/api/` request, per client address,
+/// far from its limit.
+pub(crate) const GATEWAY_RULE: &str = "\
+[[rule]]
+name = \"per-client\"
+match = { path_prefix = \"/api/\" }
+key = \"ip\"
+algorithm = \"sliding_window\"
+limit = 1000000000
+window = \"1m\"
+";
+
 /// A running `floodgate serve`, killed on drop.
 pub(crate) struct Server {
     pub(crate) child: Child,
