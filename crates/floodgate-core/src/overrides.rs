@@ -38,7 +38,7 @@ pub struct KeyOverride {
 
 impl KeyOverride {
     /// The policy it puts in force instead of `rule`'s: the rule's
-    /// algorithm and penalty with this limit, window and burst.
+    /// algorithm, penalty and consistency with this limit, window and burst.
     pub fn policy(&self, rule: &Policy) -> Result<Policy, PolicyError> {
         let window = self.window.unwrap_or_else(|| rule.window());
         let mut policy = Policy::new(rule.algorithm(), self.limit, window)?;
@@ -55,6 +55,9 @@ impl KeyOverride {
         }
         if rule.max_delay_us() > 0 {
             policy = policy.with_max_delay(Duration::from_micros(rule.max_delay_us()))?;
+        }
+        if rule.is_batched() {
+            policy = policy.with_batched()?;
         }
         Ok(policy)
     }

@@ -119,6 +119,16 @@ pub enum PolicyError {
     /// The maximum delay is zero or longer than a year.
     #[error("max_delay must be between 1ms and 366d, got {0:?}")]
     MaxDelay(Duration),
+    /// Batched consistency was asked of an algorithm that does not take it.
+    #[error(
+        "consistency = \"batched\" takes fixed_window, sliding_window or token_bucket, not {0}: a sliding log is kept for exactness, which local budgets give up"
+    )]
+    BatchedNotSupported(Algorithm),
+    /// Batched consistency together with a maximum delay.
+    #[error(
+        "consistency = \"batched\" cannot hold requests (on_limit = \"delay\"): a held request's place in the bucket is decided by the store at once"
+    )]
+    BatchedWithDelay,
     /// A block ladder step is shorter than the one before it.
     #[error(
         "a block_for ladder escalates: step {step} ({}) is shorter than the step before it ({})",
@@ -173,6 +183,9 @@ pub struct Policy {
     /// `window_us / limit` rounded up, computed once: the token bucket needs
     /// it on every check and a division is not free.
     emission_interval_us: u64,
+    /// Decided from budgets leased from a shared store (see
+    /// [`Policy::with_batched`]).
+    batched: bool,
 }
 
 impl Policy {
@@ -196,6 +209,7 @@ impl Policy {
             block_ladder: None,
             max_delay_us: 0,
             emission_interval_us: micros_of(window).div_ceil(limit.get()).max(1),
+            batched: false,
         })
     }
 
@@ -280,8 +294,56 @@ impl Policy {
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&max_delay) {
             return Err(PolicyError::MaxDelay(max_delay));
         }
+        if self.batched {
+            return Err(PolicyError::BatchedWithDelay);
+        }
         self.max_delay_us = micros_of(max_delay);
         Ok(self)
+    }
+
+    /// Batched consistency (`consistency = "batched"`): a store shared by
+    /// several instances (Redis) lets each instance lease a slice of a key's
+    /// remaining quota in one call and admit from it locally until it is
+    /// spent, instead of making one call per decision. Fixed and sliding
+    /// windows never admit more than the limit; a token bucket may admit
+    /// up to one slice more over any span. What may be lost is quota left
+    /// in slices that lapse unused. The bounds are stated in
+    /// `floodgate_redis`'s documentation of batched consistency. A store
+    /// that is already local and exact (the memory store) decides such a
+    /// policy as any other.
+    ///
+    /// Not for sliding logs (kept for exactness) nor with a maximum delay.
+    ///
+    /// ```
+    /// use floodgate_core::{Algorithm, Policy};
+    /// use std::time::Duration;
+    ///
+    /// let p = Policy::new(Algorithm::SlidingWindow, 400, Duration::from_secs(60))?.with_batched()?;
+    /// assert!(p.is_batched());
+    /// assert!(Policy::new(Algorithm::SlidingLog, 10, Duration::from_secs(1))?.with_batched().is_err());
+    /// # Ok::<(), floodgate_core::PolicyError>(())
+    /// ```
+    pub fn with_batched(mut self) -> Result<Self, PolicyError> {
+        if self.algorithm == Algorithm::SlidingLog {
+            return Err(PolicyError::BatchedNotSupported(self.algorithm));
+        }
+        if self.max_delay_us > 0 {
+            return Err(PolicyError::BatchedWithDelay);
+        }
+        self.batched = true;
+        Ok(self)
+    }
+
+    /// Whether the policy is decided from leased budgets
+    /// ([`Policy::with_batched`]).
+    pub fn is_batched(&self) -> bool {
+        self.batched
+    }
+
+    /// The most units one lease of a batched policy takes: a sixteenth of
+    /// what the policy can ever hold at once, at least 1.
+    pub fn batch_max(&self) -> u64 {
+        (self.capacity() / 16).max(1)
     }
 
     /// The same policy without a maximum delay: what a caller that cannot

@@ -263,6 +263,7 @@ async fn run_call<R: Runner>(runner: &R, jobs: Vec<Job>) {
             probe: c.probe,
             charge: c.charge,
             refund: c.refund,
+            lease: false,
             cost: c.cost,
             slot: c.slot.as_ref(),
         })

@@ -7,12 +7,13 @@ use std::time::Duration;
 use floodgate_core::{
     Algorithm, Block, BlockSource, Check, Decision, Error, KeyOverride, OverrideChange,
     OverrideChanges, Policy, Slot, SlotDecision, Store, StoreError, StoreErrorKind, Timestamp,
-    TopSummary, micros_of, validate_charges, validate_checks,
+    TopSummary, admitted, micros_of, validate_charges, validate_checks,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::RedisResult;
 use tokio::time::Instant;
 
+use crate::batched::{Budgets, Leased, MAX_BUDGETS, Take};
 use crate::coalesce::{Coalescer, QueuedCheck, Runner};
 use crate::config::{ConfigError, RedisConfig, TimeSource};
 use crate::connection::{Conn, Link};
@@ -52,6 +53,41 @@ const MAX_BLOCK_TTL_US: u64 = 1 << 52;
 /// - Every call is bounded by [`RedisConfig::timeout`] and fails with a typed
 ///   [`StoreError`]: timeout, connection dropped, script error or other.
 /// - Every key written carries a TTL set in the same script call.
+///
+/// # Batched consistency
+///
+/// A check of a batched policy ([`Policy::with_batched`], `consistency =
+/// "batched"`) is admitted from a local budget of its (rule, key) when the
+/// budget holds its cost, with no call at all. A check short of units
+/// leases more in one atomic call: what is left of the key's quota, up to
+/// the size asked, counted in Redis as admitted then. Every unit admitted
+/// locally has therefore been counted in Redis first:
+///
+/// - **fixed_window, sliding_window**: leased units are used only in the
+///   window they were counted in (a slice lapses at that window's end), so
+///   what is admitted never goes over the limit, as without batching.
+/// - **token_bucket**: a slice lapses after the time its units take to earn
+///   (`size × window / limit`): over any span, every instance together
+///   admits at most [`Policy::batch_max`] units more than the bucket allows.
+/// - **sliding_log** is not batched ([`Policy::with_batched`] refuses it).
+///
+/// What batching can cost is quota, never excess: units left in a slice
+/// when it lapses, or held by one instance while another is refused. Each
+/// instance holds at most [`Policy::batch_max`] units of a key at a time (a
+/// sixteenth of its capacity, at least 1): a key that stops sending with
+/// slices held loses at most `instances × batch_max` in that window, and a
+/// key sending steadily through every instance spends every slice and gets
+/// its whole quota. Slices start at one unit and double while they are
+/// spent before they lapse; one that lapses unspent makes the next the
+/// size of what was spent of it, so a quiet key costs one call per request,
+/// as without batching, and a busy one a call per slice.
+///
+/// A refusal is remembered until its `retry_after` (until then the key
+/// cannot admit a unit, whatever other instances do). A reset or an
+/// override made through another instance reaches this one's remembered
+/// refusal or held slice when it ends; a penalty block started elsewhere,
+/// when its slice is spent. Budgets are held for at most 262 144 (rule,
+/// key) pairs; past that, lapsed ones are dropped first.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -71,6 +107,10 @@ struct Inner {
     coalescer: Option<Arc<Coalescer>>,
     /// `FCALL` or `EVALSHA`: see `scripts`.
     dialect: DialectSwitch,
+    /// The local budgets of batched policies (see `batched`).
+    budgets: Budgets,
+    /// The origin of `now_us` under Redis' clock.
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -98,6 +138,9 @@ enum Mode {
     Charge,
     /// Give back held places (Store::refund).
     Refund,
+    /// Lease quota for local budgets (batched policies): each check a
+    /// batch of its own, its cost the size asked.
+    Lease,
 }
 
 /// The checks of one batch that share a client key (one hash slot), by
@@ -128,6 +171,8 @@ impl RedisStore {
                 margin_ms,
                 coalescer,
                 dialect: DialectSwitch::default(),
+                budgets: Budgets::new(MAX_BUDGETS),
+                started: std::time::Instant::now(),
             }),
         })
     }
@@ -165,6 +210,18 @@ impl RedisStore {
 
     /// ARGV[1] of every script: the time source's now (µs), or empty for
     /// Redis' own clock.
+    /// Now on the clock the local budgets of batched policies run on (µs):
+    /// the configured clock, else a monotonic one (a lease says how long
+    /// its units last, not until when, so Redis' clock need not agree).
+    fn now_us(&self) -> u64 {
+        match &self.inner.config.time_source {
+            TimeSource::Server => {
+                u64::try_from(self.inner.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+            }
+            TimeSource::Clock(clock) => clock.now().as_micros(),
+        }
+    }
+
     fn now_arg(&self) -> String {
         match &self.inner.config.time_source {
             TimeSource::Server => String::new(),
@@ -292,6 +349,19 @@ impl RedisStore {
         group: &[usize],
         mode: Mode,
     ) -> Result<Vec<Decision>, Error> {
+        let reply = self.group_reply(deadline, checks, group, mode).await?;
+        self.decisions(deadline, checks, group, &reply).await
+    }
+
+    /// The `check.lua` call of [`RedisStore::run_group`]: its reply, six
+    /// integers per check of `group`.
+    async fn group_reply(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        group: &[usize],
+        mode: Mode,
+    ) -> Result<Vec<i64>, Error> {
         let keys = &self.inner.keys;
         let guarded = matches!(mode, Mode::PenaltiesOnly | Mode::DryRun);
         let n = group.len() + usize::from(guarded);
@@ -323,6 +393,7 @@ impl RedisStore {
                     probe: c.probe,
                     charge: mode == Mode::Charge,
                     refund: mode == Mode::Refund,
+                    lease: mode == Mode::Lease,
                     cost: c.cost,
                     slot: None,
                 }
@@ -337,17 +408,19 @@ impl RedisStore {
                 probe: false,
                 charge: false,
                 refund: false,
+                lease: false,
                 cost: 2,
                 slot: None,
             });
         }
-        push_checks(&mut call, "", &args);
+        push_checks(&mut call, if mode == Mode::Lease { "*" } else { "" }, &args);
         let what = match mode {
             Mode::Commit => "check",
             Mode::PenaltiesOnly => "check (penalties only)",
             Mode::DryRun => "check (dry run)",
             Mode::Charge => "charge",
             Mode::Refund => "refund",
+            Mode::Lease => "lease",
         };
         let reply = self.invoke_check(deadline, what, &call).await?;
         if reply.len() != n * DECISION_FIELDS {
@@ -356,7 +429,7 @@ impl RedisStore {
                 format!("{} decisions for {n} checks", reply.len() / DECISION_FIELDS),
             ));
         }
-        self.decisions(deadline, checks, group, &reply).await
+        Ok(reply)
     }
 
     /// The decisions of `group` (indices into `checks`) from its part of a
@@ -550,6 +623,7 @@ impl RedisStore {
                 probe: false,
                 charge: false,
                 refund: false,
+                lease: false,
                 cost: 1,
                 slot: c.slot.as_ref(),
             })
@@ -651,6 +725,204 @@ impl RedisStore {
         }
         Ok(decisions.into_iter().flatten().collect())
     }
+
+    /// [`Store::check`] of checks decided in Redis, each call atomic (see
+    /// [`Store::check`](#method.check)).
+    async fn check_exact(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        if self.inner.link.is_cluster() {
+            let groups = slot_groups(checks);
+            if groups.len() > 1 {
+                return self.check_across_slots(deadline, checks, &groups).await;
+            }
+        }
+        let all: Vec<usize> = (0..checks.len()).collect();
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.run_group(deadline, checks, &all, Mode::Commit).await;
+        };
+        match coalescer.try_lead(self) {
+            Some(_lead) => self.run_group(deadline, checks, &all, Mode::Commit).await,
+            None => {
+                self.check_coalesced(coalescer, deadline, checks, Mode::Commit)
+                    .await
+            }
+        }
+    }
+
+    /// [`Store::check`] of a batch with checks of batched policies.
+    ///
+    /// Each such check is admitted from its (rule, key)'s local budget when
+    /// the budget holds its cost; the ones short of units lease more, all
+    /// of this batch's leases in one call (one per hash slot on a
+    /// cluster), each lease standing alone. The batch's other checks are
+    /// then decided in Redis as usual, one atomic call, when every batched
+    /// check admitted; when one refused, they are decided without being
+    /// charged (their penalties start), as in any refused batch. Units
+    /// taken locally for a batch that is refused are given back to their
+    /// budgets.
+    async fn check_batched(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
+        let budgets = &self.inner.budgets;
+        let now = self.now_us();
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        let mut short: Vec<(usize, u64)> = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            if !leases(c) {
+                continue;
+            }
+            match budgets.take(c, now) {
+                Take::Admitted(d) | Take::Refused(d) => decisions[i] = Some(d),
+                Take::Lease(want) => short.push((i, want)),
+            }
+        }
+        let deadline = self.deadline();
+        if !short.is_empty()
+            && let Err(e) = self.lease(deadline, checks, &short, &mut decisions).await
+        {
+            for &(i, _) in &short {
+                budgets.lease_failed(checks[i].rule, checks[i].key);
+            }
+            self.give_back(checks, &decisions);
+            return Err(e);
+        }
+        let refused = decisions.iter().flatten().any(|d| !d.allowed);
+        let exact: Vec<Check<'_>> = checks.iter().filter(|c| !leases(c)).copied().collect();
+        if !exact.is_empty() {
+            let decided = if refused {
+                self.decide_uncharged(deadline, &exact).await
+            } else {
+                self.check_exact(&exact).await
+            };
+            let decided = match decided {
+                Ok(decided) => decided,
+                Err(e) => {
+                    self.give_back(checks, &decisions);
+                    return Err(e);
+                }
+            };
+            if !refused && !admitted(&exact, &decided) {
+                self.give_back(checks, &decisions);
+            }
+            let mut decided = decided.into_iter();
+            for (c, d) in checks.iter().zip(decisions.iter_mut()) {
+                if !leases(c) {
+                    *d = decided.next();
+                }
+            }
+        } else if refused {
+            self.give_back(checks, &decisions);
+        }
+        let decided: Vec<Decision> = decisions.into_iter().flatten().collect();
+        if decided.len() != checks.len() {
+            return Err(bad_reply(
+                "check",
+                format!("{} decisions for {} checks", decided.len(), checks.len()),
+            ));
+        }
+        Ok(decided)
+    }
+
+    /// Leases units for the checks `short` names (index, size asked) and
+    /// settles each against its budget: its decision goes to `decisions`.
+    async fn lease(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+        short: &[(usize, u64)],
+        decisions: &mut [Option<Decision>],
+    ) -> Result<(), Error> {
+        // The leases as checks of the size asked.
+        let asks: Vec<Check<'_>> = short
+            .iter()
+            .map(|&(i, want)| Check {
+                cost: want,
+                ..checks[i]
+            })
+            .collect();
+        let groups: Vec<Vec<usize>> = if self.inner.link.is_cluster() {
+            slot_groups(&asks).into_iter().map(|g| g.indices).collect()
+        } else {
+            vec![(0..asks.len()).collect()]
+        };
+        let sent = self.now_us();
+        let replies = try_join_all(
+            groups
+                .iter()
+                .map(|g| self.group_reply(deadline, &asks, g, Mode::Lease)),
+        )
+        .await?;
+        let now = self.now_us();
+        for (g, reply) in groups.iter().zip(replies) {
+            for (&a, fields) in g.iter().zip(reply.chunks_exact(DECISION_FIELDS)) {
+                let (i, _) = short[a];
+                let c = &checks[i];
+                let leased = if fields[0] == 1 {
+                    let count = |v: i64| {
+                        u64::try_from(v).map_err(|_| bad_reply("lease", format!("{fields:?}")))
+                    };
+                    Leased::Granted {
+                        granted: count(fields[5])?,
+                        valid: Duration::from_micros(count(fields[3])?),
+                        remaining: count(fields[1])?,
+                        reset_after: Duration::from_micros(count(fields[2])?),
+                    }
+                } else {
+                    if let Ok(until @ 1..) = u64::try_from(fields[5]) {
+                        self.register_penalty(
+                            deadline,
+                            c,
+                            until,
+                            crate::wire::ladder_offence(fields),
+                        )
+                        .await;
+                    }
+                    Leased::Refused(decision_from(c.policy, fields)?)
+                };
+                decisions[i] = Some(self.inner.budgets.settle(c, sent, now, leased));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides `checks` in Redis without charging them; the penalties of
+    /// the refused ones start (a batch refused by another of its checks).
+    async fn decide_uncharged(
+        &self,
+        deadline: Instant,
+        checks: &[Check<'_>],
+    ) -> Result<Vec<Decision>, Error> {
+        let groups = if self.inner.link.is_cluster() {
+            slot_groups(checks)
+        } else {
+            vec![SlotGroup {
+                indices: (0..checks.len()).collect(),
+            }]
+        };
+        let all: Vec<&SlotGroup> = groups.iter().collect();
+        let answers = self
+            .run_groups(deadline, checks, &all, Mode::PenaltiesOnly)
+            .await?;
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        for (g, ds) in groups.iter().zip(answers) {
+            for (&i, d) in g.indices.iter().zip(ds) {
+                decisions[i] = Some(d);
+            }
+        }
+        Ok(decisions.into_iter().flatten().collect())
+    }
+
+    /// Gives the units of the batched checks admitted in `decisions` back
+    /// to their budgets: their batch was refused, or failed.
+    fn give_back(&self, checks: &[Check<'_>], decisions: &[Option<Decision>]) {
+        let now = self.now_us();
+        for (c, d) in checks.iter().zip(decisions) {
+            if leases(c) && d.is_some_and(|d| d.allowed) {
+                self.inner.budgets.give_back(c, now);
+            }
+        }
+    }
 }
 
 /// The override changes an `overrides.lua` "changes" call answered.
@@ -719,6 +991,12 @@ fn parse_override(rule: &str, key: &str, text: &str) -> Option<KeyOverride> {
     })
 }
 
+/// Whether a check is decided from a local budget: an enforcing charge
+/// of a batched policy.
+fn leases(c: &Check<'_>) -> bool {
+    c.policy.is_batched() && !c.shadow && !c.probe
+}
+
 /// The checks of `checks` grouped by client key, in first-seen order.
 fn slot_groups(checks: &[Check<'_>]) -> Vec<SlotGroup> {
     let mut groups: Vec<(&str, SlotGroup)> = Vec::new();
@@ -784,29 +1062,16 @@ impl Store for RedisStore {
     ///
     /// An error from any call fails the batch; costs already recorded by
     /// other groups stay (again only ever over-counting).
+    ///
+    /// Checks of a batched policy ([`Policy::with_batched`]) are decided
+    /// from local budgets leased from Redis: see [batched
+    /// consistency](RedisStore#batched-consistency).
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_checks(checks)?;
-        if checks.is_empty() {
-            return Ok(Vec::new());
+        if checks.iter().any(leases) {
+            return self.check_batched(checks).await;
         }
-        let deadline = self.deadline();
-        if self.inner.link.is_cluster() {
-            let groups = slot_groups(checks);
-            if groups.len() > 1 {
-                return self.check_across_slots(deadline, checks, &groups).await;
-            }
-        }
-        let all: Vec<usize> = (0..checks.len()).collect();
-        let Some(coalescer) = &self.inner.coalescer else {
-            return self.run_group(deadline, checks, &all, Mode::Commit).await;
-        };
-        match coalescer.try_lead(self) {
-            Some(_lead) => self.run_group(deadline, checks, &all, Mode::Commit).await,
-            None => {
-                self.check_coalesced(coalescer, deadline, checks, Mode::Commit)
-                    .await
-            }
-        }
+        self.check_exact(checks).await
     }
 
     /// [`RedisConfig::timeout`]: every call, cluster and Sentinel
@@ -838,6 +1103,7 @@ impl Store for RedisStore {
     }
 
     async fn reset(&self, rule: &str, key: &str) -> Result<bool, Error> {
+        self.inner.budgets.forget(rule, key);
         let deadline = self.deadline();
         let keys = &self.inner.keys;
         // Two hash slots (the identity's and the registry's): two commands,

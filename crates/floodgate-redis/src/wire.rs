@@ -34,6 +34,9 @@ pub(crate) struct CheckArg<'a> {
     pub(crate) charge: bool,
     /// Given back (Store::refund); `shadow` and `probe` do not apply.
     pub(crate) refund: bool,
+    /// A lease of `cost` units for a batched policy's local budget (mode
+    /// "9"); `shadow` and `probe` do not apply.
+    pub(crate) lease: bool,
     pub(crate) cost: u64,
     /// A concurrency slot operation instead of a check (`policy` unused).
     pub(crate) slot: Option<&'a SlotArg>,
@@ -89,6 +92,7 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
         }
         let mode = match (c.charge, c.shadow, c.probe) {
             _ if c.refund => "5",
+            _ if c.lease => "9",
             (true, _, _) => "4",
             (false, false, false) => "0",
             (false, true, false) => "1",

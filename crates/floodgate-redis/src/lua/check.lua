@@ -22,7 +22,14 @@
 --     charge (Store::charge: record the cost whatever the limit says, never
 --     refuse, start no penalty; its reply is what a peek finds after), "5"
 --     refund (Store::refund: give back a held request's place in a token
---     bucket; its reply is what a peek finds after)
+--     bucket; its reply is what a peek finds after), "9" lease (batched
+--     consistency: take what is left of the key's quota, up to the cost
+--     asked, when at least one unit fits; decided and penalised as an
+--     enforcing check of one unit otherwise. When admitted, its reply's
+--     retry field is how long the leased units may be used (µs: to the
+--     end of the window they were counted in; a token bucket's, the time
+--     they take to earn) and its block_until field how many were taken.
+--     A lease stands alone: send leases as batches of one)
 --   or, for a concurrency slot (Store::acquire, release, renew; its
 --     check's two keys are both the slots of (rule, key), a sorted set of
 --     request ids scored by the end of their lease):
@@ -153,14 +160,38 @@ local function decide_check(i, at)
   end
   local a, b, c = state_of(KEYS[2 * i - 1], p)
   local until_us, offences = decode_penalty(values[KEYS[2 * i]])
+  if p.batch then
+    -- A lease takes what is left, up to the cost asked; when not even a
+    -- unit fits, it is refused as a check of one unit is.
+    local left = 0
+    if until_us <= now then
+      local _
+      _, left = decide(p, now, 0, a, b, c)
+    end
+    cost = max(1, min(cost, left))
+  end
   local allowed, remaining, reset, retry, blocked, block_until, offence, wait =
     evaluate(until_us, offences, p, now, cost, p.shadow, a, b, c)
+  if p.batch and allowed then
+    if p.algorithm == 'token_bucket' then
+      wait = cost * p.emission
+    else
+      wait = p.window - fmod(now, p.window)
+    end
+    block_until = cost
+  end
   -- Flags: 1 admitted, 2 blocked, and for a block started under a ladder,
   -- its offence (at most 63) from the third bit up: the block's listing
   -- names its step.
   local ladder_offence = 0
   if p.ladder and block_until > 0 then
     ladder_offence = math.min(offence, 63)
+  end
+  if p.batch and allowed then
+    reply[i] = pack_struct('<Bdddd', 1, remaining, reset, wait, block_until)
+    admitted_check[i] = true
+    offence_of[i] = 0
+    return true, p, cost, 0, a, b, c
   end
   reply[i] = pack_struct('<Bdddd', (allowed and 1 or 0) + (blocked and 2 or 0) + 4 * ladder_offence,
     remaining, reset, retry or wait or -1, block_until)
@@ -247,6 +278,7 @@ local function main()
     p.probe = mode == '2' or mode == '3'
     p.charge = mode == '4'
     p.refund = mode == '5'
+    p.batch = mode == '9'
     policies[tostring(j)] = p
   end
   local sizes = batch_sizes(n)

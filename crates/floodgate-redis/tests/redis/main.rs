@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod batched;
 mod blocks;
 mod cluster;
 mod coalesce;
