@@ -131,17 +131,20 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 "consistency",
             ],
         );
-        match r.consistency.as_deref() {
-            None | Some("exact") => {}
-            Some("batched") => p.add(
-                format!("{at} consistency"),
-                "\"batched\" is not available in this version: every decision is exact, one atomic store call (use \"exact\" or leave it out)",
-            ),
-            Some(other) => p.add(
-                format!("{at} consistency"),
-                format!("{other:?} is not \"exact\""),
-            ),
-        }
+        let batched = match r.consistency.as_deref() {
+            None | Some("exact") => false,
+            Some("batched") => {
+                validate_batched(&r, &at, p);
+                true
+            }
+            Some(other) => {
+                p.add(
+                    format!("{at} consistency"),
+                    format!("{other:?} is not \"exact\" or \"batched\""),
+                );
+                false
+            }
+        };
         let descriptor = validate_descriptor(&r, &at, p);
         let name = match r.name {
             Some(n) if floodgate_tower::check_rule_name(&n).is_ok() => n,
@@ -200,6 +203,7 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
                 (r.shadow, "shadow"),
                 (r.cost.is_some_and(|c| c != 1), "cost"),
                 (r.descriptor.is_some(), "descriptor"),
+                (r.consistency.as_deref() == Some("batched"), "consistency"),
             ] {
                 if set {
                     stray.push(field);
@@ -335,6 +339,13 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
             (Some(a), Some(l), Some(w)) => build_policy(a, l, w, r.burst, block_for, &at, p),
             _ => None,
         };
+        let policy = match policy {
+            Some(policy) if batched => policy
+                .with_batched()
+                .map_err(|e| p.add(format!("{at} consistency"), e.to_string()))
+                .ok(),
+            policy => policy,
+        };
         if let Some(policy) = &policy
             && cost >= 1
             && cost as u64 > policy.capacity()
@@ -406,6 +417,42 @@ pub(super) fn validate_rules(raw: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
         }
     }
     rules
+}
+
+/// What `consistency = "batched"` excludes: a budget is leased for
+/// requests charged when they arrive and refused when over, so not for
+/// rules charged on the answer, rules that hold requests, or shadow rules
+/// (which refuse nothing). The algorithm is checked with the policy.
+fn validate_batched(r: &RawRule, at: &str, p: &mut Problems) {
+    for (set, field, why) in [
+        (
+            r.count_status.is_some(),
+            "count_status",
+            "a batched rule charges requests when they arrive, not their answers",
+        ),
+        (
+            r.cost_header.is_some(),
+            "cost_header",
+            "a batched rule charges requests when they arrive, not their answers",
+        ),
+        (
+            r.on_limit.as_deref() == Some("delay"),
+            "on_limit",
+            "a batched rule cannot hold requests: a held request's place is decided by the store at once",
+        ),
+        (
+            r.shadow,
+            "shadow",
+            "a shadow rule refuses nothing, so it has no quota to lease: use consistency = \"exact\" while trying it",
+        ),
+    ] {
+        if set {
+            p.add(
+                format!("{at} {field}"),
+                format!("does not go with consistency = \"batched\": {why}"),
+            );
+        }
+    }
 }
 
 /// A rule's `descriptor`, checked with what it excludes: `match` and `key`

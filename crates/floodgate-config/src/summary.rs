@@ -124,6 +124,13 @@ pub fn summary(s: &Settings) -> String {
         if let Some(statuses) = &r.count_status {
             out.push_str(&format!("    {:<20} counts only answers {statuses}\n", ""));
         }
+        if p.is_batched() {
+            out.push_str(&format!(
+                "    {:<20} consistency batched: each instance leases up to {} of a key's units at a time (Redis; the memory store is exact)\n",
+                "",
+                p.batch_max()
+            ));
+        }
         if let floodgate_tower::OnLimit::Delay { max } = r.on_limit {
             out.push_str(&format!(
                 "    {:<20} holds a request over the limit up to {}\n",

@@ -65,6 +65,17 @@ fn assert_refused(config: &str, expected: &[&str]) {
 }
 
 #[test]
+fn a_batched_rule_passes_and_its_summary_says_so() {
+    let config = good_but("consistency = \"exact\"", "consistency = \"batched\"");
+    let (code, stdout, stderr) = check_config(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("consistency batched: each instance leases up to 1 of a key's units"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_good_config_passes_with_a_summary() {
     let (code, stdout, stderr) = check_config(GOOD);
     assert_eq!(code, 0, "{stderr}");
@@ -84,7 +95,7 @@ fn the_good_config_passes_with_a_summary() {
 
 #[test]
 fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
-    let cases: [(String, &[&str]); 25] = [
+    let cases: [(String, &[&str]); 29] = [
         (
             good_but(
                 "algorithm = \"sliding_window\"",
@@ -202,12 +213,44 @@ fn each_kind_of_mistake_is_refused_with_its_rule_and_field() {
         ),
         (
             good_but(
+                "algorithm = \"sliding_window\"\nlimit = 100\nwindow = \"1m\"",
+                "algorithm = \"sliding_log\"\nlimit = 100\nwindow = \"1m\"\nconsistency = \"batched\"",
+            ),
+            &["rule \"api-per-client\" consistency", "not sliding_log"],
+        ),
+        (
+            good_but(
                 "window = \"1m\"",
-                "window = \"1m\"\nconsistency = \"batched\"",
+                "window = \"1m\"\nconsistency = \"batched\"\nshadow = true\ncount_status = [401]",
+            ),
+            &[
+                "rule \"api-per-client\" shadow",
+                "rule \"api-per-client\" count_status",
+                "does not go with consistency = \"batched\"",
+            ],
+        ),
+        (
+            good_but(
+                "consistency = \"exact\"",
+                "consistency = \"batched\"\non_limit = \"delay\"",
+            ),
+            &["rule \"per-key\" on_limit", "cannot hold requests"],
+        ),
+        (
+            good_but(
+                "algorithm = \"sliding_window\"\nlimit = 100\nwindow = \"1m\"",
+                "algorithm = \"concurrency\"\nlimit = 4\nconsistency = \"batched\"",
             ),
             &[
                 "rule \"api-per-client\" consistency",
-                "not available in this version",
+                "does not apply to algorithm = \"concurrency\"",
+            ],
+        ),
+        (
+            good_but("consistency = \"exact\"", "consistency = \"eventual\""),
+            &[
+                "rule \"per-key\" consistency",
+                "\"eventual\" is not \"exact\" or \"batched\"",
             ],
         ),
         (
