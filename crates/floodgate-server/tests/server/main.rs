@@ -14,6 +14,7 @@ mod admin;
 mod answers;
 mod auth_request_pm2;
 mod authorize;
+mod batched;
 mod chaos;
 mod cli;
 mod concurrency;
