@@ -29,8 +29,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    CALLERS, GATEWAY_RULE, KEYS, Round, Server, TOKEN, bench_main, cpu, gateway_calls,
-    http_client, start_with, timed,
+    CALLERS, GATEWAY_RULE, KEYS, Round, Server, TOKEN, bench_main, cpu, gateway_calls, http_client,
+    start_with, timed,
 };
 
 const ROUND: Duration = Duration::from_secs(3);

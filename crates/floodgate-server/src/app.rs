@@ -11,24 +11,31 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use floodgate_tower::FloodgateLayer;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::config::AnyStore;
 use crate::config::{self, Overrides, Settings};
-use crate::error::{ApiError, problems_only};
+use crate::error::problems_only;
 use crate::metrics::{CountRequests, RouteKind};
+use crate::routing::{MainService, ProblemsOnlyLayer, RefuseTunnelsLayer};
 use crate::state::AppState;
 use crate::{admin, api, demo_api, listen, serve};
 
-/// The main listener's router: `POST /v1/check`, and every other request
-/// through the rate-limit layer to the upstream (or the demo API).
-pub fn gateway_router(state: Arc<AppState>) -> Router {
-    let demo = demo_api::router().layer(axum::middleware::from_fn(problems_only));
+/// The main listener's service: the decision endpoints (`/v1/check`,
+/// `/v1/charge`, `/v1/authorize`), and every other request through the
+/// rate-limit layer to the upstream (or the demo API).
+pub fn gateway_router(
+    state: Arc<AppState>,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
+    let demo = ProblemsOnlyLayer.layer(demo_api::router());
     let forward_state = state.clone();
     let forward = tower::service_fn(move |req: Request| {
         let state = forward_state.clone();
@@ -54,10 +61,10 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
     // Refused before any rule counts them.
     let limited = tower::ServiceBuilder::new()
         .layer(CountRequests::new(state.metrics.route(RouteKind::Gateway)))
-        .layer(axum::middleware::from_fn(refuse_tunnels))
+        .layer(RefuseTunnelsLayer)
         .service(limited);
     let decision_api = CountRequests::new(state.metrics.route(RouteKind::DecisionApi));
-    Router::new()
+    let api = Router::new()
         .route(
             "/v1/check",
             post(api::check)
@@ -78,26 +85,8 @@ pub fn gateway_router(state: Arc<AppState>) -> Router {
                     state.metrics.route(RouteKind::Authorize),
                 )),
         )
-        .with_state(state)
-        .fallback_service(limited)
-}
-
-/// What a `405` names as allowed: every method the gateway passes on.
-const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
-
-/// `CONNECT` would make floodgate a tunnel to anywhere the upstream's host
-/// can reach, and `TRACE` echoes the request, credentials included: both
-/// are answered 405 here, never forwarded nor counted.
-async fn refuse_tunnels(req: Request, next: axum::middleware::Next) -> axum::response::Response {
-    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-        return ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not forwarded", req.method()),
-        )
-        .with_header(header::ALLOW, HeaderValue::from_static(FORWARDED_METHODS))
-        .into_response();
-    }
-    next.run(req).await
+        .with_state(state);
+    MainService::new(api, limited)
 }
 
 /// What `run` needs besides the settings.

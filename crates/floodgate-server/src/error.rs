@@ -85,7 +85,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// into problem+json, keeping their status, headers and text. For
 /// floodgate's own endpoints only: an upstream's answers pass unchanged.
 pub async fn problems_only(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+    problems_only_response(next.run(req).await).await
+}
+
+/// [`problems_only`] of an answer already made.
+pub async fn problems_only_response(response: Response) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod rls;
+mod routing;
 pub mod serve;
 pub mod state;
 pub mod supervisor;

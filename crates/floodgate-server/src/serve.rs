@@ -91,7 +91,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, Version, header};
@@ -106,7 +105,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::config::{MIN_MAX_HEADER_BYTES, ServerSettings};
 
@@ -236,14 +235,17 @@ pub fn default_max_connections(fd_limit: Option<u64>, proxying: bool) -> usize {
 /// documentation); returns once all are closed. `at_capacity` is called
 /// each time `limits.max_connections` stops the loop from accepting.
 /// Every request carries its TCP peer as a [`PeerAddr`].
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     at_capacity: impl Fn(),
     stop: impl Future<Output = ()>,
     stopped_accepting: impl FnOnce(),
-) {
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     // Both time bounds are `Watched`'s (see above); hyper's HTTP/1 header
     // read timeout, on by default once a timer is set, stays off.
@@ -313,14 +315,17 @@ pub async fn serve(
 
 /// Serves one accepted connection on a task of its own, until it closes;
 /// once `drain` turns true, drains it (see the module's documentation).
-fn spawn_connection(
+fn spawn_connection<S>(
     builder: &Builder<TokioExecutor>,
-    router: &Router,
+    router: &S,
     limits: &Limits,
     (stream, peer): (TcpStream, SocketAddr),
     place: OwnedSemaphorePermit,
     mut drain: watch::Receiver<bool>,
-) {
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let service = {
         let (router, activity) = (router.clone(), Arc::clone(&activity));
@@ -328,7 +333,7 @@ fn spawn_connection(
             request.extensions_mut().insert(PeerAddr(peer));
             let http1 = request.version() < Version::HTTP_2;
             let in_flight = InFlight::new(&activity);
-            let answer = router.clone().oneshot(request);
+            let answer = router.clone().oneshot(request.map(Body::new));
             async move {
                 let mut response: Response = answer.await?;
                 if http1 && in_flight.draining() {

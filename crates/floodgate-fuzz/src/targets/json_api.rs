@@ -25,7 +25,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use floodgate_core::duration::parse_duration;
 use floodgate_core::{MAX_WINDOW, MemoryStore};
@@ -236,7 +235,14 @@ impl Answer {
     }
 }
 
-async fn send(router: Router, method: Method, uri: &str, auth: bool, body: Vec<u8>) -> Answer {
+async fn send<S>(router: S, method: Method, uri: &str, auth: bool, body: Vec<u8>) -> Answer
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
     let token = if auth { TOKEN } else { "wrong" };
     let request = Request::builder()
         .method(method)

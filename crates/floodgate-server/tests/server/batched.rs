@@ -104,5 +104,8 @@ async fn a_client_spread_thinly_over_four_gateways_gets_its_whole_limit() {
         "{admitted} admitted, limit {LIMIT}"
     );
     // The last admitted request saw (almost) nothing left.
-    assert!(last_remaining.is_some_and(|r| r <= 4 * 25), "{last_remaining:?}");
+    assert!(
+        last_remaining.is_some_and(|r| r <= 4 * 25),
+        "{last_remaining:?}"
+    );
 }
