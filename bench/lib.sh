@@ -127,8 +127,9 @@ build_floodgate() {
 
 # gateway_config NAME LISTEN ADMIN: the config of the gateway benchmarks'
 # set-up NAME: "none" (no rules), "memory" (one sliding_window rule keyed by
-# ip, a limit no run reaches, on the memory store) or "redis" (the same rule
-# on the redis-server at $REDIS_PORT); the admin token is $token, if any.
+# ip, a limit no run reaches, on the memory store), "redis" (the same rule
+# on the redis-server at $REDIS_PORT) or "batched" (the same on Redis with
+# consistency = "batched"); the admin token is $token, if any.
 gateway_config() {
     local name=$1 listen=$2 admin=$3
     cat <<TOML
@@ -146,7 +147,7 @@ TOML
 
 [store]
 TOML
-    if [[ $name == redis ]]; then
+    if [[ $name == redis || $name == batched ]]; then
         echo "backend = \"redis\""
         echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
     else
@@ -162,6 +163,9 @@ algorithm = "sliding_window"
 limit = 1000000000
 window = "1m"
 TOML
+    fi
+    if [[ $name == batched ]]; then
+        echo 'consistency = "batched"'
     fi
 }
 
