@@ -35,7 +35,7 @@ pub fn gateway_router(
 + Send
 + Sync
 + 'static {
-    let demo = ProblemsOnlyLayer.layer(demo_api::router());
+    let demo = ProblemsOnlyLayer.layer(demo_api::Demo::default());
     let forward_state = state.clone();
     let forward = tower::service_fn(move |req: Request| {
         let state = forward_state.clone();
