@@ -78,6 +78,7 @@ pub struct RuleBuilder {
     shadow: bool,
     count_status: Option<Result<StatusSet, String>>,
     cost_header: Option<Result<HeaderName, String>>,
+    batched: bool,
 }
 
 impl Rule {
@@ -121,6 +122,7 @@ impl RuleBuilder {
             shadow: false,
             count_status: None,
             cost_header: None,
+            batched: false,
         }
     }
 
@@ -237,8 +239,31 @@ impl RuleBuilder {
         self
     }
 
+    /// Batched consistency (`consistency = "batched"`): on a Redis store,
+    /// each instance admits from slices of the key's quota it leases from
+    /// Redis, instead of asking Redis about every request. Never over the
+    /// limit for the window algorithms; see
+    /// [`Policy::with_batched`](floodgate_core::Policy::with_batched) and
+    /// `floodgate_redis::RedisStore` for the bounds. Not for sliding logs,
+    /// shadow rules, or rules charged on the answer.
+    ///
+    /// ```
+    /// use floodgate_tower::{LimiterConfig, Rule};
+    ///
+    /// let config = LimiterConfig::builder()
+    ///     .rule(Rule::sliding_window("api", 1000, "1m").batched())
+    ///     .config()?;
+    /// assert!(config.rules[0].policy.is_batched());
+    /// # Ok::<(), floodgate_tower::ConfigError>(())
+    /// ```
+    pub fn batched(mut self) -> Self {
+        self.batched = true;
+        self
+    }
+
     /// The rule, or every problem found, each naming its field.
     fn build(self) -> Result<Rule, Vec<ConfigProblem>> {
+        let batched = self.batched;
         let mut problems = Vec::new();
         let mut problem = |field: &'static str, message: String| {
             problems.push(ConfigProblem {
@@ -283,9 +308,16 @@ impl RuleBuilder {
                 .and_then(|p| match block_for.as_slice() {
                     [] => Ok(p),
                     steps => p.with_block_ladder(steps),
-                });
+                })
+                .and_then(|p| if batched { p.with_batched() } else { Ok(p) });
             policy.map_err(|e| problem("policy", e.to_string())).ok()
         });
+        if batched && (self.shadow || count_status.is_some() || cost_header.is_some()) {
+            problem(
+                "consistency",
+                "batched applies to rules charged when a request arrives and refused when over: not to shadow rules or rules charged on the answer".to_owned(),
+            );
+        }
         match (policy, key) {
             (Some(policy), Some(key)) if problems.is_empty() => {
                 let mut rule = Rule::new(self.name, key, policy)
@@ -501,6 +533,31 @@ mod tests {
             "deny: \"nonsense\"",
             "trusted_proxies: \"somewhere\"",
             "timeout:",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{expected:?} not among {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn batched_rules_are_built_and_refused_where_they_cannot_apply() {
+        let built = LimiterConfig::builder()
+            .rule(Rule::token_bucket("api", 320, "1m").batched())
+            .config()
+            .unwrap();
+        assert!(built.rules[0].policy.is_batched());
+        assert_eq!(built.rules[0].policy.batch_max(), 20);
+        let err = LimiterConfig::builder()
+            .rule(Rule::sliding_log("log", 10, "1m").batched())
+            .rule(Rule::sliding_window("quiet", 10, "1m").shadow().batched())
+            .config()
+            .unwrap_err();
+        let found: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        for expected in [
+            "rule \"log\": policy: consistency = \"batched\" takes",
+            "rule \"quiet\": consistency: batched applies",
         ] {
             assert!(
                 found.iter().any(|p| p.starts_with(expected)),
