@@ -87,15 +87,30 @@ impl Rls {
     }
 
     /// Answers one call of `ShouldRateLimit` on `respond`, within its
-    /// deadline (then `CANCELLED`), and counts it.
+    /// deadline (then `CANCELLED`), and counts it; drops it, uncounted, if
+    /// the caller resets the stream while it waits.
     async fn answer(
         &self,
         mut request: http::Request<h2::RecvStream>,
-        respond: h2::server::SendResponse<Bytes>,
+        mut respond: h2::server::SendResponse<Bytes>,
     ) {
         let started = std::time::Instant::now();
         let limit = conn::deadline_of(request.headers());
-        let decided = conn::Bounded::new(self.decide(&mut request), limit, started).await;
+        let mut decide = std::pin::pin!(conn::Bounded::new(
+            self.decide(&mut request),
+            limit,
+            started
+        ));
+        let decided = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(decided) = decide.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(decided));
+            }
+            respond.poll_reset(cx).map(|_| None)
+        })
+        .await;
+        let Some(decided) = decided else {
+            return;
+        };
         let code = match decided {
             Some(Ok(message)) => {
                 conn::send_message(respond, message);
