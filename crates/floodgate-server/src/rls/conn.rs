@@ -105,7 +105,9 @@ pub(super) async fn serve_connection(
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(Box::new(e) as Box<dyn std::error::Error>));
+                        return Poll::Ready(Err(
+                            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+                        ));
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
