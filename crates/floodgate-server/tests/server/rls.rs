@@ -814,3 +814,47 @@ async fn the_http2_server_bounds_streams_and_calls_and_answers_broken_ones() {
     let (status, _) = raw_call(&send, "/nobody.Nothing/Call", &[], vec![framed(&[])]).await;
     assert_eq!(status, "12");
 }
+
+/// A caller that gives up on a call waiting on a slow store (Envoy's
+/// filter does after its timeout) resets the stream: the call is dropped,
+/// and the connection goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reset_while_it_waits_on_the_store_leaves_the_connection_serving() {
+    use prost::Message;
+    let redis = floodgate_testkit::RedisServer::start();
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"5s\"\non_error = \"deny\"\n",
+        redis.url()
+    );
+    let fg = Floodgate::launch(config(&store, RULES)).await;
+    let (send, _) = raw_connection(fg.grpc).await;
+    const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let message = |ip: &str| framed(&request("edge", vec![client_of(ip)], 0).encode_to_vec());
+    // Warm: the store's scripts loaded.
+    assert_eq!(
+        raw_call(&send, METHOD, &[], vec![message("192.0.2.95")])
+            .await
+            .0,
+        "0"
+    );
+
+    redis.pause();
+    let mut waiting = send.clone().ready().await.unwrap();
+    let head = http::Request::post(format!("http://floodgate{METHOD}"))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = waiting.send_request(head, false).unwrap();
+    stream
+        .send_data(message("192.0.2.96").into(), true)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    assert!(response.await.is_err(), "the reset call has no answer");
+    redis.resume();
+
+    let (status, answer) = raw_call(&send, METHOD, &[], vec![message("192.0.2.97")]).await;
+    assert_eq!(status, "0");
+    let r = RateLimitResponse::decode(&answer[5..]).unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
