@@ -43,6 +43,8 @@ use prost::Message;
 use crate::metrics::{RouteKind, RouteMetrics, grpc_status_class};
 use crate::state::AppState;
 
+mod conn;
+
 /// Descriptors one request may carry.
 pub const MAX_DESCRIPTORS: usize = 64;
 /// Entries one descriptor may carry.
@@ -64,12 +66,11 @@ const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/Sh
 
 /// The service, answering from the server's limiter.
 ///
-/// A unary call is handled here on hyper's HTTP/2 server directly: the one
-/// length-prefixed message is read whole, decoded, decided, and the answer
-/// goes out as one data frame and the `grpc-status` trailer, without
-/// tonic's streaming codec (a per-call decode buffer, an encode stream and
-/// their boxed futures) between them. tonic still serves the listener,
-/// health checking, reflection and `grpc-timeout`.
+/// A unary call is read, decided and answered on the connection's own task
+/// ([`conn`]): the one length-prefixed message is read whole, decoded,
+/// decided, and the answer goes out as one data frame and the
+/// `grpc-status` trailer, without a task, a router or a streaming codec
+/// between them.
 #[derive(Clone)]
 pub struct Rls {
     state: Arc<AppState>,
@@ -85,172 +86,105 @@ impl Rls {
         Rls { state, requests }
     }
 
-    /// Answers one call.
-    async fn call(
-        self,
-        request: http::Request<tonic::body::Body>,
-    ) -> http::Response<tonic::body::Body> {
-        if request.uri().path() != SHOULD_RATE_LIMIT {
-            return tonic::Status::unimplemented(format!(
-                "{} is not a method of {SERVICE}",
-                request.uri().path()
-            ))
-            .into_http();
-        }
+    /// Answers one call of `ShouldRateLimit` on `respond`, within its
+    /// deadline (then `CANCELLED`), and counts it; drops it, uncounted, if
+    /// the caller resets the stream while it waits.
+    async fn answer(
+        &self,
+        mut request: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let started = std::time::Instant::now();
+        let limit = conn::deadline_of(request.headers());
+        let mut decide = std::pin::pin!(conn::Bounded::new(
+            self.decide(&mut request),
+            limit,
+            started
+        ));
+        let decided = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(decided) = decide.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(decided));
+            }
+            respond.poll_reset(cx).map(|_| None)
+        })
+        .await;
+        let Some(decided) = decided else {
+            return;
+        };
+        let code = match decided {
+            Some(Ok(message)) => {
+                conn::send_message(respond, message);
+                0
+            }
+            Some(Err(status)) => {
+                let code = status.code() as i32;
+                conn::send_status(respond, status);
+                code
+            }
+            None => {
+                conn::send_status(respond, tonic::Status::cancelled("Timeout expired"));
+                tonic::Code::Cancelled as i32
+            }
+        };
+        self.requests
+            .record(grpc_status_class(code), started.elapsed());
+    }
+
+    /// A call of a method the service does not have.
+    fn unimplemented(
+        &self,
+        request: http::Request<h2::RecvStream>,
+        respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let started = std::time::Instant::now();
+        let status = tonic::Status::unimplemented(format!(
+            "{} is not a method of {SERVICE}",
+            request.uri().path()
+        ));
+        let code = status.code() as i32;
+        conn::send_status(respond, status);
+        self.requests
+            .record(grpc_status_class(code), started.elapsed());
+    }
+
+    /// The answer to one call: its message, length-prefixed; or its
+    /// status.
+    async fn decide(
+        &self,
+        request: &mut http::Request<h2::RecvStream>,
+    ) -> Result<Bytes, tonic::Status> {
         if request
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e != "identity")
         {
-            return tonic::Status::unimplemented("compressed requests are not accepted")
-                .into_http();
+            return Err(tonic::Status::unimplemented(
+                "compressed requests are not accepted",
+            ));
         }
-        let message = match read_message(request.into_body()).await {
-            Ok(m) => m,
-            Err(status) => return status.into_http(),
-        };
-        let request = match RateLimitRequest::decode(message) {
-            Ok(r) => r,
-            Err(e) => {
-                return tonic::Status::invalid_argument(format!("not a RateLimitRequest: {e}"))
-                    .into_http();
-            }
-        };
-        let (descriptors, client) = match read_request(&request) {
-            Ok(read) => read,
-            Err(status) => return status.into_http(),
-        };
+        let message = conn::read_message(request.body_mut(), MAX_MESSAGE_BYTES).await?;
+        let request = RateLimitRequest::decode(message)
+            .map_err(|e| tonic::Status::invalid_argument(format!("not a RateLimitRequest: {e}")))?;
+        let (descriptors, client) = read_request(&request)?;
         let verdict = self
             .state
             .limiter
             .check_descriptors(&request.domain, &descriptors, client)
             .await;
-        match answer(verdict, descriptors.len()) {
-            Ok(response) => unary_response(&response),
-            Err(status) => status.into_http(),
-        }
+        let response = answer(verdict, descriptors.len())?;
+        Ok(unary_message(&response))
     }
 }
 
-impl tonic::server::NamedService for Rls {
-    const NAME: &'static str = SERVICE;
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Rls {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let requests = Arc::clone(&this.requests);
-            let response = this.call(request).await;
-            // A failed call carries its status in the head; an answered
-            // one, in the trailer after its message: `OK`.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
-                .unwrap_or(0);
-            requests.record(grpc_status_class(code), started.elapsed());
-            Ok(response)
-        })
-    }
-}
-
-/// The one message of a unary call: the body is a 5-byte prefix (not
-/// compressed, the length) and the message.
-async fn read_message(body: tonic::body::Body) -> Result<Bytes, tonic::Status> {
-    use http_body_util::BodyExt;
-    let bytes = http_body_util::Limited::new(body, 5 + MAX_MESSAGE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                tonic::Status::resource_exhausted(format!(
-                    "the request is over {MAX_MESSAGE_BYTES} bytes"
-                ))
-            } else {
-                tonic::Status::cancelled(format!("the request broke off: {e}"))
-            }
-        })?
-        .to_bytes();
-    let Some((&flag, rest)) = bytes.split_first() else {
-        return Err(tonic::Status::invalid_argument("no message"));
-    };
-    if flag != 0 {
-        return Err(tonic::Status::unimplemented(
-            "compressed requests are not accepted",
-        ));
-    }
-    let len = rest
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or_else(|| tonic::Status::invalid_argument("a broken message prefix"))?;
-    if bytes.len() != 5 + len {
-        return Err(tonic::Status::invalid_argument(
-            "a unary call carries exactly one message",
-        ));
-    }
-    Ok(bytes.slice(5..))
-}
-
-/// `response` as a unary call's answer: one length-prefixed message, then
-/// the trailer `grpc-status: 0`.
-fn unary_response(response: &RateLimitResponse) -> http::Response<tonic::body::Body> {
+/// `response` as a unary call's one message: a 5-byte prefix (not
+/// compressed, the length), then the message.
+fn unary_message(response: &RateLimitResponse) -> Bytes {
     let len = response.encoded_len();
     let mut buf = bytes::BytesMut::with_capacity(5 + len);
     buf.extend_from_slice(&[0]);
     buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
     response.encode_raw(&mut buf);
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let mut http = http::Response::new(tonic::body::Body::new(Unary {
-        data: Some(buf.freeze()),
-        trailers: Some(trailers),
-    }));
-    http.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    http
-}
-
-/// A body of one data frame and trailers.
-struct Unary {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl hyper::body::Body for Unary {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let frame = match self.data.take() {
-            Some(data) => Some(hyper::body::Frame::data(data)),
-            None => self.trailers.take().map(hyper::body::Frame::trailers),
-        };
-        std::task::Poll::Ready(frame.map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
+    buf.freeze()
 }
 
 /// The request's descriptors with their costs, and the client's address;
@@ -479,13 +413,22 @@ pub async fn serve(
         .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
         .await;
     let (reflection, reflection_alpha) = reflection_services();
+    let mut routes = tonic::service::Routes::new(health_service);
+    if let Some(reflection) = reflection {
+        routes = routes.add_service(reflection);
+    }
+    if let Some(reflection) = reflection_alpha {
+        routes = routes.add_service(reflection);
+    }
+    let routes = routes.prepare();
+    let rls = Rls::new(state);
     // The drain in two steps. First this process stops accepting (another
     // worker sharing the socket takes new connections; alone, the socket
     // closes) and health says NOT_SERVING. Then, ACCEPTED_GRACE later,
     // every connection is told to finish (GOAWAY) and the calls in flight
     // run to their end. A connection accepted just before the drain thus
     // gets its first call answered, not a GOAWAY before it could send it.
-    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
     tokio::spawn({
         let health = health.clone();
         async move {
@@ -499,50 +442,52 @@ pub async fn serve(
                 .await;
         }
     });
-    let shutdown = {
-        let mut draining = draining.clone();
-        async move {
-            let _ = draining.wait_for(|d| *d).await;
-            tokio::time::sleep(ACCEPTED_GRACE).await;
-        }
-    };
-    let accepting = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let incoming = futures_util::stream::unfold(
-        (Some(accepting), draining),
-        |(accepting, mut draining)| async move {
-            let mut accepting = accepting?;
-            let accepted = tokio::select! {
-                accepted = futures_util::StreamExt::next(&mut accepting) => Some(accepted),
-                _ = draining.wait_for(|d| *d) => None,
-            };
-            match accepted {
-                Some(accepted) => Some((accepted?, (Some(accepting), draining))),
-                None => {
-                    // Closes this process's copy of the socket, then waits
-                    // for the shutdown to end the serving.
-                    drop(accepting);
-                    std::future::pending().await
-                }
+    let (finish_tx, finish) = tokio::sync::watch::channel(false);
+    // Every connection's task holds a sender: the drain ends when all are
+    // gone.
+    let (open_tx, mut open) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = draining.wait_for(|d| *d) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let io = match accepted {
+            Ok((io, _)) => io,
+            Err(e) => {
+                accept_failed(&e).await;
+                continue;
             }
-        },
-    );
-    let served = tonic::transport::Server::builder()
-        // A call is one decision, bounded by the store's timeout: one that
-        // takes longer (a client sending its message slowly) is cut off,
-        // and one connection cannot open streams without end.
-        .timeout(CALL_TIMEOUT)
-        .max_concurrent_streams(MAX_STREAMS)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_optional_service(reflection)
-        .add_optional_service(reflection_alpha)
-        .add_service(Rls::new(state))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the gRPC listener failed");
+        };
+        let _ = io.set_nodelay(true);
+        let (rls, routes, finish, open) =
+            (rls.clone(), routes.clone(), finish.clone(), open_tx.clone());
+        tokio::spawn(async move {
+            conn::serve_connection(io, rls, routes, finish).await;
+            drop(open);
+        });
     }
+    // This process's copy of the socket closes at once.
+    drop(listener);
+    drop(open_tx);
+    tokio::time::sleep(ACCEPTED_GRACE).await;
+    let _ = finish_tx.send(true);
+    let _ = open.recv().await;
+}
+
+/// After a failed `accept`: a connection that failed before it was accepted
+/// concerns that client only; anything else (out of file descriptors, say)
+/// would fail again at once, so the loop pauses instead of spinning.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "gRPC accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// gRPC server reflection, v1 and v1alpha (tools still ask either),

@@ -659,3 +659,202 @@ async fn a_drain_finishes_the_calls_in_flight() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// An HTTP/2 connection to the gRPC listener through h2's client, and the
+/// server's bound on concurrent streams as the connection last saw it.
+async fn raw_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = streams.clone();
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        let polled = std::pin::Pin::new(&mut connection).poll(cx);
+        seen.store(connection.max_concurrent_send_streams(), Ordering::Relaxed);
+        polled.map(|_| ())
+    }));
+    (send, streams)
+}
+
+/// One call on `send`: `headers` beside the usual ones, then `frames` as
+/// data frames, the last ending the stream (none: the stream stays open);
+/// the gRPC status (from the trailers, or the head of a trailers-only
+/// answer) and the message.
+async fn raw_call(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    headers: &[(&str, &str)],
+    frames: Vec<Vec<u8>>,
+) -> (String, Vec<u8>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://floodgate{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
+    let count = frames.len();
+    for (i, frame) in frames.into_iter().enumerate() {
+        stream.send_data(frame.into(), i + 1 == count).unwrap();
+    }
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    if let Some(status) = response.headers().get("grpc-status") {
+        return (status.to_str().unwrap().to_owned(), Vec::new());
+    }
+    let mut body = response.into_body();
+    let mut message = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    let status = trailers["grpc-status"].to_str().unwrap().to_owned();
+    (status, message)
+}
+
+/// `message` as a gRPC body: the flag (not compressed), the length, the
+/// message.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(message);
+    body
+}
+
+/// What the listener's own HTTP/2 server answers below the protocol: its
+/// bound of 1 024 streams per connection, a message split over several
+/// data frames, a call whose message does not come before the caller's
+/// `grpc-timeout` (`CANCELLED`), a method the service lacks
+/// (`UNIMPLEMENTED`), a compressed message (`UNIMPLEMENTED`), a message over
+/// 64 KiB (`RESOURCE_EXHAUSTED`), a body that is not one message
+/// (`INVALID_ARGUMENT`); and health checking beside it on the same
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_server_bounds_streams_and_calls_and_answers_broken_ones() {
+    use prost::Message;
+    let fg = Floodgate::launch(config(&store_section(None), RULES)).await;
+    let (send, streams) = raw_connection(fg.grpc).await;
+    const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let message = request("edge", vec![client_of("192.0.2.90")], 0).encode_to_vec();
+
+    // Split in three data frames: one message all the same.
+    let whole = framed(&message);
+    let (a, rest) = whole.split_at(3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let (status, answer) = raw_call(&send, METHOD, &[], vec![a.into(), b.into(), c.into()]).await;
+    assert_eq!(status, "0");
+    let r = RateLimitResponse::decode(&answer[5..]).unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 2);
+    assert_eq!(
+        streams.load(std::sync::atomic::Ordering::Relaxed),
+        1024,
+        "the server's SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
+
+    // The message never comes: cut off at the caller's deadline.
+    let (status, _) = raw_call(&send, METHOD, &[("grpc-timeout", "200m")], vec![]).await;
+    assert_eq!(status, "1", "CANCELLED");
+
+    let other = "/envoy.service.ratelimit.v3.RateLimitService/Other";
+    assert_eq!(
+        raw_call(&send, other, &[], vec![framed(&message)]).await.0,
+        "12"
+    );
+    let mut compressed = framed(&message);
+    compressed[0] = 1;
+    assert_eq!(raw_call(&send, METHOD, &[], vec![compressed]).await.0, "12");
+    let (status, _) = raw_call(
+        &send,
+        METHOD,
+        &[("grpc-encoding", "gzip")],
+        vec![framed(&message)],
+    )
+    .await;
+    assert_eq!(status, "12");
+    let huge = framed(&vec![0; 70 * 1024]);
+    assert_eq!(raw_call(&send, METHOD, &[], vec![huge]).await.0, "8");
+    let mut two = framed(&message);
+    two.extend_from_slice(&framed(&message));
+    assert_eq!(raw_call(&send, METHOD, &[], vec![two]).await.0, "3");
+    assert_eq!(raw_call(&send, METHOD, &[], vec![vec![0, 0]]).await.0, "3");
+    assert_eq!(
+        raw_call(&send, METHOD, &[], vec![b"junk".to_vec()]).await.0,
+        "12"
+    );
+    let (status, _) = raw_call(&send, METHOD, &[], vec![framed(b"\xff\xff")]).await;
+    assert_eq!(status, "3", "not a RateLimitRequest");
+
+    // Health checking on the same connection.
+    let health = tonic_health::pb::HealthCheckRequest {
+        service: "envoy.service.ratelimit.v3.RateLimitService".to_owned(),
+    };
+    let (status, answer) = raw_call(
+        &send,
+        "/grpc.health.v1.Health/Check",
+        &[],
+        vec![framed(&health.encode_to_vec())],
+    )
+    .await;
+    assert_eq!(status, "0");
+    let r = tonic_health::pb::HealthCheckResponse::decode(&answer[5..]).unwrap();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // A service nobody serves.
+    let (status, _) = raw_call(&send, "/nobody.Nothing/Call", &[], vec![framed(&[])]).await;
+    assert_eq!(status, "12");
+}
+
+/// A caller that gives up on a call waiting on a slow store (Envoy's
+/// filter does after its timeout) resets the stream: the call is dropped,
+/// and the connection goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reset_while_it_waits_on_the_store_leaves_the_connection_serving() {
+    use prost::Message;
+    let redis = floodgate_testkit::RedisServer::start();
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"5s\"\non_error = \"deny\"\n",
+        redis.url()
+    );
+    let fg = Floodgate::launch(config(&store, RULES)).await;
+    let (send, _) = raw_connection(fg.grpc).await;
+    const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let message = |ip: &str| framed(&request("edge", vec![client_of(ip)], 0).encode_to_vec());
+    // Warm: the store's scripts loaded.
+    assert_eq!(
+        raw_call(&send, METHOD, &[], vec![message("192.0.2.95")])
+            .await
+            .0,
+        "0"
+    );
+
+    redis.pause();
+    let mut waiting = send.clone().ready().await.unwrap();
+    let head = http::Request::post(format!("http://floodgate{METHOD}"))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = waiting.send_request(head, false).unwrap();
+    stream
+        .send_data(message("192.0.2.96").into(), true)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    assert!(response.await.is_err(), "the reset call has no answer");
+    redis.resume();
+
+    let (status, answer) = raw_call(&send, METHOD, &[], vec![message("192.0.2.97")]).await;
+    assert_eq!(status, "0");
+    let r = RateLimitResponse::decode(&answer[5..]).unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
