@@ -6,7 +6,7 @@
 //! to expiry are evicted, so a flood of distinct keys cannot grow memory.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +68,13 @@ fn shard_layout(max_keys: usize) -> (usize, usize) {
 struct KeyHasher(foldhash::fast::RandomState);
 
 impl KeyHasher {
-    fn hash(&self, rule: &str, key: &str) -> u64 {
+    fn hash(&self, rule: &[u8], key: &[u8]) -> u64 {
         let mut h = self.0.build_hasher();
-        rule.hash(&mut h);
-        key.hash(&mut h);
+        // As `str::hash` does: a terminator, so ("ab", "c") and ("a", "bc")
+        // hash apart.
+        h.write(rule);
+        h.write_u8(0xff);
+        h.write(key);
         h.finish()
     }
 
@@ -79,46 +82,132 @@ impl KeyHasher {
     /// not keep it: 8 bytes an entry cost more than rehashing the names on
     /// the rare resize.
     fn of(&self, e: &Entry) -> u64 {
-        self.hash(e.rule(), e.key())
+        let (rule, key) = e.name.split();
+        self.hash(rule, key)
     }
 }
 
-/// One (rule, key) and its state.
+/// Bytes of a name (rule and key together) held inside the entry.
+const INLINE_NAME: usize = 21;
+
+/// The rule name followed by the key. Up to [`INLINE_NAME`] bytes (`api`
+/// and `ip:203.0.113.7` with room to spare) it is held in the entry itself:
+/// no allocation, and no second cache miss on a lookup. Longer names get
+/// one allocation. 24 bytes either way.
+enum Name {
+    Inline {
+        /// Where the rule name ends.
+        rule_len: u8,
+        len: u8,
+        bytes: [u8; INLINE_NAME],
+    },
+    Heap {
+        rule_len: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+const _: () = assert!(std::mem::size_of::<Name>() == 24);
+
+impl Name {
+    fn new(rule: &str, key: &str) -> Self {
+        let len = rule.len() + key.len();
+        if len <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..rule.len()].copy_from_slice(rule.as_bytes());
+            bytes[rule.len()..len].copy_from_slice(key.as_bytes());
+            // Both below INLINE_NAME: they fit a byte.
+            Name::Inline {
+                rule_len: rule.len() as u8,
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            Name::Heap {
+                // A rule name of 4 GiB is no rule name.
+                rule_len: u32::try_from(rule.len()).unwrap_or(u32::MAX),
+                bytes: [rule.as_bytes(), key.as_bytes()]
+                    .concat()
+                    .into_boxed_slice(),
+            }
+        }
+    }
+
+    /// The rule's bytes and the key's.
+    fn split(&self) -> (&[u8], &[u8]) {
+        let (bytes, rule_len) = match self {
+            Name::Inline {
+                rule_len,
+                len,
+                bytes,
+            } => (&bytes[..usize::from(*len)], usize::from(*rule_len)),
+            Name::Heap { rule_len, bytes } => (&bytes[..], *rule_len as usize),
+        };
+        bytes.split_at(rule_len.min(bytes.len()))
+    }
+
+    /// Whether this is the name of (rule, key).
+    #[inline]
+    fn is(&self, rule: &[u8], key: &[u8]) -> bool {
+        match self {
+            Name::Inline {
+                rule_len,
+                len,
+                bytes,
+            } => {
+                let (rl, n) = (usize::from(*rule_len), usize::from(*len));
+                rl == rule.len()
+                    && n == rule.len() + key.len()
+                    && bytes[..rl] == *rule
+                    && bytes[rl..n] == *key
+            }
+            Name::Heap { rule_len, bytes } => {
+                let rl = *rule_len as usize;
+                rl == rule.len()
+                    && bytes.len() == rule.len() + key.len()
+                    && bytes[..rl] == *rule
+                    && bytes[rl..] == *key
+            }
+        }
+    }
+}
+
+/// One (rule, key) and its state: 72 bytes, and no allocation of its own
+/// for a name of up to [`INLINE_NAME`] bytes.
 struct Entry {
-    /// The rule name followed by the key, in one allocation: one allocation
-    /// and one cache miss per entry instead of two.
-    name: Box<str>,
-    /// Where the rule name ends in `name`.
-    rule_len: usize,
+    name: Name,
     state: KeyState,
     /// When `state` becomes the same as no state (µs).
     expires_at: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 72);
+
 impl Entry {
     fn new(check: &Check<'_>) -> Self {
         Entry {
-            name: [check.rule, check.key].concat().into_boxed_str(),
-            rule_len: check.rule.len(),
+            name: Name::new(check.rule, check.key),
             state: KeyState::fresh(check.policy),
             expires_at: 0,
         }
     }
 
     /// Whether this is the entry of (rule, key). The table has already
-    /// matched 7 bits of the hash; the length needs no memory access.
+    /// matched 7 bits of the hash.
+    #[inline]
     fn is(&self, rule: &str, key: &str) -> bool {
-        self.name.len() == rule.len() + key.len()
-            && self.name.as_bytes()[..self.rule_len] == *rule.as_bytes()
-            && self.name.as_bytes()[self.rule_len..] == *key.as_bytes()
+        self.name.is(rule.as_bytes(), key.as_bytes())
     }
 
+    /// The rule's name. Rule and key were split where the rule's `&str`
+    /// ended, so both halves are UTF-8.
     fn rule(&self) -> &str {
-        &self.name[..self.rule_len]
+        std::str::from_utf8(self.name.split().0).unwrap_or_default()
     }
 
+    /// The key.
     fn key(&self) -> &str {
-        &self.name[self.rule_len..]
+        std::str::from_utf8(self.name.split().1).unwrap_or_default()
     }
 }
 
@@ -362,7 +451,7 @@ impl MemoryStore {
     }
 
     fn hash(&self, rule: &str, key: &str) -> u64 {
-        self.inner.hasher.hash(rule, key)
+        self.inner.hasher.hash(rule.as_bytes(), key.as_bytes())
     }
 
     fn room(&self, now: u64) -> Room<'_> {
@@ -569,7 +658,7 @@ impl MemoryStore {
         let mut lifted = manual.is_some_and(|b| b.until.as_micros() > now);
         for shard in self.inner.shards.iter() {
             for e in shard.lock().table.iter_mut() {
-                if e.state.blocked_until() > now && e.key() == target {
+                if e.state.blocked_until() > now && e.name.split().1 == target.as_bytes() {
                     // Lifted and forgiven: a block ladder starts over. The
                     // entry's `expires_at` keeps the block's end: it is only
                     // reclaimed a little later than it could be.
@@ -743,7 +832,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{MemoryStore, MemoryStoreStats, shard_layout, table_capacity};
+    use super::{INLINE_NAME, MemoryStore, MemoryStoreStats, Name, shard_layout, table_capacity};
     use crate::clock::{ManualClock, Timestamp};
     use crate::policy::{Algorithm, Policy};
     use crate::store::Check;
@@ -794,6 +883,32 @@ mod tests {
         let purged = store.purge_expired() as u64;
         assert_eq!(store.stats().reclaimed, later.reclaimed + purged);
         assert_eq!(store.stats().keys, 0);
+    }
+
+    #[test]
+    fn names_inline_or_on_the_heap_tell_rule_from_key() {
+        let long = "k".repeat(INLINE_NAME);
+        for (rule, key) in [
+            ("api", "ip:203.0.113.7"),
+            ("", ""),
+            ("r", &long[..INLINE_NAME - 1]),
+            ("r", &long[..]),
+            ("ruleé", "clé:ü"),
+            (&long[..], "ip:1"),
+        ] {
+            let name = Name::new(rule, key);
+            let inline = rule.len() + key.len() <= INLINE_NAME;
+            assert_eq!(matches!(name, Name::Inline { .. }), inline, "{rule} {key}");
+            assert_eq!(name.split(), (rule.as_bytes(), key.as_bytes()));
+            assert!(name.is(rule.as_bytes(), key.as_bytes()));
+            let moved = format!("{rule}x");
+            assert!(!name.is(moved.as_bytes(), &key.as_bytes()[key.len().min(1)..]));
+            assert!(!name.is(rule.as_bytes(), format!("{key}x").as_bytes()));
+        }
+        // The split point is part of the name.
+        assert!(!Name::new("ab", "c").is(b"a", b"bc"));
+        let store = MemoryStore::new(1000);
+        assert_ne!(store.hash("ab", "c"), store.hash("a", "bc"));
     }
 
     #[test]
