@@ -312,6 +312,8 @@ struct Inner {
     shard_cap: usize,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// `clock` is the [`SystemClock`]: read it without a virtual call.
+    system_clock: bool,
     /// Manual blocks by target. Penalty blocks live in the (rule, key) state
     /// they belong to, so they are bounded by `max_keys` with it and a listed
     /// penalty is always one that is enforced.
@@ -373,11 +375,15 @@ impl std::fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// A store holding at most `max_keys` (rule, key) states, on the system clock.
     pub fn new(max_keys: usize) -> Self {
-        MemoryStore::with_clock(max_keys, Arc::new(SystemClock))
+        MemoryStore::build(max_keys, Arc::new(SystemClock), true)
     }
 
     /// A store on the given clock (a [`crate::ManualClock`] in tests).
     pub fn with_clock(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        MemoryStore::build(max_keys, clock, false)
+    }
+
+    fn build(max_keys: usize, clock: Arc<dyn Clock>, system_clock: bool) -> Self {
         let (shards, shard_cap) = shard_layout(max_keys);
         MemoryStore {
             inner: Arc::new(Inner {
@@ -385,6 +391,7 @@ impl MemoryStore {
                 shard_cap,
                 hasher: KeyHasher(foldhash::fast::RandomState::default()),
                 clock,
+                system_clock,
                 manual_blocks: Mutex::new(HashMap::new()),
                 overrides: Mutex::default(),
                 slots: Mutex::default(),
@@ -433,7 +440,7 @@ impl MemoryStore {
     /// Drops every expired state and block; returns how many states went.
     /// Optional: full shards reclaim expired state on their own.
     pub fn purge_expired(&self) -> usize {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut purged = 0;
         for shard in self.inner.shards.iter() {
             let mut shard = shard.lock();
@@ -448,6 +455,16 @@ impl MemoryStore {
             .lock()
             .retain(|_, b| b.until.as_micros() > now);
         purged
+    }
+
+    /// The time (µs).
+    #[inline]
+    fn now_us(&self) -> u64 {
+        if self.inner.system_clock {
+            Timestamp::now().as_micros()
+        } else {
+            self.inner.clock.now().as_micros()
+        }
     }
 
     fn hash(&self, rule: &str, key: &str) -> u64 {
@@ -472,27 +489,33 @@ impl MemoryStore {
 
     /// Decides one check: the fast path of [`Store::check`] for a single rule.
     pub fn check_one(&self, check: &Check<'_>) -> Result<Decision, Error> {
-        validate_checks(std::slice::from_ref(check))?;
-        let now = self.inner.clock.now().as_micros();
+        // A single check cannot name its key twice: only the cost to check.
+        if check.cost == 0 || check.cost > check.policy.capacity() {
+            validate_checks(std::slice::from_ref(check))?;
+        }
+        let now = self.now_us();
         let hash = self.hash(check.rule, check.key);
         let mut shard = self.inner.shards[self.shard_of(hash)].lock();
         // One probe when the key is known (the common case).
         if let Some(entry) = shard.find_mut(hash, check.rule, check.key) {
-            let eval = entry
-                .state
-                .evaluate(check.policy, now, check.cost, check.shadow);
-            if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
-                apply(entry, check, now, &eval, true);
+            let (decision, changed) =
+                entry
+                    .state
+                    .check(check.policy, now, check.cost, check.shadow, check.charges());
+            if changed {
+                entry.expires_at = entry.state.expires_at(check.policy);
             }
-            return Ok(eval.decision);
+            return Ok(decision);
         }
-        let eval =
-            KeyState::fresh(check.policy).evaluate(check.policy, now, check.cost, check.shadow);
-        if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
+        let mut state = KeyState::fresh(check.policy);
+        let (decision, changed) =
+            state.check(check.policy, now, check.cost, check.shadow, check.charges());
+        if changed {
             let entry = shard.insert_new(hash, check, self.room(now));
-            apply(entry, check, now, &eval, true);
+            entry.expires_at = state.expires_at(check.policy);
+            entry.state = state;
         }
-        Ok(eval.decision)
+        Ok(decision)
     }
 
     /// Decides a batch of checks atomically (see [`Store::check`]).
@@ -501,7 +524,7 @@ impl MemoryStore {
             return Ok(vec![self.check_one(one)?]);
         }
         validate_checks(checks)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let located: Vec<(u64, usize)> = checks
             .iter()
             .map(|c| {
@@ -544,7 +567,7 @@ impl MemoryStore {
     /// [`Store::charge`], synchronously.
     pub fn charge_now(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_charges(charges)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut decisions = Vec::with_capacity(charges.len());
         for c in charges {
             let hash = self.hash(c.rule, c.key);
@@ -560,7 +583,7 @@ impl MemoryStore {
     /// [`Store::refund`], synchronously.
     pub fn refund_now(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_charges(refunds)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut decisions = Vec::with_capacity(refunds.len());
         for c in refunds {
             let hash = self.hash(c.rule, c.key);
@@ -580,7 +603,7 @@ impl MemoryStore {
 
     /// [`Store::peek`], synchronously.
     pub fn peek_now(&self, rule: &str, policy: &Policy, key: &str) -> Decision {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let hash = self.hash(rule, key);
         let shard = self.inner.shards[self.shard_of(hash)].lock();
         peek_state(shard.find(hash, rule, key).map(|e| &e.state), policy, now)
@@ -613,19 +636,19 @@ impl MemoryStore {
 
     /// [`Store::acquire`], synchronously.
     pub fn acquire_now(&self, slots: &[Slot<'_>]) -> Vec<SlotDecision> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().acquire(slots, now)
     }
 
     /// [`Store::release`], synchronously.
     pub fn release_now(&self, slots: &[Slot<'_>]) {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().release(slots, now);
     }
 
     /// [`Store::renew`], synchronously.
     pub fn renew_now(&self, slots: &[Slot<'_>]) -> Vec<bool> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().renew(slots, now)
     }
 
@@ -645,7 +668,7 @@ impl MemoryStore {
 
     /// [`Store::remove_override`], synchronously.
     pub fn remove_override_now(&self, rule: &str, key: &str) -> bool {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.overrides.lock().remove(rule, key, now)
     }
 
@@ -653,7 +676,7 @@ impl MemoryStore {
     /// and every rule's penalty on it. Penalties are found by a scan of all
     /// state, which is fine for an operator's call.
     pub fn remove_block_now(&self, target: &str) -> bool {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let manual = self.inner.manual_blocks.lock().remove(target);
         let mut lifted = manual.is_some_and(|b| b.until.as_micros() > now);
         for shard in self.inner.shards.iter() {
@@ -673,7 +696,7 @@ impl MemoryStore {
     /// [`Store::blocks`], synchronously: manual blocks, then every penalty in
     /// force (found by a scan of all state), sorted by target and source.
     pub fn blocks_now(&self) -> Vec<Block> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut list: Vec<Block> = {
             let mut manual = self.inner.manual_blocks.lock();
             manual.retain(|_, b| b.until.as_micros() > now);
