@@ -158,8 +158,8 @@ impl Name {
                 let (rl, n) = (usize::from(*rule_len), usize::from(*len));
                 rl == rule.len()
                     && n == rule.len() + key.len()
-                    && bytes[..rl] == *rule
-                    && bytes[rl..n] == *key
+                    && short_eq(&bytes[..rl], rule)
+                    && short_eq(&bytes[rl..n], key)
             }
             Name::Heap { rule_len, bytes } => {
                 let rl = *rule_len as usize;
@@ -169,6 +169,28 @@ impl Name {
                     && bytes[rl..] == *key
             }
         }
+    }
+}
+
+/// Whether two slices of the same length, at most 24 bytes, are equal:
+/// a few word compares inline, where `==` calls `memcmp`.
+#[inline(always)]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s[at..at + N].try_into().unwrap_or([0; N])
+    }
+    let n = a.len();
+    debug_assert!(n == b.len() && n <= 24);
+    if n >= 8 {
+        // First, last and (past 16) middle eight bytes, overlapping.
+        let mid = (n / 2).saturating_sub(4);
+        word::<8>(a, 0) == word::<8>(b, 0)
+            && word::<8>(a, n - 8) == word::<8>(b, n - 8)
+            && (n <= 16 || word::<8>(a, mid) == word::<8>(b, mid))
+    } else if n >= 4 {
+        word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
     }
 }
 
@@ -194,7 +216,7 @@ impl Entry {
 
     /// Whether this is the entry of (rule, key). The table has already
     /// matched 7 bits of the hash.
-    #[inline]
+    #[inline(always)]
     fn is(&self, rule: &str, key: &str) -> bool {
         self.name.is(rule.as_bytes(), key.as_bytes())
     }
@@ -497,25 +519,57 @@ impl MemoryStore {
         let hash = self.hash(check.rule, check.key);
         let mut shard = self.inner.shards[self.shard_of(hash)].lock();
         // One probe when the key is known (the common case).
-        if let Some(entry) = shard.find_mut(hash, check.rule, check.key) {
-            let (decision, changed) =
-                entry
-                    .state
-                    .check(check.policy, now, check.cost, check.shadow, check.charges());
-            if changed {
-                entry.expires_at = entry.state.expires_at(check.policy);
+        let d = match shard.find_mut(hash, check.rule, check.key) {
+            Some(entry) => {
+                let mut changed = false;
+                let decision = entry.state.check(
+                    check.policy,
+                    now,
+                    check.cost,
+                    check.shadow,
+                    check.charges(),
+                    &mut changed,
+                );
+                if changed {
+                    entry.expires_at = entry.state.expires_at(check.policy);
+                }
+                decision
             }
-            return Ok(decision);
-        }
+            None => self.check_new(&mut shard, hash, check, now),
+        };
+        drop(shard);
+        // Field by field: a copy of the whole decision would read its flags,
+        // just written a byte each, back as one word, and wait for them.
+        Ok(Decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            retry_after: d.retry_after,
+            blocked: d.blocked,
+            delay: d.delay,
+        })
+    }
+
+    /// [`check_one`](Self::check_one) of a key the shard does not hold.
+    #[inline(never)]
+    fn check_new(&self, shard: &mut Shard, hash: u64, check: &Check<'_>, now: u64) -> Decision {
         let mut state = KeyState::fresh(check.policy);
-        let (decision, changed) =
-            state.check(check.policy, now, check.cost, check.shadow, check.charges());
+        let mut changed = false;
+        let decision = state.check(
+            check.policy,
+            now,
+            check.cost,
+            check.shadow,
+            check.charges(),
+            &mut changed,
+        );
         if changed {
             let entry = shard.insert_new(hash, check, self.room(now));
             entry.expires_at = state.expires_at(check.policy);
             entry.state = state;
         }
-        Ok(decision)
+        decision
     }
 
     /// Decides a batch of checks atomically (see [`Store::check`]).
@@ -855,7 +909,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{INLINE_NAME, MemoryStore, MemoryStoreStats, Name, shard_layout, table_capacity};
+    use super::{
+        INLINE_NAME, MemoryStore, MemoryStoreStats, Name, shard_layout, short_eq, table_capacity,
+    };
     use crate::clock::{ManualClock, Timestamp};
     use crate::policy::{Algorithm, Policy};
     use crate::store::Check;
@@ -906,6 +962,19 @@ mod tests {
         let purged = store.purge_expired() as u64;
         assert_eq!(store.stats().reclaimed, later.reclaimed + purged);
         assert_eq!(store.stats().keys, 0);
+    }
+
+    #[test]
+    fn short_eq_sees_every_byte() {
+        for n in 0..=24 {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(short_eq(&a, &a.clone()));
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!short_eq(&a, &b), "{n} {at}");
+            }
+        }
     }
 
     #[test]

@@ -313,8 +313,8 @@ impl KeyState {
     /// Decides a check that is a request of its own (no other rule can veto
     /// it) and records the outcome: the same as [`evaluate`](Self::evaluate)
     /// then [`apply`](Self::apply) with `admit` set to `charge`, in one pass
-    /// on the path where no penalty is in force or starts. Returns the
-    /// decision and whether the state changed.
+    /// on the path where no penalty is in force or starts. Sets `changed`
+    /// when the state changed (and leaves it alone when not).
     #[inline(always)]
     pub fn check(
         &mut self,
@@ -323,15 +323,18 @@ impl KeyState {
         cost: u64,
         shadow: bool,
         charge: bool,
-    ) -> (Decision, bool) {
+        changed: &mut bool,
+    ) -> Decision {
         if self.penalty.until() > now {
-            return (self.check_blocked(policy, now, cost), false);
+            return self.check_blocked(policy, now, cost);
         }
         let decision = self.limit.take(policy, now, cost, charge);
         if decision.allowed || shadow || policy.block_for_us().is_none() {
-            return (decision, decision.allowed && charge);
+            *changed = decision.allowed && charge;
+            return decision;
         }
-        (self.start_penalty(policy, now, cost), true)
+        *changed = true;
+        self.start_penalty(policy, now, cost)
     }
 
     /// [`check`](Self::check) under a penalty block: refused, nothing changes.
@@ -505,7 +508,8 @@ mod tests {
                 now += next(4) * SEC / 4;
                 let cost = 1 + next(2);
                 let (shadow, charge) = (next(5) == 0, next(5) != 0);
-                let (decision, changed) = fast.check(p, now, cost, shadow, charge);
+                let mut changed = false;
+                let decision = fast.check(p, now, cost, shadow, charge, &mut changed);
                 let eval = slow.evaluate(p, now, cost, shadow);
                 let before = slow.clone();
                 if (eval.decision.allowed && charge) || eval.block_until.is_some() {
