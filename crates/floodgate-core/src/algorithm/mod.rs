@@ -330,7 +330,9 @@ impl KeyState {
         }
         let decision = self.limit.take(policy, now, cost, charge);
         if decision.allowed || shadow || policy.block_for_us().is_none() {
-            *changed = decision.allowed && charge;
+            if decision.allowed && charge {
+                *changed = true;
+            }
             return decision;
         }
         *changed = true;
