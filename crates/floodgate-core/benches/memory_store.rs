@@ -17,7 +17,7 @@
 //! sized to hold every key (no eviction).
 //!
 //! After criterion's report a table gives decisions/s and the token bucket's
-//! time per decision over governor's (target: at most 1.5): once from
+//! time per decision over governor's (target: at most 1.0, issue 19): once from
 //! criterion's means, once as the median of 21 alternating ~50 ms rounds of
 //! the two, which load drifting during the run cannot skew, and the same
 //! paired ratio for the token bucket on the fixed clock. The table reads

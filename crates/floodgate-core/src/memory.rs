@@ -6,7 +6,7 @@
 //! to expiry are evicted, so a flood of distinct keys cannot grow memory.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +68,13 @@ fn shard_layout(max_keys: usize) -> (usize, usize) {
 struct KeyHasher(foldhash::fast::RandomState);
 
 impl KeyHasher {
-    fn hash(&self, rule: &str, key: &str) -> u64 {
+    fn hash(&self, rule: &[u8], key: &[u8]) -> u64 {
         let mut h = self.0.build_hasher();
-        rule.hash(&mut h);
-        key.hash(&mut h);
+        // As `str::hash` does: a terminator, so ("ab", "c") and ("a", "bc")
+        // hash apart.
+        h.write(rule);
+        h.write_u8(0xff);
+        h.write(key);
         h.finish()
     }
 
@@ -79,46 +82,154 @@ impl KeyHasher {
     /// not keep it: 8 bytes an entry cost more than rehashing the names on
     /// the rare resize.
     fn of(&self, e: &Entry) -> u64 {
-        self.hash(e.rule(), e.key())
+        let (rule, key) = e.name.split();
+        self.hash(rule, key)
     }
 }
 
-/// One (rule, key) and its state.
+/// Bytes of a name (rule and key together) held inside the entry.
+const INLINE_NAME: usize = 21;
+
+/// The rule name followed by the key. Up to [`INLINE_NAME`] bytes (`api`
+/// and `ip:203.0.113.7` with room to spare) it is held in the entry itself:
+/// no allocation, and no second cache miss on a lookup. Longer names get
+/// one allocation. 24 bytes either way.
+enum Name {
+    Inline {
+        /// Where the rule name ends.
+        rule_len: u8,
+        len: u8,
+        bytes: [u8; INLINE_NAME],
+    },
+    Heap {
+        rule_len: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+const _: () = assert!(std::mem::size_of::<Name>() == 24);
+
+impl Name {
+    fn new(rule: &str, key: &str) -> Self {
+        let len = rule.len() + key.len();
+        if len <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..rule.len()].copy_from_slice(rule.as_bytes());
+            bytes[rule.len()..len].copy_from_slice(key.as_bytes());
+            // Both below INLINE_NAME: they fit a byte.
+            Name::Inline {
+                rule_len: rule.len() as u8,
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            Name::Heap {
+                // A rule name of 4 GiB is no rule name.
+                rule_len: u32::try_from(rule.len()).unwrap_or(u32::MAX),
+                bytes: [rule.as_bytes(), key.as_bytes()]
+                    .concat()
+                    .into_boxed_slice(),
+            }
+        }
+    }
+
+    /// The rule's bytes and the key's.
+    fn split(&self) -> (&[u8], &[u8]) {
+        let (bytes, rule_len) = match self {
+            Name::Inline {
+                rule_len,
+                len,
+                bytes,
+            } => (&bytes[..usize::from(*len)], usize::from(*rule_len)),
+            Name::Heap { rule_len, bytes } => (&bytes[..], *rule_len as usize),
+        };
+        bytes.split_at(rule_len.min(bytes.len()))
+    }
+
+    /// Whether this is the name of (rule, key).
+    #[inline]
+    fn is(&self, rule: &[u8], key: &[u8]) -> bool {
+        match self {
+            Name::Inline {
+                rule_len,
+                len,
+                bytes,
+            } => {
+                let (rl, n) = (usize::from(*rule_len), usize::from(*len));
+                rl == rule.len()
+                    && n == rule.len() + key.len()
+                    && short_eq(&bytes[..rl], rule)
+                    && short_eq(&bytes[rl..n], key)
+            }
+            Name::Heap { rule_len, bytes } => {
+                let rl = *rule_len as usize;
+                rl == rule.len()
+                    && bytes.len() == rule.len() + key.len()
+                    && bytes[..rl] == *rule
+                    && bytes[rl..] == *key
+            }
+        }
+    }
+}
+
+/// Whether two slices of the same length, at most 24 bytes, are equal:
+/// a few word compares inline, where `==` calls `memcmp`.
+#[inline(always)]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s[at..at + N].try_into().unwrap_or([0; N])
+    }
+    let n = a.len();
+    debug_assert!(n == b.len() && n <= 24);
+    if n >= 8 {
+        // First, last and (past 16) middle eight bytes, overlapping.
+        let mid = (n / 2).saturating_sub(4);
+        word::<8>(a, 0) == word::<8>(b, 0)
+            && word::<8>(a, n - 8) == word::<8>(b, n - 8)
+            && (n <= 16 || word::<8>(a, mid) == word::<8>(b, mid))
+    } else if n >= 4 {
+        word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    }
+}
+
+/// One (rule, key) and its state: 72 bytes, and no allocation of its own
+/// for a name of up to [`INLINE_NAME`] bytes.
 struct Entry {
-    /// The rule name followed by the key, in one allocation: one allocation
-    /// and one cache miss per entry instead of two.
-    name: Box<str>,
-    /// Where the rule name ends in `name`.
-    rule_len: usize,
+    name: Name,
     state: KeyState,
     /// When `state` becomes the same as no state (µs).
     expires_at: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 72);
+
 impl Entry {
     fn new(check: &Check<'_>) -> Self {
         Entry {
-            name: [check.rule, check.key].concat().into_boxed_str(),
-            rule_len: check.rule.len(),
+            name: Name::new(check.rule, check.key),
             state: KeyState::fresh(check.policy),
             expires_at: 0,
         }
     }
 
     /// Whether this is the entry of (rule, key). The table has already
-    /// matched 7 bits of the hash; the length needs no memory access.
+    /// matched 7 bits of the hash.
+    #[inline(always)]
     fn is(&self, rule: &str, key: &str) -> bool {
-        self.name.len() == rule.len() + key.len()
-            && self.name.as_bytes()[..self.rule_len] == *rule.as_bytes()
-            && self.name.as_bytes()[self.rule_len..] == *key.as_bytes()
+        self.name.is(rule.as_bytes(), key.as_bytes())
     }
 
+    /// The rule's name. Rule and key were split where the rule's `&str`
+    /// ended, so both halves are UTF-8.
     fn rule(&self) -> &str {
-        &self.name[..self.rule_len]
+        std::str::from_utf8(self.name.split().0).unwrap_or_default()
     }
 
+    /// The key.
     fn key(&self) -> &str {
-        &self.name[self.rule_len..]
+        std::str::from_utf8(self.name.split().1).unwrap_or_default()
     }
 }
 
@@ -217,12 +328,29 @@ impl Shard {
     }
 }
 
+/// A shard behind its lock, alone on its cache lines: two threads on
+/// neighbouring shards would otherwise take turns owning one line (a shard
+/// is 56 bytes), and the CPU fetches lines in pairs.
+#[derive(Default)]
+#[repr(align(128))]
+struct ShardLock(Mutex<Shard>);
+
+impl std::ops::Deref for ShardLock {
+    type Target = Mutex<Shard>;
+
+    fn deref(&self) -> &Mutex<Shard> {
+        &self.0
+    }
+}
+
 struct Inner {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardLock]>,
     /// Entries allowed per shard; shards × this ≤ `max_keys`.
     shard_cap: usize,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// `clock` is the [`SystemClock`]: read it without a virtual call.
+    system_clock: bool,
     /// Manual blocks by target. Penalty blocks live in the (rule, key) state
     /// they belong to, so they are bounded by `max_keys` with it and a listed
     /// penalty is always one that is enforced.
@@ -284,18 +412,23 @@ impl std::fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// A store holding at most `max_keys` (rule, key) states, on the system clock.
     pub fn new(max_keys: usize) -> Self {
-        MemoryStore::with_clock(max_keys, Arc::new(SystemClock))
+        MemoryStore::build(max_keys, Arc::new(SystemClock), true)
     }
 
     /// A store on the given clock (a [`crate::ManualClock`] in tests).
     pub fn with_clock(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        MemoryStore::build(max_keys, clock, false)
+    }
+
+    fn build(max_keys: usize, clock: Arc<dyn Clock>, system_clock: bool) -> Self {
         let (shards, shard_cap) = shard_layout(max_keys);
         MemoryStore {
             inner: Arc::new(Inner {
-                shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+                shards: (0..shards).map(|_| ShardLock::default()).collect(),
                 shard_cap,
                 hasher: KeyHasher(foldhash::fast::RandomState::default()),
                 clock,
+                system_clock,
                 manual_blocks: Mutex::new(HashMap::new()),
                 overrides: Mutex::default(),
                 slots: Mutex::default(),
@@ -344,7 +477,7 @@ impl MemoryStore {
     /// Drops every expired state and block; returns how many states went.
     /// Optional: full shards reclaim expired state on their own.
     pub fn purge_expired(&self) -> usize {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut purged = 0;
         for shard in self.inner.shards.iter() {
             let mut shard = shard.lock();
@@ -361,8 +494,18 @@ impl MemoryStore {
         purged
     }
 
+    /// The time (µs).
+    #[inline]
+    fn now_us(&self) -> u64 {
+        if self.inner.system_clock {
+            Timestamp::now().as_micros()
+        } else {
+            self.inner.clock.now().as_micros()
+        }
+    }
+
     fn hash(&self, rule: &str, key: &str) -> u64 {
-        self.inner.hasher.hash(rule, key)
+        self.inner.hasher.hash(rule.as_bytes(), key.as_bytes())
     }
 
     fn room(&self, now: u64) -> Room<'_> {
@@ -383,27 +526,65 @@ impl MemoryStore {
 
     /// Decides one check: the fast path of [`Store::check`] for a single rule.
     pub fn check_one(&self, check: &Check<'_>) -> Result<Decision, Error> {
-        validate_checks(std::slice::from_ref(check))?;
-        let now = self.inner.clock.now().as_micros();
+        // A single check cannot name its key twice: only the cost to check.
+        if check.cost == 0 || check.cost > check.policy.capacity() {
+            validate_checks(std::slice::from_ref(check))?;
+        }
+        let now = self.now_us();
         let hash = self.hash(check.rule, check.key);
         let mut shard = self.inner.shards[self.shard_of(hash)].lock();
         // One probe when the key is known (the common case).
-        if let Some(entry) = shard.find_mut(hash, check.rule, check.key) {
-            let eval = entry
-                .state
-                .evaluate(check.policy, now, check.cost, check.shadow);
-            if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
-                apply(entry, check, now, &eval, true);
+        let d = match shard.find_mut(hash, check.rule, check.key) {
+            Some(entry) => {
+                let mut changed = false;
+                let decision = entry.state.check(
+                    check.policy,
+                    now,
+                    check.cost,
+                    check.shadow,
+                    check.charges(),
+                    &mut changed,
+                );
+                if changed {
+                    entry.expires_at = entry.state.expires_at(check.policy);
+                }
+                decision
             }
-            return Ok(eval.decision);
-        }
-        let eval =
-            KeyState::fresh(check.policy).evaluate(check.policy, now, check.cost, check.shadow);
-        if (eval.decision.allowed && check.charges()) || eval.block_until.is_some() {
+            None => self.check_new(&mut shard, hash, check, now),
+        };
+        drop(shard);
+        // Field by field: a copy of the whole decision would read its flags,
+        // just written a byte each, back as one word, and wait for them.
+        Ok(Decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            retry_after: d.retry_after,
+            blocked: d.blocked,
+            delay: d.delay,
+        })
+    }
+
+    /// [`check_one`](Self::check_one) of a key the shard does not hold.
+    #[inline(never)]
+    fn check_new(&self, shard: &mut Shard, hash: u64, check: &Check<'_>, now: u64) -> Decision {
+        let mut state = KeyState::fresh(check.policy);
+        let mut changed = false;
+        let decision = state.check(
+            check.policy,
+            now,
+            check.cost,
+            check.shadow,
+            check.charges(),
+            &mut changed,
+        );
+        if changed {
             let entry = shard.insert_new(hash, check, self.room(now));
-            apply(entry, check, now, &eval, true);
+            entry.expires_at = state.expires_at(check.policy);
+            entry.state = state;
         }
-        Ok(eval.decision)
+        decision
     }
 
     /// Decides a batch of checks atomically (see [`Store::check`]).
@@ -412,7 +593,7 @@ impl MemoryStore {
             return Ok(vec![self.check_one(one)?]);
         }
         validate_checks(checks)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let located: Vec<(u64, usize)> = checks
             .iter()
             .map(|c| {
@@ -455,7 +636,7 @@ impl MemoryStore {
     /// [`Store::charge`], synchronously.
     pub fn charge_now(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_charges(charges)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut decisions = Vec::with_capacity(charges.len());
         for c in charges {
             let hash = self.hash(c.rule, c.key);
@@ -471,7 +652,7 @@ impl MemoryStore {
     /// [`Store::refund`], synchronously.
     pub fn refund_now(&self, refunds: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         validate_charges(refunds)?;
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut decisions = Vec::with_capacity(refunds.len());
         for c in refunds {
             let hash = self.hash(c.rule, c.key);
@@ -491,7 +672,7 @@ impl MemoryStore {
 
     /// [`Store::peek`], synchronously.
     pub fn peek_now(&self, rule: &str, policy: &Policy, key: &str) -> Decision {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let hash = self.hash(rule, key);
         let shard = self.inner.shards[self.shard_of(hash)].lock();
         peek_state(shard.find(hash, rule, key).map(|e| &e.state), policy, now)
@@ -524,19 +705,19 @@ impl MemoryStore {
 
     /// [`Store::acquire`], synchronously.
     pub fn acquire_now(&self, slots: &[Slot<'_>]) -> Vec<SlotDecision> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().acquire(slots, now)
     }
 
     /// [`Store::release`], synchronously.
     pub fn release_now(&self, slots: &[Slot<'_>]) {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().release(slots, now);
     }
 
     /// [`Store::renew`], synchronously.
     pub fn renew_now(&self, slots: &[Slot<'_>]) -> Vec<bool> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.slots.lock().renew(slots, now)
     }
 
@@ -556,7 +737,7 @@ impl MemoryStore {
 
     /// [`Store::remove_override`], synchronously.
     pub fn remove_override_now(&self, rule: &str, key: &str) -> bool {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         self.inner.overrides.lock().remove(rule, key, now)
     }
 
@@ -564,12 +745,12 @@ impl MemoryStore {
     /// and every rule's penalty on it. Penalties are found by a scan of all
     /// state, which is fine for an operator's call.
     pub fn remove_block_now(&self, target: &str) -> bool {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let manual = self.inner.manual_blocks.lock().remove(target);
         let mut lifted = manual.is_some_and(|b| b.until.as_micros() > now);
         for shard in self.inner.shards.iter() {
             for e in shard.lock().table.iter_mut() {
-                if e.state.blocked_until() > now && e.key() == target {
+                if e.state.blocked_until() > now && e.name.split().1 == target.as_bytes() {
                     // Lifted and forgiven: a block ladder starts over. The
                     // entry's `expires_at` keeps the block's end: it is only
                     // reclaimed a little later than it could be.
@@ -584,7 +765,7 @@ impl MemoryStore {
     /// [`Store::blocks`], synchronously: manual blocks, then every penalty in
     /// force (found by a scan of all state), sorted by target and source.
     pub fn blocks_now(&self) -> Vec<Block> {
-        let now = self.inner.clock.now().as_micros();
+        let now = self.now_us();
         let mut list: Vec<Block> = {
             let mut manual = self.inner.manual_blocks.lock();
             manual.retain(|_, b| b.until.as_micros() > now);
@@ -743,7 +924,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{MemoryStore, MemoryStoreStats, shard_layout, table_capacity};
+    use super::{
+        INLINE_NAME, MemoryStore, MemoryStoreStats, Name, shard_layout, short_eq, table_capacity,
+    };
     use crate::clock::{ManualClock, Timestamp};
     use crate::policy::{Algorithm, Policy};
     use crate::store::Check;
@@ -794,6 +977,45 @@ mod tests {
         let purged = store.purge_expired() as u64;
         assert_eq!(store.stats().reclaimed, later.reclaimed + purged);
         assert_eq!(store.stats().keys, 0);
+    }
+
+    #[test]
+    fn short_eq_sees_every_byte() {
+        for n in 0..=24 {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(short_eq(&a, &a.clone()));
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!short_eq(&a, &b), "{n} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_inline_or_on_the_heap_tell_rule_from_key() {
+        let long = "k".repeat(INLINE_NAME);
+        for (rule, key) in [
+            ("api", "ip:203.0.113.7"),
+            ("", ""),
+            ("r", &long[..INLINE_NAME - 1]),
+            ("r", &long[..]),
+            ("ruleé", "clé:ü"),
+            (&long[..], "ip:1"),
+        ] {
+            let name = Name::new(rule, key);
+            let inline = rule.len() + key.len() <= INLINE_NAME;
+            assert_eq!(matches!(name, Name::Inline { .. }), inline, "{rule} {key}");
+            assert_eq!(name.split(), (rule.as_bytes(), key.as_bytes()));
+            assert!(name.is(rule.as_bytes(), key.as_bytes()));
+            let moved = format!("{rule}x");
+            assert!(!name.is(moved.as_bytes(), &key.as_bytes()[key.len().min(1)..]));
+            assert!(!name.is(rule.as_bytes(), format!("{key}x").as_bytes()));
+        }
+        // The split point is part of the name.
+        assert!(!Name::new("ab", "c").is(b"a", b"bc"));
+        let store = MemoryStore::new(1000);
+        assert_ne!(store.hash("ab", "c"), store.hash("a", "bc"));
     }
 
     #[test]

@@ -30,12 +30,19 @@ pub fn decide(state: &State, policy: &Policy, now: u64, cost: u64) -> Decision {
     } else {
         (tat, allow_at - now - slack)
     };
-    let remaining = (now + tau).saturating_sub(horizon) / t;
-    let mut d = Decision::new(allowed, policy.limit(), remaining, horizon - now, retry);
-    if allowed {
-        d.delay = std::time::Duration::from_micros(allow_at.saturating_sub(now));
+    let room = (now + tau).saturating_sub(horizon);
+    // No division when less than a unit is left (every refusal of a full
+    // bucket): a 64-bit division is the slowest step here.
+    let remaining = if room < t { 0 } else { room / t };
+    let delay = if allowed {
+        allow_at.saturating_sub(now)
+    } else {
+        0
+    };
+    Decision {
+        delay: std::time::Duration::from_micros(delay),
+        ..Decision::new(allowed, policy.limit(), remaining, horizon - now, retry)
     }
-    d
 }
 
 /// Gives back `cost` units a check admitted at a time in the future and that

@@ -89,6 +89,58 @@ impl LimitState {
         }
     }
 
+    /// Decides `cost` at `now` and, when it is admitted and `charge` is
+    /// set, records it: [`decide`](Self::decide) then
+    /// [`commit`](Self::commit), with the algorithm matched once. A state
+    /// of another algorithm counts as empty, and is replaced only when
+    /// something is recorded.
+    #[inline(always)]
+    pub fn take(&mut self, policy: &Policy, now: u64, cost: u64, charge: bool) -> Decision {
+        match (&mut *self, policy.algorithm()) {
+            (LimitState::TokenBucket(s), Algorithm::TokenBucket) => {
+                let d = gcra::decide(s, policy, now, cost);
+                if d.allowed && charge {
+                    gcra::commit(s, policy, now, cost);
+                }
+                d
+            }
+            (LimitState::FixedWindow(s), Algorithm::FixedWindow) => {
+                let d = fixed_window::decide(s, policy, now, cost);
+                if d.allowed && charge {
+                    fixed_window::commit(s, policy, now, cost);
+                }
+                d
+            }
+            (LimitState::SlidingWindow(s), Algorithm::SlidingWindow) => {
+                let d = sliding_window::decide(s, policy, now, cost);
+                if d.allowed && charge {
+                    sliding_window::commit(s, policy, now, cost);
+                }
+                d
+            }
+            (LimitState::SlidingLog(s), Algorithm::SlidingLog) => {
+                let d = sliding_log::decide(s, policy, now, cost);
+                if d.allowed && charge {
+                    sliding_log::commit(s, policy, now, cost);
+                }
+                d
+            }
+            _ => self.take_foreign(policy, now, cost, charge),
+        }
+    }
+
+    /// [`take`](Self::take) on a state of another algorithm than the
+    /// policy's (a reload changed the rule): rare, kept out of line.
+    #[cold]
+    #[inline(never)]
+    fn take_foreign(&mut self, policy: &Policy, now: u64, cost: u64, charge: bool) -> Decision {
+        let d = self.decide(policy, now, cost);
+        if d.allowed && charge {
+            self.commit(policy, now, cost);
+        }
+        d
+    }
+
     /// Gives back `cost` units admitted under a maximum delay whose request
     /// never went ahead (see [`gcra::refund`]). Only a token bucket holds
     /// places in its future; for the other algorithms this does nothing.
@@ -258,6 +310,53 @@ impl KeyState {
         }
     }
 
+    /// Decides a check that is a request of its own (no other rule can veto
+    /// it) and records the outcome: the same as [`evaluate`](Self::evaluate)
+    /// then [`apply`](Self::apply) with `admit` set to `charge`, in one pass
+    /// on the path where no penalty is in force or starts. Sets `changed`
+    /// when the state changed (and leaves it alone when not).
+    #[inline(always)]
+    pub fn check(
+        &mut self,
+        policy: &Policy,
+        now: u64,
+        cost: u64,
+        shadow: bool,
+        charge: bool,
+        changed: &mut bool,
+    ) -> Decision {
+        if self.penalty.until() > now {
+            return self.check_blocked(policy, now, cost);
+        }
+        let decision = self.limit.take(policy, now, cost, charge);
+        if decision.allowed || shadow || policy.block_for_us().is_none() {
+            if decision.allowed && charge {
+                *changed = true;
+            }
+            return decision;
+        }
+        *changed = true;
+        self.start_penalty(policy, now, cost)
+    }
+
+    /// [`check`](Self::check) under a penalty block: refused, nothing changes.
+    #[cold]
+    #[inline(never)]
+    fn check_blocked(&self, policy: &Policy, now: u64, cost: u64) -> Decision {
+        self.evaluate(policy, now, cost, false).decision
+    }
+
+    /// [`check`](Self::check) refused on a policy with a penalty: nothing
+    /// was recorded, so the evaluation sees the same state, and starts the
+    /// block.
+    #[cold]
+    #[inline(never)]
+    fn start_penalty(&mut self, policy: &Policy, now: u64, cost: u64) -> Decision {
+        let eval = self.evaluate(policy, now, cost, false);
+        self.apply(policy, now, cost, &eval, false);
+        eval.decision
+    }
+
     /// Records the outcome of `evaluate`: commits the cost when `admit`, and
     /// starts the penalty block the evaluation asked for.
     pub fn apply(&mut self, policy: &Policy, now: u64, cost: u64, eval: &Evaluation, admit: bool) {
@@ -373,6 +472,56 @@ mod tests {
         let eval = state.evaluate(p, now, 1, shadow);
         state.apply(p, now, 1, &eval, eval.decision.allowed || shadow);
         eval
+    }
+
+    /// `KeyState::check` (the memory store's single-check path) decides and
+    /// records exactly as `evaluate` then `apply` do, whatever the algorithm,
+    /// penalty, shadow or probe, and across a change of algorithm.
+    #[test]
+    fn check_is_evaluate_then_apply() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let policies: Vec<crate::Policy> = Algorithm::ALL
+            .into_iter()
+            .flat_map(|a| {
+                let plain = policy(a, 3, 2);
+                let block = plain
+                    .clone()
+                    .with_block_ladder(&[1, 3].map(Duration::from_secs))
+                    .expect("valid ladder");
+                let one = plain
+                    .clone()
+                    .with_block_for(Duration::from_secs(1))
+                    .expect("valid block");
+                [plain, block, one]
+            })
+            .collect();
+        for _ in 0..200 {
+            let mut fast = KeyState::fresh(&policies[0]);
+            let mut slow = fast.clone();
+            let mut now = T;
+            for _ in 0..60 {
+                let p = &policies[next(policies.len() as u64) as usize];
+                now += next(4) * SEC / 4;
+                let cost = 1 + next(2);
+                let (shadow, charge) = (next(5) == 0, next(5) != 0);
+                let mut changed = false;
+                let decision = fast.check(p, now, cost, shadow, charge, &mut changed);
+                let eval = slow.evaluate(p, now, cost, shadow);
+                let before = slow.clone();
+                if (eval.decision.allowed && charge) || eval.block_until.is_some() {
+                    slow.apply(p, now, cost, &eval, true);
+                }
+                assert_eq!(decision, eval.decision);
+                assert_eq!(fast, slow);
+                assert_eq!(changed, fast != before || (eval.decision.allowed && charge));
+            }
+        }
     }
 
     #[test]
