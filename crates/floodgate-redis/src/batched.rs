@@ -204,27 +204,19 @@ impl Budgets {
                 if now >= b.until {
                     b.lapse();
                 }
-                if b.units == 0 {
-                    b.until = until;
-                } else {
-                    // Both lots are used only while both are valid.
-                    b.until = b.until.min(until);
-                }
-                b.units += granted;
                 b.granted = granted;
                 b.spent = 0;
                 b.shrunk = false;
                 b.store_remaining = remaining;
                 b.reset_at = sent + micros(reset_after);
                 b.refused = None;
-                if b.units >= cost && now < b.until {
-                    b.units -= cost;
-                    b.spent += cost;
-                    b.admitted(now)
-                } else {
+                if granted + b.units < cost {
                     // A partial lease, too small for this cost: the units
-                    // stay for cheaper checks.
-                    Decision {
+                    // stay for cheaper checks while they are valid.
+                    if now < until {
+                        b.add_units(granted, until);
+                    }
+                    return Decision {
                         allowed: false,
                         limit: policy.limit(),
                         remaining: b.live_units(now),
@@ -232,8 +224,25 @@ impl Budgets {
                         retry_after: Some(reset_after),
                         blocked: false,
                         delay: Duration::ZERO,
-                    }
+                    };
                 }
+                // The check that asked is admitted from the grant first:
+                // Redis counted it when it leased, as it counts an exact
+                // check, even if the grant's window has ended since (a
+                // lease at a window's very end). Only what is left over
+                // is kept, and only while it is valid.
+                let from_grant = cost.min(granted);
+                b.units -= cost - from_grant;
+                b.spent += cost;
+                let leftover = granted - from_grant;
+                if b.units == 0 {
+                    // A give-back of this check's units lands in this lot.
+                    b.until = until;
+                }
+                if leftover > 0 && now < until {
+                    b.add_units(leftover, until);
+                }
+                b.admitted(now)
             }
         }
     }
@@ -349,6 +358,17 @@ impl Budget {
         }
         self.units = 0;
         self.spent = 0;
+    }
+
+    /// Adds `n` units usable until `until`: both lots are used only while
+    /// both are valid.
+    fn add_units(&mut self, n: u64, until: u64) {
+        if self.units == 0 {
+            self.until = until;
+        } else {
+            self.until = self.until.min(until);
+        }
+        self.units += n;
     }
 
     fn live_units(&self, now: u64) -> u64 {
@@ -531,6 +551,33 @@ mod tests {
             );
         }
         assert!(budgets.len() <= 2 * SHARDS, "{}", budgets.len());
+    }
+
+    #[test]
+    fn a_grant_lapsed_on_arrival_still_admits_the_check_that_asked() {
+        let budgets = Budgets::new(1024);
+        let p = policy(1600);
+        let sent = 1_000_000u64;
+        // Leased 100 µs before its window ended; the answer came 300 µs
+        // after the call left.
+        let d = budgets.settle(
+            &Check::new("r", &p, "k", 1),
+            sent,
+            sent + 300,
+            Leased::Granted {
+                granted: 8,
+                valid: Duration::from_micros(100),
+                remaining: 50,
+                reset_after: Duration::from_secs(60),
+            },
+        );
+        assert!(d.allowed, "{d:?}");
+        // The rest of the grant lapsed with its window: the next check
+        // leases again.
+        assert!(matches!(
+            budgets.take(&Check::new("r", &p, "k", 1), sent + 400),
+            Take::Lease(_)
+        ));
     }
 
     #[test]
