@@ -12,9 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-need redis-server redis-server
-need cargo "cargo (https://rustup.rs)"
-
-machine
-cargo bench -p floodgate-redis --bench answers
-machine
+redis_cargo_bench floodgate-redis answers

@@ -205,3 +205,15 @@ machine() {
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# redis_cargo_bench PACKAGE BENCH: `cargo bench -p PACKAGE --bench BENCH`,
+# a bench that starts its own redis-server (unless
+# FLOODGATE_BENCH_REDIS_URL is set), between two readings of the machine's
+# load.
+redis_cargo_bench() {
+    need redis-server redis-server
+    need cargo "cargo (https://rustup.rs)"
+    machine
+    cargo bench -p "$1" --bench "$2"
+    machine
+}
