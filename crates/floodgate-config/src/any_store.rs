@@ -71,7 +71,13 @@ macro_rules! dispatch {
 
 impl Store for AnyStore {
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
-        dispatch!(self, s => s.check(checks))
+        match self {
+            AnyStore::Memory(s) => s.check(checks).await,
+            // Boxed: the Redis call's future is large, and every request's
+            // future would otherwise carry (and move) its size, the memory
+            // store's too. One allocation beside a network round trip.
+            AnyStore::Redis(s) => Box::pin(s.check(checks)).await,
+        }
     }
 
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
