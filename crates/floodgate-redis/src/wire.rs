@@ -79,15 +79,23 @@ impl SlotOp {
 /// parses it once.
 pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg<'_>]) {
     // (policy, penalties, mode) in order of first use; a call holds a
-    // handful at most, one per rule. A slot operation is an entry of its
-    // own (its request's id goes with it).
+    // handful at most, one per rule. A slot operation's policy is its
+    // (limit, lease, operation), shared the same way; its request's id
+    // goes where a check's cost goes.
     let mut distinct: Vec<(&Policy, bool, &str)> = Vec::new();
-    let mut slots: Vec<(usize, &SlotArg)> = Vec::new();
+    let mut slots: Vec<(u64, u64, SlotOp)> = Vec::new();
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
         if let Some(slot) = c.slot {
-            slots.push((distinct.len() + slots.len(), slot));
-            numbers.push(distinct.len() + slots.len());
+            let entry = (slot.limit, slot.lease_us, slot.op);
+            let at = match slots.iter().position(|s| *s == entry) {
+                Some(at) => at,
+                None => {
+                    slots.push(entry);
+                    slots.len() - 1
+                }
+            };
+            numbers.push(at + 1);
             continue;
         }
         let mode = match (c.charge, c.shadow, c.probe) {
@@ -116,18 +124,22 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
         push_policy(call, policy, penalties);
         call.arg(mode);
     }
-    for (_, slot) in slots {
+    for &(limit, lease_us, op) in &slots {
         call.arg("slots")
-            .arg(slot.limit)
-            .arg(slot.lease_us)
+            .arg(limit)
+            .arg(lease_us)
             .arg(0)
             .arg(0)
-            .arg(slot.id.as_str())
             .arg(0)
-            .arg(slot.op.mode());
+            .arg(0)
+            .arg(op.mode());
     }
     for (number, c) in numbers.into_iter().zip(checks) {
-        call.arg(number).arg(c.cost);
+        call.arg(number);
+        match c.slot {
+            Some(slot) => call.arg(slot.id.as_str()),
+            None => call.arg(c.cost),
+        };
     }
 }
 

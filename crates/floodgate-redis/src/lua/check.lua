@@ -33,11 +33,12 @@
 --   or, for a concurrency slot (Store::acquire, release, renew; its
 --     check's two keys are both the slots of (rule, key), a sorted set of
 --     request ids scored by the end of their lease):
---     "slots", limit, lease_us, 0, 0, the request's id, 0, mode: "6" take
---     (a batch of takes takes all or none), "7" give back, "8" renew;
---     the reply's allowed flag says taken (or still held, for "8") and its
---     remaining field the slots held after
---   then 2 per check: its policy's number (1..P), cost
+--     "slots", limit, lease_us, 0, 0, 0, 0, mode: "6" take (a batch of
+--     takes takes all or none), "7" give back, "8" renew; the reply's
+--     allowed flag says taken (or still held, for "8") and its remaining
+--     field the slots held after
+--   then 2 per check: its policy's number (1..P), cost (for a slot
+--   operation: the request's id)
 -- Returns one string: per check, in order, 33 bytes packed with Redis'
 -- struct library ('<Bdddd'): a flags byte (1: allowed, 2: blocked), then as
 -- little-endian doubles remaining, reset_after_us, retry_after_us (when
@@ -61,8 +62,8 @@
 -- packed decision of each check; `admitted_check`: whether it was admitted.
 -- `policies`: by the number checks name them with ("1".."P").
 -- `offence_of`: the offence a check's penalty block answers. `slot_count`:
--- the live slots a take found.
-local now, margin_ms, values, reply, admitted_check, offence_of, slot_count, policies
+-- the live slots a take found; `slot_id`: the request id of a take.
+local now, margin_ms, values, reply, admitted_check, offence_of, slot_count, slot_id, policies
 
 -- The counting state (a, b, c) of a check's key as this call has left it.
 local function state_of(key, p)
@@ -100,12 +101,12 @@ local function live_slots(key)
   return call('ZCARD', key)
 end
 
--- Holds slot `p.id` of `key` for another lease; the key lives as long as
+-- Holds slot `id` of `key` for another lease; the key lives as long as
 -- its newest lease (every slot of a key has its rule's lease). Returns 1
 -- if the slot is new, 0 if it was held (renewed).
-local function hold_slot(key, p)
+local function hold_slot(key, p, id)
   local until_us = now + p.lease
-  local added = call('ZADD', key, int(until_us), p.id)
+  local added = call('ZADD', key, int(until_us), id)
   call('PEXPIRE', key, int(ttl_ms(until_us, now, margin_ms)))
   return added
 end
@@ -113,26 +114,27 @@ end
 -- A slot operation (concurrency limits), returned as decide_check does.
 -- A take is decided here and made by commit_check, so a batch of takes
 -- takes all or none; a give-back and a renewal happen at once.
-local function slot_check(i, p)
+local function slot_check(i, p, id)
   local key = KEYS[2 * i - 1]
   local held
   if p.slots == '6' then
     local n = live_slots(key)
     local fits = n < p.limit
     slot_count[i] = n
+    slot_id[i] = id
     -- When taken, commit_check writes the count after.
     reply[i] = pack_struct('<Bdddd', fits and 1 or 0, n, 0, -1, 0)
     admitted_check[i] = fits
     offence_of[i] = 0
     return fits, p, 1, 0
   elseif p.slots == '7' then
-    call('ZREM', key, p.id)
+    call('ZREM', key, id)
     held = true
   else
     live_slots(key)
-    held = call('ZSCORE', key, p.id) ~= false
+    held = call('ZSCORE', key, id) ~= false
     if held then
-      hold_slot(key, p)
+      hold_slot(key, p, id)
     end
   end
   reply[i] = pack_struct('<Bdddd', held and 1 or 0, 0, 0, -1, 0)
@@ -148,12 +150,12 @@ end
 -- c) it decided on.
 local function decide_check(i, at)
   local p = policies[ARGV[at]]
+  if p and p.slots then
+    return slot_check(i, p, ARGV[at + 1])
+  end
   local cost = num(ARGV[at + 1])
   if not p or not cost then
     error('floodgate: check.lua check ' .. i .. ' names policy ' .. ARGV[at] .. ' with cost ' .. ARGV[at + 1])
-  end
-  if p.slots then
-    return slot_check(i, p)
   end
   if p.charge or p.refund then
     return charge_check(i, p, cost)
@@ -216,7 +218,7 @@ end
 -- A slot's take is made here.
 local function commit_check(i, p, cost, a, b, c)
   if p.slots then
-    local added = hold_slot(KEYS[2 * i - 1], p)
+    local added = hold_slot(KEYS[2 * i - 1], p, slot_id[i])
     reply[i] = pack_struct('<Bdddd', 1, slot_count[i] + added, 0, -1, 0)
     return
   end
@@ -262,12 +264,15 @@ local function main()
   end
 
   policies = {}
+  -- A call of slot operations only (they never mix with checks) has no
+  -- string state to read.
+  local slots_only = np > 0
   for j = 1, np do
     local at = 5 + 8 * (j - 1)
     local mode = ARGV[at + 7]
     local p
     if ARGV[at] == 'slots' then
-      p = { slots = mode, limit = num(ARGV[at + 1]), lease = num(ARGV[at + 2]), id = ARGV[at + 5] }
+      p = { slots = mode, limit = num(ARGV[at + 1]), lease = num(ARGV[at + 2]) }
       if not (p.limit and p.lease) or not (mode == '6' or mode == '7' or mode == '8') then
         error('floodgate: check.lua: malformed slot arguments at ARGV[' .. at .. ']')
       end
@@ -279,14 +284,15 @@ local function main()
     p.charge = mode == '4'
     p.refund = mode == '5'
     p.batch = mode == '9'
+    slots_only = slots_only and p.slots ~= nil
     policies[tostring(j)] = p
   end
   local sizes = batch_sizes(n)
 
   -- Every key read with one MGET per (up to) 512 keys before any check;
   -- later batches then read what earlier ones wrote.
-  values, reply, admitted_check, offence_of, slot_count = {}, {}, {}, {}, {}
-  for first = 1, #KEYS, 512 do
+  values, reply, admitted_check, offence_of, slot_count, slot_id = {}, {}, {}, {}, {}, {}
+  for first = 1, slots_only and 0 or #KEYS, 512 do
     local last = min(first + 511, #KEYS)
     local got = call('MGET', unpack(KEYS, first, last))
     for i = first, last do
@@ -343,6 +349,6 @@ local function main()
     done = done + size
   end
   local packed = table.concat(reply)
-  values, reply, admitted_check, offence_of, slot_count, policies = nil, nil, nil, nil, nil, nil
+  values, reply, admitted_check, offence_of, slot_count, slot_id, policies = nil, nil, nil, nil, nil, nil, nil
   return packed
 end
