@@ -37,11 +37,25 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # promtool (Debian's prometheus package) validates deploy/prometheus/alerts.yml
 # (tests/server/metrics.rs).
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+apt_updated=""
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_updated=1
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o Acquire::Retries=3 "${need_apt[@]}" >/dev/null
+fi
+# The deploy walk runs DEPLOY.md §3's `apt-get install -y ...` lines without
+# network: they must find nothing to do. A package installed but older than
+# the candidate apt knows of (openssl on a machine whose image predates a
+# security update) would be upgraded there, and fail; bring such packages
+# to their candidates here, with network.
+mapfile -t walk_apt < <(sed -n 's/^apt-get install -y //p' docs/DEPLOY.md | tr ' ' '\n' | sed '/^$/d')
+if [ "$(id -u)" -eq 0 ] && [ ${#walk_apt[@]} -gt 0 ] \
+  && ! apt-get -s install "${walk_apt[@]}" | grep -q '^0 upgraded, 0 newly installed'; then
+  log "bringing ${walk_apt[*]} up to date for the deploy walk"
+  [ -n "$apt_updated" ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Acquire::Retries=3 "${walk_apt[@]}" >/dev/null
 fi
 command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
 
@@ -79,7 +93,6 @@ grpc_pins=(grpcio==1.85.3 grpcio-reflection==1.81.1 grpcio-health-checking==1.81
 if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health, yaml' >/dev/null 2>&1; then
   log "installing ${grpc_pins[*]} into $grpc_venv"
   if ! python3 -m venv "$grpc_venv" >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$grpc_venv"

@@ -107,27 +107,42 @@ fn descriptors() -> Result<Vec<u8>, String> {
     Ok(kept.encode_to_vec())
 }
 
-/// Where cargo keeps the `envoy-types` crate this build uses.
+/// Where cargo keeps the `envoy-types` crate this build uses: as `cargo
+/// metadata` names it (which also finds vendored and patched sources), or,
+/// where that cannot answer offline (a first build, before the
+/// dev-dependencies it also resolves are downloaded), the registry's copy
+/// of the version Cargo.lock pins.
 fn envoy_types_dir() -> Result<PathBuf, String> {
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
+    match metadata_dir(&manifest_dir) {
+        Ok(dir) => Ok(dir),
+        Err(why) => {
+            registry_dir(&manifest_dir).map_err(|fallback| format!("{why}; and {fallback}"))
+        }
+    }
+}
+
+/// `envoy-types`' directory from `cargo metadata`, offline, for the
+/// platform built for (so other platforms' crates, never downloaded for
+/// this build, are not needed).
+fn metadata_dir(manifest_dir: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?)
-            .join("Cargo.toml");
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
+    let mut command = Command::new(cargo);
+    command.args(["metadata", "--format-version", "1", "--offline"]);
+    if let Ok(target) = std::env::var("TARGET") {
+        command.args(["--filter-platform", &target]);
+    }
+    let output = command
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("Cargo.toml"))
         .output()
         .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
     if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(format!(
             "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            stderr.lines().next().unwrap_or("").trim()
         ));
     }
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
@@ -143,4 +158,44 @@ fn envoy_types_dir() -> Result<PathBuf, String> {
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| format!("{manifest_path} has no directory"))
+}
+
+/// `envoy-types`' directory in cargo's registry sources, for the version
+/// the nearest Cargo.lock (the workspace's, or a published package's own)
+/// pins.
+fn registry_dir(manifest_dir: &Path) -> Result<PathBuf, String> {
+    let lock = manifest_dir
+        .ancestors()
+        .map(|dir| dir.join("Cargo.lock"))
+        .find(|path| path.is_file())
+        .ok_or("no Cargo.lock above the package")?;
+    let text = std::fs::read_to_string(&lock)
+        .map_err(|e| format!("cannot read {}: {e}", lock.display()))?;
+    let version = locked_version(&text, "envoy-types")
+        .ok_or_else(|| format!("{} pins no envoy-types", lock.display()))?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let sources = cargo_home.join("registry/src");
+    let registries = std::fs::read_dir(&sources)
+        .map_err(|e| format!("cannot list {}: {e}", sources.display()))?;
+    registries
+        .filter_map(Result::ok)
+        .map(|registry| registry.path().join(format!("envoy-types-{version}")))
+        .find(|dir| dir.join("Cargo.toml").is_file())
+        .ok_or_else(|| format!("envoy-types {version} is not under {}", sources.display()))
+}
+
+/// The version a Cargo.lock pins for `name` (its first entry).
+fn locked_version<'a>(lock: &'a str, name: &str) -> Option<&'a str> {
+    let wanted = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == wanted {
+            let version = lines.next()?.trim().strip_prefix("version = \"")?;
+            return version.strip_suffix('"');
+        }
+    }
+    None
 }

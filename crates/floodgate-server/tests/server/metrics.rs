@@ -17,6 +17,7 @@ use crate::support::grpc::rls_client;
 use crate::support::host::free_addr;
 use crate::support::http::Http;
 use crate::support::process::Floodgate;
+use crate::support::procfs;
 use crate::support::upstream::Upstream;
 use crate::support::wait::eventually;
 
@@ -159,7 +160,9 @@ async fn requests_are_counted_by_kind_and_status_class_with_build_and_process_in
         .expect_err("no domain");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
+    let ticks_before = procfs::cpu_ticks(fg.pid());
     let after = scrape(&http, &fg).await;
+    let ticks_after = procfs::cpu_ticks(fg.pid());
     for (kind, class, n) in [
         ("gateway", "2xx", 2.0),
         ("gateway", "4xx", 1.0),
@@ -198,7 +201,15 @@ async fn requests_are_counted_by_kind_and_status_class_with_build_and_process_in
         "{after}"
     );
     // The process, read from /proc/self at the scrape.
-    assert!(count(&after, "process_cpu_seconds_total", &[]) > 0.0);
+    // The CPU time the kernel counted, in its ticks (USER_HZ, 100 a second
+    // on Linux), read on either side of the scrape. A process this young
+    // may not have spent a tick yet.
+    let cpu = count(&after, "process_cpu_seconds_total", &[]);
+    let ticks = (cpu * 100.0).round() as u64;
+    assert!(
+        (ticks_before..=ticks_after).contains(&ticks),
+        "process_cpu_seconds_total {cpu} is not between {ticks_before} and {ticks_after} ticks"
+    );
     let rss = count(&after, "process_resident_memory_bytes", &[]);
     let expected = fg.rss_kib() as f64 * 1024.0;
     assert!(

@@ -70,6 +70,26 @@ pub(crate) fn live_children(parent: u32) -> BTreeSet<u32> {
         .collect()
 }
 
+/// The CPU time `pid` has spent, user and system, in clock ticks (fields 14
+/// and 15 of /proc/<pid>/stat).
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .unwrap_or_else(|| panic!("/proc/{pid}/stat has no command name: {stat}"));
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|_| panic!("/proc/{pid}/stat: {stat}"))
+        })
+        .collect();
+    fields.iter().sum()
+}
+
 /// One line of /proc/<pid>/status (`VmRSS`, `State`), without its name.
 fn status_field(pid: u32, name: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
