@@ -241,8 +241,10 @@ impl UpstreamMetrics {
 }
 
 /// The decision counters looked up so far, by rule name, then outcome (in
-/// the order of `Outcome::ALL`).
-type DecisionCounters = HashMap<Box<str>, [Option<Counter>; Outcome::ALL.len()]>;
+/// the order of `Outcome::ALL`). Looked up on every decision, with a
+/// fast hash: rule names come from the config, not from clients.
+type DecisionCounters =
+    HashMap<Box<str>, [Option<Counter>; Outcome::ALL.len()], foldhash::fast::RandomState>;
 
 /// The latency histogram and the error counter of one kind of store call.
 struct CallMetrics {

@@ -1,35 +1,24 @@
-//! Numbers and addresses appended to strings without `core::fmt`: keys and
-//! RateLimit fields are written for every request, and the formatting
-//! machinery (argument lists, a `dyn Write`, padding support) costs several
-//! times the digits themselves.
+//! Numbers and addresses appended to strings without `core::fmt` (digits by
+//! `itoa`, two at a time): keys and RateLimit fields are written for every
+//! request, and the formatting machinery (argument lists, a `dyn Write`,
+//! padding support) costs several times the digits themselves.
 
 use std::net::Ipv4Addr;
 
 /// Appends `n` in decimal.
-pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // `n % 10` is below 10: the cast cannot truncate.
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+pub(crate) fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `ip` in dotted decimal, as its `Display` does.
 pub(crate) fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
+    out.reserve(15);
+    let mut digits = itoa::Buffer::new();
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
             out.push('.');
         }
-        push_decimal(out, u64::from(octet));
+        out.push_str(digits.format(octet));
     }
 }
 

@@ -22,6 +22,7 @@ use floodgate_core::{
 };
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method, StatusCode};
+use smallvec::SmallVec;
 
 pub use self::config::{
     AccessLists, ConfigError, ConfigProblem, LimiterConfig, MAX_DELAY, MAX_RULE_NAME_LEN, OnError,
@@ -735,7 +736,8 @@ impl<S: Store> Limiter<S> {
             extensions,
             client: client.as_ref(),
         };
-        let keyed: Vec<Keyed<'_>> = matching()
+        // Inline for the usual one or two rules: no allocation.
+        let keyed: SmallVec<[Keyed<'_>; 2]> = matching()
             .filter_map(|r| {
                 let key = r.rule.key.key(&info)?;
                 let overridden = self.overridden(r, &key, now);
@@ -761,7 +763,7 @@ impl<S: Store> Limiter<S> {
         // refusal by the rates gives the slot back (the lease dropped).
         let mut lease = None;
         let keyed = if snapshot.has_concurrency {
-            let (in_flight, rates): (Vec<Keyed<'_>>, Vec<Keyed<'_>>) = keyed
+            let (in_flight, rates): (SmallVec<[Keyed<'_>; 2]>, SmallVec<[Keyed<'_>; 2]>) = keyed
                 .into_iter()
                 .partition(|(r, ..)| r.rule.concurrency.is_some());
             if !in_flight.is_empty() {
@@ -777,7 +779,7 @@ impl<S: Store> Limiter<S> {
         } else {
             keyed
         };
-        let checks: Vec<Check<'_>> = keyed
+        let checks: SmallVec<[Check<'_>; 2]> = keyed
             .iter()
             .map(|(rule, key, overridden)| {
                 check_of(rule, overridden.as_deref(), key, rule.rule.cost)
