@@ -87,15 +87,7 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
     let mut numbers: Vec<usize> = Vec::with_capacity(checks.len());
     for c in checks {
         if let Some(slot) = c.slot {
-            let entry = (slot.limit, slot.lease_us, slot.op);
-            let at = match slots.iter().position(|s| *s == entry) {
-                Some(at) => at,
-                None => {
-                    slots.push(entry);
-                    slots.len() - 1
-                }
-            };
-            numbers.push(at + 1);
+            numbers.push(place_of(&mut slots, (slot.limit, slot.lease_us, slot.op)) + 1);
             continue;
         }
         let mode = match (c.charge, c.shadow, c.probe) {
@@ -107,15 +99,7 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
             (false, false, true) => "2",
             (false, true, true) => "3",
         };
-        let entry = (c.policy, c.penalties, mode);
-        let at = match distinct.iter().position(|d| *d == entry) {
-            Some(at) => at,
-            None => {
-                distinct.push(entry);
-                distinct.len() - 1
-            }
-        };
-        numbers.push(at + 1);
+        numbers.push(place_of(&mut distinct, (c.policy, c.penalties, mode)) + 1);
     }
     // Slot calls never mix with checks: their entries are all slots.
     debug_assert!(slots.is_empty() || distinct.is_empty());
@@ -140,6 +124,18 @@ pub(crate) fn push_checks(call: &mut ScriptCall, sizes: &str, checks: &[CheckArg
             Some(slot) => call.arg(slot.id.as_str()),
             None => call.arg(c.cost),
         };
+    }
+}
+
+/// The place of `entry` in `list`, pushed at the end when it is not there
+/// yet (a call holds a handful of distinct policies: a scan beats a map).
+fn place_of<T: PartialEq>(list: &mut Vec<T>, entry: T) -> usize {
+    match list.iter().position(|e| *e == entry) {
+        Some(at) => at,
+        None => {
+            list.push(entry);
+            list.len() - 1
+        }
     }
 }
 
