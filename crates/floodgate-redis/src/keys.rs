@@ -37,6 +37,17 @@ impl KeyLayout {
         name
     }
 
+    /// [`KeyLayout::state`] and [`KeyLayout::block`] of (rule, key), the
+    /// second made from the first (they differ only in their suffix, of the
+    /// same length) rather than escaped again.
+    pub(crate) fn state_and_block(&self, rule: &str, key: &str) -> (String, String) {
+        let state = self.state(rule, key);
+        let mut block = String::with_capacity(state.len());
+        block.push_str(&state[..state.len() - "state".len()]);
+        block.push_str("block");
+        (state, block)
+    }
+
     /// [`KeyLayout::state`] into `out` (cleared first), so a caller naming
     /// many keys can reuse one buffer.
     pub(crate) fn write_state(&self, out: &mut String, rule: &str, key: &str) {
@@ -222,6 +233,22 @@ mod tests {
         let mut guard = String::new();
         keys.write_guard(&mut guard, "a{b}");
         assert_eq!(guard, "floodgate:{a%7Bb%7D}:guard");
+    }
+
+    #[test]
+    fn state_and_block_name_the_keys_state_and_block_do() {
+        let keys = KeyLayout::new("fg");
+        for (rule, key) in [
+            ("api", "ip:192.0.2.1"),
+            ("r:{x}", "a{b}%"),
+            ("", ""),
+            ("é", "ü"),
+        ] {
+            assert_eq!(
+                keys.state_and_block(rule, key),
+                (keys.state(rule, key), keys.block(rule, key))
+            );
+        }
     }
 
     #[test]

@@ -465,16 +465,19 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let queued = checks
             .iter()
-            .map(|c| QueuedCheck {
-                state_key: keys.state(c.rule, c.key),
-                block_key: keys.block(c.rule, c.key),
-                policy: c.policy.clone(),
-                cost: c.cost,
-                shadow: c.shadow,
-                probe: c.probe,
-                charge: mode == Mode::Charge,
-                refund: mode == Mode::Refund,
-                slot: None,
+            .map(|c| {
+                let (state_key, block_key) = keys.state_and_block(c.rule, c.key);
+                QueuedCheck {
+                    state_key,
+                    block_key,
+                    policy: c.policy.clone(),
+                    cost: c.cost,
+                    shadow: c.shadow,
+                    probe: c.probe,
+                    charge: mode == Mode::Charge,
+                    refund: mode == Mode::Refund,
+                    slot: None,
+                }
             })
             .collect();
         let reply = coalescer
