@@ -134,6 +134,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
+# The crates' documentation builds without a warning (broken or private
+# links included), as docs.rs would build it.
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # The Node client's tests run the binary the integration tests above built
 # and a real express app, installed from npm as package-lock.json pins it.
 log "Node client (clients/node): npm ci, node --test"

@@ -1083,7 +1083,9 @@ impl Store for RedisStore {
         Some(self.inner.config.timeout)
     }
 
-    /// See [`RedisStore::record_all`].
+    /// Records each charge whatever its limit says: one atomic `check.lua`
+    /// call shared with other requests' calls, one per client key (hash
+    /// slot) on a cluster.
     async fn charge(&self, charges: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         self.record_all(charges, Mode::Charge).await
     }

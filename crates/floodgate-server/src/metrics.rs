@@ -117,7 +117,7 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// Every kind, in the order of [`RouteKind::index`].
+    /// Every kind, in the order of their indices (`RouteKind::index`).
     pub const ALL: [RouteKind; 5] = [
         RouteKind::Gateway,
         RouteKind::DecisionApi,

@@ -3,9 +3,9 @@
 //! gRPC health checking and server reflection beside it.
 //!
 //! A request's descriptors are decided by the rules whose `descriptor`
-//! matches them ([`Limiter::check_descriptors`]), through the same
-//! limiter as the gateway: access lists, blocks, overrides, shadow rules,
-//! `on_error`, metrics and reloads behave identically.
+//! matches them ([`floodgate_tower::Limiter::check_descriptors`]), through
+//! the same limiter as the gateway: access lists, blocks, overrides, shadow
+//! rules, `on_error`, metrics and reloads behave identically.
 //!
 //! - `statuses`: one per descriptor, in order; `OK` for one no rule
 //!   decides. `current_limit` (named after the rule) when its window is
@@ -67,7 +67,7 @@ const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/Sh
 /// The service, answering from the server's limiter.
 ///
 /// A unary call is read, decided and answered on the connection's own task
-/// ([`conn`]): the one length-prefixed message is read whole, decoded,
+/// (the `conn` module): the one length-prefixed message is read whole, decoded,
 /// decided, and the answer goes out as one data frame and the
 /// `grpc-status` trailer, without a task, a router or a streaming codec
 /// between them.
