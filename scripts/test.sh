@@ -52,7 +52,7 @@ fi
 # to their candidates here, with network.
 mapfile -t walk_apt < <(sed -n 's/^apt-get install -y //p' docs/DEPLOY.md | tr ' ' '\n' | sed '/^$/d')
 if [ "$(id -u)" -eq 0 ] && [ ${#walk_apt[@]} -gt 0 ] \
-  && ! apt-get -s install "${walk_apt[@]}" | grep -q '^0 upgraded, 0 newly installed'; then
+  && ! LC_ALL=C apt-get -s install "${walk_apt[@]}" | grep -q '^0 upgraded, 0 newly installed'; then
   log "bringing ${walk_apt[*]} up to date for the deploy walk"
   [ -n "$apt_updated" ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Acquire::Retries=3 "${walk_apt[@]}" >/dev/null
