@@ -28,8 +28,8 @@ use http_body_util::{BodyExt, Empty};
 
 mod common;
 use common::{
-    CALLERS, GATEWAY_RULE, HttpClient, KEYS, Round, Server, TOKEN, bench_main, gateway_calls,
-    http_client, start, timed,
+    CALLERS, GATEWAY_RULE, HttpClient, KEYS, Server, TOKEN, alternate, bench_main, gateway_calls,
+    http_client, medians, start, timed,
 };
 
 const DASHBOARDS: usize = 10;
@@ -81,28 +81,21 @@ fn main() {
         let pid = server.child.id();
         let client = http_client(CALLERS + DASHBOARDS);
         round(&client, &server, DASHBOARDS).await; // warm up
-        let mut rows: Vec<(Round, Round)> = Vec::new();
-        for turn in 0..TURNS {
-            let (none, open) = if turn % 2 == 0 {
-                let none = timed(pid, round(&client, &server, 0)).await;
-                (none, timed(pid, round(&client, &server, DASHBOARDS)).await)
-            } else {
-                let open = timed(pid, round(&client, &server, DASHBOARDS)).await;
-                (timed(pid, round(&client, &server, 0)).await, open)
-            };
-            rows.push((none, open));
-        }
-        let median = |f: &dyn Fn(&(Round, Round)) -> f64| {
-            floodgate_testkit::paired::median(rows.iter().map(f).collect())
-        };
+        let rows = alternate(
+            TURNS,
+            async || timed(pid, round(&client, &server, 0)).await,
+            async || timed(pid, round(&client, &server, DASHBOARDS)).await,
+        )
+        .await;
+        let m = medians(&rows);
         println!(
             "gateway with {CALLERS} callers, median of {TURNS} turns of {ROUND:?}: no dashboard {:.0} req/s {:.1} us CPU/req; {DASHBOARDS} dashboards open {:.0} req/s {:.1} us CPU/req; open / none: rate {:.3}x, CPU per request {:.3}x (turns: rate {:.3}-{:.3}x)",
-            median(&|r| r.0.rate),
-            median(&|r| r.0.cpu_us),
-            median(&|r| r.1.rate),
-            median(&|r| r.1.cpu_us),
-            median(&|r| r.1.rate / r.0.rate),
-            median(&|r| r.1.cpu_us / r.0.cpu_us),
+            m.a.rate,
+            m.a.cpu_us,
+            m.b.rate,
+            m.b.cpu_us,
+            m.rate_ratio,
+            m.cpu_ratio,
             rows.iter()
                 .map(|r| r.1.rate / r.0.rate)
                 .fold(f64::INFINITY, f64::min),

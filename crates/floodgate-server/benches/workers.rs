@@ -27,8 +27,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    CALLERS, GATEWAY_RULE, KEYS, Round, TOKEN, bench_main, gateway_calls, http_client, start_with,
-    timed,
+    CALLERS, GATEWAY_RULE, KEYS, TOKEN, alternate, bench_main, gateway_calls, http_client, medians,
+    start_with, timed,
 };
 
 const ROUND: Duration = Duration::from_secs(3);
@@ -42,34 +42,17 @@ async fn compare(label: &str, store: &str) {
     // Warm both (the workers may still be starting).
     gateway_calls(&client, one.http, CALLERS, KEYS, ROUND).await;
     gateway_calls(&client, two.http, CALLERS, KEYS, ROUND).await;
-    let mut rows: Vec<(Round, Round)> = Vec::new();
-    for turn in 0..TURNS {
-        let run = |server: &common::Server| {
-            timed(
-                server.child.id(),
-                gateway_calls(&client, server.http, CALLERS, KEYS, ROUND),
-            )
-        };
-        let (a, b) = if turn % 2 == 0 {
-            let a = run(&one).await;
-            (a, run(&two).await)
-        } else {
-            let b = run(&two).await;
-            (run(&one).await, b)
-        };
-        rows.push((a, b));
-    }
-    let median = |f: &dyn Fn(&(Round, Round)) -> f64| {
-        floodgate_testkit::paired::median(rows.iter().map(f).collect())
+    let run = |server: &common::Server| {
+        timed(
+            server.child.id(),
+            gateway_calls(&client, server.http, CALLERS, KEYS, ROUND),
+        )
     };
+    let rows = alternate(TURNS, async || run(&one).await, async || run(&two).await).await;
+    let m = medians(&rows);
     println!(
         "{label:<7} one process {:>7.0} req/s {:>5.1} us CPU/req; --workers 2 {:>7.0} req/s {:>5.1} us CPU/req; workers / one: rate {:.2}x, CPU per request {:.2}x",
-        median(&|r| r.0.rate),
-        median(&|r| r.0.cpu_us),
-        median(&|r| r.1.rate),
-        median(&|r| r.1.cpu_us),
-        median(&|r| r.1.rate / r.0.rate),
-        median(&|r| r.1.cpu_us / r.0.cpu_us),
+        m.a.rate, m.a.cpu_us, m.b.rate, m.b.cpu_us, m.rate_ratio, m.cpu_ratio,
     );
 }
 

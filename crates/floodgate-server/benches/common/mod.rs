@@ -145,6 +145,54 @@ pub(crate) async fn timed<F: std::future::Future<Output = u64>>(pid: u32, round:
     }
 }
 
+/// `turns` turns of two ways, `a` first on even turns and `b` first on odd
+/// ones, so a machine whose speed drifts hits both alike: each turn's pair.
+pub(crate) async fn alternate(
+    turns: usize,
+    mut a: impl AsyncFnMut() -> Round,
+    mut b: impl AsyncFnMut() -> Round,
+) -> Vec<(Round, Round)> {
+    let mut rows = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        rows.push(if turn % 2 == 0 {
+            let first = a().await;
+            (first, b().await)
+        } else {
+            let second = b().await;
+            (a().await, second)
+        });
+    }
+    rows
+}
+
+/// The medians over paired turns: each way's rate and CPU per operation,
+/// and the second's over the first's, taken within each turn.
+pub(crate) struct Medians {
+    pub(crate) a: Round,
+    pub(crate) b: Round,
+    pub(crate) rate_ratio: f64,
+    pub(crate) cpu_ratio: f64,
+}
+
+/// [`Medians`] of `rows`.
+pub(crate) fn medians(rows: &[(Round, Round)]) -> Medians {
+    let median = |f: &dyn Fn(&(Round, Round)) -> f64| {
+        floodgate_testkit::paired::median(rows.iter().map(f).collect())
+    };
+    Medians {
+        a: Round {
+            rate: median(&|r| r.0.rate),
+            cpu_us: median(&|r| r.0.cpu_us),
+        },
+        b: Round {
+            rate: median(&|r| r.1.rate),
+            cpu_us: median(&|r| r.1.cpu_us),
+        },
+        rate_ratio: median(&|r| r.1.rate / r.0.rate),
+        cpu_ratio: median(&|r| r.1.cpu_us / r.0.cpu_us),
+    }
+}
+
 /// A client address of 10.0.0.0/8 for `i`.
 pub(crate) fn address(i: u64) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
