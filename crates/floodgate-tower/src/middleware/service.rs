@@ -112,17 +112,18 @@ where
                         )
                         .await
                 }
-                // Not rewritten: the check canonicalises it itself.
+                // Not rewritten: the check canonicalises it itself. Rare,
+                // so its future is boxed rather than sized into every
+                // request's.
                 Ok(false) => {
-                    limiter
-                        .check_request_for_answer(
-                            request.method(),
-                            request.uri().path(),
-                            request.headers(),
-                            request.extensions(),
-                            peer_addr(request.extensions()),
-                        )
-                        .await
+                    Box::pin(limiter.check_request_for_answer(
+                        request.method(),
+                        request.uri().path(),
+                        request.headers(),
+                        request.extensions(),
+                        peer_addr(request.extensions()),
+                    ))
+                    .await
                 }
                 Err(e) => (
                     limiter.malformed(BadRequestReason::Path(e)),
@@ -145,9 +146,9 @@ where
                 // Charged before the answer goes out: a client that sees
                 // its answer finds it counted.
                 let status = response.status();
-                limiter
-                    .charge_answer(pending, status, response.headers_mut())
-                    .await;
+                // Only rules charged on the answer get here: boxed, as
+                // above.
+                Box::pin(limiter.charge_answer(pending, status, response.headers_mut())).await;
             }
             limiter.remove_cost_headers(response.headers_mut());
             if let Verdict::Allow(Some(decision)) = &verdict {
