@@ -767,7 +767,9 @@ impl<S: Store> Limiter<S> {
                 .into_iter()
                 .partition(|(r, ..)| r.rule.concurrency.is_some());
             if !in_flight.is_empty() {
-                match self.acquire_slots(&snapshot.config, &in_flight).await {
+                // Boxed: only concurrency rules take slots, and every
+                // request's future would otherwise carry room for it.
+                match Box::pin(self.acquire_slots(&snapshot.config, &in_flight)).await {
                     Ok(taken) => lease = taken,
                     Err(refusal) => return verdict(refusal),
                 }
