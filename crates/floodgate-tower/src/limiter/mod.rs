@@ -420,11 +420,37 @@ pub struct Pending {
 
 /// The slots a request holds in its rules' concurrency limits, on every
 /// instance sharing the store. Renewed in the background while held;
-/// given back when dropped. A crashed instance's slots come back by
-/// themselves when their lease ends.
+/// given back by [`give_back`](Self::give_back), or when dropped (in a task
+/// of its own). A crashed instance's slots come back by themselves when
+/// their lease ends.
 pub struct Lease {
-    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    release: Option<Release>,
     renewer: Option<tokio::task::AbortHandle>,
+}
+
+/// Gives a lease's slots back: at once (the in-process fallback's), or as
+/// the store call it returns.
+type Release = Box<dyn FnOnce() -> Option<ReleaseCall> + Send + Sync>;
+
+/// The store call that gives slots back, bounded by the store's timeout.
+type ReleaseCall = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Lease {
+    /// Gives the slots back now, returning the store call to await (`None`
+    /// when there is nothing to wait for): awaited before an answer's end
+    /// goes out, no client that has its answer can find the slot still
+    /// held, on any instance. Bounded by the store's timeout; a failure
+    /// leaves the slots to their lease.
+    pub fn give_back(mut self) -> Option<impl Future<Output = ()> + Send + use<>> {
+        self.stop_renewing();
+        self.release.take().and_then(|release| release())
+    }
+
+    fn stop_renewing(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Lease {
@@ -435,11 +461,11 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
-        }
-        if let Some(release) = self.release.take() {
-            release();
+        self.stop_renewing();
+        if let Some(call) = self.release.take().and_then(|release| release())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(call);
         }
     }
 }
@@ -1124,19 +1150,17 @@ impl<S: Store> Limiter<S> {
             release: Some(Box::new(move || {
                 if held.local {
                     limiter.shared.fallback.release_now(&held.as_slots());
-                    return;
+                    return None;
                 }
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let slots = held.as_slots();
-                        if let Err(e) = limiter
-                            .store_call(StoreCall::Check, limiter.shared.store.release(&slots))
-                            .await
-                        {
-                            tracing::debug!(error = %e, "could not give back concurrency slots; their lease frees them");
-                        }
-                    });
-                }
+                Some(Box::pin(async move {
+                    let slots = held.as_slots();
+                    if let Err(e) = limiter
+                        .store_call(StoreCall::Check, limiter.shared.store.release(&slots))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "could not give back concurrency slots; their lease frees them");
+                    }
+                }) as ReleaseCall)
             })),
             renewer,
         }

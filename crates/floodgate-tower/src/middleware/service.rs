@@ -63,7 +63,7 @@ where
     Svc::Future: Send + 'static,
     S: Store,
     ReqBody: Send + 'static,
-    ResBody: Send,
+    ResBody: http_body::Body + Send,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = Svc::Error;
