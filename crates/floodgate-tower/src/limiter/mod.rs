@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -433,7 +434,7 @@ pub struct Lease {
 type Release = Box<dyn FnOnce() -> Option<ReleaseCall> + Send + Sync>;
 
 /// The store call that gives slots back, bounded by the store's timeout.
-type ReleaseCall = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+type ReleaseCall = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Lease {
     /// Gives the slots back now, returning the store call to await (`None`
@@ -441,7 +442,7 @@ impl Lease {
     /// goes out, no client that has its answer can find the slot still
     /// held, on any instance. Bounded by the store's timeout; a failure
     /// leaves the slots to their lease.
-    pub fn give_back(mut self) -> Option<impl Future<Output = ()> + Send + use<>> {
+    pub fn give_back(mut self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         self.stop_renewing();
         self.release.take().and_then(|release| release())
     }

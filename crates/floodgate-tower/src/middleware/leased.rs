@@ -78,10 +78,7 @@ impl<B: Body> Body for Leased<B> {
             let Some(call) = this.lease.take().and_then(Lease::give_back) else {
                 return Poll::Ready(frame);
             };
-            *this.giving_back = Some(GivingBack {
-                call: Box::pin(call),
-                last: frame,
-            });
+            *this.giving_back = Some(GivingBack { call, last: frame });
         }
         let Some(giving_back) = this.giving_back.as_mut() else {
             return Poll::Ready(None);
