@@ -409,6 +409,22 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// `state` decides `check` at `now` (a single check: recorded at once);
+/// the decision, and whether the state changed.
+#[inline(always)]
+fn decide(state: &mut KeyState, check: &Check<'_>, now: u64) -> (Decision, bool) {
+    let mut changed = false;
+    let decision = state.check(
+        check.policy,
+        now,
+        check.cost,
+        check.shadow,
+        check.charges(),
+        &mut changed,
+    );
+    (decision, changed)
+}
+
 impl MemoryStore {
     /// A store holding at most `max_keys` (rule, key) states, on the system clock.
     pub fn new(max_keys: usize) -> Self {
@@ -536,15 +552,7 @@ impl MemoryStore {
         // One probe when the key is known (the common case).
         let d = match shard.find_mut(hash, check.rule, check.key) {
             Some(entry) => {
-                let mut changed = false;
-                let decision = entry.state.check(
-                    check.policy,
-                    now,
-                    check.cost,
-                    check.shadow,
-                    check.charges(),
-                    &mut changed,
-                );
+                let (decision, changed) = decide(&mut entry.state, check, now);
                 if changed {
                     entry.expires_at = entry.state.expires_at(check.policy);
                 }
@@ -570,15 +578,7 @@ impl MemoryStore {
     #[inline(never)]
     fn check_new(&self, shard: &mut Shard, hash: u64, check: &Check<'_>, now: u64) -> Decision {
         let mut state = KeyState::fresh(check.policy);
-        let mut changed = false;
-        let decision = state.check(
-            check.policy,
-            now,
-            check.cost,
-            check.shadow,
-            check.charges(),
-            &mut changed,
-        );
+        let (decision, changed) = decide(&mut state, check, now);
         if changed {
             let entry = shard.insert_new(hash, check, self.room(now));
             entry.expires_at = state.expires_at(check.policy);
