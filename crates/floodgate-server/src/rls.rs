@@ -41,6 +41,7 @@ use http::HeaderMap;
 use prost::Message;
 
 use crate::metrics::{RouteKind, RouteMetrics, grpc_status_class};
+use crate::serve::accept_failed;
 use crate::state::AppState;
 
 mod conn;
@@ -455,7 +456,7 @@ pub async fn serve(
         let io = match accepted {
             Ok((io, _)) => io,
             Err(e) => {
-                accept_failed(&e).await;
+                accept_failed("gRPC", &e).await;
                 continue;
             }
         };
@@ -473,21 +474,6 @@ pub async fn serve(
     tokio::time::sleep(ACCEPTED_GRACE).await;
     let _ = finish_tx.send(true);
     let _ = open.recv().await;
-}
-
-/// After a failed `accept`: a connection that failed before it was accepted
-/// concerns that client only; anything else (out of file descriptors, say)
-/// would fail again at once, so the loop pauses instead of spinning.
-async fn accept_failed(e: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %e, "gRPC accept failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// gRPC server reflection, v1 and v1alpha (tools still ask either),

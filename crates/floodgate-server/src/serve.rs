@@ -290,7 +290,7 @@ pub async fn serve<S>(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    accept_failed(&e).await;
+                    accept_failed("HTTP", &e).await;
                     continue;
                 }
             },
@@ -402,8 +402,9 @@ fn mark_last(response: &mut Response) {
 
 /// After a failed `accept`: a connection that failed before it was accepted
 /// concerns that client only; anything else (out of file descriptors, say)
-/// would fail again at once, so the loop pauses instead of spinning.
-async fn accept_failed(e: &io::Error) {
+/// would fail again at once, so the loop pauses instead of spinning. `what`
+/// names the listener in the log ("HTTP", "gRPC").
+pub(crate) async fn accept_failed(what: &str, e: &io::Error) {
     use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         e.kind(),
@@ -411,7 +412,7 @@ async fn accept_failed(e: &io::Error) {
     ) {
         return;
     }
-    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tracing::error!(error = %e, listener = what, "accept failed; retrying in 1 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
