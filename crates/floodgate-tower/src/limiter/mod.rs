@@ -897,11 +897,19 @@ impl<S: Store> Limiter<S> {
         cost: u64,
         charge: Option<bool>,
     ) -> Result<(Decision, Duration), CheckError> {
+        let key = bounded_key(key);
+        // The override filter's word for the key is fetched while the rule
+        // is found and the clock read.
+        let probe = self.shared.overrides.probe(rule, &key);
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
-        let key = bounded_key(key);
         let now = self.shared.clock.now();
-        let overridden = self.overridden(compiled, &key, now);
+        let penalty = if compiled.rule.shadow {
+            None
+        } else {
+            self.shared.blocks.penalty(compiled.name(), &key, now)
+        };
+        let overridden = self.overridden_probed(probe, compiled, &key, now);
         let (policy, _) = policy_and_label(compiled, overridden.as_deref());
         // The API cannot hold a request: a rule with on_limit = delay is
         // decided here without its delay, a refusal being the answer.
@@ -919,9 +927,7 @@ impl<S: Store> Limiter<S> {
                 capacity: policy.capacity(),
             });
         }
-        if !compiled.rule.shadow
-            && let Some(left) = self.shared.blocks.penalty(compiled.name(), &key, now)
-        {
+        if let Some(left) = penalty {
             compiled.tally(&key, false);
             self.observe(Some(compiled.name()), Outcome::Blocked);
             return Ok((penalty_decision(policy, left), policy.window()));
@@ -1275,20 +1281,33 @@ impl<S: Store> Limiter<S> {
         key: &str,
         now: Timestamp,
     ) -> Option<Arc<Overridden>> {
-        let put = self
-            .shared
-            .overrides
-            .get(rule.name(), key, now, rule.generation, |o| {
-                let compiled = Overridden::of(o, &rule.rule, rule.generation);
-                if compiled.is_none() {
-                    tracing::debug!(
-                        rule = rule.name(),
-                        key,
-                        "an override that no longer fits its rule (reloaded since) is ignored"
-                    );
-                }
-                compiled
-            });
+        let probe = self.shared.overrides.probe(rule.name(), key);
+        self.overridden_probed(probe, rule, key, now)
+    }
+
+    /// [`overridden`](Self::overridden) with the override cache's `probe`
+    /// of (rule, key), taken earlier.
+    fn overridden_probed(
+        &self,
+        probe: overrides::Probe,
+        rule: &CompiledRule,
+        key: &str,
+        now: Timestamp,
+    ) -> Option<Arc<Overridden>> {
+        let put =
+            self.shared
+                .overrides
+                .get_probed(probe, rule.name(), key, now, rule.generation, |o| {
+                    let compiled = Overridden::of(o, &rule.rule, rule.generation);
+                    if compiled.is_none() {
+                        tracing::debug!(
+                            rule = rule.name(),
+                            key,
+                            "an override that no longer fits its rule (reloaded since) is ignored"
+                        );
+                    }
+                    compiled
+                });
         if put.is_some() {
             return put;
         }

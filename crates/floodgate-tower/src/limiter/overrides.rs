@@ -14,7 +14,9 @@
 //! lookup in a small table while few are, and past [`FILTER_FROM`] one word
 //! read from a 2 MiB filter of hashed (rule, key) pairs, with no lock: the
 //! table itself (tens of MB for a million) is only searched for the few
-//! keys whose bit is set.
+//! keys whose bits are set. That word is rarely in the cache, so a caller
+//! [probes](OverrideCache::probe) first, which starts fetching it, and
+//! reads it after other work.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
@@ -79,8 +81,14 @@ impl Filter {
     }
 
     /// False only if (rule, key) has no override.
+    #[cfg(test)]
     fn may_hold(&self, rule: &str, key: &str) -> bool {
         let (word, mask) = Self::bits(rule, key);
+        self.may_hold_bits(word, mask)
+    }
+
+    /// [`may_hold`](Self::may_hold) for bits already worked out.
+    fn may_hold_bits(&self, word: usize, mask: u64) -> bool {
         let before = self.seq.load(Ordering::Acquire);
         let bits = self.words[word].load(Ordering::Relaxed);
         fence(Ordering::Acquire);
@@ -104,6 +112,31 @@ impl Filter {
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 }
+
+/// What [`OverrideCache::probe`] found out about a (rule, key) pair.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Probe {
+    /// No override cached at all.
+    Nothing,
+    /// Overrides cached, no filter yet: search the table.
+    Table,
+    /// The filter's word and bits for the pair.
+    Filter { word: usize, mask: u64 },
+}
+
+/// Asks the CPU to fetch `word`'s cache line, without waiting for it.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn prefetch(word: &AtomicU64) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: SSE is part of x86_64's baseline, and a prefetch is only a
+    // hint: it reads nothing the program sees and cannot fault.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(word.as_ptr().cast::<i8>().cast_const()) }
+}
+
+/// Asks the CPU to fetch `word`'s cache line, without waiting for it.
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_word: &AtomicU64) {}
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -207,6 +240,7 @@ impl OverrideCache {
     /// The policy (rule, key) is decided by at `now` under configuration
     /// `generation`, if it has an override in force: compiled by `compile`
     /// the first time under that configuration, then shared.
+    #[cfg(test)]
     pub(crate) fn get(
         &self,
         rule: &str,
@@ -215,13 +249,46 @@ impl OverrideCache {
         generation: u64,
         compile: impl FnOnce(&KeyOverride) -> Option<Overridden>,
     ) -> Option<Arc<Overridden>> {
+        self.get_probed(self.probe(rule, key), rule, key, now, generation, compile)
+    }
+
+    /// Where the filter answers for (rule, key), fetched into the cache
+    /// now, to be read by [`get_probed`](Self::get_probed) later: with a
+    /// million overrides the filter is megabytes, and its word for a key
+    /// is usually not in the cache. A caller with other work to do first
+    /// (finding the rule, reading the clock) hides the wait behind it.
+    pub(crate) fn probe(&self, rule: &str, key: &str) -> Probe {
         if !self.any.load(Ordering::Relaxed) {
-            return None;
+            return Probe::Nothing;
         }
-        if let Some(filter) = self.filter.get()
-            && !filter.may_hold(rule, key)
-        {
-            return None;
+        let Some(filter) = self.filter.get() else {
+            return Probe::Table;
+        };
+        let (word, mask) = Filter::bits(rule, key);
+        prefetch(&filter.words[word]);
+        Probe::Filter { word, mask }
+    }
+
+    /// [`get`](Self::get) with the (rule, key) [`probe`](Self::probe) gave.
+    pub(crate) fn get_probed(
+        &self,
+        probe: Probe,
+        rule: &str,
+        key: &str,
+        now: Timestamp,
+        generation: u64,
+        compile: impl FnOnce(&KeyOverride) -> Option<Overridden>,
+    ) -> Option<Arc<Overridden>> {
+        match probe {
+            Probe::Nothing => return None,
+            Probe::Table => {}
+            Probe::Filter { word, mask } => {
+                // The filter is made once and never dropped: the probe's
+                // word is still its word.
+                if !self.filter.get()?.may_hold_bits(word, mask) {
+                    return None;
+                }
+            }
         }
         let index = self.index.read();
         let entry = index.by_rule.get(rule)?.get(key)?;
