@@ -763,21 +763,24 @@ impl<S: Store> Limiter<S> {
             extensions,
             client: client.as_ref(),
         };
-        // Inline for the usual one or two rules: no allocation.
-        let keyed: SmallVec<[Keyed<'_>; 2]> = matching()
+        // Inline for the usual one or two rules: no allocation. Each key's
+        // word of the override filter is fetched while the penalties are
+        // looked up, and read after.
+        let probed: SmallVec<[(&CompiledRule, String, overrides::Probe); 2]> = matching()
             .filter_map(|r| {
                 let key = r.rule.key.key(&info)?;
-                let overridden = self.overridden(r, &key, now);
-                Some((r, key, overridden))
+                let probe = self.shared.overrides.probe(r.name(), &key);
+                Some((r, key, probe))
             })
             .collect();
-        if keyed.is_empty() {
+        if probed.is_empty() {
             return verdict(Verdict::Allow(None));
         }
-        for (rule, key, overridden) in keyed.iter().filter(|(r, ..)| !r.rule.shadow) {
+        for (rule, key, probe) in probed.iter().filter(|(r, ..)| !r.rule.shadow) {
             if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
                 rule.tally(key, false);
                 self.observe(Some(rule.name()), Outcome::Blocked);
+                let overridden = self.overridden_probed(*probe, rule, key, now);
                 let (policy, label) = policy_and_label(rule, overridden.as_deref());
                 return verdict(Verdict::Limited(RuleDecision::labelled(
                     label,
@@ -785,6 +788,13 @@ impl<S: Store> Limiter<S> {
                 )));
             }
         }
+        let keyed: SmallVec<[Keyed<'_>; 2]> = probed
+            .into_iter()
+            .map(|(r, key, probe)| {
+                let overridden = self.overridden_probed(probe, r, &key, now);
+                (r, key, overridden)
+            })
+            .collect();
 
         // Concurrency limits first: a slot taken, then the rates decided; a
         // refusal by the rates gives the slot back (the lease dropped).
