@@ -87,7 +87,8 @@ impl Filter {
         self.may_hold_bits(word, mask)
     }
 
-    /// [`may_hold`](Self::may_hold) for bits already worked out.
+    /// Whether the pair with these bits may have an override (false only
+    /// if it has none).
     fn may_hold_bits(&self, word: usize, mask: u64) -> bool {
         let before = self.seq.load(Ordering::Acquire);
         let bits = self.words[word].load(Ordering::Relaxed);
@@ -269,7 +270,10 @@ impl OverrideCache {
         Probe::Filter { word, mask }
     }
 
-    /// [`get`](Self::get) with the (rule, key) [`probe`](Self::probe) gave.
+    /// The policy (rule, key) is decided by at `now` under configuration
+    /// `generation`, if it has an override in force, given the pair's
+    /// [`probe`](Self::probe): compiled by `compile` the first time under
+    /// that configuration, then shared.
     pub(crate) fn get_probed(
         &self,
         probe: Probe,
