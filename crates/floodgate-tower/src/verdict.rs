@@ -96,7 +96,7 @@ impl RuleDecision {
 
     /// The rule's `RateLimit` item, e.g. `"api";r=42;t=17`: `t` is the
     /// Retry-After delay when refused, else the time until the quota is
-    /// whole again (see [`headers`](crate::headers)).
+    /// whole again (see [`crate::headers`]).
     pub fn ratelimit_value(&self) -> String {
         let decision = &self.decision;
         let t = match decision.retry_after {

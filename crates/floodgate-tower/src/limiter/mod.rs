@@ -177,7 +177,7 @@ struct CompiledRule {
 /// The limit a key is decided by instead of its rule's.
 #[derive(Debug)]
 struct Overridden {
-    /// The configuration it was compiled for (see [`Snapshot::generation`]).
+    /// The configuration it was compiled for (see [`CompiledRule::generation`]).
     generation: u64,
     policy: Policy,
     label: Arc<RuleLabel>,
