@@ -138,6 +138,9 @@ cargo test --workspace --doc --locked
 # links included), as docs.rs would build it.
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# And the private items' comments link to what they name, for whoever
+# reads the code.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --document-private-items
 # The Node client's tests run the binary the integration tests above built
 # and a real express app, installed from npm as package-lock.json pins it.
 log "Node client (clients/node): npm ci, node --test"

@@ -39,9 +39,9 @@ pub(crate) const MAX_CHECKS_PER_CALL: usize = 128;
 
 /// What a coalesced call needs from the store that runs it.
 pub(crate) trait Runner: Clone + Send + Sync + 'static {
-    /// ARGV[1]: the time source's now (µs), or empty for Redis' clock.
+    /// `ARGV[1]`: the time source's now (µs), or empty for Redis' clock.
     fn now_arg(&self) -> String;
-    /// ARGV[2]: the TTL margin in ms.
+    /// `ARGV[2]`: the TTL margin in ms.
     fn margin_ms(&self) -> u64;
     /// How to call the script.
     fn dialect(&self) -> Dialect;

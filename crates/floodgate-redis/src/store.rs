@@ -208,7 +208,7 @@ impl RedisStore {
         &self.inner.config
     }
 
-    /// ARGV[1] of every script: the time source's now (µs), or empty for
+    /// `ARGV[1]` of every script: the time source's now (µs), or empty for
     /// Redis' own clock.
     /// Now on the clock the local budgets of batched policies run on (µs):
     /// the configured clock, else a monotonic one (a lease says how long
@@ -635,7 +635,7 @@ impl RedisStore {
         self.invoke_check(deadline, "slots", &call).await
     }
 
-    /// A call of `overrides.lua` on its five keys, with ARGV[1] (now) set
+    /// A call of `overrides.lua` on its five keys, with `ARGV[1]` (now) set
     /// and `args` more arguments to come.
     fn override_call(&self, args: usize) -> ScriptCall {
         let mut call = self.script_call(&scripts::OVERRIDES, 5, 1 + args);
@@ -646,7 +646,7 @@ impl RedisStore {
         call
     }
 
-    /// A call of `top.lua` on its two keys, with ARGV[1] (now) set and
+    /// A call of `top.lua` on its two keys, with `ARGV[1]` (now) set and
     /// `args` more arguments to come.
     fn top_call(&self, args: usize) -> ScriptCall {
         let mut call = self.script_call(&scripts::TOP, 2, 1 + args);
