@@ -766,17 +766,21 @@ impl<S: Store> Limiter<S> {
         // Inline for the usual one or two rules: no allocation. Each key's
         // word of the override filter is fetched while the penalties are
         // looked up, and read after.
-        let probed: SmallVec<[(&CompiledRule, String, overrides::Probe); 2]> = matching()
+        let mut probes: SmallVec<[overrides::Probe; 2]> = SmallVec::new();
+        let mut keyed: SmallVec<[Keyed<'_>; 2]> = matching()
             .filter_map(|r| {
                 let key = r.rule.key.key(&info)?;
-                let probe = self.shared.overrides.probe(r.name(), &key);
-                Some((r, key, probe))
+                probes.push(self.shared.overrides.probe(r.name(), &key));
+                Some((r, key, None))
             })
             .collect();
-        if probed.is_empty() {
+        if keyed.is_empty() {
             return verdict(Verdict::Allow(None));
         }
-        for (rule, key, probe) in probed.iter().filter(|(r, ..)| !r.rule.shadow) {
+        for ((rule, key, _), probe) in keyed.iter().zip(&probes) {
+            if rule.rule.shadow {
+                continue;
+            }
             if let Some(left) = self.shared.blocks.penalty(rule.name(), key, now) {
                 rule.tally(key, false);
                 self.observe(Some(rule.name()), Outcome::Blocked);
@@ -788,13 +792,9 @@ impl<S: Store> Limiter<S> {
                 )));
             }
         }
-        let keyed: SmallVec<[Keyed<'_>; 2]> = probed
-            .into_iter()
-            .map(|(r, key, probe)| {
-                let overridden = self.overridden_probed(probe, r, &key, now);
-                (r, key, overridden)
-            })
-            .collect();
+        for ((rule, key, overridden), probe) in keyed.iter_mut().zip(probes) {
+            *overridden = self.overridden_probed(probe, rule, key, now);
+        }
 
         // Concurrency limits first: a slot taken, then the rates decided; a
         // refusal by the rates gives the slot back (the lease dropped).
