@@ -238,21 +238,6 @@ pub(crate) struct OverrideCache {
 }
 
 impl OverrideCache {
-    /// The policy (rule, key) is decided by at `now` under configuration
-    /// `generation`, if it has an override in force: compiled by `compile`
-    /// the first time under that configuration, then shared.
-    #[cfg(test)]
-    pub(crate) fn get(
-        &self,
-        rule: &str,
-        key: &str,
-        now: Timestamp,
-        generation: u64,
-        compile: impl FnOnce(&KeyOverride) -> Option<Overridden>,
-    ) -> Option<Arc<Overridden>> {
-        self.get_probed(self.probe(rule, key), rule, key, now, generation, compile)
-    }
-
     /// Where the filter answers for (rule, key), fetched into the cache
     /// now, to be read by [`get_probed`](Self::get_probed) later: with a
     /// million overrides the filter is megabytes, and its word for a key
@@ -504,7 +489,7 @@ mod tests {
     fn limit_of(cache: &OverrideCache, rule: &str, key: &str) -> Option<u64> {
         let now = Timestamp::from_micros(1);
         cache
-            .get(rule, key, now, 1, compile)
+            .get_probed(cache.probe(rule, key), rule, key, now, 1, compile)
             .map(|c| c.policy.limit())
     }
 
