@@ -597,6 +597,33 @@ mod tests {
         assert_eq!(limit_of(&cache, "r", "k1"), None);
     }
 
+    /// What a probe says at each size, and a probe taken before the filter
+    /// was rebuilt still reads the right bits after.
+    #[test]
+    fn a_probe_reads_the_filter_as_it_is_when_read() {
+        let cache = OverrideCache::default();
+        let now = Timestamp::from_micros(1);
+        assert!(matches!(cache.probe("r", "k1"), Probe::Nothing));
+        cache.put(&o("r", "k1", 5));
+        assert!(matches!(cache.probe("r", "k1"), Probe::Table));
+        for i in 2..=2 * FILTER_FROM {
+            cache.put(&o("r", &format!("k{i}"), 5));
+        }
+        let kept = cache.probe("r", "k1");
+        let gone = cache.probe("r", "k2");
+        assert!(matches!(kept, Probe::Filter { .. }));
+        // Most removed: the filter is cleared and refilled in place.
+        let seq = cache.filter.get().map(|f| f.seq.load(Ordering::Relaxed));
+        for i in 2..=2 * FILTER_FROM {
+            cache.remove("r", &format!("k{i}"));
+        }
+        let rebuilt = cache.filter.get().map(|f| f.seq.load(Ordering::Relaxed));
+        assert_ne!(seq, rebuilt, "the removals did not rebuild the filter");
+        let found = cache.get_probed(kept, "r", "k1", now, 1, compile);
+        assert_eq!(found.map(|c| c.policy.limit()), Some(5));
+        assert!(cache.get_probed(gone, "r", "k2", now, 1, compile).is_none());
+    }
+
     /// A page read before a put made through this instance (so without
     /// it) is not applied over it: the put stays, the version does not
     /// move, and the next read has the put.
