@@ -909,7 +909,7 @@ impl<S: Store> Limiter<S> {
     ) -> Result<(Decision, Duration), CheckError> {
         let key = bounded_key(key);
         // The override filter's word for the key is fetched while the rule
-        // is found and the clock read.
+        // is found, the clock read and the penalties looked up.
         let probe = self.shared.overrides.probe(rule, &key);
         let snapshot = self.shared.snapshot.load_full();
         let compiled = find_rule(&snapshot, rule, cost)?;
